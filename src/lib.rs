@@ -5,5 +5,7 @@
 //! `disk` (partition tables, grow) -> `plan` (declarative file operations) ->
 //! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
 
+pub mod boards;
+pub mod config;
 pub mod io;
 pub mod progress;

@@ -1,0 +1,547 @@
+//! `cluster.yaml`: the cluster inventory, parsed strictly and validated before any work starts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The default file name looked up in the current directory.
+pub const DEFAULT_CONFIG: &str = "cluster.yaml";
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster name; part of every node's identity.
+    pub cluster: String,
+    /// DNS domain of the nodes (fqdn = name.domain).
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default = "default_locale")]
+    pub locale: String,
+    pub admin: Admin,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub k3s: K3s,
+    #[serde(default)]
+    pub gitops: Option<Gitops>,
+    /// Prefix every download with this base URL (`https://HOST/PATH` -> `MIRROR/HOST/PATH`).
+    #[serde(default)]
+    pub mirror: Option<String>,
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+}
+
+fn default_timezone() -> String {
+    "Etc/UTC".into()
+}
+
+fn default_locale() -> String {
+    "en_US.UTF-8".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Login of the administrator account created on every node.
+    #[serde(default = "default_admin")]
+    pub user: String,
+    /// Public keys allowed to log in as the admin user. Password login stays disabled.
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+fn default_admin() -> String {
+    "pikube".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Default gateway for nodes with a static address.
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    /// DNS servers for nodes with a static address.
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
+    /// Prefix length used when a node's `ip` has none.
+    #[serde(default)]
+    pub prefix: Option<u8>,
+    /// Name of the wired interface in the OS image.
+    #[serde(default)]
+    pub interface: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct K3s {
+    /// k3s release, e.g. `v1.31.4+k3s1`.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// URL agents and extra servers join, e.g. `https://192.168.1.10:6443`; defaults to the first server.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// Shared join token, relative to cluster.yaml.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Gitops {
+    pub repo: String,
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    #[serde(default = "default_gitops_path")]
+    pub path: String,
+}
+
+fn default_revision() -> String {
+    "HEAD".into()
+}
+
+fn default_gitops_path() -> String {
+    ".".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Control plane node (`k3s server`).
+    Server,
+    /// Worker node (`k3s agent`); `worker` is accepted as a synonym.
+    #[serde(alias = "worker")]
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Role> {
+        match s {
+            "server" => Ok(Role::Server),
+            "agent" | "worker" => Ok(Role::Agent),
+            other => bail!("unknown role '{other}': use server, agent or worker"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Hostname (RFC 1123 label), unique in the cluster.
+    pub name: String,
+    /// Board name or alias from `pikube-image boards`.
+    pub board: String,
+    /// OS image key of the board; the board's default when absent.
+    #[serde(default)]
+    pub os: Option<String>,
+    pub role: Role,
+    /// Static address, `192.168.1.10` or `192.168.1.10/24`; DHCP when absent.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// MAC address of the wired interface; the network config matches on it when set.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Extra Kubernetes node labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node's static address with its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticAddr {
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+impl StaticAddr {
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.ip, self.prefix)
+    }
+}
+
+impl Cluster {
+    /// Reads and validates a cluster file. Errors name the file and, for syntax and unknown
+    /// keys, the line and column.
+    pub fn load(path: &Path) -> Result<Cluster> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read {}: create one with `pikube-image init`",
+                path.display()
+            )
+        })?;
+        Cluster::parse(&text).with_context(|| format!("invalid cluster file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Cluster> {
+        let cluster: Cluster = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cluster.validate()?;
+        Ok(cluster)
+    }
+
+    /// Checks everything that can be checked without the board catalog.
+    pub fn validate(&self) -> Result<()> {
+        check_hostname(&self.cluster).context("`cluster` must be a valid DNS label")?;
+        if let Some(domain) = &self.domain {
+            for part in domain.split('.') {
+                check_hostname(part)
+                    .with_context(|| format!("domain '{domain}' is not a valid DNS name"))?;
+            }
+        }
+        check_hostname(&self.admin.user)
+            .with_context(|| format!("admin user '{}' is not a valid login", self.admin.user))?;
+        if self.admin.user == "root" {
+            bail!("admin user must not be root: name a regular account that gets sudo");
+        }
+        if self.admin.ssh_authorized_keys.is_empty() {
+            bail!(
+                "admin.ssh_authorized_keys is empty: password login is disabled, so add at least one public key (e.g. the content of ~/.ssh/id_ed25519.pub)"
+            );
+        }
+        for key in &self.admin.ssh_authorized_keys {
+            check_ssh_key(key)?;
+        }
+        if let Some(p) = self.network.prefix {
+            if p > 128 {
+                bail!("network.prefix {p} is not a prefix length");
+            }
+        }
+        if let Some(gw) = &self.k3s.api {
+            check_url(gw).context("k3s.api must be a URL like https://192.168.1.10:6443")?;
+        }
+        if let Some(m) = &self.mirror {
+            check_url(m).context("mirror must be a URL like http://127.0.0.1:8080")?;
+        }
+        if let Some(g) = &self.gitops {
+            check_url(&g.repo).with_context(|| {
+                format!(
+                    "gitops.repo '{}' is not a URL: use https://host/org/repo.git or ssh://git@host/org/repo.git",
+                    g.repo
+                )
+            })?;
+        }
+        let mut seen = BTreeSet::new();
+        for node in &self.nodes {
+            check_hostname(&node.name).with_context(|| {
+                format!(
+                    "node '{}': name must be a hostname (RFC 1123: letters, digits and '-', at most 63 characters, not starting or ending with '-')",
+                    node.name
+                )
+            })?;
+            if !seen.insert(node.name.to_ascii_lowercase()) {
+                bail!(
+                    "duplicate hostname '{}': every node needs its own name",
+                    node.name
+                );
+            }
+            self.static_addr(node)
+                .with_context(|| format!("node '{}': bad ip", node.name))?;
+            if let Some(mac) = &node.mac {
+                check_mac(mac).with_context(|| format!("node '{}'", node.name))?;
+            }
+            for (k, v) in &node.labels {
+                check_label(k, v).with_context(|| format!("node '{}'", node.name))?;
+            }
+        }
+        let mut ips = BTreeMap::new();
+        for node in &self.nodes {
+            if let Some(a) = self.static_addr(node)? {
+                if let Some(other) = ips.insert(a.ip, &node.name) {
+                    bail!(
+                        "nodes '{other}' and '{}' have the same ip {}",
+                        node.name,
+                        a.ip
+                    );
+                }
+            }
+        }
+        let servers = self.nodes.iter().filter(|n| n.role == Role::Server).count();
+        let agents = self.nodes.len() - servers;
+        if agents > 0 && servers == 0 && self.k3s.api.is_none() {
+            bail!(
+                "the inventory has agents but no server: add a node with `role: server`, or set k3s.api to an existing cluster"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The first server in inventory order: it initialises the cluster and carries GitOps.
+    pub fn first_server(&self) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.role == Role::Server)
+    }
+
+    /// A node's static address, with the cluster's default prefix when the node gives none.
+    pub fn static_addr(&self, node: &Node) -> Result<Option<StaticAddr>> {
+        let Some(ip) = &node.ip else { return Ok(None) };
+        if ip.contains('/') {
+            let net: IpNet = ip
+                .parse()
+                .with_context(|| format!("'{ip}' is not an address like 192.168.1.10/24"))?;
+            Ok(Some(StaticAddr {
+                ip: net.addr(),
+                prefix: net.prefix_len(),
+            }))
+        } else {
+            let addr: IpAddr = ip
+                .parse()
+                .with_context(|| format!("'{ip}' is not an IP address like 192.168.1.10"))?;
+            let prefix = self
+                .network
+                .prefix
+                .unwrap_or(if addr.is_ipv4() { 24 } else { 64 });
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if prefix > max {
+                bail!("prefix /{prefix} is too long for {addr}");
+            }
+            Ok(Some(StaticAddr { ip: addr, prefix }))
+        }
+    }
+
+    /// Directory that relative paths in the file are resolved against.
+    pub fn fqdn(&self, node: &str) -> Option<String> {
+        self.domain.as_ref().map(|d| format!("{node}.{d}"))
+    }
+}
+
+/// RFC 1123 label: 1-63 of [a-z0-9-], not starting or ending with '-'.
+pub fn check_hostname(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 63 {
+        bail!("'{name}' must be 1 to 63 characters long");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        bail!("'{name}' must not start or end with '-'");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        bail!("'{name}' contains '{c}': use lower-case letters, digits and '-'");
+    }
+    Ok(())
+}
+
+fn check_url(s: &str) -> Result<()> {
+    let u = url::Url::parse(s).with_context(|| format!("'{s}' is not a URL"))?;
+    if u.host_str().is_none_or(str::is_empty) {
+        bail!("'{s}' has no host");
+    }
+    Ok(())
+}
+
+fn check_mac(mac: &str) -> Result<()> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        bail!("'{mac}' is not a MAC address like dc:a6:32:01:02:03");
+    }
+    Ok(())
+}
+
+fn check_ssh_key(key: &str) -> Result<()> {
+    let mut parts = key.split_whitespace();
+    let kind = parts.next().unwrap_or("");
+    let body = parts.next().unwrap_or("");
+    let known = kind.starts_with("ssh-")
+        || kind.starts_with("ecdsa-sha2-")
+        || kind.starts_with("sk-ssh-")
+        || kind.starts_with("sk-ecdsa-");
+    if !known || body.is_empty() || key.contains('\n') {
+        let shown: String = key.chars().take(30).collect();
+        bail!(
+            "admin.ssh_authorized_keys: '{shown}...' is not an OpenSSH public key (expected 'ssh-ed25519 AAAA... comment' on one line)"
+        );
+    }
+    Ok(())
+}
+
+fn check_label(k: &str, v: &str) -> Result<()> {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let ok_name = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    };
+    if !ok_name(name) || prefix.is_some_and(|p| p.is_empty() || p.len() > 253) {
+        bail!("label key '{k}' is not a valid Kubernetes label key");
+    }
+    if !v.is_empty() && !ok_name(v) {
+        bail!("label '{k}': value '{v}' is not a valid Kubernetes label value");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster: homelab
+domain: home.arpa
+admin:
+  user: pi
+  ssh_authorized_keys:
+    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample me@laptop
+network:
+  gateway: 192.168.1.1
+  dns: [192.168.1.1, 1.1.1.1]
+  prefix: 24
+k3s:
+  version: v1.31.4+k3s1
+nodes:
+  - name: cp1
+    board: rpi4
+    role: server
+    ip: 192.168.1.10
+  - name: w1
+    board: rpi4
+    role: worker
+    ip: 192.168.1.21/16
+    labels: { zone: a }
+  - name: w2
+    board: rpi5
+    role: agent
+"#;
+
+    fn with(patch: &str) -> String {
+        format!("{GOOD}{patch}")
+    }
+
+    #[test]
+    fn parses_a_full_inventory() {
+        let c = Cluster::parse(GOOD).unwrap();
+        assert_eq!(c.nodes.len(), 3);
+        assert_eq!(c.nodes[1].role, Role::Agent, "worker is an agent");
+        assert_eq!(c.timezone, "Etc/UTC");
+        let a = c.static_addr(&c.nodes[0]).unwrap().unwrap();
+        assert_eq!(a.cidr(), "192.168.1.10/24");
+        let b = c.static_addr(&c.nodes[1]).unwrap().unwrap();
+        assert_eq!(b.cidr(), "192.168.1.21/16");
+        assert!(c.static_addr(&c.nodes[2]).unwrap().is_none());
+        assert_eq!(c.first_server().unwrap().name, "cp1");
+        assert_eq!(c.fqdn("cp1").unwrap(), "cp1.home.arpa");
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Cluster::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_position() {
+        let e = err(&GOOD.replace("domain: home.arpa", "domain: home.arpa\ndomian: x"));
+        assert!(e.contains("domian"), "{e}");
+        assert!(e.contains("line") || e.contains(":3"), "{e}");
+    }
+
+    #[test]
+    fn bad_ip_is_named() {
+        let e = err(&GOOD.replace("192.168.1.10", "192.168.1.300"));
+        assert!(e.contains("cp1") && e.contains("192.168.1.300"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_hostname_is_named() {
+        let e = err(&with("  - { name: w1, board: rpi3, role: agent }\n"));
+        assert!(e.contains("duplicate hostname 'w1'"), "{e}");
+    }
+
+    #[test]
+    fn invalid_hostname_is_named() {
+        let e = err(&with("  - { name: Bad_Name, board: rpi3, role: agent }\n"));
+        assert!(e.contains("Bad_Name"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_ip_is_named() {
+        let e = err(&with(
+            "  - { name: w3, board: rpi3, role: agent, ip: 192.168.1.10 }\n",
+        ));
+        assert!(e.contains("same ip"), "{e}");
+    }
+
+    #[test]
+    fn unknown_role_is_rejected() {
+        let e = err(&with("  - { name: w3, board: rpi3, role: master }\n"));
+        assert!(e.contains("master"), "{e}");
+    }
+
+    #[test]
+    fn agents_need_a_server() {
+        let text = GOOD.replace("role: server", "role: agent");
+        let e = err(&text);
+        assert!(e.contains("no server"), "{e}");
+        let with_api = text.replace("k3s:\n", "k3s:\n  api: https://10.0.0.1:6443\n");
+        Cluster::parse(&with_api).unwrap();
+    }
+
+    #[test]
+    fn gitops_repo_must_be_a_url() {
+        let e = err(&with_gitops("not a url"));
+        assert!(e.contains("gitops.repo"), "{e}");
+        Cluster::parse(&with_gitops("https://github.com/me/fleet.git")).unwrap();
+    }
+
+    fn with_gitops(repo: &str) -> String {
+        GOOD.replace("nodes:", &format!("gitops:\n  repo: {repo}\nnodes:"))
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        let e = err(&GOOD.replace("ssh-ed25519 AAAA", "hello AAAA"));
+        assert!(e.contains("not an OpenSSH public key"), "{e}");
+        let e = err(&GOOD.replace(
+            "    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample me@laptop",
+            "    []",
+        ));
+        assert!(e.contains("ssh_authorized_keys"), "{e}");
+    }
+
+    #[test]
+    fn hostname_rules() {
+        for ok in ["a", "node-1", "x1y2", &"a".repeat(63)] {
+            check_hostname(ok).unwrap();
+        }
+        for bad in ["", "-a", "a-", "A", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(check_hostname(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_rules() {
+        check_label("zone", "a").unwrap();
+        check_label("example.com/tier", "edge-1").unwrap();
+        assert!(check_label("zone", "bad value").is_err());
+        assert!(check_label("-x", "a").is_err());
+    }
+}
