@@ -6,6 +6,8 @@
 //! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
 
 pub mod boards;
+pub mod cloudinit;
 pub mod config;
 pub mod io;
+pub mod plan;
 pub mod progress;
