@@ -8,6 +8,22 @@
 pub mod boards;
 pub mod cloudinit;
 pub mod config;
+pub mod fs;
 pub mod io;
 pub mod plan;
 pub mod progress;
+pub mod raspi;
+
+/// Timestamp for everything a build writes: `$SOURCE_DATE_EPOCH` when set (reproducible
+/// builds), else the current time.
+pub fn build_timestamp() -> i64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        })
+}

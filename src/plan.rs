@@ -199,7 +199,10 @@ impl Plan {
                     Action::KernelArgs { args } => (
                         0,
                         None,
-                        Some(format!("append to the kernel command line: {}", args.join(" "))),
+                        Some(format!(
+                            "append to the kernel command line: {}",
+                            args.join(" ")
+                        )),
                     ),
                 };
                 OpView {
