@@ -1,1 +1,205 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use pikube_image::config::Role;
+use pikube_image::pipeline::{AdHoc, BaseChoice, BuildRequest};
+use pikube_image::progress::{Mode, Progress};
+use pikube_image::{boards, init, inspect, pipeline};
+
+/// Build flashable, per-node k3s images for Raspberry Pi and Orange Pi boards from stock OS
+/// downloads, without root.
+#[derive(Parser)]
+#[command(name = "pikube-image", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented cluster.yaml and a random k3s join token (secrets/k3s-token).
+    Init(InitArgs),
+    /// Build node images into the output directory (default: images/).
+    Build(BuildArgs),
+    /// List the supported boards and their default OS image.
+    Boards,
+    /// Show an image's partitions, filesystems, detected OS and cloud-init seed.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Directory to write cluster.yaml and secrets/ into.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Cluster inventory.
+    #[arg(long, default_value = "cluster.yaml")]
+    config: PathBuf,
+    /// Build this node of the inventory (repeatable).
+    #[arg(long = "node", value_name = "NAME")]
+    nodes: Vec<String>,
+    /// Build every node of the inventory.
+    #[arg(long, conflicts_with_all = ["nodes", "board"])]
+    all: bool,
+    /// Build an ad-hoc node for this board (with --role), not listed in the inventory.
+    #[arg(long, requires = "role", conflicts_with = "nodes")]
+    board: Option<String>,
+    /// Role of the ad-hoc node: server, agent or worker.
+    #[arg(long, requires = "board")]
+    role: Option<Role>,
+    /// Hostname of the ad-hoc node (generated when absent).
+    #[arg(long, requires = "board")]
+    name: Option<String>,
+    /// Start from this local image file (.img, .img.xz, .img.gz, .img.zst) instead of the
+    /// board's download.
+    #[arg(long, conflicts_with = "image_url")]
+    image: Option<PathBuf>,
+    /// Start from this URL instead of the board's download.
+    #[arg(long)]
+    image_url: Option<String>,
+    /// Expected SHA-256 of --image-url (else looked up in SHA256SUMS beside it).
+    #[arg(long, requires = "image_url", value_name = "HEX")]
+    image_sha256: Option<String>,
+    /// Rewrite every download https://HOST/PATH to URL/HOST/PATH (local mirror, air-gapped CI).
+    #[arg(long, value_name = "URL")]
+    mirror: Option<String>,
+    /// Output directory.
+    #[arg(long, default_value = "images")]
+    out: PathBuf,
+    /// Use only the download cache; fail naming anything missing.
+    #[arg(long)]
+    offline: bool,
+    /// Print the plan (every file, partition, size, mode) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Progress as JSON lines on stderr and a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Image file (raw, or compressed with xz, gzip or zstd).
+    image: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init(a) => {
+            let written = init::init(&a.dir, a.force)?;
+            for p in written {
+                eprintln!("wrote {}", p.display());
+            }
+            eprintln!(
+                "next: edit cluster.yaml (nodes, SSH keys), then run `pikube-image build --all`"
+            );
+            Ok(())
+        }
+        Command::Boards => {
+            let cat = boards::Catalog::load()?;
+            println!(
+                "{:<8} {:<6} {:<14} {:<24} DESCRIPTION",
+                "BOARD", "ARCH", "DEFAULT OS", "ALIASES"
+            );
+            for b in cat.boards() {
+                let img = cat.image_for(b, None)?;
+                println!(
+                    "{:<8} {:<6} {:<14} {:<24} {}",
+                    b.name,
+                    b.arch.as_str(),
+                    img.name,
+                    b.aliases.join(","),
+                    b.description
+                );
+            }
+            Ok(())
+        }
+        Command::Inspect(a) => {
+            let report = inspect::inspect(&a.image, &Progress::new(Mode::detect(false)))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Command::Build(a) => {
+            let progress = Progress::new(Mode::detect(a.json));
+            let base = match (a.image, a.image_url) {
+                (Some(p), _) => BaseChoice::File(p),
+                (None, Some(url)) => BaseChoice::Url {
+                    url,
+                    sha256: a.image_sha256,
+                },
+                (None, None) => BaseChoice::Catalog,
+            };
+            let req = BuildRequest {
+                config: a.config,
+                nodes: a.nodes,
+                all: a.all,
+                adhoc: a.board.map(|board| AdHoc {
+                    board,
+                    role: a.role.expect("clap requires --role with --board"),
+                    name: a.name,
+                }),
+                base,
+                mirror: a.mirror,
+                out: a.out,
+                offline: a.offline,
+                dry_run: a.dry_run,
+                cache_dir: None,
+            };
+            let summary = pipeline::build(&req, &progress)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else if summary.dry_run {
+                for n in &summary.nodes {
+                    println!(
+                        "node {} ({}, board {}) from {}",
+                        n.node, n.role, n.board, n.base_url
+                    );
+                    if let Some(id) = &n.instance_id {
+                        println!("  cloud-init instance-id: {id}");
+                    }
+                    print!("{}", pikube_image::plan::render_table(&n.plan));
+                }
+                println!("dry run: nothing was written");
+            } else {
+                for n in &summary.nodes {
+                    println!(
+                        "{}  {}",
+                        n.sha256.as_deref().unwrap_or(""),
+                        n.image
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -220,45 +220,36 @@ impl Plan {
             })
             .collect()
     }
+}
 
-    /// Human-readable table for `--dry-run`.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
+/// Human-readable table of operations, as `--dry-run` prints it.
+pub fn render_table(views: &[OpView]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  {:<14} {:<7} {:>10} {:>5} {:>9}  PATH",
+        "PARTITION", "KIND", "SIZE", "MODE", "OWNER"
+    );
+    for v in views {
+        let _ = write!(
             s,
-            "node {} ({}, board {}, image {})",
-            self.node, self.role, self.board, self.image.name
+            "  {:<14} {:<7} {:>10} {:>5} {:>9}  {}",
+            v.partition,
+            v.kind,
+            v.size,
+            v.mode,
+            format!("{}:{}", v.uid, v.gid),
+            v.path
         );
-        let _ = writeln!(s, "  base: {}", self.image.url);
-        if let Some(id) = &self.instance_id {
-            let _ = writeln!(s, "  cloud-init instance-id: {id}");
+        if let Some(d) = &v.detail {
+            let _ = write!(s, "  ({d})");
         }
-        let _ = writeln!(
-            s,
-            "  {:<14} {:<7} {:>10} {:>5} {:>9}  PATH",
-            "PARTITION", "KIND", "SIZE", "MODE", "OWNER"
-        );
-        for v in self.views() {
-            let _ = write!(
-                s,
-                "  {:<14} {:<7} {:>10} {:>5} {:>9}  {}",
-                v.partition,
-                v.kind,
-                v.size,
-                v.mode,
-                format!("{}:{}", v.uid, v.gid),
-                v.path
-            );
-            if let Some(d) = &v.detail {
-                let _ = write!(s, "  ({d})");
-            }
-            if v.secret {
-                let _ = write!(s, "  [secret]");
-            }
-            s.push('\n');
+        if v.secret {
+            let _ = write!(s, "  [secret]");
         }
-        s
+        s.push('\n');
     }
+    s
 }
 
 #[cfg(test)]
@@ -305,7 +296,7 @@ mod tests {
             ]
         );
         assert!(matches!(&p.ops[3].action, Action::KernelArgs { args } if args.len() == 2));
-        let text = p.render();
+        let text = render_table(&p.views());
         assert!(text.contains("/user-data") && text.contains("cgroup_enable=memory"));
     }
 
@@ -316,6 +307,6 @@ mod tests {
         assert_eq!(v[0].sha256.as_deref().map(str::len), Some(64));
         p.ops[0].secret = true;
         assert!(p.views()[0].sha256.is_none());
-        assert!(p.render().contains("[secret]"));
+        assert!(render_table(&p.views()).contains("[secret]"));
     }
 }

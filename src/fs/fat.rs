@@ -1,7 +1,6 @@
 //! Writes files into a FAT filesystem that lives in a byte range of an image file.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
@@ -10,13 +9,38 @@ use fscommon::BufStream;
 
 use crate::io::Slice;
 
-type Disk<'a> = BufStream<Slice<&'a File>>;
-
-/// An open FAT filesystem on one partition. Call [`Fat::close`] to flush it; dropping it
-/// without closing leaves the volume marked dirty.
-pub struct Fat<'a> {
-    fs: FileSystem<Disk<'a>>,
+/// An open FAT filesystem on one partition of `S` (a `&File`, or a [`ReadOnly`] one for
+/// inspection). Call [`Fat::close`] after writing to flush FAT tables and FSInfo.
+pub struct Fat<S: Read + Write + Seek> {
+    fs: FileSystem<BufStream<Slice<S>>>,
     label: String,
+}
+
+/// Storage that refuses writes: lets fatfs read an image opened read-only.
+pub struct ReadOnly<T>(pub T);
+
+impl<T: Read> Read for ReadOnly<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<T> Write for ReadOnly<T> {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the image is open read-only",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: Seek> Seek for ReadOnly<T> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.0.seek(pos)
+    }
 }
 
 /// Timestamps for new and changed FAT entries: `$SOURCE_DATE_EPOCH` when set (reproducible
@@ -78,11 +102,11 @@ fn split(path: &str) -> Vec<&str> {
     path.split('/').filter(|c| !c.is_empty()).collect()
 }
 
-impl<'a> Fat<'a> {
-    /// Opens the FAT filesystem at `[start, start+len)` of `file`. `label` names the partition
-    /// in messages.
-    pub fn open(file: &'a File, start: u64, len: u64, label: &str) -> Result<Fat<'a>> {
-        let slice = Slice::new(file, start, len)
+impl<S: Read + Write + Seek> Fat<S> {
+    /// Opens the FAT filesystem at `[start, start+len)` of `storage`. `label` names the
+    /// partition in messages.
+    pub fn open(storage: S, start: u64, len: u64, label: &str) -> Result<Fat<S>> {
+        let slice = Slice::new(storage, start, len)
             .with_context(|| format!("cannot seek to partition '{label}'"))?;
         let fs = FileSystem::new(
             BufStream::new(slice),
@@ -217,6 +241,33 @@ mod tests {
             .expect("mkfs.vfat runs (install dosfstools)");
         assert!(st.status.success(), "mkfs.vfat failed");
         img
+    }
+
+    #[test]
+    fn read_only_storage_reads_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = mkfs(dir.path());
+        let len = std::fs::metadata(&img).unwrap().len();
+        {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&img)
+                .unwrap();
+            let fat = Fat::open(&f, 0, len, "boot").unwrap();
+            fat.write("/config.txt", &mut &b"[all]\n"[..]).unwrap();
+            fat.close().unwrap();
+        }
+        let before = std::fs::read(&img).unwrap();
+        let f = std::fs::File::open(&img).unwrap();
+        let fat = Fat::open(ReadOnly(&f), 0, len, "boot").unwrap();
+        assert_eq!(fat.read("/config.txt").unwrap().unwrap(), b"[all]\n");
+        assert!(fat.write("/x", &mut &b"1"[..]).is_err());
+        drop(fat);
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "read-only use changed the image"
+        );
     }
 
     #[test]

@@ -1,1 +1,166 @@
+//! The `fs` stage: applies a plan's file operations to the partitions of an image file.
+
 pub mod fat;
+
+use std::fs::File;
+use std::io::Read;
+
+use anyhow::{Context, Result, bail};
+
+use crate::disk::{Disk, FsKind, Partition};
+use crate::io::sha256_bytes;
+use crate::manifest::{FileRecord, format_mode};
+use crate::plan::{Action, Content, Op, Plan};
+use crate::raspi;
+
+/// Finds the partition an op names, with an error that lists what the image has.
+pub fn partition<'d>(disk: &'d Disk, label: &str) -> Result<&'d Partition> {
+    disk.by_label(label).with_context(|| {
+        let found: Vec<String> = disk
+            .partitions
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} ({:?}, {})",
+                    p.number,
+                    p.fs,
+                    p.label.as_deref().unwrap_or("no label")
+                )
+            })
+            .collect();
+        format!(
+            "the image has no partition labelled '{label}' (it has: {}): is it the OS image the board expects?",
+            found.join(", ")
+        )
+    })
+}
+
+/// Applies every op of `plan` to the image open as `file`, partition by partition, and returns
+/// what was written, for the manifest.
+pub fn apply(file: &File, disk: &Disk, plan: &Plan) -> Result<Vec<FileRecord>> {
+    let mut labels: Vec<&str> = Vec::new();
+    for op in &plan.ops {
+        if !labels.contains(&op.partition.as_str()) {
+            labels.push(&op.partition);
+        }
+    }
+    let mut records = Vec::new();
+    for label in labels {
+        let part = partition(disk, label)?;
+        let ops: Vec<&Op> = plan.ops.iter().filter(|o| o.partition == label).collect();
+        match part.fs {
+            FsKind::Fat => apply_fat(file, part, label, &ops, &mut records)?,
+            other => bail!(
+                "partition '{label}' holds {other:?}, which this build cannot write to; expected FAT"
+            ),
+        }
+    }
+    Ok(records)
+}
+
+fn record(op: &Op, path: &str, kind: &str, size: u64, sha256: Option<String>) -> FileRecord {
+    FileRecord {
+        partition: op.partition.clone(),
+        path: path.to_string(),
+        kind: kind.to_string(),
+        size,
+        mode: format_mode(op.mode as u32),
+        uid: op.uid,
+        gid: op.gid,
+        sha256: if op.secret { None } else { sha256 },
+        secret: op.secret,
+    }
+}
+
+/// Opens a plan's content as a reader.
+pub fn open_content(c: &Content) -> Result<Box<dyn Read + '_>> {
+    Ok(match c {
+        Content::Bytes(b) => Box::new(&b[..]),
+        Content::File { path, .. } => {
+            Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
+        }
+    })
+}
+
+fn apply_fat(
+    file: &File,
+    part: &Partition,
+    label: &str,
+    ops: &[&Op],
+    records: &mut Vec<FileRecord>,
+) -> Result<()> {
+    let fat = fat::Fat::open(file, part.start, part.size, label)?;
+    for op in ops {
+        match &op.action {
+            Action::Write(content) => {
+                let n = fat.write(&op.path, &mut open_content(content)?)?;
+                records.push(record(op, &op.path, "file", n, Some(content.sha256())));
+            }
+            Action::KernelArgs { args } => {
+                let config = fat.read(&op.path)?.with_context(|| {
+                    format!(
+                        "{label}:{} not found: the board expects a Raspberry Pi boot partition",
+                        op.path
+                    )
+                })?;
+                let config = String::from_utf8_lossy(&config);
+                let cmdline_path = format!("/{}", raspi::cmdline_path(&config));
+                let cmdline = fat.read(&cmdline_path)?.with_context(|| {
+                    format!("{label}:{cmdline_path} (named by {}) not found", op.path)
+                })?;
+                let cmdline = String::from_utf8(cmdline)
+                    .with_context(|| format!("{label}:{cmdline_path} is not text"))?;
+                let new = raspi::append_kernel_args(&cmdline, args).unwrap_or(cmdline);
+                fat.write(&cmdline_path, &mut new.as_bytes())?;
+                records.push(record(
+                    op,
+                    &cmdline_path,
+                    "edit",
+                    new.len() as u64,
+                    Some(sha256_bytes(new.as_bytes())),
+                ));
+            }
+            Action::Mkdir | Action::Symlink { .. } => bail!(
+                "{label}:{}: FAT partitions hold only regular files written by the plan",
+                op.path
+            ),
+        }
+    }
+    fat.close()
+}
+
+/// Reads the ext4 filesystem in a partition with ext4-view (inspection and checks).
+pub fn ext4_reader(file: &File, part: &Partition) -> Result<ext4_view::Ext4> {
+    struct PartRead {
+        file: File,
+        start: u64,
+        len: u64,
+    }
+    impl ext4_view::Ext4Read for PartRead {
+        fn read(
+            &mut self,
+            start_byte: u64,
+            dst: &mut [u8],
+        ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+            use std::os::unix::fs::FileExt;
+            if start_byte + dst.len() as u64 > self.len {
+                return Err("read past the end of the partition".into());
+            }
+            self.file.read_exact_at(dst, self.start + start_byte)?;
+            Ok(())
+        }
+    }
+    let reader = PartRead {
+        file: file
+            .try_clone()
+            .context("cannot duplicate the image file handle")?,
+        start: part.start,
+        len: part.size,
+    };
+    ext4_view::Ext4::load(Box::new(reader)).map_err(|e| {
+        anyhow::anyhow!(
+            "partition {} is not a readable ext4 filesystem: {e}",
+            part.number
+        )
+    })
+}
