@@ -5,5 +5,9 @@
 //! `disk` (partition tables, grow) -> `plan` (declarative file operations) ->
 //! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
 
+pub mod decompress;
+pub mod disk;
+pub mod emit;
 pub mod io;
+pub mod manifest;
 pub mod progress;
