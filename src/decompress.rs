@@ -458,7 +458,7 @@ impl<R: Read> XzReader<R> {
                 break;
             }
         }
-        if padding % 4 != 0 {
+        if !padding.is_multiple_of(4) {
             return Err(decode_err(
                 false,
                 "stream padding is not a multiple of four bytes",
