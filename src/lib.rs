@@ -8,14 +8,19 @@
 pub mod boards;
 pub mod cloudinit;
 pub mod config;
+pub mod decompress;
+pub mod disk;
+pub mod emit;
 pub mod fs;
 pub mod init;
 pub mod inspect;
 pub mod io;
+pub mod manifest;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod raspi;
+pub mod source;
 
 /// Timestamp for everything a build writes: `$SOURCE_DATE_EPOCH` when set (reproducible
 /// builds), else the current time.

@@ -1,0 +1,709 @@
+//! Streaming decompression of base images into sparse raw image files.
+//!
+//! The compressed file is read and decoded on the calling thread (liblzma decodes the
+//! blocks of a multi-block `.xz` on its own worker threads); full output buffers go to a
+//! writer thread that hashes them and writes only the blocks that are not all zeros,
+//! so the raw image takes disk space only for its data. Memory stays bounded by a fixed
+//! number of buffers plus the decoder's own limit.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::mpsc;
+
+use anyhow::{Context, Result};
+use liblzma::stream::{Action, MtStreamBuilder, Status, Stream};
+use sha2::{Digest, Sha256};
+
+use crate::io::ProgressReader;
+use crate::progress::{Progress, Task};
+
+/// Compression format of a file, detected from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Xz,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// Usual file name suffix, for messages.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::None => "raw image",
+            Compression::Xz => ".xz",
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+        }
+    }
+
+    /// Recognises the magic bytes at the start of a file.
+    pub fn from_magic(head: &[u8]) -> Compression {
+        if head.starts_with(&XZ_MAGIC) {
+            Compression::Xz
+        } else if head.starts_with(&[0x1F, 0x8B]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.suffix())
+    }
+}
+
+/// Detects the compression of `path` by its magic bytes (the name is not looked at).
+pub fn detect(path: &Path) -> Result<Compression> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut head = [0u8; 6];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+    Ok(Compression::from_magic(&head[..n]))
+}
+
+/// Result of [`decompress_to`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decompressed {
+    /// Size of the raw image.
+    pub bytes: u64,
+    /// SHA-256 of the decompressed stream (lower-case hex), when it was computed.
+    pub sha256: Option<String>,
+}
+
+/// Options of [`decompress_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Hash the decompressed stream with SHA-256 on the writer thread.
+    pub hash: bool,
+    /// Decoder threads for `.xz`; 0 means one per available core.
+    pub threads: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            hash: true,
+            threads: 0,
+        }
+    }
+}
+
+/// Streams `src` (compressed or raw) into `dst` (created or truncated), writing sparse:
+/// aligned all-zero blocks of [`SPARSE_BLOCK`] bytes are skipped, and the file is sized
+/// with `set_len` at the end. Progress counts compressed bytes read. On any error the
+/// output file is removed.
+pub fn decompress_to(src: &Path, dst: &Path, progress: &Progress) -> Result<Decompressed> {
+    decompress_with(src, dst, progress, Options::default())
+}
+
+/// [`decompress_to`] with explicit options.
+pub fn decompress_with(
+    src: &Path,
+    dst: &Path,
+    progress: &Progress,
+    opts: Options,
+) -> Result<Decompressed> {
+    let kind = detect(src)?;
+    let input = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    let in_len = input
+        .metadata()
+        .with_context(|| format!("cannot stat {}", src.display()))?
+        .len();
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)
+        .with_context(|| format!("cannot create {}", dst.display()))?;
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let task = progress.task(&format!("decompress {name}"), Some(in_len));
+    match run(kind, input, out, &task, opts) {
+        Ok(d) => {
+            task.finish(&format!(
+                "{} -> {} bytes",
+                crate::progress::human_bytes(in_len),
+                d.bytes
+            ));
+            Ok(d)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(dst);
+            Err(describe(e, kind, src, dst))
+        }
+    }
+}
+
+/// Granularity of hole detection; output offsets of skipped blocks are multiples of it.
+pub const SPARSE_BLOCK: usize = 64 << 10;
+/// Size of the buffers passed from the decoder to the writer thread.
+const BUF: usize = 4 << 20;
+/// Buffers in flight between decoder and writer.
+const NBUF: usize = 4;
+const XZ_MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];
+/// Read size for compressed input.
+const IN_BUF: usize = 1 << 20;
+
+/// Errors of the pipeline before they are given file names.
+enum Failure {
+    /// The compressed stream ended early.
+    Truncated,
+    /// The decoder rejected the data.
+    Corrupt(String),
+    /// Reading the source failed.
+    Read(io::Error),
+    /// Writing the output failed.
+    Write(io::Error),
+    /// liblzma could not be set up.
+    Setup(String),
+}
+
+fn describe(f: Failure, kind: Compression, src: &Path, dst: &Path) -> anyhow::Error {
+    let s = src.display();
+    match f {
+        Failure::Truncated => anyhow::anyhow!(
+            "truncated {kind}: {s} ends before the end of the stream; delete it from the cache and download again"
+        ),
+        Failure::Corrupt(why) => anyhow::anyhow!(
+            "corrupt {kind}: {s} cannot be decoded ({why}); delete it from the cache and download again"
+        ),
+        Failure::Read(e) => anyhow::Error::new(e).context(format!("cannot read {s}")),
+        Failure::Write(e) => anyhow::Error::new(e).context(format!(
+            "cannot write {} (is the disk full?)",
+            dst.display()
+        )),
+        Failure::Setup(why) => anyhow::anyhow!("cannot start the .xz decoder for {s}: {why}"),
+    }
+}
+
+/// Marker wrapped in io::Error by decoders so that [`classify`] can tell decoding
+/// problems from I/O problems.
+#[derive(Debug)]
+struct DecodeError {
+    truncated: bool,
+    why: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn decode_err(truncated: bool, why: impl Into<String>) -> io::Error {
+    io::Error::other(DecodeError {
+        truncated,
+        why: why.into(),
+    })
+}
+
+/// Wraps errors of the source file so they stay distinguishable from decoder errors.
+#[derive(Debug)]
+struct SourceError(io::Error);
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+struct TagSource<R>(R);
+
+impl<R: Read> Read for TagSource<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io::Error::other(SourceError(e))),
+                ok => return ok,
+            }
+        }
+    }
+}
+
+fn classify(e: io::Error) -> Failure {
+    if e.get_ref().is_some_and(|i| i.is::<SourceError>()) {
+        let inner = e.into_inner().expect("checked");
+        let src = inner.downcast::<SourceError>().expect("checked");
+        return Failure::Read(src.0);
+    }
+    if let Some(d) = e.get_ref().and_then(|i| i.downcast_ref::<DecodeError>()) {
+        return if d.truncated {
+            Failure::Truncated
+        } else {
+            Failure::Corrupt(d.why.clone())
+        };
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => Failure::Truncated,
+        _ => Failure::Corrupt(e.to_string()),
+    }
+}
+
+fn run(
+    kind: Compression,
+    input: File,
+    out: File,
+    task: &Task,
+    opts: Options,
+) -> Result<Decompressed, Failure> {
+    let src = TagSource(ProgressReader::new(input, task.clone()));
+    let mut reader: Box<dyn Read> = match kind {
+        Compression::None => Box::new(src),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(IN_BUF, src),
+        )),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(IN_BUF, src))
+                .map_err(|e| Failure::Setup(e.to_string()))?,
+        ),
+        Compression::Xz => Box::new(XzReader::new(src, opts.threads)?),
+    };
+    pipeline(&mut reader, out, opts.hash)
+}
+
+/// Decodes on this thread, writes (and hashes) on a writer thread.
+fn pipeline(reader: &mut dyn Read, out: File, hash: bool) -> Result<Decompressed, Failure> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(NBUF);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..NBUF + 1 {
+        free_tx.send(vec![0u8; BUF]).expect("receiver alive");
+    }
+    let writer = std::thread::spawn(move || -> io::Result<(u64, Option<String>)> {
+        let mut hasher = hash.then(Sha256::new);
+        let mut offset = 0u64;
+        for (buf, n) in full_rx {
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+            write_sparse(&out, offset, &buf[..n])?;
+            offset += n as u64;
+            let _ = free_tx.send(buf);
+        }
+        out.set_len(offset)?;
+        Ok((offset, hasher.map(|h| hex::encode(h.finalize()))))
+    });
+
+    let mut failure = None;
+    while let Ok(mut buf) = free_rx.recv() {
+        let mut n = 0;
+        let mut end = false;
+        while n < buf.len() {
+            match reader.read(&mut buf[n..]) {
+                Ok(0) => {
+                    end = true;
+                    break;
+                }
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failure = Some(classify(e));
+                    break;
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+        if n > 0 && full_tx.send((buf, n)).is_err() {
+            // The writer stopped: its error is reported below.
+            break;
+        }
+        if end {
+            break;
+        }
+    }
+    drop(full_tx);
+    let written = writer.join().expect("writer thread panicked");
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let (bytes, sha256) = written.map_err(Failure::Write)?;
+    Ok(Decompressed { bytes, sha256 })
+}
+
+/// Writes `data` at `offset`, skipping aligned all-zero blocks (the file is assumed to
+/// read as zeros there, i.e. freshly truncated). Runs of data blocks go out in one write.
+fn write_sparse(out: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    let mut pos = 0usize;
+    let mut run_start: Option<usize> = None;
+    while pos < data.len() {
+        // Blocks are aligned to the file offset, so a skipped block is a whole block.
+        let block_end = {
+            let abs = offset + pos as u64;
+            let next = (abs / SPARSE_BLOCK as u64 + 1) * SPARSE_BLOCK as u64;
+            ((next - offset) as usize).min(data.len())
+        };
+        let zero = is_zero(&data[pos..block_end]);
+        match (zero, run_start) {
+            (true, Some(s)) => {
+                out.write_all_at(&data[s..pos], offset + s as u64)?;
+                run_start = None;
+            }
+            (false, None) => run_start = Some(pos),
+            _ => {}
+        }
+        pos = block_end;
+    }
+    if let Some(s) = run_start {
+        out.write_all_at(&data[s..], offset + s as u64)?;
+    }
+    Ok(())
+}
+
+/// True when every byte is zero. Checks 256-byte pieces word-wise so data blocks (which
+/// usually have a non-zero byte early) are rejected quickly and zero blocks are scanned
+/// at memory speed.
+pub fn is_zero(b: &[u8]) -> bool {
+    // SAFETY: any bit pattern is a valid u128; align_to only reinterprets the aligned middle.
+    let (head, body, tail) = unsafe { b.align_to::<u128>() };
+    if !head.iter().all(|&x| x == 0) || !tail.iter().all(|&x| x == 0) {
+        return false;
+    }
+    body.chunks(16)
+        .all(|c| c.iter().fold(0u128, |acc, &x| acc | x) == 0)
+}
+
+/// Decoder of `.xz` files: liblzma's multi-threaded stream decoder, restarted after each
+/// stream so that concatenated streams (and the zero padding allowed between them) are
+/// decoded like `xz -d` does.
+struct XzReader<R> {
+    inner: R,
+    inbuf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    eof: bool,
+    stream: Option<Stream>,
+    threads: u32,
+    memlimit: u64,
+}
+
+impl<R: Read> XzReader<R> {
+    fn new(inner: R, threads: u32) -> Result<Self, Failure> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        } else {
+            threads
+        };
+        let mut r = XzReader {
+            inner,
+            inbuf: vec![0u8; IN_BUF],
+            pos: 0,
+            end: 0,
+            eof: false,
+            stream: None,
+            threads,
+            memlimit: threading_memlimit(),
+        };
+        r.stream = Some(r.new_stream()?);
+        Ok(r)
+    }
+
+    fn new_stream(&self) -> Result<Stream, Failure> {
+        MtStreamBuilder::new()
+            .threads(self.threads)
+            // Above this the decoder falls back to one thread instead of failing.
+            .memlimit_threading(self.memlimit)
+            .memlimit_stop(u64::MAX)
+            .timeout_ms(0)
+            .decoder()
+            .map_err(|e| Failure::Setup(e.to_string()))
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        if self.pos == self.end && !self.eof {
+            self.pos = 0;
+            self.end = self.inner.read(&mut self.inbuf)?;
+            if self.end == 0 {
+                self.eof = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Between streams: skips padding and reports whether another stream follows.
+    fn next_stream(&mut self) -> io::Result<bool> {
+        let mut padding = 0u64;
+        loop {
+            self.refill()?;
+            if self.pos == self.end {
+                break;
+            }
+            let rest = &self.inbuf[self.pos..self.end];
+            let zeros = rest.iter().take_while(|&&b| b == 0).count();
+            padding += zeros as u64;
+            self.pos += zeros;
+            if zeros < rest.len() {
+                break;
+            }
+        }
+        if !padding.is_multiple_of(4) {
+            return Err(decode_err(
+                false,
+                "stream padding is not a multiple of four bytes",
+            ));
+        }
+        if self.pos == self.end {
+            return Ok(false);
+        }
+        // Something follows: it must be another stream, starting with the magic bytes.
+        while self.end - self.pos < XZ_MAGIC.len() && !self.eof {
+            self.inbuf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+            let n = self.inner.read(&mut self.inbuf[self.end..])?;
+            if n == 0 {
+                self.eof = true;
+            }
+            self.end += n;
+        }
+        let head = &self.inbuf[self.pos..self.end];
+        let n = head.len().min(XZ_MAGIC.len());
+        if head[..n] != XZ_MAGIC[..n] {
+            return Err(decode_err(
+                false,
+                "unexpected data after the end of the .xz stream",
+            ));
+        }
+        if n < XZ_MAGIC.len() {
+            return Err(decode_err(true, "input ends inside an .xz stream header"));
+        }
+        let stream = self
+            .new_stream()
+            .map_err(|_| decode_err(false, "cannot start a decoder for the next stream"))?;
+        self.stream = Some(stream);
+        Ok(true)
+    }
+}
+
+impl<R: Read> Read for XzReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.stream.is_none() && !self.next_stream()? {
+                return Ok(0);
+            }
+            self.refill()?;
+            let stream = self.stream.as_mut().expect("stream set above");
+            let finishing = self.eof && self.pos == self.end;
+            let action = if finishing {
+                Action::Finish
+            } else {
+                Action::Run
+            };
+            let (in0, out0) = (stream.total_in(), stream.total_out());
+            let status = stream
+                .process(&self.inbuf[self.pos..self.end], out, action)
+                .map_err(|e| match e {
+                    liblzma::stream::Error::Data => decode_err(false, "compressed data is corrupt"),
+                    liblzma::stream::Error::Format => decode_err(false, "not in the .xz format"),
+                    liblzma::stream::Error::Options => {
+                        decode_err(false, "unsupported compression options")
+                    }
+                    liblzma::stream::Error::Mem => io::Error::from(io::ErrorKind::OutOfMemory),
+                    other => decode_err(false, other.to_string()),
+                })?;
+            let consumed = (stream.total_in() - in0) as usize;
+            let produced = (stream.total_out() - out0) as usize;
+            self.pos += consumed;
+            if status == Status::StreamEnd {
+                self.stream = None;
+            }
+            if produced > 0 {
+                return Ok(produced);
+            }
+            if self.stream.is_some() && finishing && consumed == 0 {
+                return Err(decode_err(true, "input ends inside an .xz stream"));
+            }
+        }
+    }
+}
+
+/// Memory above which liblzma decodes with fewer threads: a quarter of RAM, like `xz -T0`.
+fn threading_memlimit() -> u64 {
+    let total = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(4 << 30);
+    (total / 4).max(256 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::sha256_bytes;
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    fn sample(len: usize) -> Vec<u8> {
+        // Data, a long zero run, more data, an unaligned zero tail.
+        let mut v = vec![0u8; len];
+        for (i, b) in v.iter_mut().enumerate().take(300_000) {
+            *b = (i % 253) as u8 | 1;
+        }
+        for (i, b) in v.iter_mut().enumerate().skip(len / 2).take(70_000) {
+            *b = (i % 7) as u8 + 1;
+        }
+        v
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn magic_detection() {
+        assert_eq!(Compression::from_magic(&xz(b"x")), Compression::Xz);
+        assert_eq!(
+            Compression::from_magic(&[0x1f, 0x8b, 8, 0]),
+            Compression::Gzip
+        );
+        assert_eq!(
+            Compression::from_magic(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            Compression::Zstd
+        );
+        assert_eq!(Compression::from_magic(&[0; 512]), Compression::None);
+        assert_eq!(Compression::from_magic(&[]), Compression::None);
+    }
+
+    #[test]
+    fn zero_check() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&vec![0u8; SPARSE_BLOCK]));
+        for pos in [0, 1, 15, 16, 255, 256, 4097, SPARSE_BLOCK - 1] {
+            let mut v = vec![0u8; SPARSE_BLOCK];
+            v[pos] = 1;
+            assert!(!is_zero(&v), "non-zero byte at {pos} missed");
+            assert!(!is_zero(&v[pos..]), "unaligned slice at {pos}");
+        }
+    }
+
+    #[test]
+    fn sparse_writer_keeps_data_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o");
+        let f = File::create(&path).unwrap();
+        let data = sample(3 * BUF + 1234);
+        // Odd chunking so blocks straddle calls.
+        let mut off = 0;
+        for piece in data.chunks(BUF - 777) {
+            write_sparse(&f, off as u64, piece).unwrap();
+            off += piece.len();
+        }
+        f.set_len(data.len() as u64).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), data);
+        let used = fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(used < 2 << 20, "{used} bytes allocated");
+    }
+
+    #[test]
+    fn xz_concatenated_streams_with_padding() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = sample(BUF + 99);
+        let b = b"second stream".to_vec();
+        let mut comp = xz(&a);
+        comp.extend_from_slice(&[0u8; 8]);
+        comp.extend(xz(&b));
+        let src = dir.path().join("in.bin");
+        fs::write(&src, &comp).unwrap();
+        let dst = dir.path().join("out.img");
+        let d = decompress_to(&src, &dst, &Progress::quiet()).unwrap();
+        let mut want = a.clone();
+        want.extend_from_slice(&b);
+        assert_eq!(d.bytes, want.len() as u64);
+        assert_eq!(d.sha256.as_deref(), Some(sha256_bytes(&want).as_str()));
+        assert_eq!(fs::read(&dst).unwrap(), want);
+
+        // Padding that is not a multiple of 4 is corrupt.
+        let mut bad = xz(&b);
+        bad.extend_from_slice(&[0u8; 3]);
+        fs::write(&src, &bad).unwrap();
+        let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
+        assert!(format!("{err:#}").contains("corrupt .xz"), "{err:#}");
+        assert!(!dst.exists());
+
+        // Trailing garbage is corrupt, not silently ignored.
+        let mut bad = xz(&b);
+        bad.extend_from_slice(b"garbage!");
+        fs::write(&src, &bad).unwrap();
+        let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
+        assert!(format!("{err:#}").contains("corrupt .xz"), "{err:#}");
+        assert!(!dst.exists());
+    }
+
+    #[test]
+    fn truncated_and_corrupt_xz() {
+        let dir = tempfile::tempdir().unwrap();
+        let comp = xz(&sample(2 * BUF));
+        let src = dir.path().join("t.img.xz");
+        let dst = dir.path().join("out.img");
+        for cut in [7usize, 100, comp.len() / 2, comp.len() - 1] {
+            fs::write(&src, &comp[..cut]).unwrap();
+            let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("truncated .xz"), "cut {cut}: {msg}");
+            assert!(msg.contains(&src.display().to_string()), "{msg}");
+            assert!(msg.contains("download again"), "{msg}");
+            assert!(!dst.exists(), "output left behind after cut {cut}");
+        }
+        let mut bad = comp.clone();
+        let mid = bad.len() / 2;
+        for b in &mut bad[mid..mid + 64] {
+            *b ^= 0x5a;
+        }
+        fs::write(&src, &bad).unwrap();
+        let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
+        assert!(format!("{err:#}").contains("corrupt .xz"), "{err:#}");
+        assert!(!dst.exists());
+    }
+
+    #[test]
+    fn raw_input_is_copied_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample(BUF + 5);
+        let src = dir.path().join("raw.img");
+        fs::write(&src, &data).unwrap();
+        let dst = dir.path().join("out.img");
+        let d = decompress_to(&src, &dst, &Progress::quiet()).unwrap();
+        assert_eq!(d.bytes, data.len() as u64);
+        assert_eq!(fs::read(&dst).unwrap(), data);
+    }
+
+    #[test]
+    fn missing_input_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("nope.img.xz");
+        let err = decompress_to(&src, &dir.path().join("o"), &Progress::quiet()).unwrap_err();
+        assert!(format!("{err:#}").contains("nope.img.xz"));
+    }
+}

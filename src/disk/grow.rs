@@ -1,0 +1,1 @@
+//! Growing the last partition and its filesystem.

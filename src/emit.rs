@@ -1,0 +1,309 @@
+//! Writing the outputs of a build: the image, its `.sha256` file and the manifest.
+//!
+//! Every output is first written under a hidden temporary name in the destination
+//! directory and renamed into place only once complete and synced, so a build that
+//! fails or is interrupted never leaves a file under a final name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+
+/// A file being produced.
+///
+/// Created as `DIR/.NAME.partial-<pid>`; [`PendingFile::commit`] syncs it and renames it to
+/// `DIR/NAME`. Dropping it without committing removes the partial file.
+#[derive(Debug)]
+pub struct PendingFile {
+    dir: PathBuf,
+    name: String,
+    tmp: PathBuf,
+    file: Option<File>,
+    committed: bool,
+}
+
+impl PendingFile {
+    pub fn create(dir: &Path, name: &str) -> Result<Self> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            bail!("invalid output file name {name:?}: it must be a plain file name");
+        }
+        let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| {
+                format!(
+                    "cannot create {}: check that the output directory exists and is writable",
+                    tmp.display()
+                )
+            })?;
+        Ok(PendingFile {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            tmp,
+            file: Some(file),
+            committed: false,
+        })
+    }
+
+    /// Where the content is being written (the temporary name).
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The final path the file gets on commit.
+    pub fn final_path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("file is open until commit")
+    }
+
+    /// Syncs the content, renames the file to its final name and syncs the directory.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let file = self.file.take().expect("file is open until commit");
+        file.sync_all()
+            .with_context(|| format!("cannot sync {} to disk", self.tmp.display()))?;
+        drop(file);
+        let dest = self.final_path();
+        fs::rename(&self.tmp, &dest).with_context(|| {
+            format!("cannot rename {} to {}", self.tmp.display(), dest.display())
+        })?;
+        self.committed = true;
+        // Make the rename itself durable; failing to open a directory for sync is not fatal.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(dest)
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.file.take();
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn split_path(path: &Path) -> Result<(PathBuf, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no usable file name", path.display()))?
+        .to_string();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((dir, name))
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let (dir, name) = split_path(path)?;
+    let mut p = PendingFile::create(&dir, &name)?;
+    let tmp = p.path().to_path_buf();
+    p.file()
+        .write_all(bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    p.commit()
+}
+
+/// Writes `NAME.sha256` next to `path`, in `sha256sum` format (`<hex>  <name>\n`), so that
+/// `sha256sum -c NAME.sha256` run in that directory verifies the file. Returns its path.
+pub fn write_sha256_file(path: &Path, sha256: &str) -> Result<PathBuf> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("not a SHA-256 digest: {sha256:?}");
+    }
+    let (dir, name) = split_path(path)?;
+    if name.contains('\n') || name.contains('\\') {
+        bail!("cannot write a checksum line for the file name {name:?}");
+    }
+    let line = format!("{}  {name}\n", sha256.to_ascii_lowercase());
+    write_atomic(&dir.join(format!("{name}.sha256")), line.as_bytes())
+}
+
+/// Writes the manifest as pretty JSON with a trailing newline, atomically.
+pub fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
+    write_atomic(path, m.to_json().as_bytes())?;
+    Ok(())
+}
+
+const HASH_CHUNK: usize = 4 << 20;
+
+/// SHA-256 of a (possibly sparse) file, read in large chunks by a reader thread while
+/// the calling thread hashes, with a progress task.
+pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let task = progress.task(&format!("sha256 {name}"), Some(len));
+
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(3);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..4 {
+        free_tx.send(vec![0u8; HASH_CHUNK]).expect("receiver alive");
+    }
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        while let Ok(mut buf) = free_rx.recv() {
+            let mut n = 0;
+            while n < buf.len() {
+                match f.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if n == 0 || full_tx.send((buf, n)).is_err() {
+                return Ok(());
+            }
+            if n < HASH_CHUNK {
+                return Ok(());
+            }
+        }
+        Ok(())
+    });
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    for (buf, n) in full_rx {
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        task.inc(n as u64);
+        let _ = free_tx.send(buf);
+    }
+    drop(free_tx);
+    reader
+        .join()
+        .expect("hash reader thread panicked")
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if total != len {
+        bail!(
+            "{} changed size while being hashed ({len} bytes expected, {total} read)",
+            path.display()
+        );
+    }
+    task.finish("done");
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::sha256_bytes;
+
+    #[test]
+    fn pending_file_is_removed_on_drop_and_renamed_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp_path;
+        {
+            let mut p = PendingFile::create(dir.path(), "a.img").unwrap();
+            p.file().write_all(b"hello").unwrap();
+            tmp_path = p.path().to_path_buf();
+            assert!(tmp_path.exists());
+            assert!(
+                tmp_path
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(".a.img.partial-")
+            );
+            assert!(!dir.path().join("a.img").exists());
+        }
+        assert!(!tmp_path.exists(), "dropped pending file must be removed");
+        assert!(!dir.path().join("a.img").exists());
+
+        let mut p = PendingFile::create(dir.path(), "a.img").unwrap();
+        p.file().write_all(b"hello").unwrap();
+        let tmp_path = p.path().to_path_buf();
+        let out = p.commit().unwrap();
+        assert_eq!(out, dir.path().join("a.img"));
+        assert_eq!(fs::read(&out).unwrap(), b"hello");
+        assert!(!tmp_path.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn pending_file_rejects_paths_and_missing_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(PendingFile::create(dir.path(), "a/b").is_err());
+        let err = PendingFile::create(&dir.path().join("missing"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn sha256_file_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("n1.img");
+        fs::write(&img, b"abc").unwrap();
+        let digest = sha256_bytes(b"abc");
+        let out = write_sha256_file(&img, &digest).unwrap();
+        assert_eq!(out, dir.path().join("n1.img.sha256"));
+        assert_eq!(
+            fs::read_to_string(&out).unwrap(),
+            format!("{digest}  n1.img\n")
+        );
+        assert!(write_sha256_file(&img, "xyz").is_err());
+    }
+
+    #[test]
+    fn manifest_written_atomically_as_pretty_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n1.manifest.json");
+        let m = crate::manifest::tests::sample();
+        write_manifest(&path, &m).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with('\n'));
+        assert!(text.contains("\n  \"tool\": \"pikube-image\""));
+        assert_eq!(Manifest::from_json(&text).unwrap(), m);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn hash_file_matches_in_memory_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        // Crosses chunk boundaries and ends in a partial chunk.
+        let data: Vec<u8> = (0..(HASH_CHUNK * 2 + 12345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        fs::write(&path, &data).unwrap();
+        assert_eq!(
+            hash_file(&path, &Progress::quiet()).unwrap(),
+            sha256_bytes(&data)
+        );
+        let empty = dir.path().join("e");
+        fs::write(&empty, b"").unwrap();
+        assert_eq!(
+            hash_file(&empty, &Progress::quiet()).unwrap(),
+            sha256_bytes(b"")
+        );
+        // Exactly one chunk.
+        fs::write(&path, &data[..HASH_CHUNK]).unwrap();
+        assert_eq!(
+            hash_file(&path, &Progress::quiet()).unwrap(),
+            sha256_bytes(&data[..HASH_CHUNK])
+        );
+    }
+}
