@@ -7,3 +7,4 @@
 
 pub mod io;
 pub mod progress;
+pub mod source;
