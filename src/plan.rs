@@ -133,7 +133,7 @@ impl Plan {
         inputs: &PlanInputs<'_>,
     ) -> Result<Plan> {
         let mut ops = Vec::new();
-        let mut instance_id = None;
+        let instance_id;
         match &image.firstboot {
             Firstboot::CloudInit { seed_partition } => {
                 let seed = cloudinit::seed(cluster, node, &[inputs.base_sha256, &board.name])?;

@@ -1,0 +1,438 @@
+//! Resumable, verified HTTP downloads into the cache.
+//!
+//! A download goes to `partial/<sha256(requested url)>`. When the connection drops, the
+//! next attempt asks for the rest with `Range: bytes=N-`; a server that answers `206`
+//! with the matching `Content-Range` gets its bytes appended, a server that answers
+//! `200` (ranges unsupported) restarts the file from zero. The digest is computed over
+//! exactly the bytes in the file (the existing prefix is re-read when a previous run
+//! left it) and compared before the file is renamed into the blob store.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use fs4::fs_std::FileExt;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_RANGE, RANGE};
+use sha2::{Digest, Sha256};
+
+use super::{Fetched, Fetcher, SourceError, fetched};
+use crate::progress::Task;
+
+const CHUNK: usize = 256 << 10;
+
+/// Outcome of one HTTP attempt.
+enum Attempt {
+    /// The partial file holds the whole resource.
+    Complete,
+    /// A transient failure; `progressed` tells whether new bytes arrived.
+    Retry {
+        err: anyhow::Error,
+        progressed: bool,
+    },
+    /// The server restarted or refused the range: begin again at once.
+    Restart,
+}
+
+/// Bytes of the partial file hashed so far, kept in step with the file length.
+struct PartialState {
+    hasher: Sha256,
+    len: u64,
+}
+
+impl PartialState {
+    fn empty() -> PartialState {
+        PartialState {
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// Hashes the first `len` bytes of an existing partial file.
+    fn from_file(path: &Path, len: u64) -> Result<PartialState> {
+        let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut st = PartialState::empty();
+        let mut r = io::BufReader::with_capacity(CHUNK, f.take(len));
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            st.hasher.update(&buf[..n]);
+            st.len += n as u64;
+        }
+        Ok(st)
+    }
+}
+
+impl Fetcher {
+    /// Downloads `url` (through the mirror, if any) into the cache and verifies it
+    /// against `expected` when given.
+    pub(crate) fn download(&self, url: &str, expected: Option<&str>) -> Result<Fetched> {
+        let eff = self.effective_url(url)?;
+        let shown = if eff == url {
+            eff.clone()
+        } else {
+            format!("{eff} (mirror of {url})")
+        };
+        let lock = self.cache.open_lock(&eff)?;
+        if !FileExt::try_lock_exclusive(&lock).unwrap_or(false) {
+            self.progress.message(&format!(
+                "waiting for another pikube-image process that is downloading {eff}"
+            ));
+            FileExt::lock_exclusive(&lock)
+                .with_context(|| format!("cannot lock {}", self.cache.lock_path(&eff).display()))?;
+        }
+        // Someone else may have finished the same download while we waited.
+        if let Some(e) = expected {
+            if let Some(p) = self.cache.get(e) {
+                self.cache.record_url(url, e)?;
+                return fetched(url.to_string(), e.to_string(), p, true);
+            }
+        }
+        let result = self.download_locked(url, &eff, &shown, expected);
+        let _ = FileExt::unlock(&lock);
+        result
+    }
+
+    fn download_locked(
+        &self,
+        url: &str,
+        eff: &str,
+        shown: &str,
+        expected: Option<&str>,
+    ) -> Result<Fetched> {
+        let client = self.client()?;
+        let partial = self.cache.partial_path(eff);
+        let name = display_name(url);
+        let mut task: Option<Task> = None;
+        // A partial file from an earlier run may belong to an older version of the file;
+        // if the result does not verify, one clean restart is allowed.
+        let mut resumed_old = partial_len(&partial)? > 0;
+        let mut state: Option<PartialState> = None;
+        let mut failures = 0u32;
+        let mut restarts = 0u32;
+        loop {
+            let outcome =
+                self.attempt(client, eff, shown, &partial, &mut state, &mut task, &name)?;
+            match outcome {
+                Attempt::Complete => {}
+                Attempt::Restart => {
+                    restarts += 1;
+                    if restarts > 3 {
+                        return Err(anyhow!(
+                            "{shown} keeps answering with byte ranges that do not match the \
+                             request; the server or the mirror is misbehaving"
+                        ));
+                    }
+                    remove_partial(&partial)?;
+                    state = None;
+                    continue;
+                }
+                Attempt::Retry { err, progressed } => {
+                    if progressed {
+                        failures = 0;
+                    }
+                    failures += 1;
+                    if failures >= self.retry.max_attempts {
+                        return Err(err.context(format!(
+                            "giving up on {shown} after {failures} failed attempts; the partial \
+                             download is kept in {} and resumes on the next run",
+                            partial.display()
+                        )));
+                    }
+                    let delay = self
+                        .retry
+                        .base_delay
+                        .saturating_mul(1 << (failures - 1).min(5))
+                        .min(Duration::from_secs(30));
+                    self.progress.message(&format!(
+                        "{name}: {err:#}; retrying in {:.1} s (attempt {} of {})",
+                        delay.as_secs_f64(),
+                        failures + 1,
+                        self.retry.max_attempts
+                    ));
+                    thread::sleep(delay);
+                    continue;
+                }
+            }
+            // Complete: check the digest of exactly what is on disk.
+            let len = partial_len(&partial)?;
+            let st = match state.take() {
+                Some(st) if st.len == len => st,
+                _ => PartialState::from_file(&partial, len)?,
+            };
+            let actual = hex::encode(st.hasher.finalize());
+            if let Some(e) = expected {
+                if actual != e {
+                    remove_partial(&partial)?;
+                    if resumed_old {
+                        resumed_old = false;
+                        self.progress.message(&format!(
+                            "{name}: the resumed download did not verify; downloading it again \
+                             from the start"
+                        ));
+                        continue;
+                    }
+                    return Err(SourceError::ChecksumMismatch {
+                        url: shown.to_string(),
+                        expected: e.to_string(),
+                        actual,
+                    }
+                    .into());
+                }
+            }
+            let f = File::open(&partial)
+                .with_context(|| format!("cannot open {}", partial.display()))?;
+            f.sync_all()
+                .with_context(|| format!("cannot sync {}", partial.display()))?;
+            drop(f);
+            let path = self.cache.adopt(&partial, &actual)?;
+            self.cache.record_url(url, &actual)?;
+            if let Some(t) = &task {
+                t.finish(&format!("{} verified", crate::progress::human_bytes(len)));
+            }
+            return fetched(url.to_string(), actual, path, false);
+        }
+    }
+
+    /// One HTTP request, appending to or restarting the partial file.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
+        &self,
+        client: &reqwest::blocking::Client,
+        eff: &str,
+        shown: &str,
+        partial: &Path,
+        state: &mut Option<PartialState>,
+        task: &mut Option<Task>,
+        name: &str,
+    ) -> Result<Attempt> {
+        let have = partial_len(partial)?;
+        let mut req = client.get(eff);
+        if have > 0 {
+            req = req.header(RANGE, format!("bytes={have}-"));
+        }
+        let mut resp = match req.send() {
+            Ok(r) => r,
+            Err(e) if e.is_builder() => {
+                return Err(anyhow!(e).context(format!("invalid URL {shown}")));
+            }
+            Err(e) => {
+                return Ok(Attempt::Retry {
+                    err: anyhow!(e).context(format!("cannot download {shown}")),
+                    progressed: false,
+                });
+            }
+        };
+        let status = resp.status();
+        let (start, total) = match status {
+            StatusCode::OK => (0, resp.content_length()),
+            StatusCode::PARTIAL_CONTENT => {
+                let cr = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range);
+                match cr {
+                    Some((s, _, t)) if s == have => (s, t),
+                    // Not the range we asked for: start over without a range.
+                    _ => return Ok(Attempt::Restart),
+                }
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => {
+                let total = resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().strip_prefix("bytes */"))
+                    .and_then(|t| t.trim().parse::<u64>().ok());
+                return Ok(if total == Some(have) {
+                    Attempt::Complete
+                } else {
+                    Attempt::Restart
+                });
+            }
+            StatusCode::NOT_FOUND | StatusCode::GONE => {
+                return Err(SourceError::NotFound {
+                    url: shown.to_string(),
+                    status: status.as_u16(),
+                }
+                .into());
+            }
+            s if s == StatusCode::REQUEST_TIMEOUT
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || s.is_server_error() =>
+            {
+                return Ok(Attempt::Retry {
+                    err: anyhow!("HTTP {s} from {shown}"),
+                    progressed: false,
+                });
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(anyhow!(
+                    "access denied to {shown} (HTTP {status}); the file is not public: check the \
+                     URL, or download it yourself and pass a reachable --mirror"
+                ));
+            }
+            s => {
+                return Err(anyhow!("unexpected HTTP {s} from {shown}; check the URL"));
+            }
+        };
+
+        let mut file = if start == 0 {
+            *state = Some(PartialState::empty());
+            File::create(partial).with_context(|| format!("cannot create {}", partial.display()))?
+        } else {
+            let keep = match state.take() {
+                Some(st) if st.len == have => st,
+                _ => PartialState::from_file(partial, have)?,
+            };
+            *state = Some(keep);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(partial)
+                .with_context(|| format!("cannot open {}", partial.display()))?;
+            f.seek(SeekFrom::Start(have))
+                .with_context(|| format!("cannot seek in {}", partial.display()))?;
+            f
+        };
+        let st = state.as_mut().expect("state set above");
+
+        let t = task.get_or_insert_with(|| self.progress.task(name, total));
+        t.set_position(start);
+
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        let read_err = loop {
+            match resp.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => {
+                    file.write_all(&buf[..n])
+                        .with_context(|| format!("cannot write {}", partial.display()))?;
+                    st.hasher.update(&buf[..n]);
+                    st.len += n as u64;
+                    got += n as u64;
+                    t.inc(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Some(e),
+            }
+        };
+        file.flush()
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        drop(file);
+        if let Some(e) = read_err {
+            return Ok(Attempt::Retry {
+                err: anyhow!(e).context(format!(
+                    "connection to {shown} broke after {} bytes",
+                    start + got
+                )),
+                progressed: got > 0,
+            });
+        }
+        if let Some(total) = total {
+            if start + got != total {
+                return Ok(Attempt::Retry {
+                    err: anyhow!("{shown} ended after {} of {total} bytes", start + got),
+                    progressed: got > 0,
+                });
+            }
+        }
+        Ok(Attempt::Complete)
+    }
+}
+
+fn partial_len(p: &Path) -> Result<u64> {
+    match fs::metadata(p) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", p.display())),
+    }
+}
+
+fn remove_partial(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot delete {}", p.display())),
+    }
+}
+
+/// `bytes START-END/TOTAL` → (start, end, total); the total may be `*` (unknown).
+fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (s, e) = range.trim().split_once('-')?;
+    let s: u64 = s.trim().parse().ok()?;
+    let e: u64 = e.trim().parse().ok()?;
+    if e < s {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => {
+            let t: u64 = t.parse().ok()?;
+            if e >= t {
+                return None;
+            }
+            Some(t)
+        }
+    };
+    Some((s, e, total))
+}
+
+/// The last path segment of a URL, for progress lines.
+fn display_name(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or(url);
+    no_query
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(url)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            Some((100, 199, Some(200)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
+        assert_eq!(parse_content_range("bytes 5-4/10"), None);
+        assert_eq!(parse_content_range("bytes 5-10/10"), None);
+        assert_eq!(parse_content_range("bytes */10"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+
+    #[test]
+    fn names_for_progress() {
+        assert_eq!(display_name("https://h/a/b.img.xz?x=1"), "b.img.xz");
+        assert_eq!(display_name("https://h/a/"), "a");
+    }
+
+    #[test]
+    fn partial_state_hashes_prefix() {
+        let td = tempfile::tempdir().unwrap();
+        let p = td.path().join("f");
+        fs::write(&p, b"abcdef").unwrap();
+        let st = PartialState::from_file(&p, 3).unwrap();
+        assert_eq!(st.len, 3);
+        assert_eq!(
+            hex::encode(st.hasher.finalize()),
+            crate::io::sha256_bytes(b"abc")
+        );
+    }
+}

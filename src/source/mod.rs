@@ -1,0 +1,248 @@
+//! The `source` stage: resolve, download, cache and verify the inputs of a build.
+//!
+//! Every input (a base OS image, a k3s binary, an air-gap image tarball) is an
+//! [`Artifact`]: a URL plus a way to know its SHA-256 in advance. The [`Fetcher`]
+//! returns a [`Fetched`] file only once its digest matched; verified files live in a
+//! content-addressed [`Cache`] so a second build, or an `--offline` one, reads them
+//! without the network.
+
+mod cache;
+mod download;
+mod mirror;
+mod sums;
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+pub use cache::{Cache, normalize_sha256};
+pub use mirror::mirror_url;
+pub use sums::lookup_checksum;
+
+use crate::progress::Progress;
+
+/// How the expected digest of an artifact is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    /// A known hex digest.
+    Sha256(String),
+    /// A checksum list (`SHA256SUMS`, `*.sha256`, `.sha`, `sha256sum-*.txt`) to fetch, in
+    /// which `name` is looked up.
+    SumsFile { url: String, name: String },
+}
+
+/// Something to download.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    pub url: String,
+    pub checksum: Checksum,
+}
+
+/// A verified file in the cache. Treat `path` as read-only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// The URL as given (before any mirror rewriting).
+    pub url: String,
+    pub size: u64,
+    pub from_cache: bool,
+}
+
+/// Failures a caller may want to tell apart (reach them with `downcast_ref`).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("not found: {url} (HTTP {status}); check the version, the board name or --image-url")]
+    NotFound { url: String, status: u16 },
+    #[error(
+        "checksum mismatch for {url}: expected {expected}, got {actual}; the download or the \
+         mirror is corrupt. The bad file was deleted and nothing was cached: retry the build, \
+         check the mirror, or check the expected digest (--image-sha256 or the checksum file)"
+    )]
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "{url} is not in the download cache {cache} and --offline forbids downloading it; run \
+         the same build once with network access (or with --mirror pointing at a reachable \
+         mirror) to fill the cache, or point PIKUBE_CACHE_DIR at a cache that holds it"
+    )]
+    OfflineMiss { url: String, cache: PathBuf },
+    #[error(
+        "{name} is not listed in the checksum file {sums_url}; check the file name and version"
+    )]
+    NotInSums { name: String, sums_url: String },
+}
+
+/// Retry behaviour for transient network failures.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Consecutive failed attempts (without any new byte received) before giving up.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled after every failure, capped at 30 s.
+    pub base_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Downloads artifacts into a [`Cache`], verifying every byte.
+pub struct Fetcher {
+    cache: Cache,
+    mirror: Option<String>,
+    offline: bool,
+    progress: Progress,
+    retry: RetryPolicy,
+    client: OnceLock<reqwest::blocking::Client>,
+}
+
+/// Largest checksum list or other text file `fetch_text` accepts.
+const MAX_TEXT: u64 = 16 << 20;
+
+impl Fetcher {
+    pub fn new(cache: Cache, mirror: Option<String>, offline: bool, progress: Progress) -> Fetcher {
+        Fetcher {
+            cache,
+            mirror: mirror.filter(|m| !m.trim().is_empty()),
+            offline,
+            progress,
+            retry: RetryPolicy::default(),
+            client: OnceLock::new(),
+        }
+    }
+
+    /// Replaces the default retry policy (5 attempts, 1 s doubling back-off).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Fetcher {
+        self.retry = retry;
+        self
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn offline(&self) -> bool {
+        self.offline
+    }
+
+    /// The URL actually requested for `url` (the mirror's copy when a mirror is set).
+    pub fn effective_url(&self, url: &str) -> Result<String> {
+        match &self.mirror {
+            Some(m) => mirror_url(url, m),
+            None => Ok(url.to_string()),
+        }
+    }
+
+    /// Returns the verified, cached file for `a`, downloading it when needed.
+    pub fn fetch(&self, a: &Artifact) -> Result<Fetched> {
+        let expected = match &a.checksum {
+            Checksum::Sha256(h) => Some(
+                normalize_sha256(h).with_context(|| format!("invalid checksum for {}", a.url))?,
+            ),
+            Checksum::SumsFile { url, name } => {
+                match self.fetch_text(url) {
+                    Ok(text) => Some(lookup_checksum(&text, name).ok_or_else(|| {
+                        SourceError::NotInSums {
+                            name: name.clone(),
+                            sums_url: url.clone(),
+                        }
+                    })?),
+                    Err(e) if self.offline => {
+                        // Without the list, the digest recorded when the artifact itself was
+                        // verified still identifies it.
+                        match self.cache.lookup_url(&a.url) {
+                            Some(d) => Some(d),
+                            None => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let expected = expected.expect("every checksum kind yields a digest");
+        if let Some(path) = self.cache.get(&expected) {
+            if self.cache.lookup_url(&a.url).as_deref() != Some(expected.as_str()) {
+                let _ = self.cache.record_url(&a.url, &expected);
+            }
+            return fetched(a.url.clone(), expected, path, true);
+        }
+        if self.offline {
+            return Err(SourceError::OfflineMiss {
+                url: a.url.clone(),
+                cache: self.cache.root().to_path_buf(),
+            }
+            .into());
+        }
+        self.download(&a.url, Some(&expected))
+    }
+
+    /// Downloads (or, offline, reads from the cache) a small text file such as a
+    /// checksum list. Online, the file is always downloaded afresh; the copy is kept so
+    /// later offline builds can read it.
+    pub fn fetch_text(&self, url: &str) -> Result<String> {
+        let path = if self.offline {
+            let digest = self
+                .cache
+                .lookup_url(url)
+                .ok_or_else(|| SourceError::OfflineMiss {
+                    url: url.to_string(),
+                    cache: self.cache.root().to_path_buf(),
+                })?;
+            self.cache.blob_path(&digest)
+        } else {
+            self.download(url, None)?.path
+        };
+        let meta =
+            fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
+        if meta.len() > MAX_TEXT {
+            bail!(
+                "{url} is {} bytes, too large for a checksum file; check the URL",
+                meta.len()
+            );
+        }
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{url} is not a text file (invalid UTF-8); check the URL"))
+    }
+
+    fn client(&self) -> Result<&reqwest::blocking::Client> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let c = reqwest::blocking::Client::builder()
+            .user_agent(concat!("pikube-image/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            // The blocking client applies this to sending the request and to every single
+            // read of the body: a stall timeout, not a limit on the whole transfer.
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .build()
+            .context("cannot initialise the HTTP client (TLS setup failed)")?;
+        let _ = self.client.set(c);
+        Ok(self.client.get().expect("client was just set"))
+    }
+}
+
+fn fetched(url: String, sha256: String, path: PathBuf, from_cache: bool) -> Result<Fetched> {
+    let size = fs::metadata(&path)
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    Ok(Fetched {
+        path,
+        sha256,
+        url,
+        size,
+        from_cache,
+    })
+}

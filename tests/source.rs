@@ -1,0 +1,543 @@
+//! The source stage against a real HTTP server on 127.0.0.1.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pikube_image::progress::{Mode, Progress};
+use pikube_image::source::{
+    Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, lookup_checksum, mirror_url,
+};
+use support::http::TestServer;
+use support::{pseudo_random, sha256_hex};
+
+const MIB: usize = 1 << 20;
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(10),
+    }
+}
+
+fn fetcher(cache_dir: &Path, mirror: Option<String>, offline: bool) -> Fetcher {
+    Fetcher::new(
+        Cache::open(cache_dir).unwrap(),
+        mirror,
+        offline,
+        Progress::quiet(),
+    )
+    .with_retry(fast_retry())
+}
+
+fn count(dir: &Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn sha_artifact(url: String, data: &[u8]) -> Artifact {
+    Artifact {
+        url,
+        checksum: Checksum::Sha256(sha256_hex(data)),
+    }
+}
+
+#[test]
+fn downloads_and_verifies_then_hits_the_cache() {
+    let srv = TestServer::start();
+    let data = pseudo_random(3 * MIB + 123, 1);
+    srv.add("/img/a.img.xz", data.clone());
+    let td = tempfile::tempdir().unwrap();
+    let a = sha_artifact(srv.url_for("/img/a.img.xz"), &data);
+
+    let f = fetcher(td.path(), None, false);
+    let got = f.fetch(&a).unwrap();
+    assert!(!got.from_cache);
+    assert_eq!(got.sha256, sha256_hex(&data));
+    assert_eq!(got.size, data.len() as u64);
+    assert_eq!(got.url, a.url);
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    assert!(got.path.starts_with(td.path().join("blobs")));
+    assert_eq!(srv.hits("/img/a.img.xz"), 1);
+    let log = srv.requests();
+    let ua = log[0].header("user-agent").unwrap();
+    assert!(ua.starts_with("pikube-image/"), "{ua}");
+    assert_eq!(count(&td.path().join("partial")), 0);
+
+    // Same fetcher, and a fresh one on the same cache: no request at all.
+    let again = f.fetch(&a).unwrap();
+    assert!(again.from_cache);
+    assert_eq!(again.path, got.path);
+    let other = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    assert!(other.from_cache);
+    assert_eq!(srv.total_hits(), 1);
+}
+
+#[test]
+fn resumes_after_dropped_connections_with_ranges() {
+    let srv = TestServer::start();
+    let data = pseudo_random(3 * MIB, 2);
+    srv.add("/x/b.img", data.clone());
+    srv.set_drop_after("/x/b.img", MIB, 2);
+    let td = tempfile::tempdir().unwrap();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(srv.url_for("/x/b.img"), &data))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let log = srv.requests();
+    let ranges: Vec<Option<String>> = log.iter().map(|r| r.range.clone()).collect();
+    assert_eq!(
+        ranges,
+        vec![
+            None,
+            Some(format!("bytes={}-", MIB)),
+            Some(format!("bytes={}-", 2 * MIB)),
+        ]
+    );
+    assert_eq!(log[1].status, 206);
+    assert_eq!(log[2].status, 206);
+    assert_eq!(count(&td.path().join("partial")), 0);
+}
+
+#[test]
+fn server_ignoring_ranges_restarts_cleanly() {
+    let srv = TestServer::start();
+    let data = pseudo_random(2 * MIB + 7, 3);
+    srv.add("/x/c.img", data.clone());
+    srv.set_ranges(false);
+    srv.set_drop_after("/x/c.img", MIB / 2, 1);
+    let td = tempfile::tempdir().unwrap();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(srv.url_for("/x/c.img"), &data))
+        .unwrap();
+    // No duplicated prefix: the 200 answer replaced the partial file.
+    assert_eq!(got.size, data.len() as u64);
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let log = srv.requests();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].range.as_deref(), Some("bytes=524288-"));
+    assert_eq!(log[1].status, 200);
+}
+
+#[test]
+fn stale_partial_from_another_file_is_replaced() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 4);
+    srv.add("/x/d.img", data.clone());
+    let td = tempfile::tempdir().unwrap();
+    let f = fetcher(td.path(), None, false);
+    let url = srv.url_for("/x/d.img");
+    // A previous run left the first bytes of a different file under this URL.
+    fs::write(f.cache().partial_path(&url), pseudo_random(1000, 99)).unwrap();
+    let got = f.fetch(&sha_artifact(url, &data)).unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let log = srv.requests();
+    assert_eq!(log[0].range.as_deref(), Some("bytes=1000-"));
+    assert_eq!(log[1].range, None);
+}
+
+#[test]
+fn wrong_checksum_is_a_clear_error_and_caches_nothing() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 5);
+    srv.add("/x/e.img", data.clone());
+    let td = tempfile::tempdir().unwrap();
+    let wrong = sha256_hex(b"something else");
+    let url = srv.url_for("/x/e.img");
+    let err = fetcher(td.path(), None, false)
+        .fetch(&Artifact {
+            url: url.clone(),
+            checksum: Checksum::Sha256(wrong.clone()),
+        })
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("checksum mismatch"), "{msg}");
+    assert!(msg.contains(&url), "{msg}");
+    assert!(msg.contains(&wrong), "{msg}");
+    assert!(msg.contains(&sha256_hex(&data)), "{msg}");
+    assert!(matches!(
+        err.downcast_ref::<SourceError>(),
+        Some(SourceError::ChecksumMismatch { .. })
+    ));
+    assert_eq!(count(&td.path().join("blobs/sha256")), 0);
+    assert_eq!(count(&td.path().join("partial")), 0);
+    assert_eq!(count(&td.path().join("urls")), 0);
+    assert_eq!(count(&td.path().join("tmp")), 0);
+}
+
+#[test]
+fn offline_uses_only_the_cache() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 6);
+    srv.add("/x/f.img", data.clone());
+    let td = tempfile::tempdir().unwrap();
+    let a = sha_artifact(srv.url_for("/x/f.img"), &data);
+    fetcher(td.path(), None, false).fetch(&a).unwrap();
+    srv.clear_log();
+
+    let off = fetcher(td.path(), None, true);
+    let hit = off.fetch(&a).unwrap();
+    assert!(hit.from_cache);
+    assert_eq!(fs::read(&hit.path).unwrap(), data);
+
+    let other = pseudo_random(1000, 7);
+    srv.add("/x/g.img", other.clone());
+    let miss_url = srv.url_for("/x/g.img");
+    let err = off
+        .fetch(&sha_artifact(miss_url.clone(), &other))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&miss_url), "{msg}");
+    assert!(msg.contains("--offline"), "{msg}");
+    assert!(msg.contains("--mirror"), "{msg}");
+    assert!(matches!(
+        err.downcast_ref::<SourceError>(),
+        Some(SourceError::OfflineMiss { .. })
+    ));
+    let err = off.fetch_text(&srv.url_for("/x/SUMS")).unwrap_err();
+    assert!(format!("{err:#}").contains("/x/SUMS"));
+    assert_eq!(srv.total_hits(), 0, "offline must not touch the network");
+}
+
+#[test]
+fn sums_file_checksums_work_online_and_offline() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB + 1, 8);
+    let name = "ubuntu-24.04.3-preinstalled-server-arm64+raspi.img.xz";
+    srv.add(&format!("/rel/{name}"), data.clone());
+    srv.add(
+        "/rel/SHA256SUMS",
+        format!(
+            "{} *ubuntu-24.04.3-preinstalled-desktop-arm64+raspi.img.xz\n{} *{name}\n",
+            sha256_hex(b"desktop"),
+            sha256_hex(&data)
+        ),
+    );
+    let td = tempfile::tempdir().unwrap();
+    let a = Artifact {
+        url: srv.url_for(&format!("/rel/{name}")),
+        checksum: Checksum::SumsFile {
+            url: srv.url_for("/rel/SHA256SUMS"),
+            name: name.to_string(),
+        },
+    };
+    let got = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    assert_eq!(got.sha256, sha256_hex(&data));
+    assert_eq!(srv.hits(&format!("/rel/{name}")), 1);
+
+    // Online again: the list is re-read, the image comes from the cache.
+    let again = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    assert!(again.from_cache);
+    assert_eq!(srv.hits(&format!("/rel/{name}")), 1);
+    assert_eq!(srv.hits("/rel/SHA256SUMS"), 2);
+
+    srv.clear_log();
+    let off = fetcher(td.path(), None, true);
+    assert!(off.fetch(&a).unwrap().from_cache);
+    assert!(
+        off.fetch_text(&srv.url_for("/rel/SHA256SUMS"))
+            .unwrap()
+            .contains(name)
+    );
+    assert_eq!(srv.total_hits(), 0);
+
+    // Offline with the list missing from the cache: the URL index still knows the image.
+    let sums_digest = pikube_image::io::sha256_bytes(
+        off.fetch_text(&srv.url_for("/rel/SHA256SUMS"))
+            .unwrap()
+            .as_bytes(),
+    );
+    let blob = off.cache().blob_path(&sums_digest);
+    let mut perm = fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&blob, perm).unwrap();
+    fs::remove_file(&blob).unwrap();
+    assert!(off.fetch(&a).unwrap().from_cache);
+    assert_eq!(srv.total_hits(), 0);
+}
+
+#[test]
+fn every_checksum_file_format_is_understood() {
+    let srv = TestServer::start();
+    let data = pseudo_random(64 << 10, 9);
+    let h = sha256_hex(&data);
+    let noise = sha256_hex(b"noise");
+    let cases = [
+        (
+            "ubuntu",
+            "SHA256SUMS",
+            format!("{noise} *other.img.xz\n{h} *a.img.xz\n"),
+        ),
+        ("raspios", "a.img.xz.sha256", format!("{h}  a.img.xz\n")),
+        ("armbian", "a.img.xz.sha", format!("{h} a.img.xz\r\n")),
+        (
+            "k3s",
+            "sha256sum-arm64.txt",
+            format!("{noise}  k3s-airgap-images-arm64.tar.zst\n{h}  a.img.xz\n"),
+        ),
+    ];
+    for (dist, sums, content) in cases {
+        srv.add(&format!("/{dist}/a.img.xz"), data.clone());
+        srv.add(&format!("/{dist}/{sums}"), content.clone());
+        let td = tempfile::tempdir().unwrap();
+        let got = fetcher(td.path(), None, false)
+            .fetch(&Artifact {
+                url: srv.url_for(&format!("/{dist}/a.img.xz")),
+                checksum: Checksum::SumsFile {
+                    url: srv.url_for(&format!("/{dist}/{sums}")),
+                    name: "a.img.xz".into(),
+                },
+            })
+            .unwrap_or_else(|e| panic!("{dist}: {e:#}"));
+        assert_eq!(got.sha256, h, "{dist}");
+        assert_eq!(lookup_checksum(&content, "a.img.xz"), Some(h.clone()));
+    }
+}
+
+#[test]
+fn name_missing_from_checksum_file_names_the_file() {
+    let srv = TestServer::start();
+    srv.add("/r/SHA256SUMS", format!("{} *x.img\n", sha256_hex(b"x")));
+    srv.add("/r/y.img", b"y".to_vec());
+    let td = tempfile::tempdir().unwrap();
+    let sums = srv.url_for("/r/SHA256SUMS");
+    let err = fetcher(td.path(), None, false)
+        .fetch(&Artifact {
+            url: srv.url_for("/r/y.img"),
+            checksum: Checksum::SumsFile {
+                url: sums.clone(),
+                name: "y.img".into(),
+            },
+        })
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&sums) && msg.contains("y.img"), "{msg}");
+    assert_eq!(srv.hits("/r/y.img"), 0);
+}
+
+#[test]
+fn mirror_serves_every_url_including_checksum_files() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 10);
+    let path = "/github.com/k3s-io/k3s/releases/download/v1.33.4%2Bk3s1";
+    srv.add(&format!("{path}/k3s-arm64"), data.clone());
+    srv.add(
+        &format!("{path}/sha256sum-arm64.txt"),
+        format!("{}  k3s-arm64\n", sha256_hex(&data)),
+    );
+    let upstream = "https://github.com/k3s-io/k3s/releases/download/v1.33.4%2Bk3s1";
+    let a = Artifact {
+        url: format!("{upstream}/k3s-arm64"),
+        checksum: Checksum::SumsFile {
+            url: format!("{upstream}/sha256sum-arm64.txt"),
+            name: "k3s-arm64".into(),
+        },
+    };
+    let td = tempfile::tempdir().unwrap();
+    let got = fetcher(td.path(), Some(format!("{}/", srv.url())), false)
+        .fetch(&a)
+        .unwrap();
+    assert_eq!(got.url, a.url, "the upstream URL is reported");
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    assert_eq!(srv.hits(&format!("{path}/k3s-arm64")), 1);
+    assert_eq!(srv.hits(&format!("{path}/sha256sum-arm64.txt")), 1);
+    assert_eq!(
+        mirror_url(&a.url, &srv.url()).unwrap(),
+        srv.url_for(&format!("{path}/k3s-arm64"))
+    );
+
+    // The cache is keyed by upstream URL, so offline works without the mirror.
+    srv.clear_log();
+    assert!(fetcher(td.path(), None, true).fetch(&a).unwrap().from_cache);
+    assert_eq!(srv.total_hits(), 0);
+
+    // A mirror lacking the file: the error names the mirror URL and the upstream one.
+    let err = fetcher(td.path(), Some(srv.url()), false)
+        .fetch_text("https://example.org/missing/SHA256SUMS")
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&srv.url_for("/example.org/missing/SHA256SUMS")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("mirror of https://example.org/missing/SHA256SUMS"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn not_found_is_explained() {
+    let srv = TestServer::start();
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/nope/image.img.xz");
+    let err = fetcher(td.path(), None, false)
+        .fetch(&Artifact {
+            url: url.clone(),
+            checksum: Checksum::Sha256(sha256_hex(b"")),
+        })
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("not found"), "{msg}");
+    assert!(msg.contains(&url), "{msg}");
+    assert!(msg.contains("--image-url"), "{msg}");
+    assert_eq!(srv.hits("/nope/image.img.xz"), 1, "a 404 is not retried");
+}
+
+#[test]
+fn server_errors_are_retried_and_redirects_followed() {
+    let srv = TestServer::start();
+    let data = pseudo_random(200_000, 11);
+    srv.add("/archive/real.img.xz", data.clone());
+    srv.add_redirect("/latest", "/archive/real.img.xz");
+    srv.set_fail("/archive/real.img.xz", 503, 2);
+    let td = tempfile::tempdir().unwrap();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(srv.url_for("/latest"), &data))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    assert_eq!(srv.hits("/archive/real.img.xz"), 3);
+
+    // Persistent failures give up with the cause.
+    srv.set_fail("/archive/other", 500, 100);
+    let err = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(srv.url_for("/archive/other"), b"z"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("500") && msg.contains("giving up"), "{msg}");
+    assert_eq!(srv.hits("/archive/other"), 5);
+}
+
+#[test]
+fn fetch_text_returns_content_and_caches_it() {
+    let srv = TestServer::start();
+    srv.add("/t/SHA256SUMS", "abc\n");
+    let td = tempfile::tempdir().unwrap();
+    let f = fetcher(td.path(), None, false);
+    assert_eq!(
+        f.fetch_text(&srv.url_for("/t/SHA256SUMS")).unwrap(),
+        "abc\n"
+    );
+    srv.add("/t/SHA256SUMS", "def\n");
+    // Online always re-reads a checksum list; offline returns the last one seen.
+    assert_eq!(
+        f.fetch_text(&srv.url_for("/t/SHA256SUMS")).unwrap(),
+        "def\n"
+    );
+    let off = fetcher(td.path(), None, true);
+    assert_eq!(
+        off.fetch_text(&srv.url_for("/t/SHA256SUMS")).unwrap(),
+        "def\n"
+    );
+}
+
+#[test]
+fn two_threads_share_one_download() {
+    let srv = TestServer::start();
+    let data = pseudo_random(2 * MIB, 12);
+    srv.add("/x/shared.img", data.clone());
+    srv.set_throttle(Some(Duration::from_millis(10)));
+    let td = tempfile::tempdir().unwrap();
+    let a = sha_artifact(srv.url_for("/x/shared.img"), &data);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| fetcher(td.path(), None, false).fetch(&a)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    });
+    assert_eq!(results[0].path, results[1].path);
+    assert_eq!(fs::read(&results[0].path).unwrap(), data);
+    assert_eq!(
+        srv.hits("/x/shared.img"),
+        1,
+        "the second fetch waits and reuses"
+    );
+    assert_eq!(count(&td.path().join("blobs/sha256")), 1);
+    assert_eq!(count(&td.path().join("partial")), 0);
+}
+
+const CHILD_ENV: &str = "PIKUBE_SOURCE_TEST_CHILD";
+
+/// Runs only as a child of `two_processes_share_one_download`.
+#[test]
+fn child_process_fetch() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut it = spec.splitn(3, '\n');
+    let (dir, url, sha) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    let f = Fetcher::new(
+        Cache::open(Path::new(dir)).unwrap(),
+        None,
+        false,
+        Progress::new(Mode::Plain),
+    )
+    .with_retry(fast_retry());
+    let got = f
+        .fetch(&Artifact {
+            url: url.into(),
+            checksum: Checksum::Sha256(sha.into()),
+        })
+        .unwrap();
+    assert_eq!(got.sha256, sha);
+    eprintln!("CHILD-OK from_cache={}", got.from_cache);
+}
+
+#[test]
+fn two_processes_share_one_download() {
+    let srv = TestServer::start();
+    let data = pseudo_random(2 * MIB, 13);
+    srv.add("/x/proc.img", data.clone());
+    srv.set_throttle(Some(Duration::from_millis(20)));
+    let td = tempfile::tempdir().unwrap();
+    let spec = format!(
+        "{}\n{}\n{}",
+        td.path().display(),
+        srv.url_for("/x/proc.img"),
+        sha256_hex(&data)
+    );
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "--exact",
+                    "child_process_fetch",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, &spec)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let mut waited = 0;
+    for o in &outs {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "child failed: {err}");
+        assert!(
+            err.contains("CHILD-OK"),
+            "child did not run the fetch: {err}"
+        );
+        if err.contains("waiting for another pikube-image process") {
+            waited += 1;
+        }
+    }
+    assert_eq!(
+        waited, 1,
+        "one process must have waited for the other's lock"
+    );
+    assert_eq!(srv.hits("/x/proc.img"), 1);
+    let blob = td.path().join("blobs/sha256").join(sha256_hex(&data));
+    assert_eq!(fs::read(blob).unwrap(), data);
+    assert_eq!(count(&td.path().join("blobs/sha256")), 1);
+}
