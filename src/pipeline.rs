@@ -228,12 +228,11 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     // Resolve every node's board and image first: a typo fails before any download.
     let mut jobs: Vec<(Node, &Board, &OsImage, BaseSpec)> = Vec::new();
     for node in nodes {
-        let board = catalog
-            .board(&node.board)
-            .with_context(|| format!("node '{}'", node.name))?;
+        let at = || format!("node '{}' in {}", node.name, req.config.display());
+        let board = catalog.board(&node.board).with_context(at)?;
         let image = catalog
             .image_for(board, node.os.as_deref())
-            .with_context(|| format!("node '{}'", node.name))?;
+            .with_context(at)?;
         let spec = base_spec(&req.base, image)?;
         jobs.push((node, board, image, spec));
     }

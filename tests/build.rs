@@ -1,0 +1,422 @@
+//! End-to-end builds through the command line, against fixture images that mimic the real
+//! Ubuntu 24.04 raspi layout, served by a real HTTP server on 127.0.0.1 through `--mirror`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pikube_image::decompress::Compression;
+use support::fixtures::{self, Fixture, FixtureOpts};
+use support::http::TestServer;
+
+const CATALOG_DIR: &str = "cdimage.ubuntu.com/releases/24.04.3/release";
+const CATALOG_FILE: &str = "ubuntu-24.04.3-preinstalled-server-arm64+raspi.img.xz";
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPikubeTestKey ops@laptop";
+
+fn cluster_yaml(extra_nodes: &str) -> String {
+    format!(
+        r#"cluster: lab
+domain: home.arpa
+timezone: Europe/Berlin
+admin:
+  user: ops
+  ssh_authorized_keys: ["{KEY}"]
+network: {{ gateway: 192.168.50.1, dns: [192.168.50.2], prefix: 24 }}
+nodes:
+  - {{ name: cp1, board: rpi4, role: server, ip: 192.168.50.10 }}
+  - {{ name: w1, board: rpi400, role: worker }}
+{extra_nodes}"#
+    )
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    fixture: Fixture,
+    xz: PathBuf,
+    server: TestServer,
+}
+
+impl Env {
+    fn new(opts: FixtureOpts) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("pikube-build")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap();
+        let fixture = fixtures::ubuntu_raspi(dir.path(), opts);
+        let xz = fixtures::compress(&fixture.image, Compression::Xz);
+        let bytes = std::fs::read(&xz).unwrap();
+        let server = TestServer::start();
+        let sha = pikube_image::io::sha256_bytes(&bytes);
+        server.add(&format!("/{CATALOG_DIR}/{CATALOG_FILE}"), bytes);
+        server.add(
+            &format!("/{CATALOG_DIR}/SHA256SUMS"),
+            format!("0000000000000000000000000000000000000000000000000000000000000000 *other.img.xz\n{sha} *{CATALOG_FILE}\n"),
+        );
+        std::fs::write(dir.path().join("cluster.yaml"), cluster_yaml("")).unwrap();
+        Env {
+            dir,
+            fixture,
+            xz,
+            server,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("PIKUBE_CACHE_DIR", self.path("cache"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ pikube-image {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn build(&self, extra: &[&str]) -> Output {
+        let url = self.server.url();
+        let mut args = vec!["build", "--mirror", &url, "--out", "out"];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    fn cache_blobs(&self) -> Vec<PathBuf> {
+        walk(&self.path("cache"))
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().contains("/locks/"))
+            .collect()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn mtype(img: &Path, offset: u64, path: &str) -> Vec<u8> {
+    let o = Command::new("mtype")
+        .arg("-i")
+        .arg(format!("{}@@{offset}", img.display()))
+        .arg(format!("::{path}"))
+        .output()
+        .expect("mtype (mtools) is installed");
+    assert!(o.status.success(), "mtype {path}: {}", stderr(&o));
+    o.stdout
+}
+
+fn dump_without_device(img: &Path) -> String {
+    fixtures::sfdisk_dump(img)
+        .lines()
+        .filter(|l| !l.starts_with("device:"))
+        .map(|l| l.split_once(':').map(|(_, r)| r.to_string()).unwrap_or(l.to_string()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn instance_id(img: &Path, offset: u64) -> String {
+    let meta = String::from_utf8(mtype(img, offset, "meta-data")).unwrap();
+    meta.lines()
+        .find_map(|l| l.strip_prefix("instance-id: "))
+        .expect("instance-id in meta-data")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn build_through_mirror_gives_a_valid_per_node_image() {
+    let env = Env::new(FixtureOpts::default());
+    let out = env.build(&["--node", "cp1", "--node", "w1"]);
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+    let img = env.path("out/cp1.img");
+    let boot = env.fixture.part("system-boot").clone();
+
+    // Checksums and manifest.
+    let o = Command::new("sha256sum")
+        .arg("-c")
+        .arg("cp1.img.sha256")
+        .current_dir(env.path("out"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "sha256sum -c: {}", stderr(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("out/cp1.manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["node"], "cp1");
+    assert_eq!(manifest["role"], "server");
+    assert_eq!(
+        manifest["base"]["url"],
+        format!("https://{CATALOG_DIR}/{CATALOG_FILE}")
+    );
+    assert_eq!(
+        manifest["base"]["sha256"],
+        pikube_image::io::sha256_bytes(&std::fs::read(&env.xz).unwrap())
+    );
+    let files: Vec<&str> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        ["/meta-data", "/user-data", "/network-config", "/cmdline.txt"]
+    );
+
+    // Partition table identical, FAT clean.
+    assert_eq!(
+        dump_without_device(&img),
+        dump_without_device(&env.fixture.image)
+    );
+    let part = env.path("boot.part");
+    let data = std::fs::read(&img).unwrap();
+    std::fs::write(&part, &data[boot.start as usize..(boot.start + boot.size) as usize]).unwrap();
+    let o = Command::new("fsck.fat").arg("-n").arg(&part).output().unwrap();
+    assert!(
+        o.status.success(),
+        "fsck.fat -n: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+
+    // Bytes outside the boot partition are identical to the input.
+    let input = std::fs::read(&env.fixture.image).unwrap();
+    assert_eq!(data.len(), input.len());
+    let (s, e) = (boot.start as usize, (boot.start + boot.size) as usize);
+    assert!(data[..s] == input[..s], "bytes before the boot partition changed");
+    assert!(data[e..] == input[e..], "bytes after the boot partition changed");
+    // Files the plan does not touch are identical.
+    for f in ["config.txt", "start4.elf", "bcm2711-rpi-4-b.dtb"] {
+        if let Some(sha) = env.fixture.files.get(&format!("system-boot:/{f}")) {
+            let got = pikube_image::io::sha256_bytes(&mtype(&img, boot.start, f));
+            assert_eq!(&got, sha, "{f} changed");
+        }
+    }
+
+    // Seed: schema-valid, with the node's identity.
+    let ud = mtype(&img, boot.start, "user-data");
+    let ud_path = env.path("user-data");
+    std::fs::write(&ud_path, &ud).unwrap();
+    let o = Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(&ud_path)
+        .output()
+        .expect("cloud-init is installed");
+    assert!(o.status.success(), "cloud-init schema: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let ud = String::from_utf8(ud).unwrap();
+    assert!(ud.starts_with("#cloud-config\n"));
+    assert!(ud.contains("hostname: cp1") && ud.contains("fqdn: cp1.home.arpa"), "{ud}");
+    assert!(ud.contains(KEY) && ud.contains("ssh_pwauth: false"), "{ud}");
+    assert!(ud.contains("lock_passwd: true"), "{ud}");
+
+    let nc_path = env.path("network-config");
+    std::fs::write(&nc_path, mtype(&img, boot.start, "network-config")).unwrap();
+    let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracles/network_config.py"))
+        .arg(&nc_path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cloud-init network parser: {}", stderr(&o));
+    let net: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let subnet = &net["interfaces"][0]["subnets"][0];
+    assert_eq!(net["interfaces"][0]["name"], "eth0");
+    assert_eq!(subnet["type"], "static");
+    assert_eq!(subnet["address"], "192.168.50.10");
+    assert_eq!(subnet["prefix"], 24);
+    assert_eq!(subnet["dns"][0], "192.168.50.2");
+    assert_eq!(subnet["routes"][0]["gateway"], "192.168.50.1");
+
+    // The worker uses DHCP.
+    let w1 = env.path("out/w1.img");
+    std::fs::write(&nc_path, mtype(&w1, boot.start, "network-config")).unwrap();
+    let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracles/network_config.py"))
+        .arg(&nc_path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let net: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(net["interfaces"][0]["subnets"][0]["type"], "dhcp4");
+
+    // Kernel arguments appended once, on one line.
+    let cmdline = String::from_utf8(mtype(&img, boot.start, "cmdline.txt")).unwrap();
+    assert_eq!(cmdline.lines().count(), 1, "{cmdline}");
+    assert_eq!(cmdline.matches("cgroup_enable=memory").count(), 1, "{cmdline}");
+    assert!(cmdline.contains("root=LABEL=writable") && cmdline.contains("cgroup_memory=1"));
+
+    // Two nodes, two instance-ids; the same node rebuilt keeps its id.
+    let id_cp1 = instance_id(&img, boot.start);
+    let id_w1 = instance_id(&w1, boot.start);
+    assert_ne!(id_cp1, id_w1);
+    let hits_before = env.server.total_hits();
+    let out = env.build(&["--node", "cp1", "--offline"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.server.total_hits(), hits_before, "a rebuild is served from the cache");
+    assert_eq!(instance_id(&img, boot.start), id_cp1);
+
+    // inspect reads it back.
+    let o = env.run(&["inspect", "out/cp1.img"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("hostname: cp1") && text.contains(&id_cp1), "{text}");
+    assert!(text.contains("Ubuntu 24.04"), "{text}");
+}
+
+#[test]
+fn os_prefix_moves_the_command_line() {
+    let env = Env::new(FixtureOpts {
+        os_prefix: true,
+        seed: 7,
+        ..FixtureOpts::default()
+    });
+    let out = env.build(&["--node", "w1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let boot = env.fixture.part("system-boot").clone();
+    let img = env.path("out/w1.img");
+    let cmdline = String::from_utf8(mtype(&img, boot.start, "current/cmdline.txt")).unwrap();
+    assert!(cmdline.contains("cgroup_enable=memory"), "{cmdline}");
+}
+
+#[test]
+fn dropped_connection_is_resumed() {
+    let env = Env::new(FixtureOpts::default());
+    let path = format!("/{CATALOG_DIR}/{CATALOG_FILE}");
+    let size = std::fs::metadata(&env.xz).unwrap().len() as usize;
+    env.server.set_drop_after(&path, size / 2, 1);
+    let out = env.build(&["--node", "w1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ranged = env
+        .server
+        .requests()
+        .iter()
+        .any(|r| r.path == path && r.header("range").is_some());
+    assert!(ranged, "the second request resumed with a Range header");
+    assert!(env.path("out/w1.img").exists());
+}
+
+#[test]
+fn wrong_checksum_leaves_nothing_behind() {
+    let env = Env::new(FixtureOpts::default());
+    env.server.add(
+        &format!("/{CATALOG_DIR}/SHA256SUMS"),
+        format!("{} *{CATALOG_FILE}\n", "ab".repeat(32)),
+    );
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("checksum") && err.contains(CATALOG_FILE), "{err}");
+    assert!(env.cache_blobs().is_empty(), "cache: {:?}", env.cache_blobs());
+    assert!(walk(&env.path("out")).is_empty(), "output: {:?}", walk(&env.path("out")));
+}
+
+#[test]
+fn truncated_xz_fails_without_output() {
+    let env = Env::new(FixtureOpts::default());
+    let bytes = std::fs::read(&env.xz).unwrap();
+    let cut = env.path("cut.img.xz");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = env.run(&["build", "--node", "w1", "--image", "cut.img.xz", "--out", "out"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("cut.img.xz"), "{err}");
+    assert!(walk(&env.path("out")).is_empty(), "output: {:?}", walk(&env.path("out")));
+}
+
+#[test]
+fn inventory_errors_name_the_problem() {
+    let env = Env::new(FixtureOpts {
+        total_mib: 120,
+        ..FixtureOpts::default()
+    });
+    let cases = [
+        (
+            cluster_yaml("  - { name: x1, board: rpi9, role: agent }\n"),
+            vec!["--node", "x1"],
+            "unknown board 'rpi9'",
+        ),
+        (
+            cluster_yaml("  - { name: x1, board: rpi4, role: agent, ip: 10.0.0.256 }\n"),
+            vec!["--all"],
+            "10.0.0.256",
+        ),
+        (
+            cluster_yaml("  - { name: w1, board: rpi4, role: agent }\n"),
+            vec!["--all"],
+            "duplicate hostname 'w1'",
+        ),
+        (
+            cluster_yaml("").replace("timezone:", "timezon:"),
+            vec!["--all"],
+            "unknown field `timezon`",
+        ),
+    ];
+    for (yaml, args, want) in cases {
+        std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+        let mut all = vec!["build", "--image", "ubuntu-raspi.img", "--out", "out"];
+        all.extend(args);
+        let out = env.run(&all);
+        assert_eq!(out.status.code(), Some(1), "{want}");
+        let err = stderr(&out);
+        assert!(err.contains(want), "expected '{want}' in: {err}");
+        assert!(err.contains("cluster.yaml"), "the file is named: {err}");
+    }
+    std::fs::remove_file(env.path("cluster.yaml")).unwrap();
+    let out = env.run(&["build", "--board", "rpi4", "--role", "worker"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("pikube-image init"), "{}", stderr(&out));
+    let out = env.run(&["build", "--board", "rpi4"]);
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+#[test]
+fn init_then_adhoc_build_and_dry_run() {
+    let env = Env::new(FixtureOpts {
+        total_mib: 120,
+        ..FixtureOpts::default()
+    });
+    std::fs::remove_file(env.path("cluster.yaml")).unwrap();
+    let out = env.run(&["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = std::fs::read_to_string(env.path("secrets/k3s-token")).unwrap();
+    let all_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!all_output.contains(token.trim()), "the token is never printed");
+
+    let out = env.run(&[
+        "build", "--board", "rpi4", "--role", "worker", "--name", "edge1", "--image",
+        "ubuntu-raspi.img", "--dry-run",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("edge1") && text.contains("/user-data") && text.contains("cgroup_enable=memory"), "{text}");
+    assert!(!env.path("images").exists(), "dry run writes nothing");
+
+    let out = env.run(&[
+        "build", "--board", "rpi4", "--role", "worker", "--image", "ubuntu-raspi.img", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = summary["nodes"][0]["node"].as_str().unwrap().to_string();
+    assert!(name.starts_with("agent-rpi4-"), "{name}");
+    assert!(env.path(&format!("images/{name}.img")).exists());
+}
