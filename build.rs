@@ -24,7 +24,67 @@ fn collect(dir: &Path, out: &mut Vec<(String, String)>) {
     }
 }
 
+/// Every file under `overlays/<name>/`, with its permission bits, as
+/// `(overlay name, path in the image, mode, absolute source path)`.
+fn overlay_files(root: &Path) -> Vec<(String, String, u32, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return out;
+    };
+    let mut names: Vec<_> = rd.map(|e| e.expect("overlay entry").path()).collect();
+    names.sort();
+    for dir in names.into_iter().filter(|p| p.is_dir()) {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let mut stack = vec![dir.clone()];
+        let mut files = Vec::new();
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let meta = std::fs::symlink_metadata(&p).unwrap();
+                if meta.is_dir() {
+                    stack.push(p);
+                } else if meta.is_file() {
+                    let rel = p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
+                    let mode = meta.permissions().mode() & 0o7777;
+                    files.push((
+                        name.clone(),
+                        format!("/{rel}"),
+                        mode,
+                        p.to_string_lossy().into_owned(),
+                    ));
+                } else {
+                    panic!(
+                        "{}: built-in overlays hold only files and directories",
+                        p.display()
+                    );
+                }
+            }
+        }
+        files.sort();
+        out.extend(files);
+    }
+    out
+}
+
 fn main() {
+    let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays");
+    println!("cargo:rerun-if-changed={}", overlays.display());
+    let mut code = String::from(
+        "/// (overlay, path in the image, mode, content)\npub static OVERLAYS: &[(&str, &str, u32, &[u8])] = &[\n",
+    );
+    for (name, rel, mode, abs) in overlay_files(&overlays) {
+        println!("cargo:rerun-if-changed={abs}");
+        writeln!(
+            code,
+            "    ({name:?}, {rel:?}, 0o{mode:o}, include_bytes!({abs:?})),"
+        )
+        .unwrap();
+    }
+    code.push_str("];\n");
+    let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("overlays.rs");
+    std::fs::write(out, code).unwrap();
+
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("boards");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();

@@ -33,8 +33,26 @@ pub struct Cluster {
     /// Prefix every download with this base URL (`https://HOST/PATH` -> `MIRROR/HOST/PATH`).
     #[serde(default)]
     pub mirror: Option<String>,
+    /// Extra directory trees copied into the root filesystem.
+    #[serde(default)]
+    pub overlays: OverlaySets,
     #[serde(default)]
     pub nodes: Vec<Node>,
+    /// Directory that relative paths in the file are resolved against (the file's own).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Overlay directories for every node and per role, relative to cluster.yaml.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OverlaySets {
+    #[serde(default)]
+    pub all: Vec<PathBuf>,
+    #[serde(default)]
+    pub server: Vec<PathBuf>,
+    #[serde(default)]
+    pub agent: Vec<PathBuf>,
 }
 
 fn default_timezone() -> String {
@@ -164,6 +182,9 @@ pub struct Node {
     /// Extra Kubernetes node labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Overlay directories for this node only, relative to cluster.yaml.
+    #[serde(default)]
+    pub overlays: Vec<PathBuf>,
 }
 
 /// A node's static address with its prefix.
@@ -189,7 +210,38 @@ impl Cluster {
                 path.display()
             )
         })?;
-        Cluster::parse(&text).with_context(|| format!("invalid cluster file {}", path.display()))
+        let mut c = Cluster::parse(&text)
+            .with_context(|| format!("invalid cluster file {}", path.display()))?;
+        c.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Ok(c)
+    }
+
+    /// A path from the file, resolved against the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Overlay directories for `node`: every node's, then its role's, then its own.
+    pub fn overlays_for(&self, node: &Node) -> Vec<PathBuf> {
+        let role = match node.role {
+            Role::Server => &self.overlays.server,
+            Role::Agent => &self.overlays.agent,
+        };
+        self.overlays
+            .all
+            .iter()
+            .chain(role)
+            .chain(&node.overlays)
+            .map(|p| self.resolve(p))
+            .collect()
     }
 
     pub fn parse(text: &str) -> Result<Cluster> {

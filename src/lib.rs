@@ -16,6 +16,7 @@ pub mod init;
 pub mod inspect;
 pub mod io;
 pub mod manifest;
+pub mod overlay;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

@@ -172,6 +172,7 @@ pub fn select_nodes(cluster: &mut Cluster, req: &BuildRequest) -> Result<Vec<Nod
             ip: None,
             mac: None,
             labels: BTreeMap::new(),
+            overlays: Vec::new(),
         };
         cluster.nodes.push(node.clone());
         cluster

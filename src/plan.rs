@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::boards::{Board, BootConfig, Firstboot, OsImage};
@@ -158,6 +158,16 @@ impl Plan {
                 ));
             }
         }
+        let root = &image.root.partition;
+        for name in crate::overlay::DEFAULT_BUILTINS {
+            ops.extend(crate::overlay::builtin_ops(name, root)?);
+        }
+        for dir in cluster.overlays_for(node) {
+            ops.extend(
+                crate::overlay::dir_ops(&dir, root)
+                    .with_context(|| format!("overlay of node '{}'", node.name))?,
+            );
+        }
         if !board.kernel_args.is_empty() {
             match &image.boot {
                 BootConfig::RaspiFirmware {
@@ -287,15 +297,17 @@ mod tests {
             .map(|o| (o.partition.as_str(), o.path.as_str()))
             .collect();
         assert_eq!(
-            paths,
+            paths[..3],
             [
                 ("system-boot", "/meta-data"),
                 ("system-boot", "/user-data"),
                 ("system-boot", "/network-config"),
-                ("system-boot", "/config.txt"),
             ]
         );
-        assert!(matches!(&p.ops[3].action, Action::KernelArgs { args } if args.len() == 2));
+        assert!(paths.contains(&("writable", "/etc/modules-load.d/pikube-k3s.conf")));
+        assert_eq!(paths.last(), Some(&("system-boot", "/config.txt")));
+        let last = p.ops.last().unwrap();
+        assert!(matches!(&last.action, Action::KernelArgs { args } if args.len() == 2));
         let text = render_table(&p.views());
         assert!(text.contains("/user-data") && text.contains("cgroup_enable=memory"));
     }

@@ -132,7 +132,11 @@ fn dump_without_device(img: &Path) -> String {
     fixtures::sfdisk_dump(img)
         .lines()
         .filter(|l| !l.starts_with("device:"))
-        .map(|l| l.split_once(':').map(|(_, r)| r.to_string()).unwrap_or(l.to_string()))
+        .map(|l| {
+            l.split_once(':')
+                .map(|(_, r)| r.to_string())
+                .unwrap_or(l.to_string())
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -163,8 +167,7 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
         .unwrap();
     assert!(o.status.success(), "sha256sum -c: {}", stderr(&o));
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.path("out/cp1.manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(env.path("out/cp1.manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["node"], "cp1");
     assert_eq!(manifest["role"], "server");
     assert_eq!(
@@ -183,7 +186,12 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
         .collect();
     assert_eq!(
         files,
-        ["/meta-data", "/user-data", "/network-config", "/cmdline.txt"]
+        [
+            "/meta-data",
+            "/user-data",
+            "/network-config",
+            "/cmdline.txt"
+        ]
     );
 
     // Partition table identical, FAT clean.
@@ -193,8 +201,16 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
     );
     let part = env.path("boot.part");
     let data = std::fs::read(&img).unwrap();
-    std::fs::write(&part, &data[boot.start as usize..(boot.start + boot.size) as usize]).unwrap();
-    let o = Command::new("fsck.fat").arg("-n").arg(&part).output().unwrap();
+    std::fs::write(
+        &part,
+        &data[boot.start as usize..(boot.start + boot.size) as usize],
+    )
+    .unwrap();
+    let o = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(&part)
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "fsck.fat -n: {}{}",
@@ -206,8 +222,14 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
     let input = std::fs::read(&env.fixture.image).unwrap();
     assert_eq!(data.len(), input.len());
     let (s, e) = (boot.start as usize, (boot.start + boot.size) as usize);
-    assert!(data[..s] == input[..s], "bytes before the boot partition changed");
-    assert!(data[e..] == input[e..], "bytes after the boot partition changed");
+    assert!(
+        data[..s] == input[..s],
+        "bytes before the boot partition changed"
+    );
+    assert!(
+        data[e..] == input[e..],
+        "bytes after the boot partition changed"
+    );
     // Files the plan does not touch are identical.
     for f in ["config.txt", "start4.elf", "bcm2711-rpi-4-b.dtb"] {
         if let Some(sha) = env.fixture.files.get(&format!("system-boot:/{f}")) {
@@ -225,20 +247,35 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
         .arg(&ud_path)
         .output()
         .expect("cloud-init is installed");
-    assert!(o.status.success(), "cloud-init schema: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(
+        o.status.success(),
+        "cloud-init schema: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
     let ud = String::from_utf8(ud).unwrap();
     assert!(ud.starts_with("#cloud-config\n"));
-    assert!(ud.contains("hostname: cp1") && ud.contains("fqdn: cp1.home.arpa"), "{ud}");
+    assert!(
+        ud.contains("hostname: cp1") && ud.contains("fqdn: cp1.home.arpa"),
+        "{ud}"
+    );
     assert!(ud.contains(KEY) && ud.contains("ssh_pwauth: false"), "{ud}");
     assert!(ud.contains("lock_passwd: true"), "{ud}");
 
     let nc_path = env.path("network-config");
     std::fs::write(&nc_path, mtype(&img, boot.start, "network-config")).unwrap();
-    let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracles/network_config.py"))
-        .arg(&nc_path)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "cloud-init network parser: {}", stderr(&o));
+    let o = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/oracles/network_config.py"
+    ))
+    .arg(&nc_path)
+    .output()
+    .unwrap();
+    assert!(
+        o.status.success(),
+        "cloud-init network parser: {}",
+        stderr(&o)
+    );
     let net: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let subnet = &net["interfaces"][0]["subnets"][0];
     assert_eq!(net["interfaces"][0]["name"], "eth0");
@@ -251,10 +288,13 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
     // The worker uses DHCP.
     let w1 = env.path("out/w1.img");
     std::fs::write(&nc_path, mtype(&w1, boot.start, "network-config")).unwrap();
-    let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracles/network_config.py"))
-        .arg(&nc_path)
-        .output()
-        .unwrap();
+    let o = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/oracles/network_config.py"
+    ))
+    .arg(&nc_path)
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let net: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(net["interfaces"][0]["subnets"][0]["type"], "dhcp4");
@@ -262,7 +302,11 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
     // Kernel arguments appended once, on one line.
     let cmdline = String::from_utf8(mtype(&img, boot.start, "cmdline.txt")).unwrap();
     assert_eq!(cmdline.lines().count(), 1, "{cmdline}");
-    assert_eq!(cmdline.matches("cgroup_enable=memory").count(), 1, "{cmdline}");
+    assert_eq!(
+        cmdline.matches("cgroup_enable=memory").count(),
+        1,
+        "{cmdline}"
+    );
     assert!(cmdline.contains("root=LABEL=writable") && cmdline.contains("cgroup_memory=1"));
 
     // Two nodes, two instance-ids; the same node rebuilt keeps its id.
@@ -272,14 +316,21 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
     let hits_before = env.server.total_hits();
     let out = env.build(&["--node", "cp1", "--offline"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(env.server.total_hits(), hits_before, "a rebuild is served from the cache");
+    assert_eq!(
+        env.server.total_hits(),
+        hits_before,
+        "a rebuild is served from the cache"
+    );
     assert_eq!(instance_id(&img, boot.start), id_cp1);
 
     // inspect reads it back.
     let o = env.run(&["inspect", "out/cp1.img"]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("hostname: cp1") && text.contains(&id_cp1), "{text}");
+    assert!(
+        text.contains("hostname: cp1") && text.contains(&id_cp1),
+        "{text}"
+    );
     assert!(text.contains("Ubuntu 24.04"), "{text}");
 }
 
@@ -325,9 +376,20 @@ fn wrong_checksum_leaves_nothing_behind() {
     let out = env.build(&["--node", "w1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("checksum") && err.contains(CATALOG_FILE), "{err}");
-    assert!(env.cache_blobs().is_empty(), "cache: {:?}", env.cache_blobs());
-    assert!(walk(&env.path("out")).is_empty(), "output: {:?}", walk(&env.path("out")));
+    assert!(
+        err.contains("checksum") && err.contains(CATALOG_FILE),
+        "{err}"
+    );
+    assert!(
+        env.cache_blobs().is_empty(),
+        "cache: {:?}",
+        env.cache_blobs()
+    );
+    assert!(
+        walk(&env.path("out")).is_empty(),
+        "output: {:?}",
+        walk(&env.path("out"))
+    );
 }
 
 #[test]
@@ -336,11 +398,23 @@ fn truncated_xz_fails_without_output() {
     let bytes = std::fs::read(&env.xz).unwrap();
     let cut = env.path("cut.img.xz");
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let out = env.run(&["build", "--node", "w1", "--image", "cut.img.xz", "--out", "out"]);
+    let out = env.run(&[
+        "build",
+        "--node",
+        "w1",
+        "--image",
+        "cut.img.xz",
+        "--out",
+        "out",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("cut.img.xz"), "{err}");
-    assert!(walk(&env.path("out")).is_empty(), "output: {:?}", walk(&env.path("out")));
+    assert!(
+        walk(&env.path("out")).is_empty(),
+        "output: {:?}",
+        walk(&env.path("out"))
+    );
 }
 
 #[test]
@@ -384,7 +458,11 @@ fn inventory_errors_name_the_problem() {
     std::fs::remove_file(env.path("cluster.yaml")).unwrap();
     let out = env.run(&["build", "--board", "rpi4", "--role", "worker"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("pikube-image init"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pikube-image init"),
+        "{}",
+        stderr(&out)
+    );
     let out = env.run(&["build", "--board", "rpi4"]);
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 }
@@ -400,19 +478,42 @@ fn init_then_adhoc_build_and_dry_run() {
     assert!(out.status.success(), "{}", stderr(&out));
     let token = std::fs::read_to_string(env.path("secrets/k3s-token")).unwrap();
     let all_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
-    assert!(!all_output.contains(token.trim()), "the token is never printed");
+    assert!(
+        !all_output.contains(token.trim()),
+        "the token is never printed"
+    );
 
     let out = env.run(&[
-        "build", "--board", "rpi4", "--role", "worker", "--name", "edge1", "--image",
-        "ubuntu-raspi.img", "--dry-run",
+        "build",
+        "--board",
+        "rpi4",
+        "--role",
+        "worker",
+        "--name",
+        "edge1",
+        "--image",
+        "ubuntu-raspi.img",
+        "--dry-run",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("edge1") && text.contains("/user-data") && text.contains("cgroup_enable=memory"), "{text}");
+    assert!(
+        text.contains("edge1")
+            && text.contains("/user-data")
+            && text.contains("cgroup_enable=memory"),
+        "{text}"
+    );
     assert!(!env.path("images").exists(), "dry run writes nothing");
 
     let out = env.run(&[
-        "build", "--board", "rpi4", "--role", "worker", "--image", "ubuntu-raspi.img", "--json",
+        "build",
+        "--board",
+        "rpi4",
+        "--role",
+        "worker",
+        "--image",
+        "ubuntu-raspi.img",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

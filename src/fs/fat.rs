@@ -231,7 +231,7 @@ mod tests {
 
     fn mkfs(dir: &std::path::Path) -> std::path::PathBuf {
         let img = dir.join("fat.img");
-        let f = File::create(&img).unwrap();
+        let f = std::fs::File::create(&img).unwrap();
         f.set_len(64 << 20).unwrap();
         drop(f);
         let st = std::process::Command::new("mkfs.vfat")
