@@ -541,3 +541,72 @@ fn two_processes_share_one_download() {
     assert_eq!(fs::read(blob).unwrap(), data);
     assert_eq!(count(&td.path().join("blobs/sha256")), 1);
 }
+
+/// A first run that gives up after the connection broke once, leaving a partial file.
+fn interrupted_run(td: &Path, url: &str, data: &[u8]) {
+    let err = Fetcher::new(Cache::open(td).unwrap(), None, false, Progress::quiet())
+        .with_retry(RetryPolicy {
+            max_attempts: 1,
+            base_delay: Duration::from_millis(1),
+        })
+        .fetch(&sha_artifact(url.to_string(), data))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("giving up") && msg.contains("resumes"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn interrupted_run_resumes_next_run() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 14);
+    srv.add("/x/same.img", data.clone());
+    srv.set_drop_after("/x/same.img", MIB / 4, 1);
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/x/same.img");
+    interrupted_run(td.path(), &url, &data);
+    let partial = Cache::open(td.path()).unwrap().partial_path(&url);
+    assert_eq!(fs::metadata(&partial).unwrap().len(), (MIB / 4) as u64);
+
+    srv.clear_log();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(url.clone(), &data))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let log = srv.requests();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].range.as_deref(), Some("bytes=262144-"));
+    assert!(log[0].header("if-range").is_some(), "{log:?}");
+    assert_eq!(log[0].status, 206);
+    assert_eq!(count(&td.path().join("partial")), 0);
+}
+
+#[test]
+fn interrupted_run_restarts_when_the_file_changed_meanwhile() {
+    let srv = TestServer::start();
+    let old = pseudo_random(MIB, 15);
+    let new = pseudo_random(MIB, 16);
+    srv.add("/x/latest.img", old.clone());
+    srv.set_drop_after("/x/latest.img", MIB / 4, 1);
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/x/latest.img");
+    interrupted_run(td.path(), &url, &old);
+
+    // Upstream published a new file under the same URL.
+    srv.add("/x/latest.img", new.clone());
+    srv.clear_log();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(url.clone(), &new))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), new);
+    let log = srv.requests();
+    assert_eq!(
+        log.len(),
+        1,
+        "If-Range avoids stitching old and new bytes: {log:?}"
+    );
+    assert_eq!(log[0].status, 200);
+    assert_eq!(count(&td.path().join("partial")), 0);
+}

@@ -114,13 +114,13 @@ impl Cache {
                 .with_context(|| format!("cannot write {}", tmp.path().display()))?;
         }
         let (digest, _) = hr.finish();
-        if let Some(e) = &expected {
-            if *e != digest {
-                bail!(
-                    "checksum mismatch while storing into the cache: expected {e}, got {digest}; \
+        if let Some(e) = &expected
+            && *e != digest
+        {
+            bail!(
+                "checksum mismatch while storing into the cache: expected {e}, got {digest}; \
                      nothing was stored"
-                );
-            }
+            );
         }
         tmp.as_file()
             .sync_all()
@@ -240,12 +240,33 @@ impl Cache {
 }
 
 fn default_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("PIKUBE_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d));
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    choose_dir(
+        env("PIKUBE_CACHE_DIR"),
+        env("XDG_CACHE_HOME"),
+        dirs::home_dir(),
+    )
+}
+
+/// `PIKUBE_CACHE_DIR`, else `$XDG_CACHE_HOME/pikube-image` (when absolute, as the XDG
+/// specification requires), else `~/.cache/pikube-image`.
+fn choose_dir(
+    pikube: Option<PathBuf>,
+    xdg_cache: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> Result<PathBuf> {
+    if let Some(d) = pikube {
+        return Ok(d);
     }
-    // dirs::cache_dir() honours XDG_CACHE_HOME and falls back to ~/.cache on Linux.
-    match dirs::cache_dir() {
-        Some(d) => Ok(d.join("pikube-image")),
+    if let Some(x) = xdg_cache.filter(|x| x.is_absolute()) {
+        return Ok(x.join("pikube-image"));
+    }
+    match home {
+        Some(h) => Ok(h.join(".cache").join("pikube-image")),
         None => bail!(
             "cannot find a cache directory: neither PIKUBE_CACHE_DIR, XDG_CACHE_HOME nor HOME \
              is set; set PIKUBE_CACHE_DIR to a writable directory"
@@ -340,6 +361,24 @@ mod tests {
         let c = Cache::open(td.path()).unwrap();
         assert!(c.get("../../etc/passwd").is_none());
         assert!(c.get("").is_none());
+    }
+
+    #[test]
+    fn default_location_follows_env_then_xdg_then_home() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            choose_dir(p("/c"), p("/x"), p("/h")).unwrap(),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            choose_dir(None, p("/x"), p("/h")).unwrap(),
+            PathBuf::from("/x/pikube-image")
+        );
+        assert_eq!(
+            choose_dir(None, p("rel"), p("/h")).unwrap(),
+            PathBuf::from("/h/.cache/pikube-image")
+        );
+        assert!(choose_dir(None, None, None).is_err());
     }
 
     #[test]

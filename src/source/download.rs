@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use fs4::fs_std::FileExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
 use sha2::{Digest, Sha256};
 
 use super::{Fetched, Fetcher, SourceError, fetched};
@@ -90,11 +90,11 @@ impl Fetcher {
                 .with_context(|| format!("cannot lock {}", self.cache.lock_path(&eff).display()))?;
         }
         // Someone else may have finished the same download while we waited.
-        if let Some(e) = expected {
-            if let Some(p) = self.cache.get(e) {
-                self.cache.record_url(url, e)?;
-                return fetched(url.to_string(), e.to_string(), p, true);
-            }
+        if let Some(e) = expected
+            && let Some(p) = self.cache.get(e)
+        {
+            self.cache.record_url(url, e)?;
+            return fetched(url.to_string(), e.to_string(), p, true);
         }
         let result = self.download_locked(url, &eff, &shown, expected);
         let _ = FileExt::unlock(&lock);
@@ -143,7 +143,9 @@ impl Fetcher {
                     if failures >= self.retry.max_attempts {
                         return Err(err.context(format!(
                             "giving up on {shown} after {failures} failed attempts; the partial \
-                             download is kept in {} and resumes on the next run",
+                             download is kept in {} and resumes on the next run. Check the \
+                             network, try again later, use --mirror, or build with --offline if \
+                             the cache already holds this file",
                             partial.display()
                         )));
                     }
@@ -169,24 +171,24 @@ impl Fetcher {
                 _ => PartialState::from_file(&partial, len)?,
             };
             let actual = hex::encode(st.hasher.finalize());
-            if let Some(e) = expected {
-                if actual != e {
-                    remove_partial(&partial)?;
-                    if resumed_old {
-                        resumed_old = false;
-                        self.progress.message(&format!(
-                            "{name}: the resumed download did not verify; downloading it again \
+            if let Some(e) = expected
+                && actual != e
+            {
+                remove_partial(&partial)?;
+                if resumed_old {
+                    resumed_old = false;
+                    self.progress.message(&format!(
+                        "{name}: the resumed download did not verify; downloading it again \
                              from the start"
-                        ));
-                        continue;
-                    }
-                    return Err(SourceError::ChecksumMismatch {
-                        url: shown.to_string(),
-                        expected: e.to_string(),
-                        actual,
-                    }
-                    .into());
+                    ));
+                    continue;
                 }
+                return Err(SourceError::ChecksumMismatch {
+                    url: shown.to_string(),
+                    expected: e.to_string(),
+                    actual,
+                }
+                .into());
             }
             let f = File::open(&partial)
                 .with_context(|| format!("cannot open {}", partial.display()))?;
@@ -194,6 +196,7 @@ impl Fetcher {
                 .with_context(|| format!("cannot sync {}", partial.display()))?;
             drop(f);
             let path = self.cache.adopt(&partial, &actual)?;
+            remove_file_if_exists(&validator_path(&partial))?;
             self.cache.record_url(url, &actual)?;
             if let Some(t) = &task {
                 t.finish(&format!("{} verified", crate::progress::human_bytes(len)));
@@ -218,6 +221,11 @@ impl Fetcher {
         let mut req = client.get(eff);
         if have > 0 {
             req = req.header(RANGE, format!("bytes={have}-"));
+            // Only resume if the file did not change since the partial bytes were fetched;
+            // otherwise the server answers 200 with the whole new file.
+            if let Some(v) = read_validator(partial) {
+                req = req.header(IF_RANGE, v);
+            }
         }
         let mut resp = match req.send() {
             Ok(r) => r,
@@ -288,6 +296,7 @@ impl Fetcher {
 
         let mut file = if start == 0 {
             *state = Some(PartialState::empty());
+            write_validator(partial, &resp)?;
             File::create(partial).with_context(|| format!("cannot create {}", partial.display()))?
         } else {
             let keep = match state.take() {
@@ -337,13 +346,13 @@ impl Fetcher {
                 progressed: got > 0,
             });
         }
-        if let Some(total) = total {
-            if start + got != total {
-                return Ok(Attempt::Retry {
-                    err: anyhow!("{shown} ended after {} of {total} bytes", start + got),
-                    progressed: got > 0,
-                });
-            }
+        if let Some(total) = total
+            && start + got != total
+        {
+            return Ok(Attempt::Retry {
+                err: anyhow!("{shown} ended after {} of {total} bytes", start + got),
+                progressed: got > 0,
+            });
         }
         Ok(Attempt::Complete)
     }
@@ -357,7 +366,37 @@ fn partial_len(p: &Path) -> Result<u64> {
     }
 }
 
+fn validator_path(partial: &Path) -> std::path::PathBuf {
+    partial.with_extension("validator")
+}
+
+/// The strong ETag or Last-Modified date the partial bytes were served with.
+fn read_validator(partial: &Path) -> Option<String> {
+    let v = fs::read_to_string(validator_path(partial)).ok()?;
+    let v = v.trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+fn write_validator(partial: &Path, resp: &reqwest::blocking::Response) -> Result<()> {
+    let h = resp.headers();
+    let etag = h
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.starts_with("W/"));
+    let v = etag.or_else(|| h.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()));
+    let p = validator_path(partial);
+    match v {
+        Some(v) => fs::write(&p, v).with_context(|| format!("cannot write {}", p.display())),
+        None => remove_file_if_exists(&p),
+    }
+}
+
 fn remove_partial(p: &Path) -> Result<()> {
+    remove_file_if_exists(&validator_path(p))?;
+    remove_file_if_exists(p)
+}
+
+fn remove_file_if_exists(p: &Path) -> Result<()> {
     match fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

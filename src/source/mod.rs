@@ -234,6 +234,13 @@ impl Fetcher {
     }
 }
 
+// Builds may fetch several artifacts from worker threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Fetcher>();
+    assert_send_sync::<Cache>();
+};
+
 fn fetched(url: String, sha256: String, path: PathBuf, from_cache: bool) -> Result<Fetched> {
     let size = fs::metadata(&path)
         .with_context(|| format!("cannot stat {}", path.display()))?

@@ -61,6 +61,7 @@ struct Shared {
     files: Mutex<HashMap<String, Arc<Vec<u8>>>>,
     dir: Mutex<Option<PathBuf>>,
     ignore_ranges: AtomicBool,
+    no_etags: AtomicBool,
     /// path → (body bytes to send before closing, responses still to break)
     drops: Mutex<HashMap<String, (usize, usize)>>,
     /// path → (status, responses still to fail)
@@ -137,6 +138,12 @@ impl TestServer {
     /// Honour `Range` requests with 206 (default `true`) or ignore them and send 200.
     pub fn set_ranges(&self, honour: bool) {
         self.shared.ignore_ranges.store(!honour, Ordering::SeqCst);
+    }
+
+    /// Send a strong `ETag` (derived from the content) and honour `If-Range`
+    /// (default `true`). Without ETags, `If-Range` is ignored.
+    pub fn set_etags(&self, on: bool) {
+        self.shared.no_etags.store(!on, Ordering::SeqCst);
     }
 
     /// The next `times` responses for `path` send their headers and only `bytes` bytes
@@ -294,8 +301,18 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     };
 
     let len = body.len();
+    let etag = if sh.no_etags.load(Ordering::SeqCst) {
+        None
+    } else {
+        Some(format!("\"{}\"", &super::sha256_hex(&body)[..16]))
+    };
+    // RFC 9110: a Range with a non-matching If-Range gets the whole representation.
+    let stale = match (&etag, req.header("if-range")) {
+        (Some(e), Some(v)) => e != v,
+        _ => false,
+    };
     let (status, start, end) = match range.as_deref().and_then(|r| parse_range(r, len)) {
-        Some(_) if sh.ignore_ranges.load(Ordering::SeqCst) => (200, 0, len),
+        Some(_) if sh.ignore_ranges.load(Ordering::SeqCst) || stale => (200, 0, len),
         Some(Ok((s, e))) => (206, s, e),
         Some(Err(())) => (416, 0, 0),
         None => (200, 0, len),
@@ -317,6 +334,9 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
             "bytes"
         }
     );
+    if let Some(e) = &etag {
+        head.push_str(&format!("ETag: {e}\r\n"));
+    }
     if status == 206 {
         head.push_str(&format!(
             "Content-Range: bytes {}-{}/{}\r\n",
