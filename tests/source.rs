@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use pikube_image::progress::{Mode, Progress};
 use pikube_image::source::{
-    Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, lookup_checksum, mirror_url,
+    Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, Timeouts, lookup_checksum,
+    mirror_url,
 };
 use support::http::TestServer;
 use support::{pseudo_random, sha256_hex};
@@ -609,4 +610,51 @@ fn interrupted_run_restarts_when_the_file_changed_meanwhile() {
     );
     assert_eq!(log[0].status, 200);
     assert_eq!(count(&td.path().join("partial")), 0);
+}
+
+#[test]
+fn stalled_transfer_times_out_and_resumes() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 17);
+    srv.add("/x/slow.img", data.clone());
+    srv.set_stall_after("/x/slow.img", 300_000, Duration::from_secs(3), 1);
+    let td = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let got = fetcher(td.path(), None, false)
+        .with_timeouts(Timeouts {
+            connect: Duration::from_secs(5),
+            stall: Duration::from_millis(300),
+        })
+        .fetch(&sha_artifact(srv.url_for("/x/slow.img"), &data))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the stall was waited out"
+    );
+    let log = srv.requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].range.as_deref(), Some("bytes=300000-"));
+}
+
+#[test]
+fn redirected_download_resumes_through_the_redirect() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 18);
+    srv.add("/board/archive/Armbian_x.img.xz", data.clone());
+    srv.add_redirect("/board/Noble_current", "/board/archive/Armbian_x.img.xz");
+    srv.set_drop_after("/board/archive/Armbian_x.img.xz", 100_000, 1);
+    let td = tempfile::tempdir().unwrap();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(srv.url_for("/board/Noble_current"), &data))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let target: Vec<_> = srv
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/board/archive/Armbian_x.img.xz")
+        .collect();
+    assert_eq!(target.len(), 2);
+    assert_eq!(target[1].range.as_deref(), Some("bytes=100000-"));
+    assert_eq!(target[1].status, 206);
 }

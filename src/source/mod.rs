@@ -97,6 +97,25 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Network time limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Establishing the TCP (and TLS) connection.
+    pub connect: Duration,
+    /// Waiting for the response headers, and for each further piece of the body: a
+    /// transfer may take hours as long as it never stalls this long.
+    pub stall: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            stall: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Downloads artifacts into a [`Cache`], verifying every byte.
 pub struct Fetcher {
     cache: Cache,
@@ -104,6 +123,7 @@ pub struct Fetcher {
     offline: bool,
     progress: Progress,
     retry: RetryPolicy,
+    timeouts: Timeouts,
     client: OnceLock<reqwest::blocking::Client>,
 }
 
@@ -118,6 +138,7 @@ impl Fetcher {
             offline,
             progress,
             retry: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
             client: OnceLock::new(),
         }
     }
@@ -125,6 +146,13 @@ impl Fetcher {
     /// Replaces the default retry policy (5 attempts, 1 s doubling back-off).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Fetcher {
         self.retry = retry;
+        self
+    }
+
+    /// Replaces the default time limits (connect 30 s, stall 60 s).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Fetcher {
+        self.timeouts = timeouts;
+        self.client = OnceLock::new();
         self
     }
 
@@ -175,6 +203,10 @@ impl Fetcher {
             if self.cache.lookup_url(&a.url).as_deref() != Some(expected.as_str()) {
                 let _ = self.cache.record_url(&a.url, &expected);
             }
+            self.progress.message(&format!(
+                "using the verified copy of {} from the cache",
+                a.url
+            ));
             return fetched(a.url.clone(), expected, path, true);
         }
         if self.offline {
@@ -222,10 +254,10 @@ impl Fetcher {
         }
         let c = reqwest::blocking::Client::builder()
             .user_agent(concat!("pikube-image/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
+            .connect_timeout(self.timeouts.connect)
             // The blocking client applies this to sending the request and to every single
             // read of the body: a stall timeout, not a limit on the whole transfer.
-            .timeout(Duration::from_secs(60))
+            .timeout(self.timeouts.stall)
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
             .context("cannot initialise the HTTP client (TLS setup failed)")?;

@@ -67,6 +67,8 @@ struct Shared {
     /// path → (status, responses still to fail)
     fails: Mutex<HashMap<String, (u16, usize)>>,
     redirects: Mutex<HashMap<String, String>>,
+    /// path → (body bytes before the pause, pause, responses still to stall)
+    stalls: Mutex<HashMap<String, (usize, Duration, usize)>>,
     throttle: Mutex<Option<Duration>>,
     log: Mutex<Vec<Request>>,
 }
@@ -154,6 +156,16 @@ impl TestServer {
             .lock()
             .unwrap()
             .insert(path.to_string(), (bytes, times));
+    }
+
+    /// The next `times` responses for `path` send `bytes` bytes of the body, then go
+    /// silent for `pause` (keeping the connection open), then send the rest.
+    pub fn set_stall_after(&self, path: &str, bytes: usize, pause: Duration, times: usize) {
+        self.shared
+            .stalls
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (bytes, pause, times));
     }
 
     /// The next `times` requests for `path` are answered with `status` and no body.
@@ -367,6 +379,26 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     let send = match cut {
         Some(n) => &slice[..n.min(slice.len())],
         None => slice,
+    };
+    let stall = {
+        let mut st = sh.stalls.lock().unwrap();
+        match st.get_mut(&path) {
+            Some((bytes, pause, left)) if *left > 0 => {
+                *left -= 1;
+                Some((*bytes, *pause))
+            }
+            _ => None,
+        }
+    };
+    let send = match stall {
+        Some((bytes, pause)) => {
+            let n = bytes.min(send.len());
+            stream.write_all(&send[..n])?;
+            stream.flush()?;
+            thread::sleep(pause);
+            &send[n..]
+        }
+        None => send,
     };
     let throttle = *sh.throttle.lock().unwrap();
     for chunk in send.chunks(64 << 10) {
