@@ -492,7 +492,7 @@ fn two_processes_share_one_download() {
     let srv = TestServer::start();
     let data = pseudo_random(2 * MIB, 13);
     srv.add("/x/proc.img", data.clone());
-    srv.set_throttle(Some(Duration::from_millis(20)));
+    srv.set_stall_after("/x/proc.img", 0, Duration::from_millis(1500), 1);
     let td = tempfile::tempdir().unwrap();
     let spec = format!(
         "{}\n{}\n{}",
@@ -501,22 +501,32 @@ fn two_processes_share_one_download() {
         sha256_hex(&data)
     );
     let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "child_process_fetch",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ENV, &spec)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let spawn = || {
+        Command::new(&exe)
+            .args([
+                "--exact",
+                "child_process_fetch",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &spec)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The first child's download is held up by the server; the second starts while the
+    // first holds the lock.
+    let first = spawn();
+    let t0 = std::time::Instant::now();
+    while srv.hits("/x/proc.img") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "first child never connected"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let children = vec![first, spawn()];
     let outs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
