@@ -668,3 +668,66 @@ fn redirected_download_resumes_through_the_redirect() {
     assert_eq!(target[1].range.as_deref(), Some("bytes=100000-"));
     assert_eq!(target[1].status, 206);
 }
+
+#[test]
+fn complete_partial_file_is_verified_without_downloading_again() {
+    let srv = TestServer::start();
+    let data = pseudo_random(300_000, 19);
+    srv.add("/x/done.img", data.clone());
+    let td = tempfile::tempdir().unwrap();
+    let f = fetcher(td.path(), None, false);
+    let url = srv.url_for("/x/done.img");
+    // A previous run received every byte but stopped before verifying.
+    fs::write(f.cache().partial_path(&url), &data).unwrap();
+    let got = f.fetch(&sha_artifact(url, &data)).unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let log = srv.requests();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].status, 416);
+}
+
+#[test]
+fn local_files_are_verified_into_the_cache() {
+    let td = tempfile::tempdir().unwrap();
+    let data = pseudo_random(500_000, 20);
+    let img = td.path().join("local image.img.xz");
+    fs::write(&img, &data).unwrap();
+    fs::write(
+        td.path().join("SHA256SUMS"),
+        format!("{} *local image.img.xz\n", sha256_hex(&data)),
+    )
+    .unwrap();
+    let url = url::Url::from_file_path(&img).unwrap().to_string();
+    let sums = url::Url::from_file_path(td.path().join("SHA256SUMS"))
+        .unwrap()
+        .to_string();
+    let cache_dir = td.path().join("cache");
+    // Local files need no network, so they work offline and ignore the mirror.
+    let f = fetcher(&cache_dir, Some("http://127.0.0.1:9".into()), true);
+    let got = f
+        .fetch(&Artifact {
+            url: url.clone(),
+            checksum: Checksum::SumsFile {
+                url: sums,
+                name: "local image.img.xz".into(),
+            },
+        })
+        .unwrap();
+    assert!(got.path.starts_with(&cache_dir));
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+
+    let url2 = url::Url::from_file_path(td.path().join("other.img"))
+        .unwrap()
+        .to_string();
+    fs::write(td.path().join("other.img"), b"tampered").unwrap();
+    let err = f
+        .fetch(&sha_artifact(url2.clone(), b"the original"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("checksum mismatch") && msg.contains(&url2),
+        "{msg}"
+    );
+    assert_eq!(count(&cache_dir.join("blobs/sha256")), 1);
+    assert_eq!(count(&cache_dir.join("tmp")), 0);
+}

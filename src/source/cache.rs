@@ -21,6 +21,13 @@ use anyhow::{Context, Result, bail};
 
 use crate::io::{HashingReader, sha256_bytes};
 
+/// Result of [`Cache::store`].
+pub(crate) enum Stored {
+    Blob(String, PathBuf),
+    /// The stream's actual digest; nothing was kept.
+    Mismatch(String),
+}
+
 /// The on-disk cache of downloaded artifacts.
 #[derive(Clone, Debug)]
 pub struct Cache {
@@ -96,6 +103,18 @@ impl Cache {
             Some(e) => Some(normalize_sha256(e)?),
             None => None,
         };
+        match self.store(r, expected.as_deref())? {
+            Stored::Blob(digest, path) => Ok((digest, path)),
+            Stored::Mismatch(actual) => bail!(
+                "checksum mismatch while storing into the cache: expected {}, got {actual}; \
+                 nothing was stored",
+                expected.unwrap_or_default()
+            ),
+        }
+    }
+
+    /// [`Cache::put`] with the mismatch as a value; `expected` must be normalized.
+    pub(crate) fn store(&self, r: &mut dyn Read, expected: Option<&str>) -> Result<Stored> {
         let tmp = tempfile::Builder::new()
             .prefix(".put-")
             .tempfile_in(self.tmp_dir())
@@ -114,13 +133,11 @@ impl Cache {
                 .with_context(|| format!("cannot write {}", tmp.path().display()))?;
         }
         let (digest, _) = hr.finish();
-        if let Some(e) = &expected
-            && *e != digest
+        if let Some(e) = expected
+            && e != digest
         {
-            bail!(
-                "checksum mismatch while storing into the cache: expected {e}, got {digest}; \
-                     nothing was stored"
-            );
+            // Dropping `tmp` deletes the file.
+            return Ok(Stored::Mismatch(digest));
         }
         tmp.as_file()
             .sync_all()
@@ -130,7 +147,7 @@ impl Cache {
         self.install(&tmp_path, &dest)?;
         // The file now lives under its digest; forget the temporary name.
         let _ = tmp_path.keep();
-        Ok((digest, dest))
+        Ok(Stored::Blob(digest, dest))
     }
 
     /// Moves a verified, synced file from inside the cache to its blob name.
