@@ -731,3 +731,55 @@ fn local_files_are_verified_into_the_cache() {
     assert_eq!(count(&cache_dir.join("blobs/sha256")), 1);
     assert_eq!(count(&cache_dir.join("tmp")), 0);
 }
+
+#[test]
+fn oversized_checksum_file_is_refused_early() {
+    let srv = TestServer::start();
+    srv.add("/big/SHA256SUMS", vec![b'a'; 17 * MIB]);
+    let td = tempfile::tempdir().unwrap();
+    let err = fetcher(td.path(), None, false)
+        .fetch_text(&srv.url_for("/big/SHA256SUMS"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("too large") && msg.contains("/big/SHA256SUMS"),
+        "{msg}"
+    );
+    assert_eq!(srv.hits("/big/SHA256SUMS"), 1);
+    assert_eq!(count(&td.path().join("partial")), 0);
+    assert_eq!(count(&td.path().join("blobs/sha256")), 0);
+}
+
+#[test]
+fn directory_server_serves_files_below_its_root() {
+    let td = tempfile::tempdir().unwrap();
+    let root = td.path().join("www");
+    fs::create_dir_all(root.join("dl.armbian.com/orangepi5/archive")).unwrap();
+    let data = pseudo_random(100_000, 21);
+    fs::write(
+        root.join("dl.armbian.com/orangepi5/archive/a.img.xz"),
+        &data,
+    )
+    .unwrap();
+    fs::write(
+        root.join("dl.armbian.com/orangepi5/archive/a.img.xz.sha"),
+        format!("{} a.img.xz\n", sha256_hex(&data)),
+    )
+    .unwrap();
+    let srv = TestServer::serve_dir(&root);
+    let up = "https://dl.armbian.com/orangepi5/archive";
+    let got = fetcher(&td.path().join("cache"), Some(srv.url()), false)
+        .fetch(&Artifact {
+            url: format!("{up}/a.img.xz"),
+            checksum: Checksum::SumsFile {
+                url: format!("{up}/a.img.xz.sha"),
+                name: "a.img.xz".into(),
+            },
+        })
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let err = fetcher(&td.path().join("cache"), None, false)
+        .fetch_text(&srv.url_for("/../www/dl.armbian.com/orangepi5/archive/a.img.xz.sha"))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("not found"), "{err:#}");
+}

@@ -73,8 +73,13 @@ impl PartialState {
 
 impl Fetcher {
     /// Downloads `url` (through the mirror, if any) into the cache and verifies it
-    /// against `expected` when given.
-    pub(crate) fn download(&self, url: &str, expected: Option<&str>) -> Result<Fetched> {
+    /// against `expected` when given. `limit` caps the size (for small text files).
+    pub(crate) fn download(
+        &self,
+        url: &str,
+        expected: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Fetched> {
         let eff = self.effective_url(url)?;
         let shown = if eff == url {
             eff.clone()
@@ -96,7 +101,7 @@ impl Fetcher {
             self.cache.record_url(url, e)?;
             return fetched(url.to_string(), e.to_string(), p, true);
         }
-        let result = self.download_locked(url, &eff, &shown, expected);
+        let result = self.download_locked(url, &eff, &shown, expected, limit);
         let _ = FileExt::unlock(&lock);
         result
     }
@@ -107,6 +112,7 @@ impl Fetcher {
         eff: &str,
         shown: &str,
         expected: Option<&str>,
+        limit: Option<u64>,
     ) -> Result<Fetched> {
         let client = self.client()?;
         let partial = self.cache.partial_path(eff);
@@ -119,8 +125,9 @@ impl Fetcher {
         let mut failures = 0u32;
         let mut restarts = 0u32;
         loop {
-            let outcome =
-                self.attempt(client, eff, shown, &partial, &mut state, &mut task, &name)?;
+            let outcome = self.attempt(
+                client, eff, shown, &partial, &mut state, &mut task, &name, limit,
+            )?;
             match outcome {
                 Attempt::Complete => {}
                 Attempt::Restart => {
@@ -216,6 +223,7 @@ impl Fetcher {
         state: &mut Option<PartialState>,
         task: &mut Option<Task>,
         name: &str,
+        limit: Option<u64>,
     ) -> Result<Attempt> {
         let have = partial_len(partial)?;
         let mut req = client.get(eff);
@@ -294,6 +302,18 @@ impl Fetcher {
             }
         };
 
+        let too_big = |n: u64| {
+            anyhow!(
+                "{shown} is larger than {} bytes (at least {n}), too large for a checksum \
+                 file; check the URL",
+                limit.unwrap_or(0)
+            )
+        };
+        if let (Some(l), Some(t)) = (limit, total)
+            && t > l
+        {
+            return Err(too_big(t));
+        }
         let mut file = if start == 0 {
             *state = Some(PartialState::empty());
             write_validator(partial, &resp)?;
@@ -329,6 +349,13 @@ impl Fetcher {
                     st.len += n as u64;
                     got += n as u64;
                     t.inc(n as u64);
+                    if let Some(l) = limit
+                        && start + got > l
+                    {
+                        drop(file);
+                        remove_partial(partial)?;
+                        return Err(too_big(start + got));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => break Some(e),

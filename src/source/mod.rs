@@ -214,7 +214,7 @@ impl Fetcher {
             }
             .into());
         }
-        self.download(&a.url, Some(&expected))
+        self.download(&a.url, Some(&expected), None)
     }
 
     /// Downloads (or, offline, reads from the cache) a small text file such as a
@@ -233,7 +233,7 @@ impl Fetcher {
                 })?;
             self.cache.blob_path(&digest)
         } else {
-            self.download(url, None)?.path
+            self.download(url, None, Some(MAX_TEXT))?.path
         };
         let meta =
             fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
