@@ -6,12 +6,16 @@
 //!
 //! let srv = TestServer::start();
 //! srv.add("/cdimage.ubuntu.com/releases/x.img.xz", bytes);   // serve bytes at a path
-//! let url = format!("{}/cdimage.ubuntu.com/releases/x.img.xz", srv.url());
+//! let url = srv.url_for("/cdimage.ubuntu.com/releases/x.img.xz"); // http://127.0.0.1:PORT/...
+//! // As a --mirror: Fetcher::new(cache, Some(srv.url()), ..) turns
+//! // https://cdimage.ubuntu.com/releases/x.img.xz into srv.url() + "/cdimage.ubuntu.com/releases/x.img.xz".
 //! srv.set_ranges(false);                // answer Range requests with a full 200
 //! srv.set_drop_after("/p", 1 << 20, 2); // first 2 responses for /p break after 1 MiB
 //! srv.set_fail("/p", 503, 1);           // first response for /p is a 503
 //! srv.add_redirect("/old", "/new");     // 302 to another path (or absolute URL)
 //! srv.set_throttle(Some(Duration::from_millis(5))); // pause after every 64 KiB sent
+//! srv.set_stall_after("/p", 1000, Duration::from_secs(2), 1); // go silent mid-body once
+//! srv.set_etags(false);                 // no ETag / If-Range handling (default: on)
 //! assert_eq!(srv.hits("/p"), 3);        // requests seen for a path (query ignored)
 //! let log = srv.requests();             // every request: method, path, Range header
 //! ```
