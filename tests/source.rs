@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use pikube_image::progress::{Mode, Progress};
 use pikube_image::source::{
-    Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, lookup_checksum, mirror_url,
+    Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, Timeouts, lookup_checksum,
+    mirror_url,
 };
 use support::http::TestServer;
 use support::{pseudo_random, sha256_hex};
@@ -491,7 +492,7 @@ fn two_processes_share_one_download() {
     let srv = TestServer::start();
     let data = pseudo_random(2 * MIB, 13);
     srv.add("/x/proc.img", data.clone());
-    srv.set_throttle(Some(Duration::from_millis(20)));
+    srv.set_stall_after("/x/proc.img", 0, Duration::from_millis(1500), 1);
     let td = tempfile::tempdir().unwrap();
     let spec = format!(
         "{}\n{}\n{}",
@@ -500,22 +501,32 @@ fn two_processes_share_one_download() {
         sha256_hex(&data)
     );
     let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "child_process_fetch",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ENV, &spec)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let spawn = || {
+        Command::new(&exe)
+            .args([
+                "--exact",
+                "child_process_fetch",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &spec)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The first child's download is held up by the server; the second starts while the
+    // first holds the lock.
+    let first = spawn();
+    let t0 = std::time::Instant::now();
+    while srv.hits("/x/proc.img") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "first child never connected"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let children = vec![first, spawn()];
     let outs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
@@ -540,4 +551,235 @@ fn two_processes_share_one_download() {
     let blob = td.path().join("blobs/sha256").join(sha256_hex(&data));
     assert_eq!(fs::read(blob).unwrap(), data);
     assert_eq!(count(&td.path().join("blobs/sha256")), 1);
+}
+
+/// A first run that gives up after the connection broke once, leaving a partial file.
+fn interrupted_run(td: &Path, url: &str, data: &[u8]) {
+    let err = Fetcher::new(Cache::open(td).unwrap(), None, false, Progress::quiet())
+        .with_retry(RetryPolicy {
+            max_attempts: 1,
+            base_delay: Duration::from_millis(1),
+        })
+        .fetch(&sha_artifact(url.to_string(), data))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("giving up") && msg.contains("resumes"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn interrupted_run_resumes_next_run() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 14);
+    srv.add("/x/same.img", data.clone());
+    srv.set_drop_after("/x/same.img", MIB / 4, 1);
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/x/same.img");
+    interrupted_run(td.path(), &url, &data);
+    let partial = Cache::open(td.path()).unwrap().partial_path(&url);
+    assert_eq!(fs::metadata(&partial).unwrap().len(), (MIB / 4) as u64);
+
+    srv.clear_log();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(url.clone(), &data))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let log = srv.requests();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].range.as_deref(), Some("bytes=262144-"));
+    assert!(log[0].header("if-range").is_some(), "{log:?}");
+    assert_eq!(log[0].status, 206);
+    assert_eq!(count(&td.path().join("partial")), 0);
+}
+
+#[test]
+fn interrupted_run_restarts_when_the_file_changed_meanwhile() {
+    let srv = TestServer::start();
+    let old = pseudo_random(MIB, 15);
+    let new = pseudo_random(MIB, 16);
+    srv.add("/x/latest.img", old.clone());
+    srv.set_drop_after("/x/latest.img", MIB / 4, 1);
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/x/latest.img");
+    interrupted_run(td.path(), &url, &old);
+
+    // Upstream published a new file under the same URL.
+    srv.add("/x/latest.img", new.clone());
+    srv.clear_log();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(url.clone(), &new))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), new);
+    let log = srv.requests();
+    assert_eq!(
+        log.len(),
+        1,
+        "If-Range avoids stitching old and new bytes: {log:?}"
+    );
+    assert_eq!(log[0].status, 200);
+    assert_eq!(count(&td.path().join("partial")), 0);
+}
+
+#[test]
+fn stalled_transfer_times_out_and_resumes() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 17);
+    srv.add("/x/slow.img", data.clone());
+    srv.set_stall_after("/x/slow.img", 300_000, Duration::from_secs(3), 1);
+    let td = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let got = fetcher(td.path(), None, false)
+        .with_timeouts(Timeouts {
+            connect: Duration::from_secs(5),
+            stall: Duration::from_millis(300),
+        })
+        .fetch(&sha_artifact(srv.url_for("/x/slow.img"), &data))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the stall was waited out"
+    );
+    let log = srv.requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[1].range.as_deref(), Some("bytes=300000-"));
+}
+
+#[test]
+fn redirected_download_resumes_through_the_redirect() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 18);
+    srv.add("/board/archive/Armbian_x.img.xz", data.clone());
+    srv.add_redirect("/board/Noble_current", "/board/archive/Armbian_x.img.xz");
+    srv.set_drop_after("/board/archive/Armbian_x.img.xz", 100_000, 1);
+    let td = tempfile::tempdir().unwrap();
+    let got = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(srv.url_for("/board/Noble_current"), &data))
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let target: Vec<_> = srv
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/board/archive/Armbian_x.img.xz")
+        .collect();
+    assert_eq!(target.len(), 2);
+    assert_eq!(target[1].range.as_deref(), Some("bytes=100000-"));
+    assert_eq!(target[1].status, 206);
+}
+
+#[test]
+fn complete_partial_file_is_verified_without_downloading_again() {
+    let srv = TestServer::start();
+    let data = pseudo_random(300_000, 19);
+    srv.add("/x/done.img", data.clone());
+    let td = tempfile::tempdir().unwrap();
+    let f = fetcher(td.path(), None, false);
+    let url = srv.url_for("/x/done.img");
+    // A previous run received every byte but stopped before verifying.
+    fs::write(f.cache().partial_path(&url), &data).unwrap();
+    let got = f.fetch(&sha_artifact(url, &data)).unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let log = srv.requests();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0].status, 416);
+}
+
+#[test]
+fn local_files_are_verified_into_the_cache() {
+    let td = tempfile::tempdir().unwrap();
+    let data = pseudo_random(500_000, 20);
+    let img = td.path().join("local image.img.xz");
+    fs::write(&img, &data).unwrap();
+    fs::write(
+        td.path().join("SHA256SUMS"),
+        format!("{} *local image.img.xz\n", sha256_hex(&data)),
+    )
+    .unwrap();
+    let url = url::Url::from_file_path(&img).unwrap().to_string();
+    let sums = url::Url::from_file_path(td.path().join("SHA256SUMS"))
+        .unwrap()
+        .to_string();
+    let cache_dir = td.path().join("cache");
+    // Local files need no network, so they work offline and ignore the mirror.
+    let f = fetcher(&cache_dir, Some("http://127.0.0.1:9".into()), true);
+    let got = f
+        .fetch(&Artifact {
+            url: url.clone(),
+            checksum: Checksum::SumsFile {
+                url: sums,
+                name: "local image.img.xz".into(),
+            },
+        })
+        .unwrap();
+    assert!(got.path.starts_with(&cache_dir));
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+
+    let url2 = url::Url::from_file_path(td.path().join("other.img"))
+        .unwrap()
+        .to_string();
+    fs::write(td.path().join("other.img"), b"tampered").unwrap();
+    let err = f
+        .fetch(&sha_artifact(url2.clone(), b"the original"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("checksum mismatch") && msg.contains(&url2),
+        "{msg}"
+    );
+    assert_eq!(count(&cache_dir.join("blobs/sha256")), 1);
+    assert_eq!(count(&cache_dir.join("tmp")), 0);
+}
+
+#[test]
+fn oversized_checksum_file_is_refused_early() {
+    let srv = TestServer::start();
+    srv.add("/big/SHA256SUMS", vec![b'a'; 17 * MIB]);
+    let td = tempfile::tempdir().unwrap();
+    let err = fetcher(td.path(), None, false)
+        .fetch_text(&srv.url_for("/big/SHA256SUMS"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("too large") && msg.contains("/big/SHA256SUMS"),
+        "{msg}"
+    );
+    assert_eq!(srv.hits("/big/SHA256SUMS"), 1);
+    assert_eq!(count(&td.path().join("partial")), 0);
+    assert_eq!(count(&td.path().join("blobs/sha256")), 0);
+}
+
+#[test]
+fn directory_server_serves_files_below_its_root() {
+    let td = tempfile::tempdir().unwrap();
+    let root = td.path().join("www");
+    fs::create_dir_all(root.join("dl.armbian.com/orangepi5/archive")).unwrap();
+    let data = pseudo_random(100_000, 21);
+    fs::write(
+        root.join("dl.armbian.com/orangepi5/archive/a.img.xz"),
+        &data,
+    )
+    .unwrap();
+    fs::write(
+        root.join("dl.armbian.com/orangepi5/archive/a.img.xz.sha"),
+        format!("{} a.img.xz\n", sha256_hex(&data)),
+    )
+    .unwrap();
+    let srv = TestServer::serve_dir(&root);
+    let up = "https://dl.armbian.com/orangepi5/archive";
+    let got = fetcher(&td.path().join("cache"), Some(srv.url()), false)
+        .fetch(&Artifact {
+            url: format!("{up}/a.img.xz"),
+            checksum: Checksum::SumsFile {
+                url: format!("{up}/a.img.xz.sha"),
+                name: "a.img.xz".into(),
+            },
+        })
+        .unwrap();
+    assert_eq!(fs::read(&got.path).unwrap(), data);
+    let err = fetcher(&td.path().join("cache"), None, false)
+        .fetch_text(&srv.url_for("/../www/dl.armbian.com/orangepi5/archive/a.img.xz.sha"))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("not found"), "{err:#}");
 }

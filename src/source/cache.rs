@@ -21,6 +21,13 @@ use anyhow::{Context, Result, bail};
 
 use crate::io::{HashingReader, sha256_bytes};
 
+/// Result of [`Cache::store`].
+pub(crate) enum Stored {
+    Blob(String, PathBuf),
+    /// The stream's actual digest; nothing was kept.
+    Mismatch(String),
+}
+
 /// The on-disk cache of downloaded artifacts.
 #[derive(Clone, Debug)]
 pub struct Cache {
@@ -96,6 +103,18 @@ impl Cache {
             Some(e) => Some(normalize_sha256(e)?),
             None => None,
         };
+        match self.store(r, expected.as_deref())? {
+            Stored::Blob(digest, path) => Ok((digest, path)),
+            Stored::Mismatch(actual) => bail!(
+                "checksum mismatch while storing into the cache: expected {}, got {actual}; \
+                 nothing was stored",
+                expected.unwrap_or_default()
+            ),
+        }
+    }
+
+    /// [`Cache::put`] with the mismatch as a value; `expected` must be normalized.
+    pub(crate) fn store(&self, r: &mut dyn Read, expected: Option<&str>) -> Result<Stored> {
         let tmp = tempfile::Builder::new()
             .prefix(".put-")
             .tempfile_in(self.tmp_dir())
@@ -114,13 +133,11 @@ impl Cache {
                 .with_context(|| format!("cannot write {}", tmp.path().display()))?;
         }
         let (digest, _) = hr.finish();
-        if let Some(e) = &expected {
-            if *e != digest {
-                bail!(
-                    "checksum mismatch while storing into the cache: expected {e}, got {digest}; \
-                     nothing was stored"
-                );
-            }
+        if let Some(e) = expected
+            && e != digest
+        {
+            // Dropping `tmp` deletes the file.
+            return Ok(Stored::Mismatch(digest));
         }
         tmp.as_file()
             .sync_all()
@@ -130,7 +147,7 @@ impl Cache {
         self.install(&tmp_path, &dest)?;
         // The file now lives under its digest; forget the temporary name.
         let _ = tmp_path.keep();
-        Ok((digest, dest))
+        Ok(Stored::Blob(digest, dest))
     }
 
     /// Moves a verified, synced file from inside the cache to its blob name.
@@ -240,12 +257,33 @@ impl Cache {
 }
 
 fn default_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("PIKUBE_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d));
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    choose_dir(
+        env("PIKUBE_CACHE_DIR"),
+        env("XDG_CACHE_HOME"),
+        dirs::home_dir(),
+    )
+}
+
+/// `PIKUBE_CACHE_DIR`, else `$XDG_CACHE_HOME/pikube-image` (when absolute, as the XDG
+/// specification requires), else `~/.cache/pikube-image`.
+fn choose_dir(
+    pikube: Option<PathBuf>,
+    xdg_cache: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> Result<PathBuf> {
+    if let Some(d) = pikube {
+        return Ok(d);
     }
-    // dirs::cache_dir() honours XDG_CACHE_HOME and falls back to ~/.cache on Linux.
-    match dirs::cache_dir() {
-        Some(d) => Ok(d.join("pikube-image")),
+    if let Some(x) = xdg_cache.filter(|x| x.is_absolute()) {
+        return Ok(x.join("pikube-image"));
+    }
+    match home {
+        Some(h) => Ok(h.join(".cache").join("pikube-image")),
         None => bail!(
             "cannot find a cache directory: neither PIKUBE_CACHE_DIR, XDG_CACHE_HOME nor HOME \
              is set; set PIKUBE_CACHE_DIR to a writable directory"
@@ -340,6 +378,24 @@ mod tests {
         let c = Cache::open(td.path()).unwrap();
         assert!(c.get("../../etc/passwd").is_none());
         assert!(c.get("").is_none());
+    }
+
+    #[test]
+    fn default_location_follows_env_then_xdg_then_home() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            choose_dir(p("/c"), p("/x"), p("/h")).unwrap(),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            choose_dir(None, p("/x"), p("/h")).unwrap(),
+            PathBuf::from("/x/pikube-image")
+        );
+        assert_eq!(
+            choose_dir(None, p("rel"), p("/h")).unwrap(),
+            PathBuf::from("/h/.cache/pikube-image")
+        );
+        assert!(choose_dir(None, None, None).is_err());
     }
 
     #[test]

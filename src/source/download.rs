@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use fs4::fs_std::FileExt;
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
 use sha2::{Digest, Sha256};
 
 use super::{Fetched, Fetcher, SourceError, fetched};
@@ -73,8 +73,13 @@ impl PartialState {
 
 impl Fetcher {
     /// Downloads `url` (through the mirror, if any) into the cache and verifies it
-    /// against `expected` when given.
-    pub(crate) fn download(&self, url: &str, expected: Option<&str>) -> Result<Fetched> {
+    /// against `expected` when given. `limit` caps the size (for small text files).
+    pub(crate) fn download(
+        &self,
+        url: &str,
+        expected: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Fetched> {
         let eff = self.effective_url(url)?;
         let shown = if eff == url {
             eff.clone()
@@ -90,13 +95,13 @@ impl Fetcher {
                 .with_context(|| format!("cannot lock {}", self.cache.lock_path(&eff).display()))?;
         }
         // Someone else may have finished the same download while we waited.
-        if let Some(e) = expected {
-            if let Some(p) = self.cache.get(e) {
-                self.cache.record_url(url, e)?;
-                return fetched(url.to_string(), e.to_string(), p, true);
-            }
+        if let Some(e) = expected
+            && let Some(p) = self.cache.get(e)
+        {
+            self.cache.record_url(url, e)?;
+            return fetched(url.to_string(), e.to_string(), p, true);
         }
-        let result = self.download_locked(url, &eff, &shown, expected);
+        let result = self.download_locked(url, &eff, &shown, expected, limit);
         let _ = FileExt::unlock(&lock);
         result
     }
@@ -107,6 +112,7 @@ impl Fetcher {
         eff: &str,
         shown: &str,
         expected: Option<&str>,
+        limit: Option<u64>,
     ) -> Result<Fetched> {
         let client = self.client()?;
         let partial = self.cache.partial_path(eff);
@@ -119,8 +125,9 @@ impl Fetcher {
         let mut failures = 0u32;
         let mut restarts = 0u32;
         loop {
-            let outcome =
-                self.attempt(client, eff, shown, &partial, &mut state, &mut task, &name)?;
+            let outcome = self.attempt(
+                client, eff, shown, &partial, &mut state, &mut task, &name, limit,
+            )?;
             match outcome {
                 Attempt::Complete => {}
                 Attempt::Restart => {
@@ -143,7 +150,9 @@ impl Fetcher {
                     if failures >= self.retry.max_attempts {
                         return Err(err.context(format!(
                             "giving up on {shown} after {failures} failed attempts; the partial \
-                             download is kept in {} and resumes on the next run",
+                             download is kept in {} and resumes on the next run. Check the \
+                             network, try again later, use --mirror, or build with --offline if \
+                             the cache already holds this file",
                             partial.display()
                         )));
                     }
@@ -169,24 +178,24 @@ impl Fetcher {
                 _ => PartialState::from_file(&partial, len)?,
             };
             let actual = hex::encode(st.hasher.finalize());
-            if let Some(e) = expected {
-                if actual != e {
-                    remove_partial(&partial)?;
-                    if resumed_old {
-                        resumed_old = false;
-                        self.progress.message(&format!(
-                            "{name}: the resumed download did not verify; downloading it again \
+            if let Some(e) = expected
+                && actual != e
+            {
+                remove_partial(&partial)?;
+                if resumed_old {
+                    resumed_old = false;
+                    self.progress.message(&format!(
+                        "{name}: the resumed download did not verify; downloading it again \
                              from the start"
-                        ));
-                        continue;
-                    }
-                    return Err(SourceError::ChecksumMismatch {
-                        url: shown.to_string(),
-                        expected: e.to_string(),
-                        actual,
-                    }
-                    .into());
+                    ));
+                    continue;
                 }
+                return Err(SourceError::ChecksumMismatch {
+                    url: shown.to_string(),
+                    expected: e.to_string(),
+                    actual,
+                }
+                .into());
             }
             let f = File::open(&partial)
                 .with_context(|| format!("cannot open {}", partial.display()))?;
@@ -194,6 +203,7 @@ impl Fetcher {
                 .with_context(|| format!("cannot sync {}", partial.display()))?;
             drop(f);
             let path = self.cache.adopt(&partial, &actual)?;
+            remove_file_if_exists(&validator_path(&partial))?;
             self.cache.record_url(url, &actual)?;
             if let Some(t) = &task {
                 t.finish(&format!("{} verified", crate::progress::human_bytes(len)));
@@ -213,11 +223,17 @@ impl Fetcher {
         state: &mut Option<PartialState>,
         task: &mut Option<Task>,
         name: &str,
+        limit: Option<u64>,
     ) -> Result<Attempt> {
         let have = partial_len(partial)?;
         let mut req = client.get(eff);
         if have > 0 {
             req = req.header(RANGE, format!("bytes={have}-"));
+            // Only resume if the file did not change since the partial bytes were fetched;
+            // otherwise the server answers 200 with the whole new file.
+            if let Some(v) = read_validator(partial) {
+                req = req.header(IF_RANGE, v);
+            }
         }
         let mut resp = match req.send() {
             Ok(r) => r,
@@ -286,8 +302,21 @@ impl Fetcher {
             }
         };
 
+        let too_big = |n: u64| {
+            anyhow!(
+                "{shown} is larger than {} bytes (at least {n}), too large for a checksum \
+                 file; check the URL",
+                limit.unwrap_or(0)
+            )
+        };
+        if let (Some(l), Some(t)) = (limit, total)
+            && t > l
+        {
+            return Err(too_big(t));
+        }
         let mut file = if start == 0 {
             *state = Some(PartialState::empty());
+            write_validator(partial, &resp)?;
             File::create(partial).with_context(|| format!("cannot create {}", partial.display()))?
         } else {
             let keep = match state.take() {
@@ -320,6 +349,13 @@ impl Fetcher {
                     st.len += n as u64;
                     got += n as u64;
                     t.inc(n as u64);
+                    if let Some(l) = limit
+                        && start + got > l
+                    {
+                        drop(file);
+                        remove_partial(partial)?;
+                        return Err(too_big(start + got));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => break Some(e),
@@ -337,13 +373,13 @@ impl Fetcher {
                 progressed: got > 0,
             });
         }
-        if let Some(total) = total {
-            if start + got != total {
-                return Ok(Attempt::Retry {
-                    err: anyhow!("{shown} ended after {} of {total} bytes", start + got),
-                    progressed: got > 0,
-                });
-            }
+        if let Some(total) = total
+            && start + got != total
+        {
+            return Ok(Attempt::Retry {
+                err: anyhow!("{shown} ended after {} of {total} bytes", start + got),
+                progressed: got > 0,
+            });
         }
         Ok(Attempt::Complete)
     }
@@ -357,7 +393,37 @@ fn partial_len(p: &Path) -> Result<u64> {
     }
 }
 
+fn validator_path(partial: &Path) -> std::path::PathBuf {
+    partial.with_extension("validator")
+}
+
+/// The strong ETag or Last-Modified date the partial bytes were served with.
+fn read_validator(partial: &Path) -> Option<String> {
+    let v = fs::read_to_string(validator_path(partial)).ok()?;
+    let v = v.trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+fn write_validator(partial: &Path, resp: &reqwest::blocking::Response) -> Result<()> {
+    let h = resp.headers();
+    let etag = h
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.starts_with("W/"));
+    let v = etag.or_else(|| h.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()));
+    let p = validator_path(partial);
+    match v {
+        Some(v) => fs::write(&p, v).with_context(|| format!("cannot write {}", p.display())),
+        None => remove_file_if_exists(&p),
+    }
+}
+
 fn remove_partial(p: &Path) -> Result<()> {
+    remove_file_if_exists(&validator_path(p))?;
+    remove_file_if_exists(p)
+}
+
+fn remove_file_if_exists(p: &Path) -> Result<()> {
     match fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -11,8 +11,9 @@ mod download;
 mod mirror;
 mod sums;
 
-use std::fs;
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ pub use cache::{Cache, normalize_sha256};
 pub use mirror::mirror_url;
 pub use sums::lookup_checksum;
 
+use crate::io::ProgressReader;
 use crate::progress::Progress;
 
 /// How the expected digest of an artifact is known.
@@ -97,6 +99,25 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Network time limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Establishing the TCP (and TLS) connection.
+    pub connect: Duration,
+    /// Waiting for the response headers, and for each further piece of the body: a
+    /// transfer may take hours as long as it never stalls this long.
+    pub stall: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            stall: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Downloads artifacts into a [`Cache`], verifying every byte.
 pub struct Fetcher {
     cache: Cache,
@@ -104,6 +125,7 @@ pub struct Fetcher {
     offline: bool,
     progress: Progress,
     retry: RetryPolicy,
+    timeouts: Timeouts,
     client: OnceLock<reqwest::blocking::Client>,
 }
 
@@ -118,6 +140,7 @@ impl Fetcher {
             offline,
             progress,
             retry: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
             client: OnceLock::new(),
         }
     }
@@ -125,6 +148,13 @@ impl Fetcher {
     /// Replaces the default retry policy (5 attempts, 1 s doubling back-off).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Fetcher {
         self.retry = retry;
+        self
+    }
+
+    /// Replaces the default time limits (connect 30 s, stall 60 s).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Fetcher {
+        self.timeouts = timeouts;
+        self.client = OnceLock::new();
         self
     }
 
@@ -147,35 +177,35 @@ impl Fetcher {
     /// Returns the verified, cached file for `a`, downloading it when needed.
     pub fn fetch(&self, a: &Artifact) -> Result<Fetched> {
         let expected = match &a.checksum {
-            Checksum::Sha256(h) => Some(
-                normalize_sha256(h).with_context(|| format!("invalid checksum for {}", a.url))?,
-            ),
-            Checksum::SumsFile { url, name } => {
-                match self.fetch_text(url) {
-                    Ok(text) => Some(lookup_checksum(&text, name).ok_or_else(|| {
-                        SourceError::NotInSums {
-                            name: name.clone(),
-                            sums_url: url.clone(),
-                        }
-                    })?),
-                    Err(e) if self.offline => {
-                        // Without the list, the digest recorded when the artifact itself was
-                        // verified still identifies it.
-                        match self.cache.lookup_url(&a.url) {
-                            Some(d) => Some(d),
-                            None => return Err(e),
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
+            Checksum::Sha256(h) => {
+                normalize_sha256(h).with_context(|| format!("invalid checksum for {}", a.url))?
             }
+            Checksum::SumsFile { url, name } => match self.fetch_text(url) {
+                Ok(text) => lookup_checksum(&text, name).ok_or_else(|| SourceError::NotInSums {
+                    name: name.clone(),
+                    sums_url: url.clone(),
+                })?,
+                // Without the list, the digest recorded when the artifact itself was
+                // verified still identifies it.
+                Err(e) if self.offline => match self.cache.lookup_url(&a.url) {
+                    Some(d) => d,
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            },
         };
-        let expected = expected.expect("every checksum kind yields a digest");
         if let Some(path) = self.cache.get(&expected) {
             if self.cache.lookup_url(&a.url).as_deref() != Some(expected.as_str()) {
                 let _ = self.cache.record_url(&a.url, &expected);
             }
+            self.progress.message(&format!(
+                "using the verified copy of {} from the cache",
+                a.url
+            ));
             return fetched(a.url.clone(), expected, path, true);
+        }
+        if let Some(local) = file_url_path(&a.url)? {
+            return self.store_local(&a.url, &local, &expected);
         }
         if self.offline {
             return Err(SourceError::OfflineMiss {
@@ -184,14 +214,16 @@ impl Fetcher {
             }
             .into());
         }
-        self.download(&a.url, Some(&expected))
+        self.download(&a.url, Some(&expected), None)
     }
 
     /// Downloads (or, offline, reads from the cache) a small text file such as a
     /// checksum list. Online, the file is always downloaded afresh; the copy is kept so
     /// later offline builds can read it.
     pub fn fetch_text(&self, url: &str) -> Result<String> {
-        let path = if self.offline {
+        let path = if let Some(local) = file_url_path(url)? {
+            local
+        } else if self.offline {
             let digest = self
                 .cache
                 .lookup_url(url)
@@ -201,7 +233,7 @@ impl Fetcher {
                 })?;
             self.cache.blob_path(&digest)
         } else {
-            self.download(url, None)?.path
+            self.download(url, None, Some(MAX_TEXT))?.path
         };
         let meta =
             fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
@@ -216,21 +248,73 @@ impl Fetcher {
             .map_err(|_| anyhow::anyhow!("{url} is not a text file (invalid UTF-8); check the URL"))
     }
 
+    /// Copies a local file into the cache, verifying it on the way.
+    fn store_local(&self, url: &str, local: &Path, expected: &str) -> Result<Fetched> {
+        let f = File::open(local).with_context(|| {
+            format!(
+                "cannot open {} (from {url}); check the path",
+                local.display()
+            )
+        })?;
+        let total = f.metadata().ok().map(|m| m.len());
+        let task = self
+            .progress
+            .task(&format!("copy {}", local.display()), total);
+        let mut r = ProgressReader::new(io::BufReader::with_capacity(1 << 20, f), task.clone());
+        let (digest, path) = match self
+            .cache
+            .store(&mut r, Some(expected))
+            .with_context(|| format!("cannot store {url} in the cache"))?
+        {
+            cache::Stored::Blob(d, p) => (d, p),
+            cache::Stored::Mismatch(actual) => {
+                return Err(SourceError::ChecksumMismatch {
+                    url: url.to_string(),
+                    expected: expected.to_string(),
+                    actual,
+                }
+                .into());
+            }
+        };
+        self.cache.record_url(url, &digest)?;
+        task.finish("verified");
+        fetched(url.to_string(), digest, path, false)
+    }
+
     fn client(&self) -> Result<&reqwest::blocking::Client> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
         let c = reqwest::blocking::Client::builder()
             .user_agent(concat!("pikube-image/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
+            .connect_timeout(self.timeouts.connect)
             // The blocking client applies this to sending the request and to every single
             // read of the body: a stall timeout, not a limit on the whole transfer.
-            .timeout(Duration::from_secs(60))
+            .timeout(self.timeouts.stall)
             .redirect(reqwest::redirect::Policy::limited(10))
             .build()
             .context("cannot initialise the HTTP client (TLS setup failed)")?;
         let _ = self.client.set(c);
         Ok(self.client.get().expect("client was just set"))
+    }
+}
+
+// Builds may fetch several artifacts from worker threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Fetcher>();
+    assert_send_sync::<Cache>();
+};
+
+/// The local path of a `file://` URL, `None` for any other scheme.
+fn file_url_path(url: &str) -> Result<Option<PathBuf>> {
+    if !url.starts_with("file:") {
+        return Ok(None);
+    }
+    let u = url::Url::parse(url).with_context(|| format!("invalid file URL {url:?}"))?;
+    match u.to_file_path() {
+        Ok(p) => Ok(Some(p)),
+        Err(()) => bail!("invalid file URL {url:?}: expected file:///absolute/path"),
     }
 }
 

@@ -9,7 +9,7 @@
 //! * BSD tag style: `SHA256 (<name>) = <hex>`
 //! * a file holding only `<hex>`: a checksum for whatever file it sits beside.
 //!
-//! Names match on the file name: a leading `*` or `./` and any directory part are ignored,
+//! Names match on the file name: a `*` or `./` prefix and any directory part are ignored,
 //! an exact path match is preferred over a file-name-only match.
 
 use super::cache::is_sha256_hex;

@@ -6,12 +6,16 @@
 //!
 //! let srv = TestServer::start();
 //! srv.add("/cdimage.ubuntu.com/releases/x.img.xz", bytes);   // serve bytes at a path
-//! let url = format!("{}/cdimage.ubuntu.com/releases/x.img.xz", srv.url());
+//! let url = srv.url_for("/cdimage.ubuntu.com/releases/x.img.xz"); // http://127.0.0.1:PORT/...
+//! // As a --mirror: Fetcher::new(cache, Some(srv.url()), ..) turns
+//! // https://cdimage.ubuntu.com/releases/x.img.xz into srv.url() + "/cdimage.ubuntu.com/releases/x.img.xz".
 //! srv.set_ranges(false);                // answer Range requests with a full 200
 //! srv.set_drop_after("/p", 1 << 20, 2); // first 2 responses for /p break after 1 MiB
 //! srv.set_fail("/p", 503, 1);           // first response for /p is a 503
 //! srv.add_redirect("/old", "/new");     // 302 to another path (or absolute URL)
 //! srv.set_throttle(Some(Duration::from_millis(5))); // pause after every 64 KiB sent
+//! srv.set_stall_after("/p", 1000, Duration::from_secs(2), 1); // go silent mid-body once
+//! srv.set_etags(false);                 // no ETag / If-Range handling (default: on)
 //! assert_eq!(srv.hits("/p"), 3);        // requests seen for a path (query ignored)
 //! let log = srv.requests();             // every request: method, path, Range header
 //! ```
@@ -61,11 +65,14 @@ struct Shared {
     files: Mutex<HashMap<String, Arc<Vec<u8>>>>,
     dir: Mutex<Option<PathBuf>>,
     ignore_ranges: AtomicBool,
+    no_etags: AtomicBool,
     /// path → (body bytes to send before closing, responses still to break)
     drops: Mutex<HashMap<String, (usize, usize)>>,
     /// path → (status, responses still to fail)
     fails: Mutex<HashMap<String, (u16, usize)>>,
     redirects: Mutex<HashMap<String, String>>,
+    /// path → (body bytes before the pause, pause, responses still to stall)
+    stalls: Mutex<HashMap<String, (usize, Duration, usize)>>,
     throttle: Mutex<Option<Duration>>,
     log: Mutex<Vec<Request>>,
 }
@@ -139,6 +146,12 @@ impl TestServer {
         self.shared.ignore_ranges.store(!honour, Ordering::SeqCst);
     }
 
+    /// Send a strong `ETag` (derived from the content) and honour `If-Range`
+    /// (default `true`). Without ETags, `If-Range` is ignored.
+    pub fn set_etags(&self, on: bool) {
+        self.shared.no_etags.store(!on, Ordering::SeqCst);
+    }
+
     /// The next `times` responses for `path` send their headers and only `bytes` bytes
     /// of the body, then close the connection.
     pub fn set_drop_after(&self, path: &str, bytes: usize, times: usize) {
@@ -147,6 +160,16 @@ impl TestServer {
             .lock()
             .unwrap()
             .insert(path.to_string(), (bytes, times));
+    }
+
+    /// The next `times` responses for `path` send `bytes` bytes of the body, then go
+    /// silent for `pause` (keeping the connection open), then send the rest.
+    pub fn set_stall_after(&self, path: &str, bytes: usize, pause: Duration, times: usize) {
+        self.shared
+            .stalls
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (bytes, pause, times));
     }
 
     /// The next `times` requests for `path` are answered with `status` and no body.
@@ -294,8 +317,18 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     };
 
     let len = body.len();
+    let etag = if sh.no_etags.load(Ordering::SeqCst) {
+        None
+    } else {
+        Some(format!("\"{}\"", &super::sha256_hex(&body)[..16]))
+    };
+    // RFC 9110: a Range with a non-matching If-Range gets the whole representation.
+    let stale = match (&etag, req.header("if-range")) {
+        (Some(e), Some(v)) => e != v,
+        _ => false,
+    };
     let (status, start, end) = match range.as_deref().and_then(|r| parse_range(r, len)) {
-        Some(_) if sh.ignore_ranges.load(Ordering::SeqCst) => (200, 0, len),
+        Some(_) if sh.ignore_ranges.load(Ordering::SeqCst) || stale => (200, 0, len),
         Some(Ok((s, e))) => (206, s, e),
         Some(Err(())) => (416, 0, 0),
         None => (200, 0, len),
@@ -317,6 +350,9 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
             "bytes"
         }
     );
+    if let Some(e) = &etag {
+        head.push_str(&format!("ETag: {e}\r\n"));
+    }
     if status == 206 {
         head.push_str(&format!(
             "Content-Range: bytes {}-{}/{}\r\n",
@@ -347,6 +383,26 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     let send = match cut {
         Some(n) => &slice[..n.min(slice.len())],
         None => slice,
+    };
+    let stall = {
+        let mut st = sh.stalls.lock().unwrap();
+        match st.get_mut(&path) {
+            Some((bytes, pause, left)) if *left > 0 => {
+                *left -= 1;
+                Some((*bytes, *pause))
+            }
+            _ => None,
+        }
+    };
+    let send = match stall {
+        Some((bytes, pause)) => {
+            let n = bytes.min(send.len());
+            stream.write_all(&send[..n])?;
+            stream.flush()?;
+            thread::sleep(pause);
+            &send[n..]
+        }
+        None => send,
     };
     let throttle = *sh.throttle.lock().unwrap();
     for chunk in send.chunks(64 << 10) {

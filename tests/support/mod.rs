@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests (`mod support;` in a test file).
+//! Utilities shared by the integration tests (`mod support;` in a test file).
 #![allow(dead_code)]
 
 pub mod fixtures;
