@@ -93,7 +93,8 @@ impl Env {
     fn cache_blobs(&self) -> Vec<PathBuf> {
         walk(&self.path("cache"))
             .into_iter()
-            .filter(|p| !p.to_string_lossy().contains("/locks/"))
+            // Lock files and the standard CACHEDIR.TAG marker hold no content.
+            .filter(|p| !p.to_string_lossy().contains("/locks/") && !p.ends_with("CACHEDIR.TAG"))
             .collect()
     }
 }

@@ -211,6 +211,16 @@ impl Cache {
         self.get(&digest).map(|_| digest)
     }
 
+    /// Drops what the cache holds for `url`: its index entry and the file it points at.
+    /// Used for a checksum list that an artifact failed to verify against, so a later
+    /// (offline) build cannot trust it.
+    pub fn forget_url(&self, url: &str) {
+        if let Some(digest) = self.lookup_url(url) {
+            let _ = fs::remove_file(self.blob_path(&digest));
+        }
+        let _ = fs::remove_file(self.url_index_path(url));
+    }
+
     /// Where an interrupted download of `url` (the URL actually requested) is kept.
     pub fn partial_path(&self, url: &str) -> PathBuf {
         self.partial_dir().join(url_key(url))

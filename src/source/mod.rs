@@ -214,7 +214,17 @@ impl Fetcher {
             }
             .into());
         }
-        self.download(&a.url, Some(&expected), None)
+        let got = self.download(&a.url, Some(&expected), None);
+        if let (Err(e), Checksum::SumsFile { url, .. }) = (&got, &a.checksum) {
+            if matches!(
+                e.downcast_ref::<SourceError>(),
+                Some(SourceError::ChecksumMismatch { .. })
+            ) {
+                // Either the artifact or the list is wrong; keep neither.
+                self.cache.forget_url(url);
+            }
+        }
+        got
     }
 
     /// Downloads (or, offline, reads from the cache) a small text file such as a
