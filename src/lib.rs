@@ -15,6 +15,7 @@ pub mod fs;
 pub mod init;
 pub mod inspect;
 pub mod io;
+pub mod k3s;
 pub mod manifest;
 pub mod overlay;
 pub mod pipeline;
