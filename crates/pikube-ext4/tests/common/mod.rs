@@ -74,7 +74,7 @@ pub fn make(spec: &Spec) -> Fixture {
     }
     let fs = dir.path().join("fs.raw");
     let mut cmd = Command::new("mkfs.ext4");
-    cmd.args(["-q", "-F", "-b", &spec.block_size.to_string()]);
+    cmd.args(["-q", "-F", "-I", "256", "-b", &spec.block_size.to_string()]);
     cmd.args(["-E", "root_owner=0:0", "-L", spec.name]);
     if !spec.features.is_empty() {
         cmd.args(["-O", spec.features]);
