@@ -47,6 +47,8 @@ pub enum Action {
     Mkdir,
     /// Create a symbolic link pointing at `target`.
     Symlink { target: String },
+    /// Remove a file or symlink if it exists.
+    Remove,
     /// Append kernel arguments to the Raspberry Pi command line, each at most once. `path` is
     /// config.txt; the command line file is found through its `cmdline=` and `os_prefix=`.
     KernelArgs { args: Vec<String> },
@@ -59,6 +61,7 @@ impl Action {
             Action::Mkdir => "dir",
             Action::Symlink { .. } => "symlink",
             Action::KernelArgs { .. } => "edit",
+            Action::Remove => "remove",
         }
     }
 }
@@ -202,7 +205,7 @@ impl Plan {
             .map(|op| {
                 let (size, sha256, detail) = match &op.action {
                     Action::Write(c) => (c.size(), (!op.secret).then(|| c.sha256()), None),
-                    Action::Mkdir => (0, None, None),
+                    Action::Mkdir | Action::Remove => (0, None, None),
                     Action::Symlink { target } => {
                         (target.len() as u64, None, Some(format!("-> {target}")))
                     }

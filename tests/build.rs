@@ -522,3 +522,110 @@ fn init_then_adhoc_build_and_dry_run() {
     assert!(name.starts_with("agent-rpi4-"), "{name}");
     assert!(env.path(&format!("images/{name}.img")).exists());
 }
+
+/// Copies `[start, start+len)` of `img` into its own file, for tools without an offset option.
+fn extract(img: &Path, start: u64, len: u64, out: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(img).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut o = std::fs::File::create(out).unwrap();
+    std::io::copy(&mut f.take(len), &mut o).unwrap();
+}
+
+fn e2fsck_clean(img: &Path, start: u64, len: u64, scratch: &Path) {
+    extract(img, start, len, scratch);
+    let o = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(scratch)
+        .output()
+        .expect("e2fsck is installed");
+    assert!(
+        o.status.success(),
+        "e2fsck -fn: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    std::fs::remove_file(scratch).unwrap();
+}
+
+#[test]
+fn overlays_land_in_the_root_filesystem() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let env = Env::new(FixtureOpts {
+        seed: 11,
+        ..FixtureOpts::default()
+    });
+    let ov = env.path("ov-all");
+    std::fs::create_dir_all(ov.join("etc/pikube")).unwrap();
+    std::fs::write(ov.join("etc/pikube/motd"), "welcome\n").unwrap();
+    std::fs::create_dir_all(ov.join("usr/local/bin")).unwrap();
+    std::fs::write(ov.join("usr/local/bin/hello"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        ov.join("usr/local/bin/hello"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    symlink("hello", ov.join("usr/local/bin/hi")).unwrap();
+    let node_ov = env.path("ov-cp1");
+    std::fs::create_dir_all(node_ov.join("etc/pikube")).unwrap();
+    std::fs::write(node_ov.join("etc/pikube/motd"), "cp1 wins\n").unwrap();
+    std::fs::write(node_ov.join("etc/pikube/key"), "private").unwrap();
+    std::fs::set_permissions(
+        node_ov.join("etc/pikube/key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let yaml = cluster_yaml("")
+        .replace("nodes:\n", "overlays: { all: [ov-all] }\nnodes:\n")
+        .replace(
+            "ip: 192.168.50.10 }",
+            "ip: 192.168.50.10, overlays: [ov-cp1] }",
+        );
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "cp1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let img = env.path("out/cp1.img");
+    let root = env.fixture.part("writable").clone();
+    e2fsck_clean(&img, root.start, root.size, &env.path("root.part"));
+
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    assert_eq!(
+        fs.read("/etc/pikube/motd").unwrap(),
+        b"cp1 wins\n",
+        "node overlay wins"
+    );
+    assert_eq!(
+        fs.read("/usr/local/bin/hello").unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+    assert_eq!(
+        fs.read_link("/usr/local/bin/hi").unwrap().to_str().unwrap(),
+        "hello"
+    );
+    let m = fs.metadata("/usr/local/bin/hello").unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o750);
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    let k = fs.metadata("/etc/pikube/key").unwrap();
+    assert_eq!(k.mode() & 0o7777, 0o600);
+    assert_eq!(
+        fs.read("/etc/modules-load.d/pikube-k3s.conf").unwrap(),
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/overlays/k3s/etc/modules-load.d/pikube-k3s.conf"
+        ))
+        .unwrap(),
+        "built-in overlay"
+    );
+    // Files of the base image are still there.
+    assert!(
+        fs.read_to_string("/etc/os-release")
+            .unwrap()
+            .contains("Ubuntu")
+    );
+    let manifest = std::fs::read_to_string(env.path("out/cp1.manifest.json")).unwrap();
+    assert!(manifest.contains("\"/usr/local/bin/hi\"") && manifest.contains("\"symlink\""));
+}
