@@ -204,14 +204,35 @@ pub struct RegistryTls {
     pub ca_file: Option<String>,
 }
 
+/// Argo CD release installed when cluster.yaml names none.
+pub const DEFAULT_ARGOCD_VERSION: &str = "v2.13.3";
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Gitops {
+    /// Git repository holding the cluster's configuration.
     pub repo: String,
     #[serde(default = "default_revision")]
     pub revision: String,
+    /// Directory in the repository with the applications (app of apps).
     #[serde(default = "default_gitops_path")]
     pub path: String,
+    /// Argo CD release whose install manifest is put on the first server.
+    #[serde(default = "default_argocd_version")]
+    pub argocd_version: String,
+    /// Expected SHA-256 of that install manifest. When absent, the manifest records the
+    /// digest that was downloaded, so it can be pinned here.
+    #[serde(default)]
+    pub argocd_sha256: Option<String>,
+    /// File (relative to cluster.yaml) with credentials for a private repository:
+    /// `username` and `password` (or token) lines as YAML. Written as an Argo CD
+    /// repository Secret, mode 0600.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+fn default_argocd_version() -> String {
+    DEFAULT_ARGOCD_VERSION.into()
 }
 
 fn default_revision() -> String {

@@ -12,6 +12,7 @@ pub mod decompress;
 pub mod disk;
 pub mod emit;
 pub mod fs;
+pub mod gitops;
 pub mod init;
 pub mod inspect;
 pub mod io;
