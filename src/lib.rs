@@ -13,6 +13,7 @@ pub mod disk;
 pub mod emit;
 pub mod fs;
 pub mod gitops;
+pub mod identity;
 pub mod init;
 pub mod inspect;
 pub mod io;
