@@ -133,7 +133,14 @@ impl Ext4Fs {
         let nblocks = inode.size() / bs;
         let indexed = self.is_indexed(inode);
         let mut out = Vec::new();
-        for lb in 0..nblocks {
+        let lbs: Vec<u64> = map
+            .extents
+            .iter()
+            .filter(|e| !e.uninit)
+            .flat_map(|e| e.logical..e.logical + e.len)
+            .filter(|&lb| lb < nblocks)
+            .collect();
+        for lb in lbs {
             let Some(pb) = map.phys_of(lb) else { continue };
             if indexed {
                 if lb == 0 {
@@ -189,6 +196,11 @@ impl Ext4Fs {
             let ft = self.filetype();
             let b = self.block(pb)?.to_vec();
             let ents = parse_leaf(&b[..24], 24, ft)?;
+            if ents.len() < 2 {
+                return Err(corrupt(format!(
+                    "indexed directory inode {dir} lacks `.`/`..`"
+                )));
+            }
             let e = if n == b"." { &ents[0] } else { &ents[1] };
             return Ok(Some((e.ino, Kind::Dir)));
         }
@@ -551,6 +563,11 @@ impl Ext4Fs {
             },
         ));
         all.sort_by_key(|(hh, _)| *hh);
+        if all.len() < 2 {
+            return Err(corrupt(format!(
+                "directory inode {dir}: a full leaf without entries"
+            )));
+        }
         let total: usize = all.iter().map(|(_, e)| rec_len_for(e.name.len())).sum();
         let mut acc = 0;
         let mut split = 0;

@@ -691,6 +691,11 @@ impl Ext4Fs {
             grp.flags &= !BG_BLOCK_UNINIT;
             grp.dirty = true;
             if used {
+                if grp.free_blocks < changed || self.free_blocks < changed as u64 {
+                    return Err(corrupt(format!(
+                        "group {g}: free block count disagrees with the block bitmap"
+                    )));
+                }
                 grp.free_blocks -= changed;
                 self.free_blocks -= changed as u64;
             } else {
@@ -1208,4 +1213,17 @@ pub(crate) fn split_path(path: &str) -> Result<Vec<String>> {
         out.push(c.to_string());
     }
     Ok(out)
+}
+
+impl std::fmt::Debug for Ext4Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ext4Fs")
+            .field("offset", &self.dev.offset)
+            .field("len", &self.dev.len)
+            .field("block_size", &self.geo.bs)
+            .field("blocks", &self.geo.blocks_count)
+            .field("free_blocks", &self.free_blocks)
+            .field("free_inodes", &self.free_inodes)
+            .finish_non_exhaustive()
+    }
 }
