@@ -49,7 +49,11 @@ pub(crate) fn parse_leaf(buf: &[u8], end: usize, filetype: bool) -> Result<Vec<D
         let rec_len = le16(buf, pos + 4) as usize;
         let name_len = buf[pos + 6] as usize;
         let ft = if filetype { buf[pos + 7] } else { 0 };
-        if rec_len < 8 || rec_len % 4 != 0 || pos + rec_len > end || 8 + name_len > rec_len {
+        if rec_len < 8
+            || !rec_len.is_multiple_of(4)
+            || pos + rec_len > end
+            || 8 + name_len > rec_len
+        {
             return Err(corrupt(format!(
                 "a directory entry at offset {pos} has an invalid length"
             )));
