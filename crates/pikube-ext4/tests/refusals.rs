@@ -300,7 +300,7 @@ fn corruption_fuzz() {
         ),
     ];
     let (mut refused, mut opened) = (0, 0);
-    for iter in 0..80 {
+    for iter in 0..48 {
         std::fs::write(&fx.img, &pristine).unwrap();
         let (start, len) = regions[iter % regions.len()];
         for _ in 0..rng.random_range(1..4) {
@@ -337,5 +337,5 @@ fn corruption_fuzz() {
         }
     }
     println!("fuzz: {refused} refused opens, {opened} opened with corrupt inodes/dirs");
-    assert!(refused >= 40);
+    assert!(refused >= 24);
 }
