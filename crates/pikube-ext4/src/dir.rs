@@ -49,7 +49,11 @@ pub(crate) fn parse_leaf(buf: &[u8], end: usize, filetype: bool) -> Result<Vec<D
         let rec_len = le16(buf, pos + 4) as usize;
         let name_len = buf[pos + 6] as usize;
         let ft = if filetype { buf[pos + 7] } else { 0 };
-        if rec_len < 8 || rec_len % 4 != 0 || pos + rec_len > end || 8 + name_len > rec_len {
+        if rec_len < 8
+            || !rec_len.is_multiple_of(4)
+            || pos + rec_len > end
+            || 8 + name_len > rec_len
+        {
             return Err(corrupt(format!(
                 "a directory entry at offset {pos} has an invalid length"
             )));
@@ -133,7 +137,14 @@ impl Ext4Fs {
         let nblocks = inode.size() / bs;
         let indexed = self.is_indexed(inode);
         let mut out = Vec::new();
-        for lb in 0..nblocks {
+        let lbs: Vec<u64> = map
+            .extents
+            .iter()
+            .filter(|e| !e.uninit)
+            .flat_map(|e| e.logical..e.logical + e.len)
+            .filter(|&lb| lb < nblocks)
+            .collect();
+        for lb in lbs {
             let Some(pb) = map.phys_of(lb) else { continue };
             if indexed {
                 if lb == 0 {
@@ -189,6 +200,11 @@ impl Ext4Fs {
             let ft = self.filetype();
             let b = self.block(pb)?.to_vec();
             let ents = parse_leaf(&b[..24], 24, ft)?;
+            if ents.len() < 2 {
+                return Err(corrupt(format!(
+                    "indexed directory inode {dir} lacks `.`/`..`"
+                )));
+            }
             let e = if n == b"." { &ents[0] } else { &ents[1] };
             return Ok(Some((e.ino, Kind::Dir)));
         }
@@ -551,6 +567,11 @@ impl Ext4Fs {
             },
         ));
         all.sort_by_key(|(hh, _)| *hh);
+        if all.len() < 2 {
+            return Err(corrupt(format!(
+                "directory inode {dir}: a full leaf without entries"
+            )));
+        }
         let total: usize = all.iter().map(|(_, e)| rec_len_for(e.name.len())).sum();
         let mut acc = 0;
         let mut split = 0;

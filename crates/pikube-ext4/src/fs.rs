@@ -307,10 +307,10 @@ impl Ext4Fs {
         let inode_size = le16(&sb, 0x58) as usize;
         let desc_size = if is64 { le16(&sb, 0xFE) as usize } else { 32 };
         let geom_err = |what: &str| corrupt(format!("invalid superblock geometry: {what}"));
-        if bpg == 0 || bpg > bs * 8 || bpg % 8 != 0 || cpg != bpg {
+        if bpg == 0 || bpg > bs * 8 || !bpg.is_multiple_of(8) || cpg != bpg {
             return Err(geom_err("blocks per group"));
         }
-        if ipg == 0 || ipg as u64 > bs * 8 || ipg % 8 != 0 {
+        if ipg == 0 || ipg as u64 > bs * 8 || !ipg.is_multiple_of(8) {
             return Err(geom_err("inodes per group"));
         }
         if !(128..=bs as usize).contains(&inode_size) || !inode_size.is_power_of_two() {
@@ -381,12 +381,12 @@ impl Ext4Fs {
         for g in 0..groups {
             let raw = gdt_raw[g as usize * desc_size..(g as usize + 1) * desc_size].to_vec();
             let stored = le16(&raw, 0x1E);
-            if let Some(want) = desc_checksum(&geo, g, &raw) {
-                if want != stored {
-                    return Err(corrupt(format!(
-                        "group descriptor {g} checksum mismatch (stored {stored:#06x}, computed {want:#06x})"
-                    )));
-                }
+            if let Some(want) = desc_checksum(&geo, g, &raw)
+                && want != stored
+            {
+                return Err(corrupt(format!(
+                    "group descriptor {g} checksum mismatch (stored {stored:#06x}, computed {want:#06x})"
+                )));
             }
             let hi = |o: usize| -> u64 {
                 if desc_size >= 64 {
@@ -691,6 +691,11 @@ impl Ext4Fs {
             grp.flags &= !BG_BLOCK_UNINIT;
             grp.dirty = true;
             if used {
+                if grp.free_blocks < changed || self.free_blocks < changed as u64 {
+                    return Err(corrupt(format!(
+                        "group {g}: free block count disagrees with the block bitmap"
+                    )));
+                }
                 grp.free_blocks -= changed;
                 self.free_blocks -= changed as u64;
             } else {
@@ -799,7 +804,7 @@ impl Ext4Fs {
             let mut i = (b - gfirst) as usize;
             let mut found = None;
             while i < n as usize {
-                if i % 8 == 0 && bits[i / 8] == 0xFF {
+                if i.is_multiple_of(8) && bits[i / 8] == 0xFF {
                     i += 8;
                     continue;
                 }
@@ -828,7 +833,8 @@ impl Ext4Fs {
             let mut i = (b - gfirst) as usize;
             let mut stop = false;
             while i < n as usize && len < max {
-                if i % 8 == 0 && bits[i / 8] == 0 && len + 8 <= max && i + 8 <= n as usize {
+                if i.is_multiple_of(8) && bits[i / 8] == 0 && len + 8 <= max && i + 8 <= n as usize
+                {
                     i += 8;
                     len += 8;
                     continue;
@@ -1208,4 +1214,17 @@ pub(crate) fn split_path(path: &str) -> Result<Vec<String>> {
         out.push(c.to_string());
     }
     Ok(out)
+}
+
+impl std::fmt::Debug for Ext4Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ext4Fs")
+            .field("offset", &self.dev.offset)
+            .field("len", &self.dev.len)
+            .field("block_size", &self.geo.bs)
+            .field("blocks", &self.geo.blocks_count)
+            .field("free_blocks", &self.free_blocks)
+            .field("free_inodes", &self.free_inodes)
+            .finish_non_exhaustive()
+    }
 }

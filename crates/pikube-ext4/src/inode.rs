@@ -67,11 +67,12 @@ impl Inode {
     }
     fn set_time(&mut self, lo: usize, extra: Option<usize>, secs: i64) {
         put32(&mut self.raw, lo, secs as u32);
-        if let Some(x) = extra {
-            if self.raw.len() > 128 && 128 + self.extra_isize() >= x + 4 {
-                let epoch = ((secs - (secs as i32 as i64)) >> 32) as u32 & 3;
-                put32(&mut self.raw, x, epoch);
-            }
+        if let Some(x) = extra
+            && self.raw.len() > 128
+            && 128 + self.extra_isize() >= x + 4
+        {
+            let epoch = ((secs - (secs as i32 as i64)) >> 32) as u32 & 3;
+            put32(&mut self.raw, x, epoch);
         }
     }
     fn get_time(&self, lo: usize, extra: usize) -> i64 {
@@ -376,14 +377,13 @@ impl Ext4Fs {
         let ib = inode.iblock().to_vec();
         let per = self.geo.bs / 4;
         let mut push = |map: &mut Map, lb: u64, pb: u64| {
-            if let Some(last) = map.extents.last_mut() {
-                if last.logical + last.len == lb
-                    && last.phys + last.len == pb
-                    && last.len < MAX_EXTENT_LEN
-                {
-                    last.len += 1;
-                    return;
-                }
+            if let Some(last) = map.extents.last_mut()
+                && last.logical + last.len == lb
+                && last.phys + last.len == pb
+                && last.len < MAX_EXTENT_LEN
+            {
+                last.len += 1;
+                return;
             }
             map.extents.push(Ext {
                 logical: lb,

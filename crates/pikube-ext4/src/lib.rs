@@ -6,7 +6,17 @@
 //! all metadata (bitmaps, descriptors, inode tables, directories, extent
 //! blocks) is kept in memory and written once by [`Ext4Fs::close`]. Until
 //! `close`, the on-disk filesystem is therefore unchanged as far as any reader
-//! is concerned: only previously free blocks receive data.
+//! is concerned: only previously free blocks receive data. (Blocks freed
+//! during the session, e.g. by an overwrite, may be reused for new data
+//! before `close`; a process killed mid-session can therefore leave old file
+//! contents damaged. Treat an image whose `close` did not succeed as lost.)
+//!
+//! Semantics worth knowing: `write_file` on an existing symlink replaces the
+//! symlink by a regular file (it does not write through it); `symlink`
+//! replaces an existing file or symlink (like `ln -sf`); intermediate path
+//! components that are symlinks are followed (so `/lib/...` works on
+//! merged-/usr systems). Linear directories stay linear when they grow;
+//! indexed (htree) directories stay indexed.
 //!
 //! Supported: 1, 2 and 4 KiB blocks, 32- and 64-byte group descriptors,
 //! `flex_bg`, `metadata_csum` (with or without `metadata_csum_seed`),

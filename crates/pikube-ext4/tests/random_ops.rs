@@ -213,8 +213,19 @@ fn random_name(rng: &mut ChaCha8Rng) -> String {
 fn burst(fs: &mut Ext4Fs, model: &mut Model, rng: &mut ChaCha8Rng, dir: &str, n: usize) {
     for i in 0..n {
         let len = rng.random_range(60..=250);
-        let name: String = format!("burst-{i}-{}", "q".repeat(len));
-        let path = join(dir, &name[..len]);
+        // Every fifth name has non-ASCII bytes: the signed/unsigned hash
+        // variants differ only there.
+        let stem = if i % 5 == 0 {
+            "ünïcødé-é"
+        } else {
+            "burst"
+        };
+        let name: String = format!("{stem}-{i}-{}", "q".repeat(len));
+        let mut cut = len;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let path = join(dir, &name[..cut]);
         if model.nodes.contains_key(&path) {
             continue;
         }
@@ -230,15 +241,15 @@ fn run_ops(fs: &mut Ext4Fs, model: &mut Model, rng: &mut ChaCha8Rng, p: &Params,
     let mut bigs = p.big_sizes.iter();
     for op in start_op..start_op + p.ops {
         let choice = rng.random_range(0..100);
-        if op % (p.ops / (p.big_sizes.len() + 1)).max(1) == 0 {
-            if let Some(&size) = bigs.next() {
-                let path = format!("/var/big-{op}.bin");
-                let seed = rng.random();
-                fs.write_file(&path, &mut Gen::new(seed, size), size, &meta(rng, false))
-                    .unwrap();
-                model.nodes.insert(path, Node::File { len: size, seed });
-                continue;
-            }
+        if op % (p.ops / (p.big_sizes.len() + 1)).max(1) == 0
+            && let Some(&size) = bigs.next()
+        {
+            let path = format!("/var/big-{op}.bin");
+            let seed = rng.random();
+            fs.write_file(&path, &mut Gen::new(seed, size), size, &meta(rng, false))
+                .unwrap();
+            model.nodes.insert(path, Node::File { len: size, seed });
+            continue;
         }
         let dirs = model.dirs();
         match choice {
@@ -382,7 +393,7 @@ fn run_ops(fs: &mut Ext4Fs, model: &mut Model, rng: &mut ChaCha8Rng, p: &Params,
                 if rng.random_bool(0.2) {
                     let name = random_name(rng);
                     let real = join("/usr/lib", &name);
-                    if !model.nodes.contains_key(&real) {
+                    model.nodes.entry(real).or_insert_with(|| {
                         let seed = rng.random();
                         fs.write_file(
                             &join("/lib", &name),
@@ -391,8 +402,8 @@ fn run_ops(fs: &mut Ext4Fs, model: &mut Model, rng: &mut ChaCha8Rng, p: &Params,
                             &meta(rng, false),
                         )
                         .unwrap();
-                        model.nodes.insert(real, Node::File { len: 100, seed });
-                    }
+                        Node::File { len: 100, seed }
+                    });
                 }
             }
         }
@@ -459,15 +470,15 @@ fn kernel_check(fx: &Fixture, model: &Model) {
     }
     let mut checked = 0;
     for (path, node) in model.nodes.iter().step_by(7) {
-        if let Node::File { len, seed } = node {
-            if *len < 8 << 20 {
-                let got = std::fs::read(mnt.join(&path[1..])).unwrap();
-                assert!(
-                    got == expected(*seed, *len),
-                    "kernel reads different content for {path}"
-                );
-                checked += 1;
-            }
+        if let Node::File { len, seed } = node
+            && *len < 8 << 20
+        {
+            let got = std::fs::read(mnt.join(&path[1..])).unwrap();
+            assert!(
+                got == expected(*seed, *len),
+                "kernel reads different content for {path}"
+            );
+            checked += 1;
         }
     }
     std::fs::write(mnt.join("etc/big/kernel-written"), b"k").unwrap();
