@@ -50,6 +50,33 @@ fn private_dir(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
 
+fn generate() -> Result<(PrivateKey, String, String)> {
+    let key = PrivateKey::random(&mut ssh_key::rand_core::OsRng, Algorithm::Ed25519)
+        .map_err(|e| anyhow::anyhow!("cannot generate a host key: {e}"))?;
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the host key: {e}"))?
+        .to_string();
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+    Ok((key, private, public))
+}
+
+/// The node's stored host key, or a throw-away one when it has none yet. Writes nothing
+/// (for `--dry-run`).
+pub fn host_key_preview(secrets: &Path, node: &str) -> Result<HostKey> {
+    if key_dir(secrets, node).join("ssh_host_ed25519_key").exists() {
+        return host_key(secrets, node);
+    }
+    let (_, private_openssh, public_openssh) = generate()?;
+    Ok(HostKey {
+        private_openssh,
+        public_openssh,
+    })
+}
+
 /// The node's host key: read from `secrets/ssh/<node>/`, or generated there (private key
 /// 0600) on first use.
 pub fn host_key(secrets: &Path, node: &str) -> Result<HostKey> {
@@ -89,16 +116,7 @@ pub fn host_key(secrets: &Path, node: &str) -> Result<HostKey> {
     private_dir(secrets)?;
     private_dir(&secrets.join("ssh"))?;
     private_dir(&dir)?;
-    let key = PrivateKey::random(&mut ssh_key::rand_core::OsRng, Algorithm::Ed25519)
-        .map_err(|e| anyhow::anyhow!("cannot generate a host key: {e}"))?;
-    let private = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("cannot encode the host key: {e}"))?
-        .to_string();
-    let public = key
-        .public_key()
-        .to_openssh()
-        .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+    let (_, private, public) = generate()?;
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -174,6 +192,14 @@ mod tests {
         );
         let k2 = host_key(&secrets, "cp1").unwrap();
         assert_eq!(k1.public_openssh, k2.public_openssh, "reused");
+        let preview = host_key_preview(&secrets, "cp1").unwrap();
+        assert_eq!(
+            preview.public_openssh, k1.public_openssh,
+            "preview reads stored keys"
+        );
+        let fresh = host_key_preview(&secrets, "new").unwrap();
+        assert!(fresh.public_openssh.starts_with("ssh-ed25519 "));
+        assert!(!key_dir(&secrets, "new").exists(), "preview writes nothing");
         let other = host_key(&secrets, "w1").unwrap();
         assert_ne!(k1.public_openssh, other.public_openssh);
         assert!(

@@ -80,6 +80,9 @@ pub fn open_content(c: &Content) -> Result<Box<dyn Read + '_>> {
         Content::File { path, .. } => {
             Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
         }
+        Content::Download { url } => {
+            bail!("{url} was not downloaded (a dry-run plan cannot be applied)")
+        }
     })
 }
 
