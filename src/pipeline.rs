@@ -436,11 +436,14 @@ impl<'a> Payloads<'a> {
             let arch = board.arch.as_str();
             if !self.k3s.contains_key(arch) {
                 let (bin, air) = crate::k3s::artifacts(&c.k3s.version, board.arch);
-                let binary = self.fetch(&bin).with_context(|| {
-                    format!(
-                        "k3s {} for {arch}: check k3s.version in cluster.yaml",
-                        c.k3s.version
-                    )
+                let binary = self.fetch(&bin).map_err(|e| {
+                    let hint = match e.downcast_ref::<crate::source::SourceError>() {
+                        Some(crate::source::SourceError::NotFound { .. }) => {
+                            ": is k3s.version in cluster.yaml a published release?"
+                        }
+                        _ => "",
+                    };
+                    e.context(format!("k3s {} for {arch}{hint}", c.k3s.version))
                 })?;
                 let airgap = if c.k3s.airgap {
                     let name = air.url.rsplit('/').next().unwrap_or_default().to_string();

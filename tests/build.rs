@@ -802,3 +802,139 @@ fn overlays_land_in_the_root_filesystem() {
     let manifest = std::fs::read_to_string(env.path("out/cp1.manifest.json")).unwrap();
     assert!(manifest.contains("\"/usr/local/bin/hi\"") && manifest.contains("\"symlink\""));
 }
+
+const ARGOCD_INSTALL: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: applications.argoproj.io\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: argocd-server\n";
+
+#[test]
+fn whole_fleet_with_gitops_on_the_first_server_only() {
+    let env = Env::new(FixtureOpts {
+        seed: 21,
+        ..FixtureOpts::default()
+    });
+    env.server.add(
+        "/raw.githubusercontent.com/argoproj/argo-cd/v2.13.3/manifests/install.yaml",
+        ARGOCD_INSTALL,
+    );
+    let yaml = cluster_yaml("  - { name: w2, board: rpi4, role: agent }\n").replace(
+        "nodes:\n",
+        "gitops: { repo: \"https://git.example.com/lab.git\", revision: main, path: apps }\nnodes:\n",
+    );
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--all", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["nodes"].as_array().unwrap().len(), 3);
+    let mut images: Vec<String> = walk(&env.path("out"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "img"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    images.sort();
+    assert_eq!(images, ["cp1.img", "w1.img", "w2.img"]);
+    let kh = std::fs::read_to_string(env.path("out/known_hosts")).unwrap();
+    assert_eq!(kh.lines().count(), 3, "{kh}");
+
+    for (node, first) in [("cp1", true), ("w1", false), ("w2", false)] {
+        let img = env.path(&format!("out/{node}.img"));
+        let file = std::fs::File::open(&img).unwrap();
+        let disk = pikube_image::disk::Disk::read(&img).unwrap();
+        let part = disk.by_label("writable").unwrap();
+        let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+        let dir = "/var/lib/rancher/k3s/server/manifests";
+        let install = format!("{dir}/pikube-argocd-install.yaml");
+        let app = format!("{dir}/pikube-argocd-root-app.yaml");
+        assert_eq!(fs.exists(&install).unwrap(), first, "{node}");
+        assert_eq!(fs.exists(&app).unwrap(), first, "{node}");
+        if first {
+            let text = fs.read_to_string(&install).unwrap();
+            assert!(
+                text.contains("kind: Namespace") && text.contains("namespace: argocd"),
+                "{text}"
+            );
+            let app = fs.read_to_string(&app).unwrap();
+            assert!(
+                app.contains("repoURL: https://git.example.com/lab.git")
+                    && app.contains("selfHeal: true"),
+                "{app}"
+            );
+        }
+        e2fsck_clean(&img, part.start, part.size, &env.path("root.part"));
+    }
+}
+
+#[test]
+fn bad_k3s_inputs_fail_without_output() {
+    let env = Env::new(FixtureOpts {
+        seed: 31,
+        total_mib: 120,
+        ..FixtureOpts::default()
+    });
+    // A k3s binary that does not match the release's checksum list.
+    let dir = format!(
+        "/github.com/k3s-io/k3s/releases/download/{}",
+        K3S_VERSION.replace('+', "%2B")
+    );
+    env.server
+        .add(&format!("{dir}/k3s-arm64"), b"tampered".to_vec());
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("checksum mismatch") && err.contains("k3s-arm64"),
+        "{err}"
+    );
+    assert!(
+        walk(&env.path("out")).is_empty(),
+        "{:?}",
+        walk(&env.path("out"))
+    );
+
+    // A k3s version that does not exist.
+    let yaml = cluster_yaml("").replace("nodes:\n", "k3s: { version: v9.9.9+k3s9 }\nnodes:\n");
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("v9.9.9") && err.contains("not found"), "{err}");
+    assert!(
+        walk(&env.path("out")).is_empty(),
+        "{:?}",
+        walk(&env.path("out"))
+    );
+
+    // An overlay link that escapes its overlay (with an intact k3s release again).
+    serve_k3s(
+        &env.server,
+        K3S_VERSION,
+        b"#!/bin/sh\necho stand-in k3s \"$@\"\n",
+        b"airgap",
+    );
+    std::fs::create_dir_all(env.path("ov/etc")).unwrap();
+    std::os::unix::fs::symlink("../../../etc/shadow", env.path("ov/etc/x")).unwrap();
+    let yaml = cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov] }\nnodes:\n");
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("escapes its overlay"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        walk(&env.path("out")).is_empty(),
+        "{:?}",
+        walk(&env.path("out"))
+    );
+
+    // A join token others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(env.path("cluster.yaml"), cluster_yaml("")).unwrap();
+    std::fs::set_permissions(
+        env.path("secrets/k3s-token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
