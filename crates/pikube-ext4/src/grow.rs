@@ -618,8 +618,14 @@ fn set_desc_checksum(l: &Layout, gdt: &mut Gdt, g: u64) {
     }
 }
 
+/// Block bitmap checksum as stored: the high half only exists in 64-byte descriptors.
 fn block_bitmap_csum(l: &Layout, bitmap: &[u8]) -> u32 {
-    crc32c_raw(l.csum_seed, &bitmap[..(l.bpg / 8) as usize])
+    let c = crc32c_raw(l.csum_seed, &bitmap[..(l.bpg / 8) as usize]);
+    if l.ds >= BG_BLOCK_BITMAP_CSUM_HI + 2 {
+        c
+    } else {
+        c & 0xFFFF
+    }
 }
 
 fn inode_bitmap_csum(l: &Layout, bitmap: &[u8]) -> u32 {
