@@ -1,9 +1,11 @@
 //! Growing real mkfs.ext4 filesystems, checked against e2fsck and resize2fs.
 //!
 //! Each case builds a filesystem with mkfs.ext4 (feature sets of the supported base images),
-//! grows it with `grow_fs`, then requires `e2fsck -fn` to be clean and compares the group count,
-//! block count, inode count and free blocks with what `resize2fs` makes of a copy of the same
-//! original filesystem.
+//! places it at an offset inside a larger image behind recognisable bytes, grows it with
+//! `grow_fs`, then requires `e2fsck -fn` to be clean, compares the group count, block count,
+//! inode count and free blocks with what `resize2fs` makes of a copy of the same original
+//! filesystem, checks the bytes before the filesystem are unchanged and, for some cases, writes
+//! a 900 MiB file into the grown filesystem with debugfs.
 
 use pikube_ext4::grow::{GrowError, grow_fs};
 use std::collections::HashMap;
@@ -37,10 +39,8 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -70,58 +70,94 @@ fn populate(dir: &Path) -> PathBuf {
     root
 }
 
-/// Makes a filesystem of `size` bytes at `offset` in `img` with mkfs.ext4 and `args`.
-fn mkfs(dir: &Path, img: &Path, offset: u64, size: u64, args: &[&str]) {
+/// Makes a filesystem of `size` bytes in the new file `img` with mkfs.ext4 and `args`.
+fn mkfs(dir: &Path, img: &Path, size: u64, args: &[&str]) {
     let content = populate(dir);
     let f = OpenOptions::new()
         .create(true)
         .write(true)
-        .truncate(false)
+        .truncate(true)
         .open(img)
         .unwrap();
-    f.set_len(offset + size).unwrap();
+    f.set_len(size).unwrap();
     drop(f);
-    let mut cmd = Command::new("mkfs.ext4");
-    cmd.args(["-q", "-F", "-d"]).arg(&content).args(args);
-    if offset > 0 {
-        cmd.arg("-E").arg(format!("offset={offset}"));
-    }
-    cmd.arg(img).arg(format!("{}k", size / 1024));
-    cmd.env("MKE2FS_CONFIG", "/etc/mke2fs.conf");
-    run_ok(&mut cmd);
-}
-
-/// Copies `len` bytes at `offset` of `src` into a new sparse file.
-fn extract(src: &Path, offset: u64, len: u64, dst: &Path) {
     run_ok(
-        Command::new("dd")
-            .arg(format!("if={}", src.display()))
-            .arg(format!("of={}", dst.display()))
-            .args([
-                "bs=1M",
-                "iflag=skip_bytes,count_bytes",
-                "conv=sparse",
-                "status=none",
-            ])
-            .arg(format!("skip={offset}"))
-            .arg(format!("count={len}")),
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&content)
+            .args(args)
+            .arg(img),
     );
-    let f = OpenOptions::new().write(true).open(dst).unwrap();
-    f.set_len(len).unwrap();
 }
 
-fn fsck_clean(img: &Path) {
+/// Copies all of `src` into `dst` at `offset` without filling holes (all-zero MiBs are skipped).
+fn place(src: &Path, dst: &Path, offset: u64) {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let mut r = File::open(src).unwrap();
+    let w = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dst)
+        .unwrap();
+    let len = r.metadata().unwrap().len();
+    if w.metadata().unwrap().len() < offset + len {
+        w.set_len(offset + len).unwrap();
+    }
+    let mut buf = vec![0u8; MIB as usize];
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(MIB) as usize;
+        r.read_exact(&mut buf[..n]).unwrap();
+        if buf[..n].iter().any(|&b| b != 0) {
+            w.write_all_at(&buf[..n], offset + pos).unwrap();
+        }
+        pos += n as u64;
+    }
+}
+
+/// How e2fsprogs tools address a filesystem at a byte offset inside a file.
+fn spec(img: &Path, offset: u64) -> String {
+    if offset == 0 {
+        img.display().to_string()
+    } else {
+        format!("{}?offset={offset}", img.display())
+    }
+}
+
+/// SHA-256 of the first `len` bytes of `path`.
+fn sha256_prefix(path: &Path, len: u64) -> String {
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("head -c {len} '{}' | sha256sum", path.display())),
+    )
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_string()
+}
+
+fn sha256(path: &Path) -> String {
+    run_ok(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn fsck_clean(img: &str) {
     let out = run(Command::new("e2fsck").args(["-fn"]).arg(img));
     assert!(
         out.status.success(),
-        "e2fsck -fn {} is not clean:\n{}\n{}",
-        img.display(),
+        "e2fsck -fn {img} is not clean:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
-fn header(img: &Path) -> HashMap<String, String> {
+fn header(img: &str) -> HashMap<String, String> {
     let out = run_ok(Command::new("dumpe2fs").arg("-h").arg(img));
     out.lines()
         .filter_map(|l| l.split_once(':'))
@@ -136,7 +172,7 @@ fn num(h: &HashMap<String, String>, k: &str) -> u64 {
         .unwrap()
 }
 
-fn groups_of(img: &Path) -> u64 {
+fn groups_of(img: &str) -> u64 {
     let out = run_ok(Command::new("dumpe2fs").arg(img));
     out.lines()
         .filter(|l| {
@@ -146,39 +182,44 @@ fn groups_of(img: &Path) -> u64 {
         .count() as u64
 }
 
-fn sha256(path: &Path) -> String {
-    run_ok(Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+/// A 900 MiB file of non-zero bytes, made once per test run.
+fn big_file() -> PathBuf {
+    static BIG: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, p) = BIG.get_or_init(|| {
+        let d = tempdir();
+        let p = d.path().join("big.bin");
+        let mut w = std::io::BufWriter::new(File::create(&p).unwrap());
+        let chunk: Vec<u8> = (0..MIB as usize).map(|i| (i % 253) as u8 ^ 0x5A).collect();
+        for i in 0..900u32 {
+            w.write_all(&i.to_le_bytes()).unwrap();
+            w.write_all(&chunk[4..]).unwrap();
+        }
+        w.flush().unwrap();
+        (d, p)
+    });
+    p.clone()
 }
 
 /// Builds a fs, grows it by `grow` bytes with `grow_fs` and, on a copy, with resize2fs;
 /// checks e2fsck and compares the results.
-fn grow_and_compare(args: &[&str], size: u64, grow: u64, offset: u64) {
+fn grow_and_compare(args: &[&str], size: u64, grow: u64, offset: u64, write_big: bool) {
     if !tools_or_skip() {
         return;
     }
     let dir = tempdir();
-    let img = dir.path().join("disk.img");
-    mkfs(dir.path(), &img, offset, size, args);
-    let tail = b"bytes after the filesystem";
-    // Bytes before the filesystem must survive the grow.
-    let before = dir.path().join("before.bin");
-    if offset > 0 {
-        let f = OpenOptions::new().write(true).open(&img).unwrap();
-        use std::os::unix::fs::FileExt;
-        f.write_all_at(b"boot loader bytes", 8192).unwrap();
-        drop(f);
-        extract(&img, 0, offset, &before);
-    }
+    let fs = dir.path().join("fs.img");
+    mkfs(dir.path(), &fs, size, args);
+    fsck_clean(&spec(&fs, 0));
+    let orig = header(&spec(&fs, 0));
 
     // The oracle: resize2fs on a filesystem-sized copy.
     let oracle = dir.path().join("oracle.img");
-    extract(&img, offset, size, &oracle);
-    fsck_clean(&oracle);
-    let orig = header(&oracle);
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&fs)
+            .arg(&oracle),
+    );
     File::options()
         .write(true)
         .open(&oracle)
@@ -191,24 +232,35 @@ fn grow_and_compare(args: &[&str], size: u64, grow: u64, offset: u64) {
             .arg(&oracle)
             .env("RESIZE2FS_FORCE_LAZY_ITABLE_INIT", "1"),
     );
+    let oracle = spec(&oracle, 0);
     let want = header(&oracle);
+
+    // The image: recognisable bytes before the filesystem, the filesystem at `offset`.
+    let img = dir.path().join("disk.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = File::create(&img).unwrap();
+        f.set_len(offset + size + grow).unwrap();
+        if offset > 0 {
+            let junk: Vec<u8> = (0..offset).map(|i| (i * 31 % 255) as u8 + 1).collect();
+            f.write_all_at(&junk, 0).unwrap();
+        }
+        // Stale bytes after the old end must not matter.
+        f.write_all_at(b"stale bytes", offset + size + 4 * MIB + 17)
+            .unwrap();
+    }
+    place(&fs, &img, offset);
+    let prefix = sha256_prefix(&img, offset);
 
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&img)
         .unwrap();
-    f.set_len(offset + size + grow).unwrap();
-    // Something after the old end that is not part of any metadata must not matter.
-    {
-        use std::os::unix::fs::FileExt;
-        f.write_all_at(tail, offset + size + 4 * MIB + 17).unwrap();
-    }
     let g = grow_fs(&f, offset, size + grow).expect("grow_fs");
     drop(f);
 
-    let ours = dir.path().join("ours.img");
-    extract(&img, offset, size + grow, &ours);
+    let ours = spec(&img, offset);
     fsck_clean(&ours);
     let got = header(&ours);
     for k in [
@@ -243,34 +295,31 @@ fn grow_and_compare(args: &[&str], size: u64, grow: u64, offset: u64) {
         "free space grew by only {}",
         gained * bs
     );
-    if offset > 0 {
-        let after = dir.path().join("before-after.bin");
-        extract(&img, 0, offset, &after);
-        assert_eq!(
-            sha256(&before),
-            sha256(&after),
-            "bytes before the filesystem changed"
-        );
-    }
-
-    // The grown filesystem takes a large file.
-    let big = dir.path().join("big.bin");
-    {
-        let mut w = File::create(&big).unwrap();
-        let chunk: Vec<u8> = (0..MIB as usize).map(|i| (i % 253) as u8 ^ 0x5A).collect();
-        let want_bytes = (grow / 2).min(900 * MIB);
-        for _ in 0..want_bytes / MIB {
-            w.write_all(&chunk).unwrap();
-        }
-    }
-    run_ok(
-        Command::new("debugfs")
-            .arg("-w")
-            .arg("-R")
-            .arg(format!("write {} /big", big.display()))
-            .arg(&ours),
+    assert_eq!(
+        prefix,
+        sha256_prefix(&img, offset),
+        "bytes before the filesystem changed"
     );
-    fsck_clean(&ours);
+
+    if write_big {
+        // The new space takes a file larger than all the free space the filesystem had.
+        assert!(num(&orig, "Free blocks") * bs < 900 * MIB);
+        run_ok(
+            Command::new("debugfs")
+                .arg("-w")
+                .arg("-R")
+                .arg(format!("write {} /big", big_file().display()))
+                .arg(&ours),
+        );
+        fsck_clean(&ours);
+        let stat = run_ok(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg("stat /big")
+                .arg(&ours),
+        );
+        assert!(stat.contains(&format!("Size: {}", 900 * MIB)), "{stat}");
+    }
 }
 
 #[test]
@@ -280,6 +329,7 @@ fn ubuntu_2404_grow_1g() {
         600 * MIB,
         GIB,
         0,
+        true,
     );
 }
 
@@ -297,6 +347,7 @@ fn ubuntu_2410_orphan_file_seed_grow_6g_at_offset() {
         700 * MIB,
         6 * GIB,
         4 * MIB,
+        false,
     );
 }
 
@@ -306,18 +357,25 @@ fn raspios_no_64bit_grow_6g() {
         &["-t", "ext4", "-b", "4096", "-O", "^64bit,^huge_file"],
         500 * MIB,
         6 * GIB,
-        0,
+        8 * MIB,
+        true,
     );
 }
 
 #[test]
 fn armbian_m2_grow_1g() {
-    grow_and_compare(&["-t", "ext4", "-b", "4096", "-m", "2"], 300 * MIB, GIB, 0);
+    grow_and_compare(
+        &["-t", "ext4", "-b", "4096", "-m", "2"],
+        300 * MIB,
+        GIB,
+        4 * MIB,
+        false,
+    );
 }
 
 #[test]
 fn one_k_blocks_grow_1g() {
-    grow_and_compare(&["-t", "ext4", "-b", "1024"], 200 * MIB, GIB, 1024 * 1024);
+    grow_and_compare(&["-t", "ext4", "-b", "1024"], 200 * MIB, GIB, MIB, true);
 }
 
 #[test]
@@ -327,6 +385,7 @@ fn gdt_csum_without_metadata_csum_grow_1g() {
         300 * MIB,
         GIB,
         0,
+        false,
     );
 }
 
@@ -344,13 +403,27 @@ fn no_group_checksums_grow_1g() {
         300 * MIB,
         GIB,
         0,
+        false,
     );
 }
 
 #[test]
 fn partial_last_group_grows_within_the_group() {
-    // 130 MiB = one full group plus 2 MiB; grow by 20 MiB: no new group, only the last one grows.
-    grow_and_compare(&["-t", "ext4", "-b", "4096"], 130 * MIB, 20 * MIB, 0);
+    // 130 MiB = one full group plus 2 MiB; +20 MiB: no new group, only the last one grows.
+    grow_and_compare(&["-t", "ext4", "-b", "4096"], 130 * MIB, 20 * MIB, 0, false);
+}
+
+#[test]
+fn descriptor_blocks_from_the_resize_inode_reservation() {
+    // 1 KiB blocks, 32-byte descriptors: 32 groups per GDT block. 20 MiB has 3 groups; growing
+    // to 1.2 GiB needs 150 groups and 5 descriptor blocks, 4 of them from the reservation.
+    grow_and_compare(
+        &["-t", "ext4", "-b", "1024", "-O", "^64bit"],
+        20 * MIB,
+        1200 * MIB,
+        MIB,
+        false,
+    );
 }
 
 // ---- refusals: nothing written ----
@@ -358,15 +431,8 @@ fn partial_last_group_grows_within_the_group() {
 fn refused(args: &[&str], size: u64, grow: u64, damage: &dyn Fn(&Path)) -> GrowError {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
-    mkfs(dir.path(), &img, 0, size, args);
+    mkfs(dir.path(), &img, size, args);
     damage(&img);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    f.set_len(size + grow).unwrap();
-    drop(f);
     let before = sha256(&img);
     let f = OpenOptions::new()
         .read(true)
@@ -474,13 +540,7 @@ fn refuses_to_shrink() {
     }
     let dir = tempdir();
     let img = dir.path().join("disk.img");
-    mkfs(
-        dir.path(),
-        &img,
-        0,
-        200 * MIB,
-        &["-t", "ext4", "-b", "4096"],
-    );
+    mkfs(dir.path(), &img, 200 * MIB, &["-t", "ext4", "-b", "4096"]);
     let before = sha256(&img);
     let f = OpenOptions::new()
         .read(true)
