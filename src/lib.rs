@@ -5,5 +5,6 @@
 //! `disk` (partition tables, grow) -> `plan` (declarative file operations) ->
 //! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
 
+pub mod disk;
 pub mod io;
 pub mod progress;
