@@ -78,6 +78,10 @@ struct BuildArgs {
     /// Use only the download cache; fail naming anything missing.
     #[arg(long)]
     offline: bool,
+    /// When the root filesystem must grow to fit the payload, leave this much free space
+    /// beyond it (MiB).
+    #[arg(long, value_name = "MIB", default_value_t = pipeline::DEFAULT_GROW_MARGIN >> 20)]
+    grow_margin: u64,
     /// Print the plan (every file, partition, size, mode) and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -160,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 offline: a.offline,
                 dry_run: a.dry_run,
                 cache_dir: None,
+                grow_margin: a.grow_margin << 20,
             };
             let summary = pipeline::build(&req, &progress)?;
             if a.json {

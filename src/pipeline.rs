@@ -12,9 +12,10 @@ use crate::config::{Cluster, Node, Role};
 use crate::decompress;
 use crate::disk::Disk;
 use crate::emit::{self, PendingFile};
-use crate::manifest::{BaseRef, Manifest, OutputRecord};
+use crate::manifest::{BaseRef, GrowthRecord, Manifest, OutputRecord};
 use crate::plan::{Content, OpView, Payload, Plan, PlanInputs};
 use crate::progress::Progress;
+use crate::progress::human_bytes;
 use crate::source::{Artifact, Cache, Checksum, Fetcher};
 
 /// Which base image to start from.
@@ -49,7 +50,12 @@ pub struct BuildRequest {
     pub dry_run: bool,
     /// Cache directory; the default one when `None`.
     pub cache_dir: Option<PathBuf>,
+    /// Free space left in a root filesystem that had to grow, beyond what the payload needs.
+    pub grow_margin: u64,
 }
+
+/// Default of `--grow-margin`.
+pub const DEFAULT_GROW_MARGIN: u64 = 256 << 20;
 
 /// What `build` produced, per node (`--json` prints it).
 #[derive(Debug, Clone, Serialize)]
@@ -327,6 +333,54 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     })
 }
 
+/// Grows the image, its last partition and the ext4 filesystem in it when the plan's payload
+/// does not fit, by the shortfall plus `margin`, rounded up to whole MiB.
+fn make_room(
+    file: &std::fs::File,
+    path: &Path,
+    disk: &Disk,
+    plan: &Plan,
+    margin: u64,
+    progress: &Progress,
+) -> Result<Option<GrowthRecord>> {
+    let short = crate::fs::ext4_shortfall(file, disk, plan)?;
+    let Some(&(number, missing)) = short.first() else {
+        return Ok(None);
+    };
+    let last = disk.last().context("the image has no partitions")?;
+    if short.len() > 1 || last.number != number {
+        bail!(
+            "partition {number} needs {} more but is not the last partition of the image, so it cannot grow: make the payload smaller (overlays, k3s.airgap)",
+            human_bytes(missing)
+        );
+    }
+    const MIB: u64 = 1 << 20;
+    let grow_by = (missing + margin).div_ceil(MIB) * MIB;
+    let old_len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    let new_len = old_len.div_ceil(MIB) * MIB + grow_by;
+    let part = crate::disk::grow::grow_last_partition(path, new_len, number)?;
+    let fs = pikube_ext4::grow::grow_fs(file, part.old_start, part.new_size).map_err(|e| {
+        anyhow::anyhow!("cannot grow the ext4 filesystem of partition {number}: {e}")
+    })?;
+    progress.message(&format!(
+        "grew partition {number} from {} to {} ({} to {} block groups) to fit the payload",
+        human_bytes(part.old_size),
+        human_bytes(part.new_size),
+        fs.old_groups,
+        fs.new_groups,
+    ));
+    Ok(Some(GrowthRecord {
+        partition: number,
+        old_size: part.old_size,
+        new_size: part.new_size,
+        image_old_size: old_len,
+        image_new_size: new_len,
+    }))
+}
+
 /// Resolves what plans need from outside the inventory, once per build: the join token,
 /// host keys, k3s downloads per architecture, the Argo CD manifest.
 struct Payloads<'a> {
@@ -544,12 +598,23 @@ fn build_one(
     let img_name = format!("{}.img", plan.node);
     let mut pending = PendingFile::create(&req.out, &img_name)?;
     decompress::decompress_to(base_path, pending.path(), progress)?;
-    let disk = Disk::read(pending.path())?;
+    let mut disk = Disk::read(pending.path())?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(pending.path())
         .with_context(|| format!("cannot open {}", pending.path().display()))?;
+    let growth = make_room(
+        &file,
+        pending.path(),
+        &disk,
+        plan,
+        req.grow_margin,
+        progress,
+    )?;
+    if growth.is_some() {
+        disk = Disk::read(pending.path())?;
+    }
     let files = crate::fs::apply(&file, &disk, plan)?;
     file.sync_all()
         .with_context(|| format!("cannot sync {}", pending.path().display()))?;
@@ -573,7 +638,7 @@ fn build_one(
             file: spec.file_name.clone(),
         },
         files,
-        growth: None,
+        growth,
         contains_secrets,
         image: Some(OutputRecord {
             file: img_name.clone(),

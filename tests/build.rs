@@ -938,3 +938,69 @@ fn bad_k3s_inputs_fail_without_output() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_payload_that_does_not_fit_grows_the_root_partition() {
+    let env = Env::new(FixtureOpts {
+        seed: 41,
+        ..FixtureOpts::default()
+    });
+    let root_before = env.fixture.part("writable").clone();
+    // An overlay file larger than the whole root filesystem of the fixture.
+    let big = support::pseudo_random(140 << 20, 41);
+    std::fs::create_dir_all(env.path("ov/opt")).unwrap();
+    std::fs::write(env.path("ov/opt/big.bin"), &big).unwrap();
+    let yaml = cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov] }\nnodes:\n");
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "w1", "--grow-margin", "64"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("grew partition 2"),
+        "{}",
+        stderr(&out)
+    );
+
+    let img = env.path("out/w1.img");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("out/w1.manifest.json")).unwrap()).unwrap();
+    let g = &manifest["growth"];
+    assert_eq!(g["partition"], 2);
+    assert_eq!(g["old_size"], root_before.size);
+    let new_size = g["new_size"].as_u64().unwrap();
+    // Grown by the shortfall plus the margin: more than the margin alone.
+    assert!(new_size > root_before.size + (64 << 20), "{g}");
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert_eq!(g["image_new_size"].as_u64().unwrap(), len);
+
+    // The table says so, the bytes before the first partition did not move, fsck is clean,
+    // the payload reads back, and there is about the margin left.
+    let json = support::fixtures::sfdisk_json(&img);
+    let p2 = &json["partitiontable"]["partitions"][1];
+    assert_eq!(p2["size"].as_u64().unwrap() * 512, new_size);
+    assert_eq!(p2["start"].as_u64().unwrap() * 512, root_before.start);
+    let data = std::fs::read(&img).unwrap();
+    let input = std::fs::read(&env.fixture.image).unwrap();
+    let first = env.fixture.part("system-boot").start as usize;
+    // Only the 16-byte MBR entry of partition 2 (bytes 462..478) may differ.
+    assert!(data[..462] == input[..462] && data[478..first] == input[478..first]);
+    assert!(
+        data[462..478] != input[462..478],
+        "the entry records the new size"
+    );
+    e2fsck_clean(&img, root_before.start, new_size, &env.path("root.part"));
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    assert_eq!(part.size, new_size);
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    assert_eq!(
+        pikube_image::io::sha256_bytes(&fs.read("/opt/big.bin").unwrap()),
+        pikube_image::io::sha256_bytes(&big)
+    );
+    let ext = pikube_ext4::Ext4Fs::open(file.try_clone().unwrap(), part.start, part.size).unwrap();
+    let free = ext.free_bytes();
+    assert!(
+        free > 40 << 20 && free < 200 << 20,
+        "free after growth: {free}"
+    );
+}
