@@ -346,19 +346,21 @@ impl Cluster {
         }
     }
 
-    /// Overlay directories for `node`: every node's, then its role's, then its own.
-    pub fn overlays_for(&self, node: &Node) -> Vec<PathBuf> {
+    /// Overlay directories for `node`: every node's, then its role's, then its own; each with
+    /// whether it is shared by all nodes of the role (`true`) or the node's own.
+    pub fn overlays_for(&self, node: &Node) -> Vec<(PathBuf, bool)> {
         let role = match node.role {
             Role::Server => &self.overlays.server,
             Role::Agent => &self.overlays.agent,
         };
-        self.overlays
+        let shared = self
+            .overlays
             .all
             .iter()
             .chain(role)
-            .chain(&node.overlays)
-            .map(|p| self.resolve(p))
-            .collect()
+            .map(|p| (self.resolve(p), true));
+        let own = node.overlays.iter().map(|p| (self.resolve(p), false));
+        shared.chain(own).collect()
     }
 
     pub fn parse(text: &str) -> Result<Cluster> {

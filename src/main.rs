@@ -82,6 +82,13 @@ struct BuildArgs {
     /// beyond it (MiB).
     #[arg(long, value_name = "MIB", default_value_t = pipeline::DEFAULT_GROW_MARGIN >> 20)]
     grow_margin: u64,
+    /// Build this many nodes in parallel.
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    jobs: usize,
+    /// Build only share I of N of the selected nodes (inventory order, every N-th node from
+    /// the I-th), for CI matrices: --shard 2/4.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
     /// Print the plan (every file, partition, size, mode) and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -97,6 +104,24 @@ struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not I/N, e.g. 1/4"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{i}' is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{n}' is not a number"))?;
+    if n == 0 || i == 0 || i > n {
+        return Err(format!("shard {i}/{n}: I must be between 1 and N"));
+    }
+    Ok((i, n))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -165,6 +190,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dry_run: a.dry_run,
                 cache_dir: None,
                 grow_margin: a.grow_margin << 20,
+                jobs: a.jobs.max(1),
+                shard: a.shard,
             };
             let summary = pipeline::build(&req, &progress)?;
             if a.json {

@@ -83,6 +83,10 @@ pub struct Op {
     pub gid: u32,
     /// Secret content: never printed, never hashed into the manifest.
     pub secret: bool,
+    /// The same for every node of a role on the same base image (k3s, shared overlays,
+    /// kernel arguments): applied once to a prepared base that node images are derived from.
+    /// Node-specific ops are applied after the shared ones.
+    pub shared: bool,
 }
 
 impl Op {
@@ -99,11 +103,17 @@ impl Op {
             uid: 0,
             gid: 0,
             secret: false,
+            shared: false,
         }
     }
 
     fn secret(mut self) -> Op {
         self.secret = true;
+        self
+    }
+
+    fn shared(mut self) -> Op {
+        self.shared = true;
         self
     }
 
@@ -116,6 +126,7 @@ impl Op {
             uid: 0,
             gid: 0,
             secret: false,
+            shared: false,
         }
     }
 }
@@ -222,7 +233,11 @@ fn k3s_ops(
             0o644,
         ));
     }
-    Ok(ops)
+    // Everything but config.yaml (node name, address) is the same for every node of a role.
+    Ok(ops
+        .into_iter()
+        .map(|o| if o.path == k3s::CONFIG { o } else { o.shared() })
+        .collect())
 }
 
 /// Serialisable view of an op for `--dry-run --json` and the manifest.
@@ -240,6 +255,7 @@ pub struct OpView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub secret: bool,
+    pub shared: bool,
 }
 
 /// Inputs of a plan beyond the inventory: the base image's identity and the payload.
@@ -249,6 +265,16 @@ pub struct PlanInputs<'a> {
 }
 
 impl Plan {
+    /// Ops shared by every node of the role (applied to the prepared base).
+    pub fn shared_ops(&self) -> Vec<&Op> {
+        self.ops.iter().filter(|o| o.shared).collect()
+    }
+
+    /// Ops of this node only (applied to its copy of the prepared base).
+    pub fn node_ops(&self) -> Vec<&Op> {
+        self.ops.iter().filter(|o| !o.shared).collect()
+    }
+
     /// Computes the plan for `node`. Pure: reads no files and touches no image.
     pub fn for_node(
         cluster: &Cluster,
@@ -293,7 +319,7 @@ impl Plan {
         let root = &image.root.partition;
         if let Some(key) = &payload.host_key {
             for path in crate::identity::IMAGE_HOST_KEYS {
-                ops.push(Op::other(root, path, Action::Remove, 0o600));
+                ops.push(Op::other(root, path, Action::Remove, 0o600).shared());
             }
             let path = crate::identity::HOST_KEY_PATH;
             ops.push(
@@ -342,12 +368,19 @@ impl Plan {
             }
         }
         for name in crate::overlay::DEFAULT_BUILTINS {
-            ops.extend(crate::overlay::builtin_ops(name, root)?);
-        }
-        for dir in cluster.overlays_for(node) {
             ops.extend(
-                crate::overlay::dir_ops(&dir, root)
-                    .with_context(|| format!("overlay of node '{}'", node.name))?,
+                crate::overlay::builtin_ops(name, root)?
+                    .into_iter()
+                    .map(Op::shared),
+            );
+        }
+        for (dir, shared) in cluster.overlays_for(node) {
+            let dir_ops = crate::overlay::dir_ops(&dir, root)
+                .with_context(|| format!("overlay of node '{}'", node.name))?;
+            ops.extend(
+                dir_ops
+                    .into_iter()
+                    .map(|o| if shared { o.shared() } else { o }),
             );
         }
         if !board.kernel_args.is_empty() {
@@ -365,6 +398,7 @@ impl Plan {
                     uid: 0,
                     gid: 0,
                     secret: false,
+                    shared: true,
                 }),
             }
         }
@@ -411,6 +445,7 @@ impl Plan {
                     sha256,
                     detail,
                     secret: op.secret,
+                    shared: op.shared,
                 }
             })
             .collect()
@@ -441,6 +476,9 @@ pub fn render_table(views: &[OpView]) -> String {
         }
         if v.secret {
             let _ = write!(s, "  [secret]");
+        }
+        if v.shared {
+            let _ = write!(s, "  [shared]");
         }
         s.push('\n');
     }
@@ -575,6 +613,20 @@ mod tests {
                 .ops
                 .iter()
                 .any(|o| o.path == "/etc/systemd/system/k3s.service")
+        );
+        // The role payload is shared by every node; identity and config are the node's own.
+        assert!(find(&agent, "/usr/local/bin/k3s").shared);
+        assert!(find(&agent, "/etc/systemd/system/k3s-agent.service").shared);
+        assert!(!find(&agent, "/etc/rancher/k3s/config.yaml").shared);
+        assert!(!find(&agent, "/etc/ssh/ssh_host_ed25519_key").shared);
+        assert!(!find(&agent, "/user-data").shared);
+        assert!(find(&agent, "/config.txt").shared, "board kernel arguments");
+        assert!(
+            !find(
+                &server,
+                "/var/lib/rancher/k3s/server/manifests/pikube-argocd-install.yaml"
+            )
+            .shared
         );
         // Secrets never show their digest.
         assert!(

@@ -1256,16 +1256,7 @@ fn write_zeros(file: &File, pos: u64, len: u64) -> Result<()> {
 
 /// Seconds since the epoch for `s_wtime`; `SOURCE_DATE_EPOCH` wins for reproducible images.
 fn write_time() -> u64 {
-    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return t;
-    }
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::fs::unix_now().max(0) as u64
 }
 
 #[cfg(test)]
