@@ -1,0 +1,231 @@
+//! One OCI-layout tarball (`oci-layout`, `index.json`, `blobs/sha256/...`) holding pulled
+//! images, zstd-compressed for k3s's image import directory.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::ResolvedImage;
+use super::manifest::{OCI_INDEX, PlatformJson, digest_hex};
+use crate::io::{HashingReader, HashingWriter, ProgressReader};
+use crate::progress::{Progress, human_bytes};
+use crate::source::Cache;
+
+/// Annotation containerd names an imported image by.
+pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// Annotation holding the tag in an OCI layout.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// zstd window: 8 MiB, well under the 32 MiB k3s accepts; set explicitly so it does not
+/// depend on the level's defaults.
+const WINDOW_LOG: u32 = 23;
+const ZSTD_LEVEL: i32 = 3;
+
+enum Entry {
+    Dir,
+    Bytes(Vec<u8>),
+    /// A cache blob with its expected SHA-256 and size.
+    Blob(PathBuf, String, u64),
+}
+
+/// Writes one OCI-layout tarball holding `images`, zstd-compressed with a window of at most
+/// 8 MiB (k3s refuses windows over 32 MiB; no long-distance matching). The tar is
+/// deterministic: entries sorted by path, mtime 0, owner 0:0, fixed modes. `index.json`
+/// lists each image's single-platform manifest with `io.containerd.image.name` (the full
+/// name) and `org.opencontainers.image.ref.name` (the tag). Every blob is re-hashed while it
+/// is copied, so a damaged cache cannot produce an archive. The file appears at `out` only
+/// when complete. Returns its size and SHA-256.
+pub fn write_oci_archive(
+    images: &[ResolvedImage],
+    cache: &Cache,
+    out: &Path,
+    progress: &Progress,
+) -> Result<(u64, String)> {
+    if images.is_empty() {
+        bail!(
+            "no images to write into {}; list at least one image",
+            out.display()
+        );
+    }
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    entries.insert("blobs/".into(), Entry::Dir);
+    entries.insert("blobs/sha256/".into(), Entry::Dir);
+    let mut add_blob = |digest: &str, size: u64, what: &str, image: &str| -> Result<()> {
+        let hex = digest_hex(digest)?;
+        let Some(path) = cache.get(&hex) else {
+            bail!(
+                "the {what} {digest} of {image} is not in the cache {}; pull the image first",
+                cache.root().display()
+            );
+        };
+        entries.insert(format!("blobs/sha256/{hex}"), Entry::Blob(path, hex, size));
+        Ok(())
+    };
+    let mut sorted: Vec<&ResolvedImage> = images.iter().collect();
+    sorted.sort_by(|a, b| a.reference.cmp(&b.reference));
+    sorted.dedup_by(|a, b| a.reference == b.reference);
+    let mut manifests = Vec::new();
+    for img in &sorted {
+        add_blob(
+            &img.manifest_digest,
+            img.manifest_size,
+            "manifest",
+            &img.reference,
+        )?;
+        add_blob(
+            &img.config.digest,
+            img.config.size,
+            "config",
+            &img.reference,
+        )?;
+        for l in &img.layers {
+            add_blob(&l.digest, l.size, "layer", &img.reference)?;
+        }
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(CONTAINERD_NAME.into(), json!(img.reference));
+        if let Some(t) = &img.tag {
+            annotations.insert(REF_NAME.into(), json!(t));
+        }
+        manifests.push(json!({
+            "mediaType": img.manifest_media_type,
+            "digest": img.manifest_digest,
+            "size": img.manifest_size,
+            "platform": PlatformJson::from_platform(&img.platform),
+            "annotations": annotations,
+        }));
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut index_bytes = serde_json::to_vec_pretty(&index).context("cannot encode index.json")?;
+    index_bytes.push(b'\n');
+    entries.insert("index.json".into(), Entry::Bytes(index_bytes));
+    entries.insert(
+        "oci-layout".into(),
+        Entry::Bytes(b"{\"imageLayoutVersion\":\"1.0.0\"}\n".to_vec()),
+    );
+
+    let total: u64 = entries
+        .values()
+        .map(|e| match e {
+            Entry::Dir => 0,
+            Entry::Bytes(b) => b.len() as u64,
+            Entry::Blob(_, _, s) => *s,
+        })
+        .sum();
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".images-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "images".into());
+    let task = progress.task(&name, Some(total));
+
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    let hashed = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let write_err = |e: io::Error| {
+        anyhow::Error::new(e).context(format!("cannot write {}", tmp.path().display()))
+    };
+    let mut enc = zstd::stream::Encoder::new(hashed, ZSTD_LEVEL).map_err(write_err)?;
+    enc.window_log(WINDOW_LOG).map_err(write_err)?;
+    enc.long_distance_matching(false).map_err(write_err)?;
+    enc.include_checksum(true).map_err(write_err)?;
+    let mut tar = tar::Builder::new(enc);
+    tar.mode(tar::HeaderMode::Deterministic);
+    for (path, entry) in &entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_username("").map_err(write_err)?;
+        h.set_groupname("").map_err(write_err)?;
+        match entry {
+            Entry::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_cksum();
+                tar.append_data(&mut h, path, io::empty())
+                    .map_err(write_err)?;
+            }
+            Entry::Bytes(b) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(b.len() as u64);
+                h.set_cksum();
+                tar.append_data(&mut h, path, &b[..]).map_err(write_err)?;
+                task.inc(b.len() as u64);
+            }
+            Entry::Blob(src, hex, size) => {
+                let f = File::open(src)
+                    .with_context(|| format!("cannot read the cached blob {}", src.display()))?;
+                let actual_size = f
+                    .metadata()
+                    .with_context(|| format!("cannot stat {}", src.display()))?
+                    .len();
+                if actual_size != *size {
+                    bail!(
+                        "the cached blob {} is {actual_size} bytes, its manifest says {size}; \
+                         delete it and pull again",
+                        src.display()
+                    );
+                }
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(*size);
+                h.set_cksum();
+                let mut r = HashingReader::new(ProgressReader::new(
+                    BufReader::with_capacity(1 << 20, f),
+                    task.clone(),
+                ));
+                tar.append_data(&mut h, path, &mut r)
+                    .with_context(|| format!("cannot copy {} into {}", src.display(), name))?;
+                let (got, _) = r.finish();
+                if got != *hex {
+                    bail!(
+                        "the cached blob {} is damaged (its content hashes to {got}); delete it \
+                         and pull again",
+                        src.display()
+                    );
+                }
+            }
+        }
+    }
+    let enc = tar.into_inner().map_err(write_err)?;
+    let hashed = enc.finish().map_err(write_err)?;
+    let (sha, mut w) = {
+        let count = hashed.count();
+        let (sha, w) = hashed.finish();
+        ((count, sha), w)
+    };
+    w.flush().map_err(write_err)?;
+    drop(w);
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.path().display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    task.finish(&format!(
+        "{} images, {} ({} compressed)",
+        sorted.len(),
+        human_bytes(total),
+        human_bytes(sha.0)
+    ));
+    Ok(sha)
+}
