@@ -161,6 +161,33 @@ fn multi_platform_pull_writes_an_archive_skopeo_reads() {
         .unwrap();
     assert_eq!(offline.manifest_digest, got.manifest_digest);
     assert_eq!(offline.bytes_pulled, 0);
+    // Without that record, a lock entry (index digest) is enough; without both, nothing is.
+    fs::remove_dir_all(cache.root().join("oci/refs")).unwrap();
+    let err = format!(
+        "{:#}",
+        puller(&cache, &[], true)
+            .pull(&image, &platform("linux/arm64"))
+            .unwrap_err()
+    );
+    assert!(err.contains(&image.full_name()), "{err}");
+    let mut locked = BTreeMap::new();
+    locked.insert(
+        format!("{}/test/multi:1", reg.host()),
+        got.lock_digest().to_string(),
+    );
+    let locked_puller = Puller::new(
+        cache.clone(),
+        RegistryOptions {
+            offline: true,
+            locked,
+            ..Default::default()
+        },
+        Progress::quiet(),
+    );
+    let from_lock = locked_puller
+        .pull(&image, &platform("linux/arm64"))
+        .unwrap();
+    assert_eq!(from_lock.manifest_digest, got.manifest_digest);
     let empty_dir = tempfile::tempdir().unwrap();
     let empty = Cache::open(empty_dir.path()).unwrap();
     let err = format!(
@@ -191,6 +218,19 @@ fn multi_platform_pull_writes_an_archive_skopeo_reads() {
     .unwrap();
     assert_eq!(sha, sha2);
     check_zstd_window(&out);
+    // Two platforms of one name cannot share an archive: containerd keeps one per name.
+    let err = format!(
+        "{:#}",
+        write_oci_archive(
+            &[got.clone(), armhf.clone()],
+            &cache,
+            &out_dir.path().join("mixed.tar.zst"),
+            &Progress::quiet()
+        )
+        .unwrap_err()
+    );
+    assert!(err.contains("one archive per platform"), "{err}");
+    assert!(!out_dir.path().join("mixed.tar.zst").exists());
 
     let tar = out_dir.path().join("images.tar");
     run(Command::new("zstd")
@@ -482,13 +522,30 @@ fn bearer_tokens_basic_credentials_and_blob_redirects() {
         .filter(|r| r.path.starts_with("/storage/"))
         .collect();
     assert_eq!(storage.len(), 2, "{log:#?}");
-    // The bearer token is not sent along to the redirect target... it is the same host
-    // here, so only check that blob requests to the registry carried it.
+    // Blob requests to the registry carry the token; the storage host never sees it.
     assert!(
         log.iter()
             .filter(|r| r.path.contains("/blobs/"))
             .all(|r| r.authorization.as_deref() == Some("Bearer fake-token-123")),
         "{log:#?}"
+    );
+    assert!(
+        storage.iter().all(|r| r.authorization.is_none()),
+        "{log:#?}"
+    );
+
+    // A second pull asks for the tag's digest with HEAD and nothing else.
+    let before = log.len();
+    let again = p.pull(&img, &platform("linux/arm64")).unwrap();
+    assert_eq!(again.bytes_pulled, 0);
+    let later: Vec<_> = fake.requests()[before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        later,
+        vec!["HEAD /v2/org/private/manifests/2"],
+        "{later:#?}"
     );
 
     // A single-platform image for another platform is refused, naming both.

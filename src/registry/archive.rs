@@ -67,7 +67,19 @@ pub fn write_oci_archive(
     };
     let mut sorted: Vec<&ResolvedImage> = images.iter().collect();
     sorted.sort_by(|a, b| a.reference.cmp(&b.reference));
-    sorted.dedup_by(|a, b| a.reference == b.reference);
+    sorted.dedup_by(|a, b| a.reference == b.reference && a.manifest_digest == b.manifest_digest);
+    for w in sorted.windows(2) {
+        if w[0].reference == w[1].reference {
+            bail!(
+                "{} would be in {} twice, for {} and for {}; containerd keeps one image per \
+                 name, so write one archive per platform",
+                w[0].reference,
+                out.display(),
+                w[0].platform,
+                w[1].platform
+            );
+        }
+    }
     let mut manifests = Vec::new();
     for img in &sorted {
         add_blob(

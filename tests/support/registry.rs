@@ -556,7 +556,8 @@ fn fake_handle(st: &Mutex<FakeState>, port: u16, mut s: TcpStream) -> std::io::R
                 let hex = digest.trim_start_matches("sha256:");
                 headers.push((
                     "Location".into(),
-                    format!("http://127.0.0.1:{port}/storage/{hex}"),
+                    // Another host name, as registries redirect to a storage service.
+                    format!("http://localhost:{port}/storage/{hex}"),
                 ));
                 (307, Vec::new())
             }
