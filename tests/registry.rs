@@ -742,3 +742,49 @@ fn containerd_imports_the_archive_by_name() {
         image_total / 3
     );
 }
+
+#[test]
+fn transient_blob_failures_are_retried_and_client_errors_are_not() {
+    let fake = FakeRegistry::start();
+    let good = make_image(&TestImage::new("linux/arm64", 6));
+    fake.add_image("test/flaky", "1", &good);
+    fake.fail_next(&good.layer_digest, 503, 2);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(cache_dir.path()).unwrap();
+    let img = ImageRef::parse(&format!("{}/test/flaky:1", fake.host())).unwrap();
+    let got = puller(&cache, &[fake.host()], false)
+        .pull(&img, &platform("linux/arm64"))
+        .unwrap();
+    assert_eq!(
+        got.bytes_pulled,
+        (good.config.len() + good.layer.len()) as u64
+    );
+    let layer_gets: Vec<u16> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&good.layer_digest))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(layer_gets, vec![503, 503, 200]);
+
+    // A 403 is an answer, not an accident: one request, a clear error.
+    let fake = FakeRegistry::start();
+    fake.add_image("test/denied", "1", &good);
+    fake.fail_next(&good.layer_digest, 403, 5);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(cache_dir.path()).unwrap();
+    let img = ImageRef::parse(&format!("{}/test/denied:1", fake.host())).unwrap();
+    let err = format!(
+        "{:#}",
+        puller(&cache, &[fake.host()], false)
+            .pull(&img, &platform("linux/arm64"))
+            .unwrap_err()
+    );
+    assert!(err.contains("HTTP 403"), "{err}");
+    let n = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&good.layer_digest))
+        .count();
+    assert_eq!(n, 1);
+}

@@ -20,6 +20,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use reqwest::Method;
@@ -466,65 +467,140 @@ impl Puller {
                 self.cache.root().display()
             );
         }
-        let resp = self.client()?.request(
-            Method::GET,
-            &image.registry,
-            &image.repository,
-            &format!("blobs/{}", d.digest),
-            None,
-        )?;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.fetch_blob(image, d, &hex, task) {
+                Ok(p) => {
+                    *pulled += d.size;
+                    return Ok(p);
+                }
+                Err(Fetch::Fatal(e)) => return Err(e),
+                Err(Fetch::Retry(e, wait)) if attempt < BLOB_ATTEMPTS => {
+                    let wait = wait.unwrap_or(Duration::from_millis(500 << attempt));
+                    self.progress.message(&format!(
+                        "{}: {e:#}; retrying in {}s",
+                        image.full_name(),
+                        wait.as_secs_f32()
+                    ));
+                    std::thread::sleep(wait);
+                }
+                Err(Fetch::Retry(e, _)) => {
+                    return Err(e.context(format!(
+                        "giving up on blob {} of {} after {attempt} attempts",
+                        d.digest,
+                        image.full_name()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// One download of a blob into the cache.
+    fn fetch_blob(
+        &self,
+        image: &ImageRef,
+        d: &Descriptor,
+        hex: &str,
+        task: &Task,
+    ) -> std::result::Result<PathBuf, Fetch> {
+        let resp = self
+            .client()
+            .map_err(Fetch::Fatal)?
+            .request(
+                Method::GET,
+                &image.registry,
+                &image.repository,
+                &format!("blobs/{}", d.digest),
+                None,
+            )
+            .map_err(|e| {
+                if e.downcast_ref::<reqwest::Error>().is_some() {
+                    Fetch::Retry(e, None)
+                } else {
+                    Fetch::Fatal(e)
+                }
+            })?;
         let status = resp.status();
         if status == StatusCode::NOT_FOUND {
-            bail!(
+            return Err(Fetch::Fatal(anyhow!(
                 "blob unknown: {} of {} is missing at {}; the image is incomplete in the \
                  registry, push it again",
                 d.digest,
                 image.full_name(),
                 image.registry
-            );
+            )));
+        }
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            let wait = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.min(30)));
+            let hint = if status == StatusCode::TOO_MANY_REQUESTS {
+                " (rate limited: logging in raises the limit on Docker Hub)"
+            } else {
+                ""
+            };
+            return Err(Fetch::Retry(
+                anyhow!(
+                    "{} answered HTTP {} for blob {}{hint}",
+                    image.registry,
+                    status.as_u16(),
+                    d.digest
+                ),
+                wait,
+            ));
         }
         if !status.is_success() {
-            bail!(
-                "{} answered HTTP {} for blob {} of {}; retry later or check the registry",
+            return Err(Fetch::Fatal(anyhow!(
+                "{} answered HTTP {} for blob {} of {}; check the registry",
                 image.registry,
                 status.as_u16(),
                 d.digest,
                 image.full_name()
-            );
+            )));
         }
         let start = task.position();
         // One byte more than announced, so an overlong body fails the digest check.
         let mut reader =
             HashingReader::new(ProgressReader::new(resp.take(d.size + 1), task.clone()));
-        let stored = self.cache.put(&mut reader, Some(&hex));
+        let stored = self.cache.put(&mut reader, Some(hex));
         let (actual, _) = reader.finish();
         match stored {
-            Ok((_, p)) => {
-                *pulled += d.size;
-                Ok(p)
-            }
+            Ok((_, p)) => Ok(p),
             // A read error also leaves a different digest; only `put`'s verdict is a mismatch.
             Err(e) if actual != hex && format!("{e:#}").contains("checksum mismatch") => {
                 task.set_position(start);
-                Err(anyhow!(
+                Err(Fetch::Fatal(anyhow!(
                     "digest mismatch for blob {} of {} from {}: received content hashes to \
                      sha256:{actual}; nothing was cached. The registry (or a proxy in between) \
                      served corrupt data: retry, or check the registry",
                     d.digest,
                     image.full_name(),
                     image.registry
-                ))
+                )))
             }
             Err(e) => {
                 task.set_position(start);
-                Err(e.context(format!(
-                    "cannot download blob {} of {}",
-                    d.digest,
-                    image.full_name()
-                )))
+                Err(Fetch::Retry(
+                    e.context(format!("cannot download blob {}", d.digest)),
+                    None,
+                ))
             }
         }
     }
+}
+
+/// How many times a blob download is tried.
+const BLOB_ATTEMPTS: u32 = 4;
+
+/// Why one blob download failed.
+enum Fetch {
+    /// Worth another try (network, 5xx, 429), after the given pause if the server named one.
+    Retry(anyhow::Error, Option<Duration>),
+    Fatal(anyhow::Error),
 }
 
 fn check_manifest_status(image: &ImageRef, status: StatusCode) -> Result<()> {

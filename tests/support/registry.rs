@@ -372,6 +372,8 @@ struct FakeState {
     bearer: bool,
     /// Serve blobs as a 307 redirect to `/storage/<hex>`.
     redirect_blobs: bool,
+    /// Path suffix -> (status, responses still to fail); failures carry `Retry-After: 0`.
+    fails: Vec<(String, u16, usize)>,
     log: Vec<FakeRequest>,
 }
 
@@ -451,6 +453,16 @@ impl FakeRegistry {
         self.state.lock().unwrap().redirect_blobs = on;
     }
 
+    /// The next `times` requests whose path ends with `suffix` get `status` (with
+    /// `Retry-After: 0`).
+    pub fn fail_next(&self, suffix: &str, status: u16, times: usize) {
+        self.state
+            .lock()
+            .unwrap()
+            .fails
+            .push((suffix.to_string(), status, times));
+    }
+
     pub fn requests(&self) -> Vec<FakeRequest> {
         self.state.lock().unwrap().log.clone()
     }
@@ -489,7 +501,18 @@ fn fake_handle(st: &Mutex<FakeState>, port: u16, mut s: TcpStream) -> std::io::R
     };
     let mut g = st.lock().unwrap();
     let mut headers: Vec<(String, String)> = Vec::new();
-    let (status, body): (u16, Vec<u8>) = if path == "/token" {
+    let forced = g
+        .fails
+        .iter_mut()
+        .find(|(suffix, _, left)| *left > 0 && path.ends_with(suffix.as_str()))
+        .map(|(_, status, left)| {
+            *left -= 1;
+            *status
+        });
+    let (status, body): (u16, Vec<u8>) = if let Some(st) = forced {
+        headers.push(("Retry-After".into(), "0".into()));
+        (st, Vec::new())
+    } else if path == "/token" {
         let ok = match &g.basic {
             None => true,
             Some((u, p)) => {
