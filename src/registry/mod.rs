@@ -108,6 +108,15 @@ pub fn summary(images: &[ResolvedImage]) -> String {
     )
 }
 
+/// Lock entries (`reference -> digest`) pinning what `images` resolved to; the reverse of
+/// [`RegistryOptions::locked`].
+pub fn lock_entries(images: &[ResolvedImage]) -> BTreeMap<String, String> {
+    images
+        .iter()
+        .map(|i| (i.reference.clone(), i.lock_digest().to_string()))
+        .collect()
+}
+
 /// Pulls images into the cache.
 pub struct Puller {
     cache: Cache,
@@ -254,6 +263,29 @@ impl Puller {
             bytes_pulled: pulled,
             bytes_cached: cached,
         })
+    }
+
+    /// Pulls every image for `platform`, in order. Failures do not stop the others; if any
+    /// failed, the error lists each image with its reason (offline: every missing image).
+    pub fn pull_all(&self, images: &[ImageRef], platform: &Platform) -> Result<Vec<ResolvedImage>> {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for image in images {
+            match self.pull(image, platform) {
+                Ok(r) => done.push(r),
+                Err(e) => failed.push(format!("  {}: {e:#}", image.full_name())),
+            }
+        }
+        if !failed.is_empty() {
+            bail!(
+                "{} of {} images could not be pulled for {platform}:\n{}",
+                failed.len(),
+                images.len(),
+                failed.join("\n")
+            );
+        }
+        self.progress.message(&summary(&done));
+        Ok(done)
     }
 
     /// The digest the reference or the lock pins, if any.
@@ -691,6 +723,31 @@ mod tests {
             .to_string();
         assert!(err.contains("ghcr.io/org/app:1"), "{err}");
         assert!(err.contains("offline"), "{err}");
+    }
+
+    #[test]
+    fn pull_all_names_every_missing_image() {
+        let td = tempfile::tempdir().unwrap();
+        let cache = Cache::open(td.path()).unwrap();
+        let p = Puller::new(
+            cache,
+            RegistryOptions {
+                offline: true,
+                ..Default::default()
+            },
+            Progress::quiet(),
+        );
+        let imgs = [
+            ImageRef::parse("redis:7").unwrap(),
+            ImageRef::parse("quay.io/argoproj/argocd:v3.0.0").unwrap(),
+        ];
+        let err = p
+            .pull_all(&imgs, &Platform::parse("linux/arm64").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("2 of 2 images"), "{err}");
+        assert!(err.contains("docker.io/library/redis:7"), "{err}");
+        assert!(err.contains("quay.io/argoproj/argocd:v3.0.0"), "{err}");
     }
 
     #[test]

@@ -126,10 +126,24 @@ impl Registry {
         reference: &str,
         repo_tag: &str,
     ) -> Result<(), String> {
-        run(Command::new("skopeo").args([
-            "copy",
-            "--all",
-            "--quiet",
+        self.push_layout_as(layout, reference, repo_tag, None)
+    }
+
+    /// [`Registry::push_layout`], converting to a manifest format (`v2s2`: Docker schema 2
+    /// media types, `oci`).
+    pub fn push_layout_as(
+        &self,
+        layout: &Path,
+        reference: &str,
+        repo_tag: &str,
+        format: Option<&str>,
+    ) -> Result<(), String> {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--all", "--quiet"]);
+        if let Some(f) = format {
+            cmd.arg(format!("--format={f}"));
+        }
+        run(cmd.args([
             "--dest-tls-verify=false",
             &format!("oci:{}:{reference}", layout.display()),
             &format!("docker://{}/{repo_tag}", self.host()),
