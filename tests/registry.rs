@@ -657,19 +657,31 @@ fn containerd_imports_the_archive_by_name() {
             return;
         }
     };
-    // Three images, as a role's set; bigger layers so the timing means something.
+    // Three images of 4 MiB, as a role's set; `PIKUBE_IMPORT_BENCH=COUNT,MIB` measures
+    // another size.
+    let (count, mib) = std::env::var("PIKUBE_IMPORT_BENCH")
+        .ok()
+        .and_then(|v| {
+            let (c, m) = v.split_once(',')?;
+            Some((
+                c.trim().parse::<usize>().ok()?,
+                m.trim().parse::<usize>().ok()?,
+            ))
+        })
+        .unwrap_or((3, 4));
+    let names: Vec<String> = (0..count).map(|i| format!("app-{i}")).collect();
     let insecure = vec![reg.host()];
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(cache_dir.path()).unwrap();
     let mut resolved: Vec<ResolvedImage> = Vec::new();
-    for (i, name) in ["app-a", "app-b", "app-c"].iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         let layout = tempfile::tempdir().unwrap();
         let mut imgs: Vec<TestImage> = ["linux/amd64", "linux/arm64"]
             .iter()
             .map(|p| TestImage::new(p, 10 + i as u64))
             .collect();
         for im in &mut imgs {
-            im.payload = 4 << 20;
+            im.payload = mib << 20;
         }
         build_layout(layout.path(), "1", &imgs);
         reg.push_layout(layout.path(), "1", &format!("test/{name}:1"))
@@ -737,7 +749,8 @@ fn containerd_imports_the_archive_by_name() {
         }
     }
     eprintln!(
-        "import timing (3 images, 3 rounds): one tarball per role {:?} per round, one per image {:?} per round",
+        "import timing ({count} images of {mib} MiB, mean of 3 rounds): one tarball per role \
+         {:?}, one per image {:?}",
         role_total / 3,
         image_total / 3
     );
