@@ -762,6 +762,8 @@ fn transient_blob_failures_are_retried_and_client_errors_are_not() {
     let good = make_image(&TestImage::new("linux/arm64", 6));
     fake.add_image("test/flaky", "1", &good);
     fake.fail_next(&good.layer_digest, 503, 2);
+    // A registry without HEAD on manifests: the GET still resolves the tag.
+    fake.fail_next("/manifests/1", 405, 1);
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(cache_dir.path()).unwrap();
     let img = ImageRef::parse(&format!("{}/test/flaky:1", fake.host())).unwrap();
@@ -779,6 +781,13 @@ fn transient_blob_failures_are_retried_and_client_errors_are_not() {
         .map(|r| r.status)
         .collect();
     assert_eq!(layer_gets, vec![503, 503, 200]);
+    let manifest_reqs: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/manifests/1"))
+        .map(|r| format!("{} {}", r.method, r.status))
+        .collect();
+    assert_eq!(manifest_reqs, vec!["HEAD 405", "GET 200"]);
 
     // A 403 is an answer, not an accident: one request, a clear error.
     let fake = FakeRegistry::start();

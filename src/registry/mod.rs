@@ -407,8 +407,13 @@ impl Puller {
             &path,
             Some(manifest::MANIFEST_ACCEPT),
         )?;
-        check_manifest_status(image, head.status())?;
-        if let Some(d) = header_digest(&head)
+        // A 404 is final; other HEAD failures (some registries do not implement HEAD) fall
+        // through to the GET, whose status is reported.
+        if head.status() == StatusCode::NOT_FOUND {
+            check_manifest_status(image, head.status())?;
+        }
+        if head.status().is_success()
+            && let Some(d) = header_digest(&head)
             && let Ok(hex) = digest_hex(&d)
             && self.cache.get(&hex).is_some()
         {
