@@ -241,3 +241,164 @@ pub fn write_oci_archive(
     ));
     Ok(sha)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::sha256_bytes;
+    use crate::registry::{Descriptor, OCI_MANIFEST, Platform};
+    use std::io::Read;
+
+    fn put(cache: &Cache, b: &[u8]) -> Descriptor {
+        cache.put(&mut &b[..], None).unwrap();
+        Descriptor {
+            media_type: String::new(),
+            digest: format!("sha256:{}", sha256_bytes(b)),
+            size: b.len() as u64,
+            platform: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    fn image(cache: &Cache, name: &str, layer: &[u8]) -> ResolvedImage {
+        let config = put(
+            cache,
+            format!("{{\"os\":\"linux\",\"n\":\"{name}\"}}").as_bytes(),
+        );
+        let layer = put(cache, layer);
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": config, "layers": [layer],
+        }))
+        .unwrap();
+        let m = put(cache, &manifest);
+        ResolvedImage {
+            reference: format!("docker.io/library/{name}:1"),
+            tag: Some("1".into()),
+            index_digest: None,
+            manifest_digest: m.digest,
+            manifest_media_type: OCI_MANIFEST.into(),
+            manifest_size: m.size,
+            platform: Platform::parse("linux/arm64").unwrap(),
+            layers: vec![layer],
+            config,
+            bytes_pulled: 0,
+            bytes_cached: 0,
+        }
+    }
+
+    /// Reads the archive back through a decoder limited to a 32 MiB window, as k3s is.
+    fn read_back(path: &Path) -> Vec<(String, u32, u64, Vec<u8>)> {
+        let f = File::open(path).unwrap();
+        let mut dec = zstd::stream::Decoder::new(f).unwrap();
+        dec.window_log_max(25).unwrap();
+        let mut ar = tar::Archive::new(dec);
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.mtime().unwrap(),
+                    data,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn archive_is_sorted_deterministic_and_annotated() {
+        let td = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&td.path().join("c")).unwrap();
+        // Incompressible and larger than one zstd block.
+        let mut big = Vec::new();
+        let mut x = 1u64;
+        while big.len() < 3 << 20 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            big.extend_from_slice(&x.to_le_bytes());
+        }
+        let a = image(&cache, "a", &big);
+        let b = image(&cache, "b", b"small layer");
+        let out = td.path().join("out/images.tar.zst");
+        let (size, sha) =
+            write_oci_archive(&[b.clone(), a.clone()], &cache, &out, &Progress::quiet()).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(size, bytes.len() as u64);
+        assert_eq!(sha, sha256_bytes(&bytes));
+        // Input order does not matter.
+        let out2 = td.path().join("out/again.tar.zst");
+        let (_, sha2) =
+            write_oci_archive(&[a.clone(), b.clone()], &cache, &out2, &Progress::quiet()).unwrap();
+        assert_eq!(sha, sha2);
+
+        let entries = read_back(&out);
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert_eq!(names.first(), Some(&"blobs/"));
+        assert_eq!(names.last(), Some(&"oci-layout"));
+        assert!(entries.iter().all(|e| e.2 == 0));
+        for (name, mode, _, data) in &entries {
+            if let Some(hex) = name.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
+                assert_eq!(sha256_bytes(data), hex);
+                assert_eq!(*mode, 0o644);
+            }
+        }
+        let index: serde_json::Value =
+            serde_json::from_slice(&entries.iter().find(|e| e.0 == "index.json").unwrap().3)
+                .unwrap();
+        let ms = index["manifests"].as_array().unwrap();
+        assert_eq!(ms.len(), 2);
+        assert_eq!(
+            ms[0]["annotations"][CONTAINERD_NAME],
+            "docker.io/library/a:1"
+        );
+        assert_eq!(ms[0]["annotations"][REF_NAME], "1");
+        assert_eq!(ms[0]["digest"], a.manifest_digest.as_str());
+        assert_eq!(ms[0]["platform"]["architecture"], "arm64");
+        assert_eq!(
+            ms[1]["annotations"][CONTAINERD_NAME],
+            "docker.io/library/b:1"
+        );
+        // Nothing but the two archives in the output directory.
+        assert_eq!(std::fs::read_dir(td.path().join("out")).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn damaged_or_missing_blobs_produce_no_archive() {
+        let td = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&td.path().join("c")).unwrap();
+        let img = image(&cache, "a", b"layer bytes");
+        let layer = cache.get(&img.layers[0].sha256().unwrap()).unwrap();
+        let mut perm = std::fs::metadata(&layer).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(&layer, perm).unwrap();
+        std::fs::write(&layer, b"layer bytez").unwrap();
+        let out_dir = td.path().join("out");
+        let out = out_dir.join("x.tar.zst");
+        let err = format!(
+            "{:#}",
+            write_oci_archive(std::slice::from_ref(&img), &cache, &out, &Progress::quiet())
+                .unwrap_err()
+        );
+        assert!(err.contains("damaged"), "{err}");
+        assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0);
+
+        std::fs::remove_file(&layer).unwrap();
+        let err = format!(
+            "{:#}",
+            write_oci_archive(&[img], &cache, &out, &Progress::quiet()).unwrap_err()
+        );
+        assert!(err.contains("pull the image first"), "{err}");
+        assert!(write_oci_archive(&[], &cache, &out, &Progress::quiet()).is_err());
+        assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0);
+    }
+}
