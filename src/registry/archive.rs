@@ -32,8 +32,10 @@ enum Entry {
     Blob(PathBuf, String, u64),
 }
 
-/// Writes one OCI-layout tarball holding `images`, zstd-compressed with a window of at most
-/// 8 MiB (k3s refuses windows over 32 MiB; no long-distance matching). The tar is
+/// Writes one OCI-layout tarball holding `images`: zstd-compressed with a window of at most
+/// 8 MiB when `out` ends in `.tar.zst` (k3s refuses windows over 32 MiB; no long-distance
+/// matching), plain when it ends in `.tar` (layers are compressed already; a plain tar
+/// spares the node a decompression pass). The tar is
 /// deterministic: entries sorted by path, mtime 0, owner 0:0, fixed modes. `index.json`
 /// lists each image's single-platform manifest with `io.containerd.image.name` (the full
 /// name) and `org.opencontainers.image.ref.name` (the tag). Every blob is re-hashed while it
@@ -51,6 +53,21 @@ pub fn write_oci_archive(
             out.display()
         );
     }
+    let file_name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let compress = if file_name.ends_with(".tar.zst") || file_name.ends_with(".tzst") {
+        true
+    } else if file_name.ends_with(".tar") {
+        false
+    } else {
+        bail!(
+            "{}: k3s imports only tarballs named *.tar, *.tar.zst (and other compressions); \
+             name the archive like images.tar.zst",
+            out.display()
+        );
+    };
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     entries.insert("blobs/".into(), Entry::Dir);
     entries.insert("blobs/sha256/".into(), Entry::Dir);
@@ -140,10 +157,7 @@ pub fn write_oci_archive(
         .prefix(".images-")
         .tempfile_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "images".into());
+    let name = file_name;
     let task = progress.task(&name, Some(total));
 
     let file = tmp
@@ -154,10 +168,15 @@ pub fn write_oci_archive(
     let write_err = |e: io::Error| {
         anyhow::Error::new(e).context(format!("cannot write {}", tmp.path().display()))
     };
-    let mut enc = zstd::stream::Encoder::new(hashed, ZSTD_LEVEL).map_err(write_err)?;
-    enc.window_log(WINDOW_LOG).map_err(write_err)?;
-    enc.long_distance_matching(false).map_err(write_err)?;
-    enc.include_checksum(true).map_err(write_err)?;
+    let enc = if compress {
+        let mut enc = zstd::stream::Encoder::new(hashed, ZSTD_LEVEL).map_err(write_err)?;
+        enc.window_log(WINDOW_LOG).map_err(write_err)?;
+        enc.long_distance_matching(false).map_err(write_err)?;
+        enc.include_checksum(true).map_err(write_err)?;
+        Sink::Zstd(enc)
+    } else {
+        Sink::Plain(hashed)
+    };
     let mut tar = tar::Builder::new(enc);
     tar.mode(tar::HeaderMode::Deterministic);
     for (path, entry) in &entries {
@@ -220,7 +239,10 @@ pub fn write_oci_archive(
         }
     }
     let enc = tar.into_inner().map_err(write_err)?;
-    let hashed = enc.finish().map_err(write_err)?;
+    let hashed = match enc {
+        Sink::Zstd(z) => z.finish().map_err(write_err)?,
+        Sink::Plain(p) => p,
+    };
     let (sha, mut w) = {
         let count = hashed.count();
         let (sha, w) = hashed.finish();
@@ -240,6 +262,30 @@ pub fn write_oci_archive(
         human_bytes(sha.0)
     ));
     Ok(sha)
+}
+
+type Out = HashingWriter<BufWriter<File>>;
+
+/// The compressed or plain stream the tar is written into.
+enum Sink {
+    Plain(Out),
+    Zstd(zstd::stream::Encoder<'static, Out>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Zstd(w) => w.flush(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -369,6 +415,21 @@ mod tests {
         );
         // Nothing but the two archives in the output directory.
         assert_eq!(std::fs::read_dir(td.path().join("out")).unwrap().count(), 2);
+
+        // A `.tar` is the same tar, uncompressed.
+        let plain = td.path().join("plain.tar");
+        let (psize, psha) =
+            write_oci_archive(&[a.clone(), b.clone()], &cache, &plain, &Progress::quiet()).unwrap();
+        let tar_bytes = std::fs::read(&plain).unwrap();
+        assert_eq!(psize, tar_bytes.len() as u64);
+        assert_eq!(psha, sha256_bytes(&tar_bytes));
+        assert_eq!(zstd::stream::decode_all(&bytes[..]).unwrap(), tar_bytes);
+        assert!(
+            write_oci_archive(&[a], &cache, &td.path().join("x.img"), &Progress::quiet())
+                .unwrap_err()
+                .to_string()
+                .contains("images.tar.zst")
+        );
     }
 
     #[test]
