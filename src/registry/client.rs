@@ -18,7 +18,7 @@ use super::reference::DOCKER_HUB;
 
 /// Where a caller can mark a registry as plain HTTP; quoted in error messages.
 pub const INSECURE_HINT: &str =
-    "list it among the insecure registries of the build (`images.insecure` in cluster.yaml)";
+    "list it (host:port) among the insecure registries of the build to allow plain HTTP";
 
 /// User name and password for one registry.
 #[derive(Clone, PartialEq, Eq)]
