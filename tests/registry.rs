@@ -900,3 +900,64 @@ fn docker_schema2_images_pull_and_archive() {
         Err(why) => eprintln!("SKIP containerd import: {why}"),
     }
 }
+
+#[test]
+fn many_layers_arrive_complete_and_in_order() {
+    let fake = FakeRegistry::start();
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for i in 0..7u64 {
+        let (l, diff) = support::registry::make_layer(&[(
+            "f.bin",
+            support::pseudo_random(20_000 + i as usize * 1000, i),
+        )]);
+        let digest = format!("sha256:{}", sha256_hex(&l));
+        fake.add_blob(&digest, &l);
+        layers.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest, "size": l.len(),
+        }));
+        diff_ids.push(diff);
+    }
+    // One layer fails once: the others continue and the retry completes the set.
+    fake.fail_next(layers[4]["digest"].as_str().unwrap(), 502, 1);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "arm64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    fake.add_blob(&config_digest, &config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": layers,
+    }))
+    .unwrap();
+    fake.add_manifest(
+        "test/layers",
+        "1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    );
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(cache_dir.path()).unwrap();
+    let img = ImageRef::parse(&format!("{}/test/layers:1", fake.host())).unwrap();
+    let got = puller(&cache, &[fake.host()], false)
+        .pull(&img, &platform("linux/arm64/v8"))
+        .unwrap();
+    let want: Vec<&str> = layers
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let have: Vec<&str> = got.layers.iter().map(|l| l.digest.as_str()).collect();
+    assert_eq!(have, want);
+    for d in &want {
+        assert!(cache.get(&d[7..]).is_some(), "{d} not cached");
+    }
+    assert_eq!(got.bytes_pulled, got.content_size());
+    assert_eq!(got.platform.architecture, "arm64");
+    assert_eq!(tmp_count(&cache), 0);
+}

@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -218,7 +219,15 @@ impl Puller {
         let task = self.progress.task(&name, Some(total));
         let mut pulled = 0u64;
         let mut cached = 0u64;
-        let config_path = self.blob(image, &manifest.config, &task, &mut pulled, &mut cached)?;
+        let mut count = |size: u64, downloaded: bool| {
+            if downloaded {
+                pulled += size;
+            } else {
+                cached += size;
+            }
+        };
+        let (config_path, downloaded) = self.blob(image, &manifest.config, &task)?;
+        count(manifest.config.size, downloaded);
         let config_platform = read_config_platform(&config_path)
             .with_context(|| format!("cannot read the image config of {name}"))?;
         let resolved_platform = match entry_platform {
@@ -238,8 +247,13 @@ impl Puller {
                 p
             }
         };
-        for layer in &manifest.layers {
-            self.blob(image, layer, &task, &mut pulled, &mut cached)?;
+        for (layer, downloaded) in
+            manifest
+                .layers
+                .iter()
+                .zip(self.layers(image, &manifest.layers, &task)?)
+        {
+            count(layer.size, downloaded);
         }
         task.finish(&format!(
             "{} pulled, {} from the cache",
@@ -478,21 +492,13 @@ impl Puller {
     }
 
     /// A blob (config or layer) in the cache, downloading and verifying it when missing.
-    fn blob(
-        &self,
-        image: &ImageRef,
-        d: &Descriptor,
-        task: &Task,
-        pulled: &mut u64,
-        cached: &mut u64,
-    ) -> Result<PathBuf> {
+    fn blob(&self, image: &ImageRef, d: &Descriptor, task: &Task) -> Result<(PathBuf, bool)> {
         let hex = d
             .sha256()
             .with_context(|| format!("in the manifest of {}", image.full_name()))?;
         if let Some(p) = self.cache.get(&hex) {
-            *cached += d.size;
             task.inc(d.size);
-            return Ok(p);
+            return Ok((p, false));
         }
         if self.opts.offline {
             bail!(
@@ -508,10 +514,7 @@ impl Puller {
         loop {
             attempt += 1;
             match self.fetch_blob(image, d, &hex, task) {
-                Ok(p) => {
-                    *pulled += d.size;
-                    return Ok(p);
-                }
+                Ok(p) => return Ok((p, true)),
                 Err(Fetch::Fatal(e)) => return Err(e),
                 Err(Fetch::Retry(e, wait)) if attempt < BLOB_ATTEMPTS => {
                     let wait = wait.unwrap_or(Duration::from_millis(500 << attempt));
@@ -531,6 +534,43 @@ impl Puller {
                 }
             }
         }
+    }
+
+    /// Every layer in the cache, up to [`PARALLEL_LAYERS`] downloading at once. Returns, in
+    /// order, whether each was downloaded (else the cache had it). The first failure stops
+    /// the start of further downloads and is returned.
+    fn layers(&self, image: &ImageRef, layers: &[Descriptor], task: &Task) -> Result<Vec<bool>> {
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let results: Vec<Mutex<Option<Result<bool>>>> =
+            layers.iter().map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL_LAYERS.min(layers.len()) {
+                s.spawn(|| {
+                    while !failed.load(Ordering::SeqCst) {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(layer) = layers.get(i) else { break };
+                        let r = self.blob(image, layer, task).map(|(_, d)| d);
+                        if r.is_err() {
+                            failed.store(true, Ordering::SeqCst);
+                        }
+                        *results[i].lock().expect("lock") = Some(r);
+                    }
+                });
+            }
+        });
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, r) in results.into_iter().enumerate() {
+            match r.into_inner().expect("lock") {
+                Some(r) => out.push(r?),
+                None => bail!(
+                    "layer {} of {} was not fetched",
+                    layers[i].digest,
+                    image.full_name()
+                ),
+            }
+        }
+        Ok(out)
     }
 
     /// One download of a blob into the cache.
@@ -629,6 +669,9 @@ impl Puller {
         }
     }
 }
+
+/// Layers of one image downloaded at once.
+const PARALLEL_LAYERS: usize = 3;
 
 /// How many times a blob download is tried.
 const BLOB_ATTEMPTS: u32 = 4;
