@@ -961,3 +961,36 @@ fn many_layers_arrive_complete_and_in_order() {
     assert_eq!(got.platform.architecture, "arm64");
     assert_eq!(tmp_count(&cache), 0);
 }
+
+#[test]
+fn parallel_pulls_share_one_cache() {
+    let fake = FakeRegistry::start();
+    let mut img = TestImage::new("linux/arm64", 8);
+    img.payload = 2 << 20;
+    let good = make_image(&img);
+    fake.add_image("test/shared", "1", &good);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(cache_dir.path()).unwrap();
+    let r = ImageRef::parse(&format!("{}/test/shared:1", fake.host())).unwrap();
+    let results: Vec<ResolvedImage> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, r, host) = (cache.clone(), r.clone(), fake.host());
+                s.spawn(move || {
+                    puller(&cache, &[host], false)
+                        .pull(&r, &platform("linux/arm64"))
+                        .unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for res in &results {
+        assert_eq!(res.manifest_digest, good.manifest_digest);
+        assert_eq!(res.bytes_pulled + res.bytes_cached, res.content_size());
+    }
+    assert_eq!(blob_count(&cache), 3);
+    assert_eq!(tmp_count(&cache), 0);
+    let layer = fs::read(cache.get(&good.layer_digest[7..]).unwrap()).unwrap();
+    assert_eq!(layer, good.layer);
+}
