@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod raspi;
+pub mod registry;
 pub mod source;
 
 /// Timestamp for everything a build writes: `$SOURCE_DATE_EPOCH` when set (reproducible
