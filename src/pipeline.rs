@@ -183,6 +183,7 @@ pub fn select_nodes(cluster: &mut Cluster, req: &BuildRequest) -> Result<Vec<Nod
             mac: None,
             labels: BTreeMap::new(),
             overlays: Vec::new(),
+            images: Vec::new(),
         };
         cluster.nodes.push(node.clone());
         cluster
