@@ -261,15 +261,20 @@ fn fsck_clean(spec: &str) {
     );
 }
 
+/// Writes 900 MiB of non-repeating, non-zero data to `w`.
+fn write_pattern(w: &mut impl Write) -> std::io::Result<u64> {
+    let mut chunk: Vec<u8> = (0..MIB as usize).map(|i| (i % 251) as u8 | 1).collect();
+    for i in 0..900u32 {
+        chunk[..4].copy_from_slice(&i.to_le_bytes());
+        w.write_all(&chunk)?;
+    }
+    Ok(900 * MIB)
+}
+
 fn big_file(dir: &Path) -> PathBuf {
     let p = dir.join("big.bin");
     let mut w = std::io::BufWriter::new(File::create(&p).unwrap());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(900);
-    let mut chunk = vec![0u8; MIB as usize];
-    for _ in 0..900 {
-        rng.fill_bytes(&mut chunk);
-        w.write_all(&chunk).unwrap();
-    }
+    write_pattern(&mut w).unwrap();
     w.flush().unwrap();
     p
 }
@@ -281,7 +286,6 @@ fn is_root() -> bool {
 /// Writes 900 MiB into the grown filesystem through the kernel (loop device) when possible,
 /// otherwise with debugfs; then e2fsck must still be clean.
 fn write_900m(b: &Built, new_size: u64) {
-    let big = big_file(&b.dir);
     let spec = format!("{}?offset={}", b.img.display(), b.root_start);
     let mut via_kernel = false;
     if is_root() {
@@ -299,9 +303,9 @@ fn write_900m(b: &Built, new_size: u64) {
                 .arg(&dev)
                 .arg(&mnt));
             if m.status.success() {
-                let copied = std::fs::copy(&big, mnt.join("big.bin"));
+                let copied =
+                    File::create(mnt.join("big.bin")).and_then(|mut f| write_pattern(&mut f));
                 let listed = std::fs::read_to_string(mnt.join("etc/hostname"));
-                run(&mut Command::new("sync"));
                 let u = run(Command::new("umount").arg(&mnt));
                 run(Command::new("losetup").arg("-d").arg(&dev));
                 assert!(u.status.success(), "umount failed");
@@ -329,7 +333,7 @@ fn write_900m(b: &Built, new_size: u64) {
             Command::new("debugfs")
                 .arg("-w")
                 .arg("-R")
-                .arg(format!("write {} /big.bin", big.display()))
+                .arg(format!("write {} /big.bin", big_file(&b.dir).display()))
                 .arg(&spec),
         );
     }
@@ -343,7 +347,7 @@ fn write_900m(b: &Built, new_size: u64) {
     assert!(stat.contains(&format!("Size: {}", 900 * MIB)), "{stat}");
 }
 
-fn grow_image(fx: Fixture, grow: u64) {
+fn grow_image(fx: Fixture, grow: u64, write_big: bool) {
     if !tools_or_skip() {
         return;
     }
@@ -442,7 +446,9 @@ fn grow_image(fx: Fixture, grow: u64) {
         "bytes before the first partition changed"
     );
 
-    write_900m(&b, part.new_size);
+    if write_big {
+        write_900m(&b, part.new_size);
+    }
 }
 
 #[test]
@@ -467,6 +473,7 @@ fn ubuntu_raspi_mbr_grow_1g() {
             tail: 0,
         },
         GIB,
+        true,
     );
 }
 
@@ -492,6 +499,7 @@ fn raspios_mbr_grow_6g() {
             tail: 0,
         },
         6 * GIB,
+        false,
     );
 }
 
@@ -510,6 +518,7 @@ fn armbian_allwinner_mbr_spl_grow_1g() {
             tail: 3 * MIB + 512,
         },
         GIB,
+        false,
     );
 }
 
@@ -535,6 +544,7 @@ fn armbian_rockchip_gpt_ubuntu_2410_features_grow_6g() {
             tail: MIB,
         },
         6 * GIB,
+        true,
     );
 }
 
@@ -560,6 +570,7 @@ fn ubuntu_rockchip_gpt_1k_blocks_grow_1g() {
             tail: 17 * 1024,
         },
         GIB,
+        true,
     );
 }
 
