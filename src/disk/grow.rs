@@ -285,7 +285,7 @@ fn grow_gpt(
     let entries_lba = le64(&header, H_ENTRIES_LBA);
     let count = le32(&header, H_NUM_ENTRIES) as usize;
     let esize = le32(&header, H_ENTRY_SIZE) as usize;
-    if esize < 128 || esize % 8 != 0 || count == 0 || count * esize > 4 * MIB as usize {
+    if esize < 128 || !esize.is_multiple_of(8) || count == 0 || count * esize > 4 * MIB as usize {
         bail!(
             "{}: GPT entry array of {count} x {esize} bytes is invalid",
             path.display()

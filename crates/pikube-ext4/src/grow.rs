@@ -266,7 +266,7 @@ fn is_power_of(mut n: u64, base: u64) -> bool {
     if n == 0 {
         return false;
     }
-    while n % base == 0 {
+    while n.is_multiple_of(base) {
         n /= base;
     }
     n == 1
@@ -333,7 +333,7 @@ impl Layout {
         if g <= 1 || self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 {
             return true;
         }
-        if g % 2 == 0 {
+        if g.is_multiple_of(2) {
             return false;
         }
         is_power_of(g, 3) || is_power_of(g, 5) || is_power_of(g, 7)
@@ -771,7 +771,12 @@ fn check_journal(file: &File, offset: u64, l: &Layout, gdt: &Gdt, sb: &[u8]) -> 
         return Ok(());
     }
     let ino = le32(sb, SB_JOURNAL_INUM);
-    if ino == 0 || u64::from(ino) > l.groups * l.ipg {
+    if ino == 0 {
+        return Err(GrowError::Unsupported(
+            "the journal is on an external device; grow this filesystem with resize2fs".into(),
+        ));
+    }
+    if u64::from(ino) > l.groups * l.ipg {
         return Err(GrowError::Corrupt(format!(
             "journal inode number {ino} is invalid"
         )));

@@ -426,6 +426,19 @@ fn descriptor_blocks_from_the_resize_inode_reservation() {
     );
 }
 
+#[test]
+fn trailing_sliver_is_dropped_like_resize2fs() {
+    // 300 MiB (76800 blocks) grown to 4 groups + 100 blocks: the 100-block group is too small
+    // for its own metadata and is dropped, as resize2fs does.
+    grow_and_compare(
+        &["-t", "ext4", "-b", "4096"],
+        300 * MIB,
+        (4 * 32768 + 100 - 76800) * 4096,
+        0,
+        false,
+    );
+}
+
 // ---- refusals: nothing written ----
 
 fn refused(args: &[&str], size: u64, grow: u64, damage: &dyn Fn(&Path)) -> GrowError {
