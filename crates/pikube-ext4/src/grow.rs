@@ -122,7 +122,8 @@ const COMPAT_OK: u32 = COMPAT_DIR_PREALLOC
     | COMPAT_LAZY_BG
     | COMPAT_FAST_COMMIT
     | COMPAT_STABLE_INODES
-    | COMPAT_ORPHAN_FILE;
+    | COMPAT_ORPHAN_FILE
+    | COMPAT_SPARSE_SUPER2;
 const INCOMPAT_OK: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_EXTENTS
     | INCOMPAT_64BIT
@@ -177,6 +178,7 @@ const SB_R_BLOCKS_COUNT_HI: usize = 0x154;
 const SB_FREE_BLOCKS_HI: usize = 0x158;
 const SB_CHECKSUM_TYPE: usize = 0x175;
 const SB_OVERHEAD_CLUSTERS: usize = 0x248;
+const SB_BACKUP_BGS: usize = 0x24C;
 const SB_CHECKSUM_SEED: usize = 0x270;
 const SB_WTIME_HI: usize = 0x274;
 const SB_CHECKSUM: usize = 0x3FC;
@@ -396,7 +398,6 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
         (ro_compat, RO_COMPAT_READONLY, "read-only"),
         (ro_compat, RO_COMPAT_SHARED_BLOCKS, "shared_blocks"),
         (compat, COMPAT_EXCLUDE_BITMAP, "exclude_bitmap"),
-        (compat, COMPAT_SPARSE_SUPER2, "sparse_super2"),
     ];
     for (bits, bit, name) in named {
         if bits & bit != 0 {
@@ -514,7 +515,7 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
         ro_compat,
         csum_seed,
         uuid_bytes: sb[SB_UUID..SB_UUID + 16].try_into().expect("16 bytes"),
-        backup_bgs: [le32(sb, 0x24C), le32(sb, 0x250)],
+        backup_bgs: [le32(sb, SB_BACKUP_BGS), le32(sb, SB_BACKUP_BGS + 4)],
     })
 }
 
@@ -820,7 +821,17 @@ fn plan_blocks(l: &Layout, requested: u64) -> Result<u64> {
         let groups = (blocks - l.fdb).div_ceil(l.bpg);
         let desc_blocks = groups.div_ceil(l.descs_per_block());
         let mut overhead = 2 + l.itable_blocks;
-        if l.has_super(groups - 1) {
+        let has_bg = if l.compat & COMPAT_SPARSE_SUPER2 != 0 {
+            // The backup that will move to the new last group.
+            if groups == 2 {
+                l.backup_bgs[0] != 0
+            } else {
+                l.backup_bgs[1] != 0
+            }
+        } else {
+            l.has_super(groups - 1)
+        };
+        if has_bg {
             overhead += 1 + desc_blocks + l.reserved_gdt;
         }
         let rem = (blocks - l.fdb) % l.bpg;
@@ -998,7 +1009,20 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         None
     };
 
-    // 1. Extend the old last group.
+    // With sparse_super2 the second backup follows the last group, as resize2fs moves it.
+    let mut nl = l.clone();
+    if l.compat & COMPAT_SPARSE_SUPER2 != 0 {
+        if old_groups == 1 {
+            nl.backup_bgs[0] = 1;
+        }
+        if (old_groups < 3 && new_groups > 2) || l.backup_bgs[1] != 0 {
+            nl.backup_bgs[1] = (new_groups - 1) as u32;
+        }
+    }
+    // Old groups that lost their backup give its blocks back.
+    let dropped_backup: Option<u64> = (1..old_groups).find(|&g| l.has_super(g) && !nl.has_super(g));
+
+    // 1. Extend the old last group (and free a dropped backup).
     let blocks_in_group = |blocks: u64, g: u64, groups: u64| -> u64 {
         if g + 1 < groups {
             l.bpg
@@ -1006,8 +1030,13 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
             blocks - l.group_first_block(g)
         }
     };
-    {
-        let g = old_groups - 1;
+    let mut changed_groups = vec![old_groups - 1];
+    if let Some(g) = dropped_backup {
+        if g != old_groups - 1 {
+            changed_groups.push(g);
+        }
+    }
+    for g in changed_groups {
         let old_n = blocks_in_group(l.blocks, g, old_groups);
         let new_n = blocks_in_group(new_blocks, g, new_groups);
         let flags = gdt.flags(g);
@@ -1027,6 +1056,9 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
                 if blk >= start && blk < start + old_n {
                     set_bit(&mut b, blk - start);
                 }
+            }
+            for i in old_n..l.bs * 8 {
+                set_bit(&mut b, i);
             }
             b
         } else {
@@ -1058,10 +1090,21 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         for i in new_n..l.bs * 8 {
             set_bit(&mut bitmap, i);
         }
-        let free = gdt.free_blocks(g) + (new_n - old_n);
+        if dropped_backup == Some(g) {
+            for i in 0..l.base_meta_blocks(g, l.gdt_blocks, l.reserved_gdt) {
+                if !test_bit(&bitmap, i) {
+                    return Err(GrowError::Corrupt(format!(
+                        "backup superblock area of group {g} is marked free"
+                    )));
+                }
+                clear_bit(&mut bitmap, i);
+            }
+        }
+        let free = (0..new_n).filter(|&i| !test_bit(&bitmap, i)).count() as u64;
         gdt.set(g, BG_FREE_BLOCKS_LO, BG_FREE_BLOCKS_HI, false, free);
         gdt.set_flags(g, flags & !BG_BLOCK_UNINIT);
         set_block_bitmap_csum(&l, &mut gdt, g, &bitmap);
+        set_desc_checksum(&l, &mut gdt, g);
         writes.push(Write {
             pos: offset + bb * l.bs,
             data: bitmap,
@@ -1074,7 +1117,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     for g in old_groups..new_groups {
         let start = l.group_first_block(g);
         let n = blocks_in_group(new_blocks, g, new_groups);
-        let base = l.base_meta_blocks(g, new_gdt, new_reserved);
+        let base = nl.base_meta_blocks(g, new_gdt, new_reserved);
         let bb = start + base;
         let ib = bb + 1;
         let it = bb + 2;
@@ -1121,14 +1164,14 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
             what: "writing an inode bitmap",
         });
     }
-    for g in old_groups - 1..new_groups {
+    for g in old_groups..new_groups {
         set_desc_checksum(&l, &mut gdt, g);
     }
 
     // 3. The resize inode: re-describe the remaining reserved GDT blocks and all their backups.
     if let Some((pos, mut inode, dind)) = resize {
         let apb = l.bs / 4;
-        let backups: Vec<u64> = (1..new_groups).filter(|&g| l.has_super(g)).collect();
+        let backups: Vec<u64> = (1..new_groups).filter(|&g| nl.has_super(g)).collect();
         if backups.len() as u64 > apb {
             return Err(GrowError::CannotGrow(
                 "too many backup groups for the resize inode".into(),
@@ -1192,6 +1235,8 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     put32(&mut sb, SB_INODES_COUNT, (new_groups * l.ipg) as u32);
     put32(&mut sb, SB_FREE_INODES, free_inodes as u32);
     put16(&mut sb, SB_RESERVED_GDT_BLOCKS, new_reserved as u16);
+    put32(&mut sb, SB_BACKUP_BGS, nl.backup_bgs[0]);
+    put32(&mut sb, SB_BACKUP_BGS + 4, nl.backup_bgs[1]);
     // The kernel recomputes the overhead when this is zero, as it is after resize2fs.
     put32(&mut sb, SB_OVERHEAD_CLUSTERS, 0);
     let now = write_time();
@@ -1200,7 +1245,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
 
     // 5. Backups of the superblock and the whole GDT in every backup group.
     for g in 1..new_groups {
-        if !l.has_super(g) {
+        if !nl.has_super(g) {
             continue;
         }
         let start = l.group_first_block(g);

@@ -272,6 +272,7 @@ fn grow_and_compare(args: &[&str], size: u64, grow: u64, offset: u64, write_big:
         "Reserved GDT blocks",
         "Filesystem features",
         "Filesystem state",
+        "Backup block groups",
     ] {
         assert_eq!(got.get(k), want.get(k), "{k} differs from resize2fs");
     }
@@ -422,6 +423,28 @@ fn descriptor_blocks_from_the_resize_inode_reservation() {
         20 * MIB,
         1200 * MIB,
         MIB,
+        false,
+    );
+}
+
+#[test]
+fn sparse_super2_backup_moves_to_the_new_last_group() {
+    grow_and_compare(
+        &["-t", "ext4", "-b", "4096", "-O", "sparse_super2"],
+        300 * MIB,
+        GIB,
+        0,
+        false,
+    );
+}
+
+#[test]
+fn sparse_super2_from_a_single_group() {
+    grow_and_compare(
+        &["-t", "ext4", "-b", "4096", "-O", "sparse_super2"],
+        100 * MIB,
+        GIB,
+        0,
         false,
     );
 }
