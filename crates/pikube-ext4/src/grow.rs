@@ -390,7 +390,11 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
     let named = [
         (incompat, INCOMPAT_COMPRESSION, "compression"),
         (incompat, INCOMPAT_JOURNAL_DEV, "journal_dev"),
-        (incompat, INCOMPAT_META_BG, "meta_bg"),
+        (
+            incompat,
+            INCOMPAT_META_BG,
+            "meta_bg (descriptor blocks spread over meta groups)",
+        ),
         (incompat, INCOMPAT_MMP, "mmp"),
         (ro_compat, RO_COMPAT_BIGALLOC, "bigalloc"),
         (ro_compat, RO_COMPAT_HAS_SNAPSHOT, "snapshot"),
@@ -1282,6 +1286,11 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     }
     write_all(file, gdt_pos, &gdt.buf, "writing the group descriptors")?;
     write_all(file, offset + 1024, &sb, "writing the superblock")?;
+    file.sync_data().map_err(|source| GrowError::Io {
+        what: "flushing the grown filesystem",
+        pos: offset,
+        source,
+    })?;
 
     Ok(FsGrowth {
         old_blocks: l.blocks,

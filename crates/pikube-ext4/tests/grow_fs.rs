@@ -450,6 +450,18 @@ fn sparse_super2_from_a_single_group() {
 }
 
 #[test]
+fn without_resize_inode_within_the_existing_gdt_block() {
+    // 64 descriptors per block: 200 MiB + 1 GiB stays within the one GDT block.
+    grow_and_compare(
+        &["-t", "ext4", "-b", "4096", "-O", "^resize_inode"],
+        200 * MIB,
+        GIB,
+        0,
+        false,
+    );
+}
+
+#[test]
 fn trailing_sliver_is_dropped_like_resize2fs() {
     // 300 MiB (76800 blocks) grown to 4 groups + 100 blocks: the 100-block group is too small
     // for its own metadata and is dropped, as resize2fs does.
