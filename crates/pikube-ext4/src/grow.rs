@@ -1035,10 +1035,10 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         }
     };
     let mut changed_groups = vec![old_groups - 1];
-    if let Some(g) = dropped_backup {
-        if g != old_groups - 1 {
-            changed_groups.push(g);
-        }
+    if let Some(g) = dropped_backup
+        && g != old_groups - 1
+    {
+        changed_groups.push(g);
     }
     for g in changed_groups {
         let old_n = blocks_in_group(l.blocks, g, old_groups);
