@@ -292,6 +292,12 @@ fn grow_gpt(
         );
     }
     let array_bytes = count * esize;
+    if entries_lba < 2 || entries_lba >= len / SECTOR {
+        bail!(
+            "{}: the GPT entry array at LBA {entries_lba} lies outside the image",
+            path.display()
+        );
+    }
     let mut array = read_at(
         file,
         path,

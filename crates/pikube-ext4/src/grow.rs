@@ -883,6 +883,15 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     if l.metadata_csum() && le32(&sb, SB_CHECKSUM) != sb_checksum(&sb) {
         return Err(GrowError::Checksum("the primary superblock".into()));
     }
+    // Checked before the descriptors are read: it also bounds how much a corrupt block
+    // count could make us read.
+    let requested = new_len / l.bs;
+    if requested < l.blocks {
+        return Err(GrowError::Shrink {
+            current: l.blocks,
+            requested,
+        });
+    }
     let gdt_pos = offset + (l.fdb + 1) * l.bs;
     let old_gdt = read_exact(
         file,
@@ -915,13 +924,6 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     check_journal(file, offset, &l, &gdt, &sb)?;
 
     let free_before: u64 = (0..l.groups).map(|g| gdt.free_blocks(g)).sum();
-    let requested = new_len / l.bs;
-    if requested < l.blocks {
-        return Err(GrowError::Shrink {
-            current: l.blocks,
-            requested,
-        });
-    }
     let max_blocks = if l.is_64bit() {
         1u64 << 48
     } else {
