@@ -645,3 +645,42 @@ fn refuses_non_ext4() {
     let e = grow_fs(&f, MIB, 4 * MIB).expect_err("no filesystem there");
     assert!(matches!(e, GrowError::NotExt4(_)), "{e}");
 }
+
+#[test]
+fn mutated_superblocks_never_panic() {
+    // Random single-byte changes to the superblock (with its checksum recomputed so they get
+    // past the first check) must end in Ok or a GrowError, never in a panic.
+    use rand::{Rng, SeedableRng};
+    if !tools_or_skip() {
+        return;
+    }
+    let dir = tempdir();
+    let base = dir.path().join("base.img");
+    mkfs(dir.path(), &base, 8 * MIB, &["-t", "ext4", "-b", "1024"]);
+    let pristine = std::fs::read(&base).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..200 {
+        let mut img = pristine.clone();
+        // Half of the changes hit the geometry and count fields at the start.
+        let field_end = if i % 2 == 0 { 0x68 } else { 0x290 };
+        let pos = 1024 + rng.random_range(0..field_end);
+        img[pos] = rng.random();
+        let csum = !crc32c::crc32c(&img[1024..1024 + 0x3FC]);
+        img[1024 + 0x3FC..1024 + 0x400].copy_from_slice(&csum.to_le_bytes());
+        let p = dir.path().join("mutant.img");
+        std::fs::write(&p, &img).unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let r = std::panic::catch_unwind(|| grow_fs(&f, 0, 64 * MIB));
+        match r {
+            Ok(Ok(_)) => ok += 1,
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!(
+                "grow_fs panicked after changing superblock byte {:#x}",
+                pos - 1024
+            ),
+        }
+    }
+    eprintln!("{ok} grown, {refused} refused");
+    assert!(ok > 0 && refused > 0);
+}
