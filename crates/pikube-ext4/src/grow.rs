@@ -134,7 +134,8 @@ const INCOMPAT_OK: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_LARGEDIR
     | INCOMPAT_INLINE_DATA
     | INCOMPAT_ENCRYPT
-    | INCOMPAT_CASEFOLD;
+    | INCOMPAT_CASEFOLD
+    | INCOMPAT_META_BG;
 const RO_COMPAT_OK: u32 = RO_COMPAT_SPARSE_SUPER
     | RO_COMPAT_LARGE_FILE
     | RO_COMPAT_BTREE_DIR
@@ -173,6 +174,7 @@ const SB_RESERVED_GDT_BLOCKS: usize = 0xCE;
 const SB_JOURNAL_INUM: usize = 0xE0;
 const SB_LAST_ORPHAN: usize = 0xE8;
 const SB_DESC_SIZE: usize = 0xFE;
+const SB_FIRST_META_BG: usize = 0x104;
 const SB_BLOCKS_COUNT_HI: usize = 0x150;
 const SB_R_BLOCKS_COUNT_HI: usize = 0x154;
 const SB_FREE_BLOCKS_HI: usize = 0x158;
@@ -304,6 +306,8 @@ struct Layout {
     incompat: u32,
     ro_compat: u32,
     csum_seed: u32,
+    meta_bg: bool,
+    first_meta_bg: u64,
     uuid_bytes: [u8; 16],
     backup_bgs: [u32; 2],
 }
@@ -340,12 +344,64 @@ impl Layout {
         }
         is_power_of(g, 3) || is_power_of(g, 5) || is_power_of(g, 7)
     }
-    /// Blocks taken at the start of group `g` by the superblock, GDT and reserved GDT blocks.
+    /// Is descriptor block `i` stored after the superblock copies (rather than in its meta group)?
+    fn old_style_desc_block(&self, i: u64) -> bool {
+        !self.meta_bg || i < self.first_meta_bg
+    }
+    /// Does group `g` carry the old-style descriptor blocks when it has a superblock copy?
+    fn old_style_group(&self, g: u64) -> bool {
+        !self.meta_bg || g / self.descs_per_block() < self.first_meta_bg
+    }
+    /// With meta_bg: is `g` one of the three groups holding its meta group's descriptor block?
+    fn meta_desc_group(&self, g: u64) -> bool {
+        let dpb = self.descs_per_block();
+        !self.old_style_group(g) && (g % dpb <= 1 || g % dpb == dpb - 1)
+    }
+    /// Blocks taken at the start of group `g` by the superblock, descriptor and reserved GDT
+    /// blocks, for a filesystem with `gdt_blocks` descriptor blocks and `reserved` reserved ones.
     fn base_meta_blocks(&self, g: u64, gdt_blocks: u64, reserved: u64) -> u64 {
-        if self.has_super(g) {
-            1 + gdt_blocks + reserved
+        let sup = u64::from(self.has_super(g));
+        if self.old_style_group(g) {
+            if sup == 0 {
+                return 0;
+            }
+            let old_style = if self.meta_bg {
+                self.first_meta_bg
+            } else {
+                gdt_blocks
+            };
+            1 + old_style + reserved
         } else {
-            0
+            sup + u64::from(self.meta_desc_group(g))
+        }
+    }
+    /// Block holding the primary copy of descriptor block `i`.
+    fn primary_gdt_block(&self, i: u64) -> u64 {
+        if self.old_style_desc_block(i) {
+            self.fdb + 1 + i
+        } else {
+            let g = i * self.descs_per_block();
+            self.group_first_block(g) + u64::from(self.has_super(g))
+        }
+    }
+    /// Every block holding a copy of descriptor block `i` in a filesystem of `groups` groups,
+    /// the primary first.
+    fn gdt_block_locations(&self, i: u64, groups: u64) -> Vec<u64> {
+        if self.old_style_desc_block(i) {
+            (0..groups)
+                .filter(|&g| self.has_super(g) && self.old_style_group(g))
+                .map(|g| self.group_first_block(g) + 1 + i)
+                .collect()
+        } else {
+            let dpb = self.descs_per_block();
+            let mut v: Vec<u64> = Vec::with_capacity(3);
+            for g in [i * dpb, i * dpb + 1, i * dpb + dpb - 1] {
+                let loc = self.group_first_block(g) + u64::from(self.has_super(g));
+                if g < groups && !v.contains(&loc) {
+                    v.push(loc);
+                }
+            }
+            v
         }
     }
 }
@@ -390,11 +446,6 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
     let named = [
         (incompat, INCOMPAT_COMPRESSION, "compression"),
         (incompat, INCOMPAT_JOURNAL_DEV, "journal_dev"),
-        (
-            incompat,
-            INCOMPAT_META_BG,
-            "meta_bg (descriptor blocks spread over meta groups)",
-        ),
         (incompat, INCOMPAT_MMP, "mmp"),
         (ro_compat, RO_COMPAT_BIGALLOC, "bigalloc"),
         (ro_compat, RO_COMPAT_HAS_SNAPSHOT, "snapshot"),
@@ -497,6 +548,20 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
             sb[SB_CHECKSUM_TYPE]
         )));
     }
+    let meta_bg = incompat & INCOMPAT_META_BG != 0;
+    let first_meta_bg = u64::from(le32(sb, SB_FIRST_META_BG));
+    if meta_bg {
+        if first_meta_bg > gdt_blocks {
+            return Err(GrowError::Corrupt(format!(
+                "first meta block group {first_meta_bg} is beyond the {gdt_blocks} descriptor blocks"
+            )));
+        }
+        if compat & (COMPAT_RESIZE_INODE | COMPAT_SPARSE_SUPER2) != 0 {
+            return Err(GrowError::Unsupported(
+                "meta_bg combined with resize_inode or sparse_super2".into(),
+            ));
+        }
+    }
     let csum_seed = if incompat & INCOMPAT_CSUM_SEED != 0 {
         le32(sb, SB_CHECKSUM_SEED)
     } else {
@@ -518,6 +583,8 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
         incompat,
         ro_compat,
         csum_seed,
+        meta_bg,
+        first_meta_bg,
         uuid_bytes: sb[SB_UUID..SB_UUID + 16].try_into().expect("16 bytes"),
         backup_bgs: [le32(sb, SB_BACKUP_BGS), le32(sb, SB_BACKUP_BGS + 4)],
     })
@@ -892,13 +959,21 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
             requested,
         });
     }
-    let gdt_pos = offset + (l.fdb + 1) * l.bs;
-    let old_gdt = read_exact(
-        file,
-        gdt_pos,
-        (l.gdt_blocks * l.bs) as usize,
-        "reading the group descriptors",
-    )?;
+    let mut old_gdt = Vec::with_capacity((l.gdt_blocks * l.bs) as usize);
+    for i in 0..l.gdt_blocks {
+        let blk = l.primary_gdt_block(i);
+        if blk >= l.blocks {
+            return Err(GrowError::Corrupt(format!(
+                "descriptor block {i} lies outside the filesystem"
+            )));
+        }
+        old_gdt.extend(read_exact(
+            file,
+            offset + blk * l.bs,
+            l.bs as usize,
+            "reading the group descriptors",
+        )?);
+    }
     let mut gdt = Gdt {
         buf: old_gdt,
         ds: l.ds,
@@ -956,7 +1031,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     let new_gdt = new_groups.div_ceil(l.descs_per_block());
     let extra_gdt = new_gdt - l.gdt_blocks;
     let has_resize_inode = l.compat & COMPAT_RESIZE_INODE != 0;
-    if extra_gdt > 0 && (!has_resize_inode || l.reserved_gdt < extra_gdt) {
+    if extra_gdt > 0 && !l.meta_bg && (!has_resize_inode || l.reserved_gdt < extra_gdt) {
         let reachable_groups = if has_resize_inode {
             (l.gdt_blocks + l.reserved_gdt) * l.descs_per_block()
         } else {
@@ -1249,7 +1324,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     put32(&mut sb, SB_WTIME, now as u32);
     sb[SB_WTIME_HI] = (now >> 32) as u8;
 
-    // 5. Backups of the superblock and the whole GDT in every backup group.
+    // 5. Backups of the superblock and the descriptor blocks.
     for g in 1..new_groups {
         if !nl.has_super(g) {
             continue;
@@ -1268,11 +1343,27 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
             data: copy,
             what: "writing a backup superblock",
         });
-        writes.push(Write {
-            pos: offset + (start + 1) * l.bs,
-            data: gdt.buf.clone(),
-            what: "writing a backup of the group descriptors",
-        });
+    }
+    // Every copy of every descriptor block; the primary copies are written last.
+    let mut primary = Vec::new();
+    for i in 0..new_gdt {
+        let block = &gdt.buf[(i * l.bs) as usize..((i + 1) * l.bs) as usize];
+        for (k, loc) in nl
+            .gdt_block_locations(i, new_groups)
+            .into_iter()
+            .enumerate()
+        {
+            let w = Write {
+                pos: offset + loc * l.bs,
+                data: block.to_vec(),
+                what: "writing group descriptors",
+            };
+            if k == 0 {
+                primary.push(w);
+            } else {
+                writes.push(w);
+            }
+        }
     }
 
     // 6. Everything new is in place: publish it through the primary GDT, then the superblock.
@@ -1286,7 +1377,9 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     for w in &writes {
         write_all(file, w.pos, &w.data, w.what)?;
     }
-    write_all(file, gdt_pos, &gdt.buf, "writing the group descriptors")?;
+    for w in &primary {
+        write_all(file, w.pos, &w.data, w.what)?;
+    }
     write_all(file, offset + 1024, &sb, "writing the superblock")?;
     file.sync_data().map_err(|source| GrowError::Io {
         what: "flushing the grown filesystem",

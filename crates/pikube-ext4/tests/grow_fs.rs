@@ -457,6 +457,30 @@ fn without_resize_inode_within_the_existing_gdt_block() {
 }
 
 #[test]
+fn meta_bg_grows_without_reserved_gdt_blocks() {
+    // 200 MiB + 9 GiB needs 74 groups: a second descriptor block, placed in meta group 1.
+    grow_and_compare(
+        &["-t", "ext4", "-b", "4096", "-O", "meta_bg,^resize_inode"],
+        200 * MIB,
+        9 * GIB,
+        0,
+        false,
+    );
+}
+
+#[test]
+fn meta_bg_many_meta_groups_1k_blocks() {
+    // 1 KiB blocks with 64-byte descriptors: 16 groups per meta group; 3 -> 150 groups.
+    grow_and_compare(
+        &["-t", "ext4", "-b", "1024", "-O", "meta_bg,^resize_inode"],
+        20 * MIB,
+        1200 * MIB,
+        MIB,
+        false,
+    );
+}
+
+#[test]
 fn trailing_sliver_is_dropped_like_resize2fs() {
     // 300 MiB (76800 blocks) grown to 4 groups + 100 blocks: the 100-block group is too small
     // for its own metadata and is dropped, as resize2fs does.
