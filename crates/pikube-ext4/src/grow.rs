@@ -2,9 +2,16 @@
 //!
 //! The filesystem is grown in place, the way `resize2fs` grows an unmounted filesystem when no
 //! block has to move: the last group is extended, new groups are appended (their descriptors go
-//! into the existing descriptor blocks, or into blocks taken from the reserved GDT area that the
-//! resize inode keeps), new superblock/GDT backups are written into the new sparse groups, and
-//! every count and checksum is brought up to date.
+//! into the existing descriptor blocks, into blocks taken from the reserved GDT area that the
+//! resize inode keeps, or with meta_bg into the new meta groups), superblock/GDT backups are
+//! written into the new backup groups (sparse_super, or sparse_super2 whose second backup moves
+//! to the new last group), and every count and checksum is brought up to date.
+//!
+//! Each new group keeps its block bitmap, inode bitmap and inode table inside itself (valid with
+//! and without flex_bg). With group checksums the new groups are marked INODE_UNINIT (and
+//! BLOCK_UNINIT except the last) and their inode tables are left for the kernel's lazy
+//! initialisation (ITABLE_ZEROED clear), as resize2fs does; without group checksums the inode
+//! tables are zeroed.
 //!
 //! Every precondition is checked and every new structure is computed in memory before the first
 //! byte is written, so a refusal leaves the file untouched.
