@@ -662,6 +662,42 @@ fn refuses_corrupt_gpt_header() {
 }
 
 #[test]
+fn gpt_image_already_longer_than_its_table() {
+    // The file was extended before (backup GPT no longer at the end); growing still yields a
+    // table that sgdisk finds clean and a protective MBR covering the new disk.
+    if !tools_or_skip() {
+        return;
+    }
+    let b = build(&small_fixture(true));
+    let len = std::fs::metadata(&b.img).unwrap().len();
+    File::options()
+        .write(true)
+        .open(&b.img)
+        .unwrap()
+        .set_len(len + 10 * MIB)
+        .unwrap();
+    let new_len = len + 100 * MIB;
+    let g = grow_last_partition(&b.img, new_len, 2).unwrap();
+    assert_eq!(g.old_start + g.new_size, new_len - 33 * SECTOR);
+    let v = run(Command::new("sgdisk").arg("-v").arg(&b.img));
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        v.status.success() && text.contains("No problems found"),
+        "sgdisk -v: {text}"
+    );
+    let f = File::open(&b.img).unwrap();
+    let mut entry = [0u8; 16];
+    f.read_exact_at(&mut entry, 446).unwrap();
+    assert_eq!(entry[4], 0xEE);
+    let size = u32::from_le_bytes(entry[12..16].try_into().unwrap());
+    assert_eq!(u64::from(size), new_len / SECTOR - 1);
+    // The stale backup header inside the grown partition no longer looks like a GPT header.
+    let mut old = [0u8; 8];
+    f.read_exact_at(&mut old, len - SECTOR).unwrap();
+    assert_ne!(&old, b"EFI PART");
+}
+
+#[test]
 fn mbr_image_never_gets_a_gpt() {
     if !tools_or_skip() {
         return;
