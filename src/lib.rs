@@ -14,6 +14,7 @@ pub mod emit;
 pub mod fs;
 pub mod gitops;
 pub mod identity;
+pub mod images;
 pub mod init;
 pub mod inspect;
 pub mod io;

@@ -27,6 +27,23 @@ enum Command {
     Boards,
     /// Show an image's partitions, filesystems, detected OS and cloud-init seed.
     Inspect(InspectArgs),
+    /// Container images preloaded into the nodes.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Resolve every image tag of the inventory again, pull them into the cache and rewrite
+    /// images.lock (builds use the pinned digests until the next update).
+    Update {
+        /// Cluster inventory.
+        #[arg(long, default_value = "cluster.yaml")]
+        config: PathBuf,
+        /// Download mirror for the Argo CD manifest, as for `build`.
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -153,6 +170,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     b.description
                 );
             }
+            Ok(())
+        }
+        Command::Images(ImagesCommand::Update { config, mirror }) => {
+            let progress = Progress::new(Mode::detect(false));
+            let (path, n) = pipeline::update_images(&config, mirror, None, &progress)?;
+            eprintln!("pinned {n} image references in {}", path.display());
             Ok(())
         }
         Command::Inspect(a) => {

@@ -415,10 +415,71 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         }
     }
     payloads.write_known_hosts(&req.out)?;
+    payloads.save_lock()?;
     Ok(BuildSummary {
         dry_run: false,
         nodes: results,
     })
+}
+
+/// `pikube-image images update`: resolves every image of the inventory again (per node
+/// platform, Argo CD's included), pulls them into the cache and rewrites images.lock.
+/// Returns the lock's path and how many references it pins.
+pub fn update_images(
+    config: &Path,
+    mirror: Option<String>,
+    cache_dir: Option<&Path>,
+    progress: &Progress,
+) -> Result<(PathBuf, usize)> {
+    let cluster = load_cluster(config)?;
+    let catalog = Catalog::load()?;
+    let cache = match cache_dir {
+        Some(d) => Cache::open(d)?,
+        None => Cache::open_default()?,
+    };
+    let fetcher = Fetcher::new(
+        cache.clone(),
+        mirror.or_else(|| cluster.mirror.clone()),
+        false,
+        progress.clone(),
+    );
+    let argocd_images = match &cluster.gitops {
+        Some(g) if cluster.images.argocd != crate::config::ArgocdImages::None => {
+            let url = crate::gitops::install_url(&g.argocd_version);
+            let text = fetcher.fetch_text(&url)?;
+            crate::gitops::install_images(&text)
+                .with_context(|| format!("Argo CD install manifest {url}"))?
+        }
+        _ => Vec::new(),
+    };
+    let mut pre = crate::images::Preloader::new(&cluster, cache, false, true, progress)?;
+    let first = cluster.first_server().map(|n| n.name.clone());
+    let mut count = 0;
+    for node in &cluster.nodes {
+        let board = catalog
+            .board(&node.board)
+            .with_context(|| format!("node '{}' in {}", node.name, config.display()))?;
+        let (mut refs, own) = cluster.images_for(node);
+        refs.extend(own);
+        let argocd_here = match cluster.images.argocd {
+            crate::config::ArgocdImages::FirstServer => {
+                first.as_deref() == Some(node.name.as_str())
+            }
+            crate::config::ArgocdImages::AllServers => node.role == Role::Server,
+            crate::config::ArgocdImages::None => false,
+        };
+        if argocd_here {
+            refs.extend(argocd_images.iter().cloned());
+        }
+        refs.sort();
+        refs.dedup();
+        count += pre.resolve(&refs, board.arch)?.len();
+    }
+    let path = match pre.save_lock(&cluster)? {
+        Some(p) => p,
+        None => crate::images::Lock::default().save(&cluster)?,
+    };
+    Ok((path, count))
 }
 
 /// A node ready to be built: its plan and its (downloaded) base image.
@@ -692,8 +753,10 @@ struct Payloads<'a> {
     secrets: PathBuf,
     token: Option<String>,
     k3s: BTreeMap<&'static str, (Content, Option<(String, Content)>)>,
-    argocd: Option<Content>,
+    argocd: Option<(Content, Vec<String>)>,
     repo_secret: Option<Vec<u8>>,
+    preloader: Option<crate::images::Preloader>,
+    role_images: BTreeMap<(Role, &'static str), Option<Content>>,
 }
 
 fn downloaded(f: crate::source::Fetched) -> Content {
@@ -760,6 +823,16 @@ impl<'a> Payloads<'a> {
             },
             None => None,
         };
+        let preloader = match fetcher {
+            Some(f) => Some(crate::images::Preloader::new(
+                cluster,
+                f.cache().clone(),
+                req.offline,
+                false,
+                progress,
+            )?),
+            None => None,
+        };
         Ok(Payloads {
             cluster,
             dry_run: req.dry_run,
@@ -770,6 +843,8 @@ impl<'a> Payloads<'a> {
             k3s: BTreeMap::new(),
             argocd: None,
             repo_secret,
+            preloader,
+            role_images: BTreeMap::new(),
         })
     }
 
@@ -815,9 +890,30 @@ impl<'a> Payloads<'a> {
         };
         let first = c.first_server().map(|n| n.name.as_str()) == Some(node.name.as_str());
         let argocd_install = match (&c.gitops, first) {
-            (Some(g), true) => Some(self.argocd(g)?),
+            (Some(g), true) => Some(self.argocd(g)?.0),
             _ => None,
         };
+        // Container images: the role's set is shared, the node's own set is not. Argo CD's
+        // images follow `images.argocd`.
+        let (mut role_refs, mut node_refs) = c.images_for(node);
+        if let Some(g) = &c.gitops {
+            use crate::config::ArgocdImages;
+            match c.images.argocd {
+                ArgocdImages::FirstServer if first => node_refs.extend(self.argocd(g)?.1),
+                ArgocdImages::AllServers if node.role == Role::Server => {
+                    role_refs.extend(self.argocd(g)?.1)
+                }
+                _ => {}
+            }
+        }
+        let arch = board.arch.as_str();
+        let key = (node.role, arch);
+        if !self.role_images.contains_key(&key) {
+            let content = self.image_archive(&role_refs, board.arch)?;
+            self.role_images.insert(key, content);
+        }
+        let role_images = self.role_images[&key].clone();
+        let node_images = self.image_archive(&node_refs, board.arch)?;
         Ok(Payload {
             k3s_binary,
             k3s_airgap,
@@ -829,16 +925,48 @@ impl<'a> Payloads<'a> {
             } else {
                 None
             },
+            role_images,
+            node_images,
         })
     }
 
-    fn argocd(&mut self, g: &crate::config::Gitops) -> Result<Content> {
+    fn image_archive(
+        &mut self,
+        refs: &[String],
+        arch: crate::boards::Arch,
+    ) -> Result<Option<Content>> {
+        if refs.is_empty() {
+            return Ok(None);
+        }
+        match &mut self.preloader {
+            None => Ok(Some(Content::Download {
+                url: format!("registries: {}", refs.join(", ")),
+            })),
+            Some(p) => p
+                .archive(refs, arch, self.progress)
+                .with_context(|| format!("container images for {}", arch.as_str())),
+        }
+    }
+
+    /// Pins what this build resolved in images.lock.
+    fn save_lock(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.preloader {
+            if let Some(path) = p.save_lock(self.cluster)? {
+                self.progress
+                    .message(&format!("pinned image digests in {}", path.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The namespaced install manifest and the images it runs.
+    fn argocd(&mut self, g: &crate::config::Gitops) -> Result<(Content, Vec<String>)> {
         if let Some(c) = &self.argocd {
             return Ok(c.clone());
         }
         let url = crate::gitops::install_url(&g.argocd_version);
         let content = match self.fetcher {
-            None => Content::Download { url: url.clone() },
+            None => (Content::Download { url: url.clone() }, Vec::new()),
             Some(f) => {
                 let text = match &g.argocd_sha256 {
                     Some(h) => {
@@ -865,7 +993,9 @@ impl<'a> Payloads<'a> {
                 };
                 let namespaced = crate::gitops::namespaced_install(&text)
                     .with_context(|| format!("Argo CD install manifest {url}"))?;
-                Content::Bytes(namespaced.into_bytes())
+                let images = crate::gitops::install_images(&text)
+                    .with_context(|| format!("Argo CD install manifest {url}"))?;
+                (Content::Bytes(namespaced.into_bytes()), images)
             }
         };
         self.argocd = Some(content.clone());

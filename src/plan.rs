@@ -147,7 +147,15 @@ pub struct Payload {
     pub argocd_install: Option<Content>,
     /// Repository Secret for a private GitOps repository (first server only).
     pub repo_secret: Option<Vec<u8>>,
+    /// Container images of the node's role, as one OCI archive.
+    pub role_images: Option<Content>,
+    /// Container images of this node only (its own list, Argo CD's on the first server).
+    pub node_images: Option<Content>,
 }
+
+/// File names of the preloaded image archives in k3s's images directory.
+pub const ROLE_IMAGES: &str = "pikube-role-images.tar.zst";
+pub const NODE_IMAGES: &str = "pikube-node-images.tar.zst";
 
 /// Everything the build does to one node's image.
 #[derive(Debug, Clone)]
@@ -367,6 +375,14 @@ impl Plan {
                 );
             }
         }
+        if let Some(c) = &payload.role_images {
+            let path = format!("{}/{ROLE_IMAGES}", crate::k3s::IMAGES_DIR);
+            ops.push(Op::write(root, &path, c.clone(), 0o644).shared());
+        }
+        if let Some(c) = &payload.node_images {
+            let path = format!("{}/{NODE_IMAGES}", crate::k3s::IMAGES_DIR);
+            ops.push(Op::write(root, &path, c.clone(), 0o644));
+        }
         for name in crate::overlay::DEFAULT_BUILTINS {
             ops.extend(
                 crate::overlay::builtin_ops(name, root)?
@@ -529,6 +545,8 @@ mod tests {
             }),
             argocd_install: Some(Content::Bytes(b"kind: Namespace".to_vec())),
             repo_secret: None,
+            role_images: Some(Content::Bytes(b"role".to_vec())),
+            node_images: Some(Content::Bytes(b"node".to_vec())),
         }
     }
 
@@ -621,6 +639,20 @@ mod tests {
         assert!(!find(&agent, "/etc/ssh/ssh_host_ed25519_key").shared);
         assert!(!find(&agent, "/user-data").shared);
         assert!(find(&agent, "/config.txt").shared, "board kernel arguments");
+        assert!(
+            find(
+                &agent,
+                "/var/lib/rancher/k3s/agent/images/pikube-role-images.tar.zst"
+            )
+            .shared
+        );
+        assert!(
+            !find(
+                &agent,
+                "/var/lib/rancher/k3s/agent/images/pikube-node-images.tar.zst"
+            )
+            .shared
+        );
         assert!(
             !find(
                 &server,

@@ -1074,3 +1074,140 @@ fn nodes_derive_from_one_prepared_base_in_parallel_and_in_shards() {
         "same inputs and SOURCE_DATE_EPOCH, same image"
     );
 }
+
+#[test]
+fn container_images_are_pulled_for_the_board_and_preloaded() {
+    use support::registry::{Registry, TestImage, build_layout};
+    let reg = match Registry::start() {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let push = |repo_tag: &str, platforms: &[&str], seed: u64| {
+        let layout = tempfile::tempdir().unwrap();
+        let images: Vec<TestImage> = platforms.iter().map(|p| TestImage::new(p, seed)).collect();
+        build_layout(layout.path(), "1", &images);
+        reg.push_layout(layout.path(), "1", repo_tag).unwrap();
+    };
+    push(
+        "test/multi:1",
+        &["linux/amd64", "linux/arm64", "linux/arm/v7"],
+        61,
+    );
+    push("test/solo:1", &["linux/arm64"], 62);
+    let host = reg.host();
+    let env = Env::new(FixtureOpts {
+        seed: 61,
+        ..FixtureOpts::default()
+    });
+    let yaml = cluster_yaml("").replace(
+        "nodes:\n",
+        &format!(
+            "images: {{ all: [\"{host}/test/multi:1\"], insecure_registries: [\"{host}\"] }}\nnodes:\n"
+        ),
+    );
+    let yaml = yaml.replace(
+        "ip: 192.168.50.10 }",
+        &format!("ip: 192.168.50.10, images: [\"{host}/test/solo:1\"] }}"),
+    );
+    std::fs::write(env.path("cluster.yaml"), &yaml).unwrap();
+    let out = env.build(&["--node", "cp1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("pulled"), "a pull summary is shown: {err}");
+
+    // images.lock pins both tags.
+    let lock = std::fs::read_to_string(env.path("images.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("{host}/test/multi:1")) && lock.contains("sha256:"),
+        "{lock}"
+    );
+
+    // The role archive in the root fs holds the arm64 manifest of the multi-platform image.
+    let img = env.path("out/cp1.img");
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    let dir = "/var/lib/rancher/k3s/agent/images";
+    let archive = fs
+        .read(format!("{dir}/pikube-role-images.tar.zst").as_str())
+        .unwrap();
+    assert!(
+        fs.exists(format!("{dir}/pikube-node-images.tar.zst").as_str())
+            .unwrap()
+    );
+    let zst = env.path("role.tar.zst");
+    std::fs::write(&zst, &archive).unwrap();
+    let tar = env.path("role.tar");
+    let o = Command::new("zstd")
+        .args(["-q", "-d", "-f", "-o"])
+        .arg(&tar)
+        .arg(&zst)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "zstd -d: {}", stderr(&o));
+    let index = reg.inspect_raw("test/multi:1");
+    let arm64 = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "arm64")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want: Vec<String> = reg.inspect_raw(&format!("test/multi@{arm64}"))["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let copied = env.path("copied");
+    let o = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}:1", tar.display()))
+        .arg(format!("dir:{}", copied.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copied.join("manifest.json")).unwrap()).unwrap();
+    let got: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want, "the arm64 layers, as the registry has them");
+
+    // Another node of the same role pulls nothing new; offline with an empty cache names
+    // the missing images.
+    let out = env.build(&["--node", "w1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 B pulled"), "{}", stderr(&out));
+    let empty = env.path("empty-cache");
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args([
+            "build",
+            "--node",
+            "w1",
+            "--offline",
+            "--out",
+            "out3",
+            "--image",
+            "ubuntu-raspi.img",
+        ])
+        .current_dir(env.path(""))
+        .env("PIKUBE_CACHE_DIR", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("offline") || e.contains("not in the cache"),
+        "{e}"
+    );
+}
