@@ -6,6 +6,7 @@
 //! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
 
 pub mod boards;
+pub mod cache_admin;
 pub mod cloudinit;
 pub mod config;
 pub mod decompress;

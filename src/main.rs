@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use pikube_image::config::Role;
 use pikube_image::pipeline::{AdHoc, BaseChoice, BuildRequest};
-use pikube_image::progress::{Mode, Progress};
+use pikube_image::progress::{Mode, Progress, human_bytes};
 use pikube_image::{boards, init, inspect, pipeline};
 
 /// Build flashable, per-node k3s images for Raspberry Pi and Orange Pi boards from stock OS
@@ -30,6 +30,27 @@ enum Command {
     /// Container images preloaded into the nodes.
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// The download and build cache ($PIKUBE_CACHE_DIR, else ~/.cache/pikube-image).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List what the cache holds: downloads, prepared bases, image archives and blobs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries not used for a while (--older-than 30d), or everything (--all).
+    Prune {
+        /// Age like 30d, 12h or 2w: entries last used before that are removed.
+        #[arg(long, value_name = "AGE", required_unless_present = "all")]
+        older_than: Option<String>,
+        /// Remove every entry.
+        #[arg(long, conflicts_with = "older_than")]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,6 +197,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = Progress::new(Mode::detect(false));
             let (path, n) = pipeline::update_images(&config, mirror, None, &progress)?;
             eprintln!("pinned {n} image references in {}", path.display());
+            Ok(())
+        }
+        Command::Cache(c) => {
+            let cache = pikube_image::source::Cache::open_default()?;
+            let root = cache.root();
+            match c {
+                CacheCommand::List { json } => {
+                    let entries = pikube_image::cache_admin::list(root)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&entries)?);
+                    } else {
+                        println!("{}", root.display());
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0);
+                        let mut total = 0;
+                        for e in &entries {
+                            total += e.disk_bytes;
+                            println!(
+                                "{:<14} {:>10}  {:>4}d ago  {}",
+                                e.kind,
+                                human_bytes(e.disk_bytes),
+                                now.saturating_sub(e.last_used) / 86_400,
+                                e.name
+                            );
+                        }
+                        println!("{} entries, {}", entries.len(), human_bytes(total));
+                    }
+                }
+                CacheCommand::Prune { older_than, all } => {
+                    let age = match (older_than, all) {
+                        (_, true) => None,
+                        (Some(a), false) => Some(pikube_image::cache_admin::parse_age(&a)?),
+                        (None, false) => unreachable!("clap requires --older-than or --all"),
+                    };
+                    let removed =
+                        pikube_image::cache_admin::prune(root, age, std::time::SystemTime::now())?;
+                    let freed: u64 = removed.iter().map(|e| e.disk_bytes).sum();
+                    eprintln!(
+                        "removed {} entries, freed {}",
+                        removed.len(),
+                        human_bytes(freed)
+                    );
+                }
+            }
             Ok(())
         }
         Command::Inspect(a) => {
