@@ -15,6 +15,77 @@ use sha2::{Digest, Sha256};
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 
+/// Temporary paths of the running build (partial outputs, prepared bases being made), removed
+/// by [`remove_temporaries`] when the build is interrupted.
+static TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a temporary file or directory to remove if the process is interrupted.
+pub fn register_temporary(path: &Path) {
+    if let Ok(mut t) = TEMPORARIES.lock() {
+        t.push(path.to_path_buf());
+    }
+}
+
+/// Forgets a temporary that was committed or cleaned up.
+pub fn unregister_temporary(path: &Path) {
+    if let Ok(mut t) = TEMPORARIES.lock() {
+        t.retain(|p| p != path);
+    }
+}
+
+/// Removes every registered temporary (from a signal handler, before exiting).
+pub fn remove_temporaries() {
+    if let Ok(mut t) = TEMPORARIES.lock() {
+        for p in t.drain(..) {
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Whether a process with this id still runs.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes leftovers named `.<anything>.<marker>-<pid>` in `dir` whose process is gone (a
+/// build killed before it could clean up). Returns what was removed.
+pub fn sweep_stale(dir: &Path, marker: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return removed;
+    };
+    let suffix = format!(".{marker}-");
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        let Some(pos) = name.rfind(&suffix) else {
+            continue;
+        };
+        let Ok(pid) = name[pos + suffix.len()..].parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let ok = if p.is_dir() {
+            fs::remove_dir_all(&p).is_ok()
+        } else {
+            fs::remove_file(&p).is_ok()
+        };
+        if ok {
+            removed.push(p);
+        }
+    }
+    removed
+}
+
 /// A file being produced.
 ///
 /// Created as `DIR/.NAME.partial-<pid>`; [`PendingFile::commit`] syncs it and renames it to
@@ -46,6 +117,7 @@ impl PendingFile {
                     tmp.display()
                 )
             })?;
+        register_temporary(&tmp);
         Ok(PendingFile {
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -80,6 +152,7 @@ impl PendingFile {
             format!("cannot rename {} to {}", self.tmp.display(), dest.display())
         })?;
         self.committed = true;
+        unregister_temporary(&self.tmp);
         // Make the rename itself durable; failing to open a directory for sync is not fatal.
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
@@ -93,6 +166,7 @@ impl Drop for PendingFile {
         if !self.committed {
             self.file.take();
             let _ = fs::remove_file(&self.tmp);
+            unregister_temporary(&self.tmp);
         }
     }
 }
@@ -203,6 +277,41 @@ pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
     }
     task.finish("done");
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        // A pid that cannot exist (above pid_max).
+        let dead = d.path().join(".n1.img.partial-4294967");
+        let mine = d
+            .path()
+            .join(format!(".n2.img.partial-{}", std::process::id()));
+        let other = d.path().join("n3.img");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"x").unwrap();
+        }
+        let removed = sweep_stale(d.path(), "img.partial");
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(mine.exists() && other.exists() && !dead.exists());
+    }
+
+    #[test]
+    fn registered_temporaries_are_removed_on_interrupt() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t");
+        let sub = d.path().join("dir");
+        fs::write(&f, b"x").unwrap();
+        fs::create_dir_all(sub.join("a")).unwrap();
+        register_temporary(&f);
+        register_temporary(&sub);
+        remove_temporaries();
+        assert!(!f.exists() && !sub.exists());
+    }
 }
 
 #[cfg(test)]

@@ -317,6 +317,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An interrupted build removes its partial outputs before exiting, so nothing
+    // half-written is left behind (outputs only get their final names when complete).
+    let _ = ctrlc::set_handler(|| {
+        pikube_image::emit::remove_temporaries();
+        eprintln!("interrupted: partial outputs removed");
+        std::process::exit(130);
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -281,6 +281,12 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     if !req.dry_run {
         std::fs::create_dir_all(&req.out)
             .with_context(|| format!("cannot create output directory {}", req.out.display()))?;
+        for p in emit::sweep_stale(&req.out, "partial") {
+            progress.message(&format!(
+                "removed {} left by an interrupted build",
+                p.display()
+            ));
+        }
     }
     let needs_downloads = cluster.k3s.install
         || cluster.gitops.is_some()
@@ -565,8 +571,10 @@ fn prepare(
     if dir.join(PREPARED_META).exists() {
         return load(&dir);
     }
+    emit::sweep_stale(&root, "tmp");
     let tmp = root.join(format!(".{key}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    emit::register_temporary(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let built = (|| -> Result<Prepared> {
         let img = tmp.join(PREPARED_IMAGE);

@@ -1211,3 +1211,63 @@ fn container_images_are_pulled_for_the_board_and_preloaded() {
         "{e}"
     );
 }
+
+#[test]
+fn an_interrupted_build_leaves_no_partial_output() {
+    let env = Env::new(FixtureOpts {
+        seed: 71,
+        total_mib: 300,
+        fill_mib: 60,
+        ..FixtureOpts::default()
+    });
+    // Warm the cache, so the interrupted run spends its time writing outputs.
+    let url = env.server.url();
+    let out = env.run(&["build", "--mirror", &url, "--out", "warm", "--node", "w1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args([
+            "build", "--mirror", &url, "--out", "out", "--node", "cp1", "--node", "w1",
+        ])
+        .current_dir(env.path(""))
+        .env("PIKUBE_CACHE_DIR", env.path("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let partial = loop {
+        let found = walk(&env.path("out"))
+            .into_iter()
+            .chain(walk(&env.path("cache/prepared")))
+            .find(|p| {
+                p.to_string_lossy().contains(".partial-") || p.to_string_lossy().contains(".tmp-")
+            });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no partial output appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted builds exit 130");
+    assert!(!partial.exists(), "{} was left behind", partial.display());
+    let left: Vec<PathBuf> = walk(&env.path("out"))
+        .into_iter()
+        .chain(walk(&env.path("cache/prepared")))
+        .filter(|p| {
+            p.to_string_lossy().contains(".partial-") || p.to_string_lossy().contains(".tmp-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
