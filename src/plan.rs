@@ -95,16 +95,7 @@ impl Op {
     }
 
     fn write(partition: &str, path: &str, content: Content, mode: u16) -> Op {
-        Op {
-            partition: partition.into(),
-            path: path.into(),
-            action: Action::Write(content),
-            mode,
-            uid: 0,
-            gid: 0,
-            secret: false,
-            shared: false,
-        }
+        Op::new(partition, path, Action::Write(content), mode)
     }
 
     fn secret(mut self) -> Op {
@@ -117,7 +108,8 @@ impl Op {
         self
     }
 
-    fn other(partition: &str, path: &str, action: Action, mode: u16) -> Op {
+    /// An op on an entry owned by root, neither secret nor shared.
+    pub(crate) fn new(partition: &str, path: &str, action: Action, mode: u16) -> Op {
         Op {
             partition: partition.into(),
             path: path.into(),
@@ -189,7 +181,7 @@ fn k3s_ops(
         .context("the k3s join token was not resolved")?;
     ops.push(Op::write(root, k3s::BIN, binary, 0o755));
     for link in k3s::LINKS {
-        ops.push(Op::other(
+        ops.push(Op::new(
             root,
             &format!("/usr/local/bin/{link}"),
             Action::Symlink {
@@ -198,7 +190,7 @@ fn k3s_ops(
             0o777,
         ));
     }
-    ops.push(Op::other(root, "/etc/rancher/k3s", Action::Mkdir, 0o755));
+    ops.push(Op::new(root, "/etc/rancher/k3s", Action::Mkdir, 0o755));
     ops.push(
         Op::file(
             root,
@@ -225,7 +217,7 @@ fn k3s_ops(
         k3s::env_file().into_bytes(),
         0o600,
     ));
-    ops.push(Op::other(
+    ops.push(Op::new(
         root,
         &format!("{}/multi-user.target.wants/{unit}", k3s::UNIT_DIR),
         Action::Symlink {
@@ -327,7 +319,7 @@ impl Plan {
         let root = &image.root.partition;
         if let Some(key) = &payload.host_key {
             for path in crate::identity::IMAGE_HOST_KEYS {
-                ops.push(Op::other(root, path, Action::Remove, 0o600).shared());
+                ops.push(Op::new(root, path, Action::Remove, 0o600).shared());
             }
             let path = crate::identity::HOST_KEY_PATH;
             ops.push(

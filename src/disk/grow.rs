@@ -30,19 +30,9 @@ pub struct PartitionGrowth {
 }
 
 /// CRC-32 (IEEE 802.3, reflected), as used by GPT headers and entry arrays.
+/// CRC-32 (IEEE) of the GPT header and entry array.
 fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 fn le32(b: &[u8], o: usize) -> u32 {

@@ -253,25 +253,7 @@ fn put32(b: &mut [u8], o: usize, v: u32) {
     b[o..o + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-/// crc32c without the final inversion, continuing from `seed` (the form ext4 stores).
-fn crc32c_raw(seed: u32, data: &[u8]) -> u32 {
-    !crc32c::crc32c_append(!seed, data)
-}
-
-/// CRC-16 (polynomial 0x8005, reflected) as used by the `uninit_bg`/`gdt_csum` descriptor checksum.
-fn crc16(mut crc: u16, data: &[u8]) -> u16 {
-    for &byte in data {
-        crc ^= u16::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
+use crate::csum::{crc16, crc32c_raw};
 
 fn is_power_of(mut n: u64, base: u64) -> bool {
     if n == 0 {
@@ -1423,22 +1405,6 @@ fn write_time() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crc32c_raw_matches_known_superblock_convention() {
-        // crc32c("123456789") is 0xE3069283; the raw form is its complement.
-        assert_eq!(crc32c_raw(!0, b"123456789"), !0xE306_9283);
-        // Continuing a raw crc equals one raw crc over the concatenation.
-        let a = crc32c_raw(!0, b"12345");
-        assert_eq!(crc32c_raw(a, b"6789"), crc32c_raw(!0, b"123456789"));
-    }
-
-    #[test]
-    fn crc16_matches_reference_value() {
-        // CRC-16/ARC of "123456789" is 0xBB3D (init 0); with init 0xFFFF it is 0x4B37 (MODBUS).
-        assert_eq!(crc16(0, b"123456789"), 0xBB3D);
-        assert_eq!(crc16(0xFFFF, b"123456789"), 0x4B37);
-    }
 
     #[test]
     fn sparse_super_backup_groups() {
