@@ -378,3 +378,227 @@ fn netplan_generate(env: &Env, yaml: &str, want: &[&str]) {
     }
     std::fs::remove_dir_all(&tree).unwrap();
 }
+
+/// A minimal Debian root filesystem with passwd, sudo and openssh-server, made once with
+/// mmdebstrap and kept as a tarball (`$PIKUBE_TEST_ROOTFS_TAR`, else under /var/tmp).
+/// `None`, with the reason printed, when it cannot be had here.
+fn debian_rootfs_tar() -> Option<PathBuf> {
+    let path = std::env::var_os("PIKUBE_TEST_ROOTFS_TAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(
+                "/var/tmp/pikube-test-rootfs/bookworm-minbase-passwd-sudo-openssh-server.tar",
+            )
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).ok()?;
+    let partial = path.with_extension("partial.tar");
+    let o = Command::new("mmdebstrap")
+        .args([
+            "--quiet",
+            "--variant=minbase",
+            "--include=passwd,sudo,openssh-server",
+            "bookworm",
+        ])
+        .arg(&partial)
+        .output();
+    match o {
+        Ok(o) if o.status.success() => {
+            std::fs::rename(&partial, &path).unwrap();
+            Some(path)
+        }
+        Ok(o) => {
+            let _ = std::fs::remove_file(&partial);
+            eprintln!(
+                "SKIP: mmdebstrap could not make a Debian root filesystem: {}",
+                stderr(&o)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIP: mmdebstrap is not installed ({e}): apt-get install mmdebstrap");
+            None
+        }
+    }
+}
+
+fn chroot(root: &Path, args: &[&str]) -> Output {
+    let o = Command::new("chroot")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!(
+        "# chroot {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    o
+}
+
+/// Copies `path` from the image's root filesystem into `root`, with its mode.
+fn copy_out(fs: &ext4_view::Ext4, root: &Path, path: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let m = fs.metadata(path).unwrap();
+    let dst = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    if m.is_dir() {
+        std::fs::create_dir_all(&dst).unwrap();
+    } else {
+        std::fs::write(&dst, fs.read(path).unwrap()).unwrap();
+    }
+    std::fs::set_permissions(
+        &dst,
+        std::fs::Permissions::from_mode(u32::from(m.mode() & 0o7777)),
+    )
+    .unwrap();
+}
+
+/// Runs the shipped first-boot script for real, in a chroot of a Debian root filesystem
+/// holding the files the build wrote: it must create the admin user with its keys, lock
+/// root, put the node's host key back after the OS replaced it, and leave sshd and sudo
+/// configurations their own tools accept.
+#[test]
+fn firstboot_script_creates_the_admin_in_a_debian_chroot() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("SKIP: chroot needs root");
+        return;
+    }
+    let Some(tar) = debian_rootfs_tar() else {
+        return;
+    };
+    let env = Env::new();
+    let out = env.run(&[
+        "build", "--mirror", &env.url, "--out", "out", "--node", "cp1",
+    ]);
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+    let fs = rootfs(&env.path("out/cp1.img"));
+
+    let root = env.path("debian");
+    std::fs::create_dir_all(&root).unwrap();
+    let o = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tar: {}", stderr(&o));
+    for p in [
+        "/etc/pikube",
+        "/etc/pikube/admin-user",
+        "/etc/pikube/authorized_keys",
+        "/etc/pikube/ssh_host_ed25519_key",
+        "/etc/pikube/ssh_host_ed25519_key.pub",
+        "/etc/sudoers.d/90-pikube",
+        "/etc/ssh/sshd_config.d/90-pikube.conf",
+        "/usr/local/sbin/pikube-firstboot",
+    ] {
+        copy_out(&fs, &root, p);
+    }
+    // Armbian's first run regenerates the host keys and leaves the first-login file.
+    let host_key = root.join("etc/ssh/ssh_host_ed25519_key");
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "regenerated", "-f"])
+        .arg(root.join("regen"))
+        .output()
+        .expect("ssh-keygen (openssh-client) is installed");
+    assert!(o.status.success(), "ssh-keygen: {}", stderr(&o));
+    std::fs::rename(root.join("regen"), &host_key).unwrap();
+    std::fs::rename(
+        root.join("regen.pub"),
+        root.join("etc/ssh/ssh_host_ed25519_key.pub"),
+    )
+    .unwrap();
+    std::fs::write(root.join("root/.not_logged_in_yet"), "PRESET_USER_NAME=x\n").unwrap();
+
+    let o = chroot(&root, &["/usr/local/sbin/pikube-firstboot"]);
+    assert!(
+        o.status.success(),
+        "first-boot script failed: {}",
+        stderr(&o)
+    );
+
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("ops:"))
+        .unwrap_or_else(|| panic!("no ops in {passwd}"));
+    let fields: Vec<&str> = line.split(':').collect();
+    assert_eq!((fields[5], fields[6]), ("/home/ops", "/bin/bash"), "{line}");
+    let (uid, gid): (u32, u32) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
+    let group = std::fs::read_to_string(root.join("etc/group")).unwrap();
+    let sudo = group.lines().find(|l| l.starts_with("sudo:")).unwrap();
+    assert!(
+        sudo.rsplit(':')
+            .next()
+            .unwrap()
+            .split(',')
+            .any(|u| u == "ops"),
+        "{sudo}"
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let ssh = std::fs::metadata(root.join("home/ops/.ssh")).unwrap();
+        assert_eq!(
+            (ssh.mode() & 0o7777, ssh.uid(), ssh.gid()),
+            (0o700, uid, gid)
+        );
+        let ak = root.join("home/ops/.ssh/authorized_keys");
+        let m = std::fs::metadata(&ak).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o600, uid, gid));
+        assert_eq!(
+            std::fs::read_to_string(&ak).unwrap(),
+            fs.read_to_string("/etc/pikube/authorized_keys").unwrap()
+        );
+        let key = std::fs::metadata(&host_key).unwrap();
+        assert_eq!((key.mode() & 0o7777, key.uid()), (0o600, 0));
+    }
+    let shadow = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
+    let root_pw = shadow.lines().find(|l| l.starts_with("root:")).unwrap();
+    assert!(
+        root_pw.split(':').nth(1).unwrap().starts_with('!'),
+        "root locked: {root_pw}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&host_key).unwrap(),
+        std::fs::read_to_string(env.path("secrets/ssh/cp1/ssh_host_ed25519_key")).unwrap(),
+        "the node's host key is back"
+    );
+    assert!(!root.join("root/.not_logged_in_yet").exists());
+    assert!(root.join("etc/pikube/firstboot.done").exists());
+
+    // sshd and sudo accept the result, with the settings the build asked for.
+    std::fs::create_dir_all(root.join("run/sshd")).unwrap();
+    let o = chroot(&root, &["/usr/sbin/sshd", "-T"]);
+    assert!(o.status.success(), "sshd -T: {}", stderr(&o));
+    let effective = String::from_utf8_lossy(&o.stdout).into_owned();
+    for want in [
+        "permitrootlogin no",
+        "passwordauthentication no",
+        "kbdinteractiveauthentication no",
+    ] {
+        assert!(effective.lines().any(|l| l == want), "{want}");
+    }
+    let o = chroot(&root, &["visudo", "-c"]);
+    assert!(o.status.success(), "visudo -c: {}", stderr(&o));
+    let o = chroot(&root, &["sudo", "-l", "-U", "ops"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(ALL) NOPASSWD: ALL"),
+        "sudo -l -U ops"
+    );
+
+    // A second run changes nothing and succeeds.
+    let before = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    let o = chroot(&root, &["/usr/local/sbin/pikube-firstboot"]);
+    assert!(o.status.success(), "second run: {}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/passwd")).unwrap(),
+        before
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
