@@ -515,6 +515,15 @@ fn firstboot_script_creates_the_admin_in_a_debian_chroot() {
     )
     .unwrap();
     std::fs::write(root.join("root/.not_logged_in_yet"), "PRESET_USER_NAME=x\n").unwrap();
+    // Armbian's sshd_config allows root and password logins; the drop-in must still win.
+    let sshd_config = root.join("etc/ssh/sshd_config");
+    let mut text = std::fs::read_to_string(&sshd_config).unwrap();
+    assert!(
+        text.contains("Include /etc/ssh/sshd_config.d/*.conf"),
+        "{text}"
+    );
+    text.push_str("PermitRootLogin yes\nPasswordAuthentication yes\n");
+    std::fs::write(&sshd_config, text).unwrap();
 
     let o = chroot(&root, &["/usr/local/sbin/pikube-firstboot"]);
     assert!(
