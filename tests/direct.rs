@@ -40,11 +40,15 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::with(fixtures::armbian_allwinner)
+    }
+
+    fn with(make: fn(&Path, FixtureOpts) -> Fixture) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("pikube-direct")
             .tempdir_in(std::env::temp_dir())
             .unwrap();
-        let fixture = fixtures::armbian_allwinner(
+        let fixture = make(
             dir.path(),
             FixtureOpts {
                 total_mib: 96,
@@ -338,6 +342,65 @@ fn armbian_nodes_get_their_identity_without_cloud_init() {
     let fs = rootfs(&env.path("again/cp1.img"));
     let again = file(&fs, "/boot/armbianEnv.txt", 0o644);
     assert_eq!(again, env_txt, "extraargs edited once");
+
+    // --dry-run lists the same operations and writes nothing.
+    let out = env.run(&[
+        "build",
+        "--mirror",
+        &env.url,
+        "--dry-run",
+        "--out",
+        "dry",
+        "--node",
+        "cp1",
+    ]);
+    assert!(out.status.success(), "dry run failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "/etc/netplan/20-pikube.yaml",
+        "/etc/sudoers.d/90-pikube",
+        "append to extraargs=: cgroup_enable=memory swapaccount=1",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    assert!(!env.path("dry/cp1.img").exists());
+}
+
+/// Rockchip layout (GPT, boot loader at 32 KiB and 8 MiB, root at 16 MiB): the same
+/// identity, and every byte before the partition kept.
+#[test]
+fn rockchip_gpt_image_keeps_its_boot_loader() {
+    let env = Env::with(fixtures::armbian_rockchip_gpt);
+    let out = env.run(&[
+        "build", "--mirror", &env.url, "--out", "out", "--node", "cp1",
+    ]);
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+    let img = env.path("out/cp1.img");
+    let root = env.fixture.part("armbi_root").clone();
+    assert_eq!(root.start, 16 << 20);
+    let input = std::fs::read(&env.fixture.image).unwrap();
+    let data = std::fs::read(&img).unwrap();
+    assert!(data[..root.start as usize] == input[..root.start as usize]);
+    for (at, blob) in &env.fixture.raw_blobs {
+        assert!(
+            data[*at as usize..*at as usize + blob.len()] == blob[..],
+            "blob at {at}"
+        );
+    }
+    let o = Command::new("sgdisk").arg("-v").arg(&img).output().unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("No problems found"),
+        "sgdisk -v: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    e2fsck_clean(&img, root.start, root.size, &env.path("root.part"));
+    let fs = rootfs(&img);
+    assert_eq!(file(&fs, "/etc/hostname", 0o644), "cp1\n");
+    assert!(!exists(&fs, "/root/.not_logged_in_yet"));
+    assert!(
+        file(&fs, "/boot/armbianEnv.txt", 0o644)
+            .ends_with("\nextraargs=cgroup_enable=memory swapaccount=1\n")
+    );
 }
 
 /// The fixture's original content of a root filesystem file.
