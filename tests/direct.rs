@@ -578,6 +578,9 @@ fn firstboot_script_creates_the_admin_in_a_debian_chroot() {
     )
     .unwrap();
     std::fs::write(root.join("root/.not_logged_in_yet"), "PRESET_USER_NAME=x\n").unwrap();
+    // Armbian ships root with the well-known password 1234.
+    let o = chroot(&root, &["sh", "-c", "echo root:1234 | chpasswd"]);
+    assert!(o.status.success(), "chpasswd: {}", stderr(&o));
     // Armbian's sshd_config allows root and password logins; the drop-in must still win.
     let sshd_config = root.join("etc/ssh/sshd_config");
     let mut text = std::fs::read_to_string(&sshd_config).unwrap();
@@ -632,9 +635,10 @@ fn firstboot_script_creates_the_admin_in_a_debian_chroot() {
     }
     let shadow = std::fs::read_to_string(root.join("etc/shadow")).unwrap();
     let root_pw = shadow.lines().find(|l| l.starts_with("root:")).unwrap();
+    let hash = root_pw.split(':').nth(1).unwrap();
     assert!(
-        root_pw.split(':').nth(1).unwrap().starts_with('!'),
-        "root locked: {root_pw}"
+        hash.starts_with("!$") && hash.len() > 10,
+        "root's password hash is kept but locked: {root_pw}"
     );
     assert_eq!(
         std::fs::read_to_string(&host_key).unwrap(),
