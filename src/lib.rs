@@ -16,6 +16,7 @@ pub mod envfile;
 pub mod fs;
 pub mod gitops;
 pub mod identity;
+pub mod images;
 pub mod init;
 pub mod inspect;
 pub mod io;
@@ -27,6 +28,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod raspi;
+pub mod registry;
 pub mod source;
 
 /// Timestamp for everything a build writes: `$SOURCE_DATE_EPOCH` when set (reproducible

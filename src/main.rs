@@ -27,6 +27,23 @@ enum Command {
     Boards,
     /// Show an image's partitions, filesystems, detected OS and cloud-init seed.
     Inspect(InspectArgs),
+    /// Container images preloaded into the nodes.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Resolve every image tag of the inventory again, pull them into the cache and rewrite
+    /// images.lock (builds use the pinned digests until the next update).
+    Update {
+        /// Cluster inventory.
+        #[arg(long, default_value = "cluster.yaml")]
+        config: PathBuf,
+        /// Download mirror for the Argo CD manifest, as for `build`.
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -82,6 +99,13 @@ struct BuildArgs {
     /// beyond it (MiB).
     #[arg(long, value_name = "MIB", default_value_t = pipeline::DEFAULT_GROW_MARGIN >> 20)]
     grow_margin: u64,
+    /// Build this many nodes in parallel.
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    jobs: usize,
+    /// Build only share I of N of the selected nodes (inventory order, every N-th node from
+    /// the I-th), for CI matrices: --shard 2/4.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
     /// Print the plan (every file, partition, size, mode) and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -97,6 +121,24 @@ struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not I/N, e.g. 1/4"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{i}' is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{n}' is not a number"))?;
+    if n == 0 || i == 0 || i > n {
+        return Err(format!("shard {i}/{n}: I must be between 1 and N"));
+    }
+    Ok((i, n))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -128,6 +170,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     b.description
                 );
             }
+            Ok(())
+        }
+        Command::Images(ImagesCommand::Update { config, mirror }) => {
+            let progress = Progress::new(Mode::detect(false));
+            let (path, n) = pipeline::update_images(&config, mirror, None, &progress)?;
+            eprintln!("pinned {n} image references in {}", path.display());
             Ok(())
         }
         Command::Inspect(a) => {
@@ -165,6 +213,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dry_run: a.dry_run,
                 cache_dir: None,
                 grow_margin: a.grow_margin << 20,
+                jobs: a.jobs.max(1),
+                shard: a.shard,
             };
             let summary = pipeline::build(&req, &progress)?;
             if a.json {

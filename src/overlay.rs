@@ -32,6 +32,7 @@ pub fn builtin_ops(name: &str, partition: &str) -> Result<Vec<Op>> {
             uid: 0,
             gid: 0,
             secret: false,
+            shared: false,
         })
         .collect();
     if ops.is_empty() {
@@ -101,6 +102,7 @@ fn walk(root: &Path, rel: &Path, partition: &str, ops: &mut Vec<Op>) -> Result<(
             uid: 0,
             gid: 0,
             secret: false,
+            shared: false,
         };
         let ft = meta.file_type();
         if ft.is_symlink() {

@@ -86,6 +86,10 @@ pub struct Op {
     pub gid: u32,
     /// Secret content: never printed, never hashed into the manifest.
     pub secret: bool,
+    /// The same for every node of a role on the same base image (k3s, shared overlays,
+    /// kernel arguments): applied once to a prepared base that node images are derived from.
+    /// Node-specific ops are applied after the shared ones.
+    pub shared: bool,
 }
 
 impl Op {
@@ -102,11 +106,17 @@ impl Op {
             uid: 0,
             gid: 0,
             secret: false,
+            shared: false,
         }
     }
 
     fn secret(mut self) -> Op {
         self.secret = true;
+        self
+    }
+
+    fn shared(mut self) -> Op {
+        self.shared = true;
         self
     }
 
@@ -119,6 +129,7 @@ impl Op {
             uid: 0,
             gid: 0,
             secret: false,
+            shared: false,
         }
     }
 }
@@ -139,7 +150,15 @@ pub struct Payload {
     pub argocd_install: Option<Content>,
     /// Repository Secret for a private GitOps repository (first server only).
     pub repo_secret: Option<Vec<u8>>,
+    /// Container images of the node's role, as one OCI archive.
+    pub role_images: Option<Content>,
+    /// Container images of this node only (its own list, Argo CD's on the first server).
+    pub node_images: Option<Content>,
 }
+
+/// File names of the preloaded image archives in k3s's images directory.
+pub const ROLE_IMAGES: &str = "pikube-role-images.tar.zst";
+pub const NODE_IMAGES: &str = "pikube-node-images.tar.zst";
 
 /// Everything the build does to one node's image.
 #[derive(Debug, Clone)]
@@ -225,7 +244,11 @@ fn k3s_ops(
             0o644,
         ));
     }
-    Ok(ops)
+    // Everything but config.yaml (node name, address) is the same for every node of a role.
+    Ok(ops
+        .into_iter()
+        .map(|o| if o.path == k3s::CONFIG { o } else { o.shared() })
+        .collect())
 }
 
 /// The identity of a node whose image has no cloud-init, written into the root filesystem:
@@ -366,7 +389,24 @@ fn direct_ops(
         Action::Remove,
         0o644,
     ));
-    Ok(ops)
+    // What depends only on cluster-wide settings is the same for every node of the image and
+    // goes into the prepared base; the node's names, network and host key copy are its own.
+    let own = [
+        "/etc/hostname",
+        "/etc/hosts",
+        d::NETPLAN_FILE,
+        d::NETWORKD_FILE,
+    ];
+    Ok(ops
+        .into_iter()
+        .map(|o| {
+            if o.secret || own.contains(&o.path.as_str()) || o.path.starts_with(d::HOST_KEY_COPY) {
+                o
+            } else {
+                o.shared()
+            }
+        })
+        .collect())
 }
 
 /// Serialisable view of an op for `--dry-run --json` and the manifest.
@@ -384,6 +424,7 @@ pub struct OpView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub secret: bool,
+    pub shared: bool,
 }
 
 /// Inputs of a plan beyond the inventory: the base image's identity and the payload.
@@ -393,6 +434,16 @@ pub struct PlanInputs<'a> {
 }
 
 impl Plan {
+    /// Ops shared by every node of the role (applied to the prepared base).
+    pub fn shared_ops(&self) -> Vec<&Op> {
+        self.ops.iter().filter(|o| o.shared).collect()
+    }
+
+    /// Ops of this node only (applied to its copy of the prepared base).
+    pub fn node_ops(&self) -> Vec<&Op> {
+        self.ops.iter().filter(|o| !o.shared).collect()
+    }
+
     /// Computes the plan for `node`. Pure: reads no files and touches no image.
     pub fn for_node(
         cluster: &Cluster,
@@ -448,7 +499,7 @@ impl Plan {
         }
         if let Some(key) = &payload.host_key {
             for path in crate::identity::IMAGE_HOST_KEYS {
-                ops.push(Op::other(root, path, Action::Remove, 0o600));
+                ops.push(Op::other(root, path, Action::Remove, 0o600).shared());
             }
             let path = crate::identity::HOST_KEY_PATH;
             ops.push(
@@ -496,13 +547,28 @@ impl Plan {
                 );
             }
         }
-        for name in crate::overlay::DEFAULT_BUILTINS {
-            ops.extend(crate::overlay::builtin_ops(name, root)?);
+        if let Some(c) = &payload.role_images {
+            let path = format!("{}/{ROLE_IMAGES}", crate::k3s::IMAGES_DIR);
+            ops.push(Op::write(root, &path, c.clone(), 0o644).shared());
         }
-        for dir in cluster.overlays_for(node) {
+        if let Some(c) = &payload.node_images {
+            let path = format!("{}/{NODE_IMAGES}", crate::k3s::IMAGES_DIR);
+            ops.push(Op::write(root, &path, c.clone(), 0o644));
+        }
+        for name in crate::overlay::DEFAULT_BUILTINS {
             ops.extend(
-                crate::overlay::dir_ops(&dir, root)
-                    .with_context(|| format!("overlay of node '{}'", node.name))?,
+                crate::overlay::builtin_ops(name, root)?
+                    .into_iter()
+                    .map(Op::shared),
+            );
+        }
+        for (dir, shared) in cluster.overlays_for(node) {
+            let dir_ops = crate::overlay::dir_ops(&dir, root)
+                .with_context(|| format!("overlay of node '{}'", node.name))?;
+            ops.extend(
+                dir_ops
+                    .into_iter()
+                    .map(|o| if shared { o.shared() } else { o }),
             );
         }
         if !board.kernel_args.is_empty() {
@@ -520,16 +586,20 @@ impl Plan {
                     uid: 0,
                     gid: 0,
                     secret: false,
+                    shared: true,
                 }),
-                BootConfig::ArmbianEnv { partition, path } => ops.push(Op::other(
-                    partition,
-                    &format!("/{}", path.trim_start_matches('/')),
-                    Action::EditEnv {
-                        key: "extraargs".into(),
-                        append: board.kernel_args.clone(),
-                    },
-                    0o644,
-                )),
+                BootConfig::ArmbianEnv { partition, path } => ops.push(
+                    Op::other(
+                        partition,
+                        &format!("/{}", path.trim_start_matches('/')),
+                        Action::EditEnv {
+                            key: "extraargs".into(),
+                            append: board.kernel_args.clone(),
+                        },
+                        0o644,
+                    )
+                    .shared(),
+                ),
             }
         }
         Ok(Plan {
@@ -580,6 +650,7 @@ impl Plan {
                     sha256,
                     detail,
                     secret: op.secret,
+                    shared: op.shared,
                 }
             })
             .collect()
@@ -610,6 +681,9 @@ pub fn render_table(views: &[OpView]) -> String {
         }
         if v.secret {
             let _ = write!(s, "  [secret]");
+        }
+        if v.shared {
+            let _ = write!(s, "  [shared]");
         }
         s.push('\n');
     }
@@ -660,6 +734,8 @@ mod tests {
             }),
             argocd_install: Some(Content::Bytes(b"kind: Namespace".to_vec())),
             repo_secret: None,
+            role_images: Some(Content::Bytes(b"role".to_vec())),
+            node_images: Some(Content::Bytes(b"node".to_vec())),
         }
     }
 
@@ -744,6 +820,34 @@ mod tests {
                 .ops
                 .iter()
                 .any(|o| o.path == "/etc/systemd/system/k3s.service")
+        );
+        // The role payload is shared by every node; identity and config are the node's own.
+        assert!(find(&agent, "/usr/local/bin/k3s").shared);
+        assert!(find(&agent, "/etc/systemd/system/k3s-agent.service").shared);
+        assert!(!find(&agent, "/etc/rancher/k3s/config.yaml").shared);
+        assert!(!find(&agent, "/etc/ssh/ssh_host_ed25519_key").shared);
+        assert!(!find(&agent, "/user-data").shared);
+        assert!(find(&agent, "/config.txt").shared, "board kernel arguments");
+        assert!(
+            find(
+                &agent,
+                "/var/lib/rancher/k3s/agent/images/pikube-role-images.tar.zst"
+            )
+            .shared
+        );
+        assert!(
+            !find(
+                &agent,
+                "/var/lib/rancher/k3s/agent/images/pikube-node-images.tar.zst"
+            )
+            .shared
+        );
+        assert!(
+            !find(
+                &server,
+                "/var/lib/rancher/k3s/server/manifests/pikube-argocd-install.yaml"
+            )
+            .shared
         );
         // Secrets never show their digest.
         assert!(
@@ -890,6 +994,28 @@ mod tests {
                 .iter()
                 .any(|o| o.path.starts_with("/etc/systemd/network/"))
         );
+        // Node-specific identity stays out of the prepared base; cluster-wide files go in.
+        for own in [
+            "/etc/hostname",
+            "/etc/hosts",
+            "/etc/netplan/20-pikube.yaml",
+            "/etc/pikube/ssh_host_ed25519_key",
+            "/etc/pikube/ssh_host_ed25519_key.pub",
+        ] {
+            assert!(!find(&p, own).shared, "{own} is the node's own");
+        }
+        for shared in [
+            "/etc/pikube",
+            "/etc/sudoers.d/90-pikube",
+            "/etc/pikube/authorized_keys",
+            "/etc/localtime",
+            "/usr/local/sbin/pikube-firstboot",
+            "/root/.not_logged_in_yet",
+            "/boot/armbianEnv.txt",
+        ] {
+            assert!(find(&p, shared).shared, "{shared} is shared");
+        }
+        assert!(p.ops.iter().filter(|o| o.secret).all(|o| !o.shared));
     }
 
     #[test]

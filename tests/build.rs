@@ -162,16 +162,11 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        files[..4],
-        [
-            "/meta-data",
-            "/user-data",
-            "/network-config",
-            "/cmdline.txt"
-        ]
-    );
     for want in [
+        "/meta-data",
+        "/user-data",
+        "/network-config",
+        "/cmdline.txt",
         "/usr/local/bin/k3s",
         "/etc/rancher/k3s/config.yaml",
         "/etc/systemd/system/k3s.service",
@@ -912,5 +907,217 @@ fn a_payload_that_does_not_fit_grows_the_root_partition() {
     assert!(
         free > 40 << 20 && free < 200 << 20,
         "free after growth: {free}"
+    );
+}
+
+#[test]
+fn nodes_derive_from_one_prepared_base_in_parallel_and_in_shards() {
+    let env = Env::new(FixtureOpts {
+        seed: 51,
+        ..FixtureOpts::default()
+    });
+    let extra =
+        "  - { name: w2, board: rpi4, role: agent }\n  - { name: w3, board: rpi4, role: agent }\n";
+    std::fs::write(env.path("cluster.yaml"), cluster_yaml(extra)).unwrap();
+    // Shards split the inventory deterministically.
+    let out = env.build(&["--all", "--shard", "2/2", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = summary["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["w1", "w3"]);
+    // The agents' prepared base now exists: the rest of the fleet reuses it, in parallel.
+    let out = env.build(&["--all", "--jobs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("using prepared base").count(), 1, "{err}");
+    let prepared = walk(&env.path("cache/prepared"))
+        .into_iter()
+        .filter(|p| p.ends_with("base.img"))
+        .count();
+    assert_eq!(prepared, 2, "one prepared base per role");
+    // Each node image still carries its own identity and passes the checks.
+    let boot = env.fixture.part("system-boot").clone();
+    let root = env.fixture.part("writable").clone();
+    let mut ids = std::collections::BTreeSet::new();
+    for n in ["cp1", "w1", "w2", "w3"] {
+        let img = env.path(&format!("out/{n}.img"));
+        let meta = String::from_utf8(mtype(&img, boot.start, "meta-data")).unwrap();
+        assert!(meta.contains(&format!("local-hostname: {n}")), "{meta}");
+        ids.insert(instance_id(&img, boot.start));
+        let disk = pikube_image::disk::Disk::read(&img).unwrap();
+        let part = disk.by_label("writable").unwrap();
+        e2fsck_clean(&img, part.start, part.size, &env.path("root.part"));
+        let file = std::fs::File::open(&img).unwrap();
+        let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+        let cfg = fs.read_to_string("/etc/rancher/k3s/config.yaml").unwrap();
+        assert!(cfg.contains(&format!("node-name: {n}")), "{cfg}");
+        let _ = root.start;
+    }
+    assert_eq!(ids.len(), 4, "every node has its own instance-id");
+    // Rebuilding a node from the cache gives the same image when the time is fixed.
+    let fixed = |args: &[&str]| {
+        let url = env.server.url();
+        let mut all = vec!["build", "--mirror", &url, "--out", "out2"];
+        all.extend_from_slice(args);
+        Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+            .args(&all)
+            .current_dir(env.path(""))
+            .env("PIKUBE_CACHE_DIR", env.path("cache"))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap()
+    };
+    let a = fixed(&["--node", "w2"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let sha_a = std::fs::read_to_string(env.path("out2/w2.img.sha256")).unwrap();
+    std::fs::remove_dir_all(env.path("out2")).unwrap();
+    let b = fixed(&["--node", "w2"]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    let sha_b = std::fs::read_to_string(env.path("out2/w2.img.sha256")).unwrap();
+    assert_eq!(
+        sha_a, sha_b,
+        "same inputs and SOURCE_DATE_EPOCH, same image"
+    );
+}
+
+#[test]
+fn container_images_are_pulled_for_the_board_and_preloaded() {
+    use support::registry::{Registry, TestImage, build_layout};
+    let reg = match Registry::start() {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let push = |repo_tag: &str, platforms: &[&str], seed: u64| {
+        let layout = tempfile::tempdir().unwrap();
+        let images: Vec<TestImage> = platforms.iter().map(|p| TestImage::new(p, seed)).collect();
+        build_layout(layout.path(), "1", &images);
+        reg.push_layout(layout.path(), "1", repo_tag).unwrap();
+    };
+    push(
+        "test/multi:1",
+        &["linux/amd64", "linux/arm64", "linux/arm/v7"],
+        61,
+    );
+    push("test/solo:1", &["linux/arm64"], 62);
+    let host = reg.host();
+    let env = Env::new(FixtureOpts {
+        seed: 61,
+        ..FixtureOpts::default()
+    });
+    let yaml = cluster_yaml("").replace(
+        "nodes:\n",
+        &format!(
+            "images: {{ all: [\"{host}/test/multi:1\"], insecure_registries: [\"{host}\"] }}\nnodes:\n"
+        ),
+    );
+    let yaml = yaml.replace(
+        "ip: 192.168.50.10 }",
+        &format!("ip: 192.168.50.10, images: [\"{host}/test/solo:1\"] }}"),
+    );
+    std::fs::write(env.path("cluster.yaml"), &yaml).unwrap();
+    let out = env.build(&["--node", "cp1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("pulled"), "a pull summary is shown: {err}");
+
+    // images.lock pins both tags.
+    let lock = std::fs::read_to_string(env.path("images.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("{host}/test/multi:1")) && lock.contains("sha256:"),
+        "{lock}"
+    );
+
+    // The role archive in the root fs holds the arm64 manifest of the multi-platform image.
+    let img = env.path("out/cp1.img");
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    let dir = "/var/lib/rancher/k3s/agent/images";
+    let archive = fs
+        .read(format!("{dir}/pikube-role-images.tar.zst").as_str())
+        .unwrap();
+    assert!(
+        fs.exists(format!("{dir}/pikube-node-images.tar.zst").as_str())
+            .unwrap()
+    );
+    let zst = env.path("role.tar.zst");
+    std::fs::write(&zst, &archive).unwrap();
+    let tar = env.path("role.tar");
+    let o = Command::new("zstd")
+        .args(["-q", "-d", "-f", "-o"])
+        .arg(&tar)
+        .arg(&zst)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "zstd -d: {}", stderr(&o));
+    let index = reg.inspect_raw("test/multi:1");
+    let arm64 = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "arm64")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want: Vec<String> = reg.inspect_raw(&format!("test/multi@{arm64}"))["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let copied = env.path("copied");
+    let o = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}:1", tar.display()))
+        .arg(format!("dir:{}", copied.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copied.join("manifest.json")).unwrap()).unwrap();
+    let got: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want, "the arm64 layers, as the registry has them");
+
+    // Another node of the same role pulls nothing new; offline with an empty cache names
+    // the missing images.
+    let out = env.build(&["--node", "w1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 B pulled"), "{}", stderr(&out));
+    let empty = env.path("empty-cache");
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args([
+            "build",
+            "--node",
+            "w1",
+            "--offline",
+            "--out",
+            "out3",
+            "--image",
+            "ubuntu-raspi.img",
+        ])
+        .current_dir(env.path(""))
+        .env("PIKUBE_CACHE_DIR", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("offline") || e.contains("not in the cache"),
+        "{e}"
     );
 }

@@ -29,6 +29,7 @@ network: { gateway: 192.168.50.1, dns: [192.168.50.2, 192.168.50.3], prefix: 24 
 nodes:
   - { name: cp1, board: opizero3-test, role: server, ip: 192.168.50.10 }
   - { name: w1, board: opizero3-test, os: armbian-test-networkd, role: agent }
+  - { name: w2, board: opizero3-test, os: armbian-test-networkd, role: agent, ip: 192.168.50.12, mac: "02:00:00:00:00:12" }
 "#;
 
 struct Env {
@@ -138,7 +139,8 @@ fn debugfs_stat(part: &Path, path: &str) -> String {
 fn armbian_nodes_get_their_identity_without_cloud_init() {
     let env = Env::new();
     let out = env.run(&[
-        "build", "--mirror", &env.url, "--out", "out", "--node", "cp1", "--node", "w1",
+        "build", "--mirror", &env.url, "--out", "out", "--node", "cp1", "--node", "w1", "--node",
+        "w2",
     ]);
     assert!(out.status.success(), "build failed: {}", stderr(&out));
     let img = env.path("out/cp1.img");
@@ -325,6 +327,21 @@ fn armbian_nodes_get_their_identity_without_cloud_init() {
     assert!(!exists(&fs, "/etc/netplan/20-pikube.yaml"));
     assert!(exists(&fs, "/etc/netplan/10-dhcp-all-interfaces.yaml"));
     assert!(file(&fs, "/etc/systemd/system/k3s-agent.service", 0o644).contains("agent"));
+
+    // A second agent of the same image shares the prepared base but not the identity.
+    let img = env.path("out/w2.img");
+    e2fsck_clean(&img, root.start, root.size, &part_file);
+    let fs = rootfs(&img);
+    assert_eq!(file(&fs, "/etc/hostname", 0o644), "w2\n");
+    assert!(file(&fs, "/etc/hosts", 0o644).contains("127.0.1.1\tw2.home.arpa w2\n"));
+    assert_eq!(
+        file(&fs, "/etc/systemd/network/20-pikube.network", 0o644),
+        "[Match]\nMACAddress=02:00:00:00:00:12\n\n[Network]\nAddress=192.168.50.12/24\nGateway=192.168.50.1\nDNS=192.168.50.2\nDNS=192.168.50.3\nDomains=home.arpa\n\n[Link]\nRequiredForOnline=no\n"
+    );
+    assert_eq!(
+        file(&fs, "/etc/pikube/ssh_host_ed25519_key", 0o600),
+        std::fs::read_to_string(env.path("secrets/ssh/w2/ssh_host_ed25519_key")).unwrap()
+    );
 
     // Rebuilding from a built image adds nothing twice.
     let out = env.run(&[

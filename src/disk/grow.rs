@@ -285,13 +285,19 @@ fn grow_gpt(
     let entries_lba = le64(&header, H_ENTRIES_LBA);
     let count = le32(&header, H_NUM_ENTRIES) as usize;
     let esize = le32(&header, H_ENTRY_SIZE) as usize;
-    if esize < 128 || esize % 8 != 0 || count == 0 || count * esize > 4 * MIB as usize {
+    if esize < 128 || !esize.is_multiple_of(8) || count == 0 || count * esize > 4 * MIB as usize {
         bail!(
             "{}: GPT entry array of {count} x {esize} bytes is invalid",
             path.display()
         );
     }
     let array_bytes = count * esize;
+    if entries_lba < 2 || entries_lba >= len / SECTOR {
+        bail!(
+            "{}: the GPT entry array at LBA {entries_lba} lies outside the image",
+            path.display()
+        );
+    }
     let mut array = read_at(
         file,
         path,
@@ -326,6 +332,7 @@ fn grow_gpt(
         );
     }
     let array_sectors = (array_bytes as u64).div_ceil(SECTOR);
+    let old_alt = le64(&lba1, H_ALT_LBA);
     let disk_sectors = new_disk_size / SECTOR;
     let backup_lba = disk_sectors - 1;
     let backup_array_lba = backup_lba
@@ -365,7 +372,6 @@ fn grow_gpt(
     backup_sector[..hsize].copy_from_slice(&backup);
 
     // The old backup header, if it sits at the old end of the disk, is stale from now on.
-    let old_alt = le64(&lba1, H_ALT_LBA);
     let old_backup_valid = old_alt > last
         && old_alt != backup_lba
         && (old_alt + 1) * SECTOR <= len
@@ -376,8 +382,10 @@ fn grow_gpt(
     for i in 0..4 {
         let pos = MBR_TABLE + i * MBR_ENTRY;
         let e = &mbr[pos..pos + MBR_ENTRY];
-        let old_disk_sectors = len / SECTOR;
-        let covered_all = u64::from(le32(e, 12)) == (old_disk_sectors - 1).min(u64::from(u32::MAX));
+        // It covered the whole disk as the file or as the old GPT saw it.
+        let size = u64::from(le32(e, 12));
+        let covered_all = size == (len / SECTOR - 1).min(u64::from(u32::MAX))
+            || size == old_alt.min(u64::from(u32::MAX));
         if e[4] == 0xEE && le32(e, 8) == 1 && covered_all {
             let mut ne = e.to_vec();
             let sectors = (disk_sectors - 1).min(u64::from(u32::MAX));

@@ -2,9 +2,16 @@
 //!
 //! The filesystem is grown in place, the way `resize2fs` grows an unmounted filesystem when no
 //! block has to move: the last group is extended, new groups are appended (their descriptors go
-//! into the existing descriptor blocks, or into blocks taken from the reserved GDT area that the
-//! resize inode keeps), new superblock/GDT backups are written into the new sparse groups, and
-//! every count and checksum is brought up to date.
+//! into the existing descriptor blocks, into blocks taken from the reserved GDT area that the
+//! resize inode keeps, or with meta_bg into the new meta groups), superblock/GDT backups are
+//! written into the new backup groups (sparse_super, or sparse_super2 whose second backup moves
+//! to the new last group), and every count and checksum is brought up to date.
+//!
+//! Each new group keeps its block bitmap, inode bitmap and inode table inside itself (valid with
+//! and without flex_bg). With group checksums the new groups are marked INODE_UNINIT (and
+//! BLOCK_UNINIT except the last) and their inode tables are left for the kernel's lazy
+//! initialisation (ITABLE_ZEROED clear), as resize2fs does; without group checksums the inode
+//! tables are zeroed.
 //!
 //! Every precondition is checked and every new structure is computed in memory before the first
 //! byte is written, so a refusal leaves the file untouched.
@@ -122,7 +129,8 @@ const COMPAT_OK: u32 = COMPAT_DIR_PREALLOC
     | COMPAT_LAZY_BG
     | COMPAT_FAST_COMMIT
     | COMPAT_STABLE_INODES
-    | COMPAT_ORPHAN_FILE;
+    | COMPAT_ORPHAN_FILE
+    | COMPAT_SPARSE_SUPER2;
 const INCOMPAT_OK: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_EXTENTS
     | INCOMPAT_64BIT
@@ -133,7 +141,8 @@ const INCOMPAT_OK: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_LARGEDIR
     | INCOMPAT_INLINE_DATA
     | INCOMPAT_ENCRYPT
-    | INCOMPAT_CASEFOLD;
+    | INCOMPAT_CASEFOLD
+    | INCOMPAT_META_BG;
 const RO_COMPAT_OK: u32 = RO_COMPAT_SPARSE_SUPER
     | RO_COMPAT_LARGE_FILE
     | RO_COMPAT_BTREE_DIR
@@ -172,11 +181,13 @@ const SB_RESERVED_GDT_BLOCKS: usize = 0xCE;
 const SB_JOURNAL_INUM: usize = 0xE0;
 const SB_LAST_ORPHAN: usize = 0xE8;
 const SB_DESC_SIZE: usize = 0xFE;
+const SB_FIRST_META_BG: usize = 0x104;
 const SB_BLOCKS_COUNT_HI: usize = 0x150;
 const SB_R_BLOCKS_COUNT_HI: usize = 0x154;
 const SB_FREE_BLOCKS_HI: usize = 0x158;
 const SB_CHECKSUM_TYPE: usize = 0x175;
 const SB_OVERHEAD_CLUSTERS: usize = 0x248;
+const SB_BACKUP_BGS: usize = 0x24C;
 const SB_CHECKSUM_SEED: usize = 0x270;
 const SB_WTIME_HI: usize = 0x274;
 const SB_CHECKSUM: usize = 0x3FC;
@@ -266,7 +277,7 @@ fn is_power_of(mut n: u64, base: u64) -> bool {
     if n == 0 {
         return false;
     }
-    while n % base == 0 {
+    while n.is_multiple_of(base) {
         n /= base;
     }
     n == 1
@@ -302,6 +313,8 @@ struct Layout {
     incompat: u32,
     ro_compat: u32,
     csum_seed: u32,
+    meta_bg: bool,
+    first_meta_bg: u64,
     uuid_bytes: [u8; 16],
     backup_bgs: [u32; 2],
 }
@@ -333,17 +346,69 @@ impl Layout {
         if g <= 1 || self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 {
             return true;
         }
-        if g % 2 == 0 {
+        if g.is_multiple_of(2) {
             return false;
         }
         is_power_of(g, 3) || is_power_of(g, 5) || is_power_of(g, 7)
     }
-    /// Blocks taken at the start of group `g` by the superblock, GDT and reserved GDT blocks.
+    /// Is descriptor block `i` stored after the superblock copies (rather than in its meta group)?
+    fn old_style_desc_block(&self, i: u64) -> bool {
+        !self.meta_bg || i < self.first_meta_bg
+    }
+    /// Does group `g` carry the old-style descriptor blocks when it has a superblock copy?
+    fn old_style_group(&self, g: u64) -> bool {
+        !self.meta_bg || g / self.descs_per_block() < self.first_meta_bg
+    }
+    /// With meta_bg: is `g` one of the three groups holding its meta group's descriptor block?
+    fn meta_desc_group(&self, g: u64) -> bool {
+        let dpb = self.descs_per_block();
+        !self.old_style_group(g) && (g % dpb <= 1 || g % dpb == dpb - 1)
+    }
+    /// Blocks taken at the start of group `g` by the superblock, descriptor and reserved GDT
+    /// blocks, for a filesystem with `gdt_blocks` descriptor blocks and `reserved` reserved ones.
     fn base_meta_blocks(&self, g: u64, gdt_blocks: u64, reserved: u64) -> u64 {
-        if self.has_super(g) {
-            1 + gdt_blocks + reserved
+        let sup = u64::from(self.has_super(g));
+        if self.old_style_group(g) {
+            if sup == 0 {
+                return 0;
+            }
+            let old_style = if self.meta_bg {
+                self.first_meta_bg
+            } else {
+                gdt_blocks
+            };
+            1 + old_style + reserved
         } else {
-            0
+            sup + u64::from(self.meta_desc_group(g))
+        }
+    }
+    /// Block holding the primary copy of descriptor block `i`.
+    fn primary_gdt_block(&self, i: u64) -> u64 {
+        if self.old_style_desc_block(i) {
+            self.fdb + 1 + i
+        } else {
+            let g = i * self.descs_per_block();
+            self.group_first_block(g) + u64::from(self.has_super(g))
+        }
+    }
+    /// Every block holding a copy of descriptor block `i` in a filesystem of `groups` groups,
+    /// the primary first.
+    fn gdt_block_locations(&self, i: u64, groups: u64) -> Vec<u64> {
+        if self.old_style_desc_block(i) {
+            (0..groups)
+                .filter(|&g| self.has_super(g) && self.old_style_group(g))
+                .map(|g| self.group_first_block(g) + 1 + i)
+                .collect()
+        } else {
+            let dpb = self.descs_per_block();
+            let mut v: Vec<u64> = Vec::with_capacity(3);
+            for g in [i * dpb, i * dpb + 1, i * dpb + dpb - 1] {
+                let loc = self.group_first_block(g) + u64::from(self.has_super(g));
+                if g < groups && !v.contains(&loc) {
+                    v.push(loc);
+                }
+            }
+            v
         }
     }
 }
@@ -388,7 +453,6 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
     let named = [
         (incompat, INCOMPAT_COMPRESSION, "compression"),
         (incompat, INCOMPAT_JOURNAL_DEV, "journal_dev"),
-        (incompat, INCOMPAT_META_BG, "meta_bg"),
         (incompat, INCOMPAT_MMP, "mmp"),
         (ro_compat, RO_COMPAT_BIGALLOC, "bigalloc"),
         (ro_compat, RO_COMPAT_HAS_SNAPSHOT, "snapshot"),
@@ -396,7 +460,6 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
         (ro_compat, RO_COMPAT_READONLY, "read-only"),
         (ro_compat, RO_COMPAT_SHARED_BLOCKS, "shared_blocks"),
         (compat, COMPAT_EXCLUDE_BITMAP, "exclude_bitmap"),
-        (compat, COMPAT_SPARSE_SUPER2, "sparse_super2"),
     ];
     for (bits, bit, name) in named {
         if bits & bit != 0 {
@@ -492,6 +555,20 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
             sb[SB_CHECKSUM_TYPE]
         )));
     }
+    let meta_bg = incompat & INCOMPAT_META_BG != 0;
+    let first_meta_bg = u64::from(le32(sb, SB_FIRST_META_BG));
+    if meta_bg {
+        if first_meta_bg > gdt_blocks {
+            return Err(GrowError::Corrupt(format!(
+                "first meta block group {first_meta_bg} is beyond the {gdt_blocks} descriptor blocks"
+            )));
+        }
+        if compat & (COMPAT_RESIZE_INODE | COMPAT_SPARSE_SUPER2) != 0 {
+            return Err(GrowError::Unsupported(
+                "meta_bg combined with resize_inode or sparse_super2".into(),
+            ));
+        }
+    }
     let csum_seed = if incompat & INCOMPAT_CSUM_SEED != 0 {
         le32(sb, SB_CHECKSUM_SEED)
     } else {
@@ -513,8 +590,10 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
         incompat,
         ro_compat,
         csum_seed,
+        meta_bg,
+        first_meta_bg,
         uuid_bytes: sb[SB_UUID..SB_UUID + 16].try_into().expect("16 bytes"),
-        backup_bgs: [le32(sb, 0x24C), le32(sb, 0x250)],
+        backup_bgs: [le32(sb, SB_BACKUP_BGS), le32(sb, SB_BACKUP_BGS + 4)],
     })
 }
 
@@ -771,7 +850,12 @@ fn check_journal(file: &File, offset: u64, l: &Layout, gdt: &Gdt, sb: &[u8]) -> 
         return Ok(());
     }
     let ino = le32(sb, SB_JOURNAL_INUM);
-    if ino == 0 || u64::from(ino) > l.groups * l.ipg {
+    if ino == 0 {
+        return Err(GrowError::Unsupported(
+            "the journal is on an external device; grow this filesystem with resize2fs".into(),
+        ));
+    }
+    if u64::from(ino) > l.groups * l.ipg {
         return Err(GrowError::Corrupt(format!(
             "journal inode number {ino} is invalid"
         )));
@@ -815,7 +899,17 @@ fn plan_blocks(l: &Layout, requested: u64) -> Result<u64> {
         let groups = (blocks - l.fdb).div_ceil(l.bpg);
         let desc_blocks = groups.div_ceil(l.descs_per_block());
         let mut overhead = 2 + l.itable_blocks;
-        if l.has_super(groups - 1) {
+        let has_bg = if l.compat & COMPAT_SPARSE_SUPER2 != 0 {
+            // The backup that will move to the new last group.
+            if groups == 2 {
+                l.backup_bgs[0] != 0
+            } else {
+                l.backup_bgs[1] != 0
+            }
+        } else {
+            l.has_super(groups - 1)
+        };
+        if has_bg {
             overhead += 1 + desc_blocks + l.reserved_gdt;
         }
         let rem = (blocks - l.fdb) % l.bpg;
@@ -863,13 +957,30 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     if l.metadata_csum() && le32(&sb, SB_CHECKSUM) != sb_checksum(&sb) {
         return Err(GrowError::Checksum("the primary superblock".into()));
     }
-    let gdt_pos = offset + (l.fdb + 1) * l.bs;
-    let old_gdt = read_exact(
-        file,
-        gdt_pos,
-        (l.gdt_blocks * l.bs) as usize,
-        "reading the group descriptors",
-    )?;
+    // Checked before the descriptors are read: it also bounds how much a corrupt block
+    // count could make us read.
+    let requested = new_len / l.bs;
+    if requested < l.blocks {
+        return Err(GrowError::Shrink {
+            current: l.blocks,
+            requested,
+        });
+    }
+    let mut old_gdt = Vec::with_capacity((l.gdt_blocks * l.bs) as usize);
+    for i in 0..l.gdt_blocks {
+        let blk = l.primary_gdt_block(i);
+        if blk >= l.blocks {
+            return Err(GrowError::Corrupt(format!(
+                "descriptor block {i} lies outside the filesystem"
+            )));
+        }
+        old_gdt.extend(read_exact(
+            file,
+            offset + blk * l.bs,
+            l.bs as usize,
+            "reading the group descriptors",
+        )?);
+    }
     let mut gdt = Gdt {
         buf: old_gdt,
         ds: l.ds,
@@ -895,13 +1006,6 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     check_journal(file, offset, &l, &gdt, &sb)?;
 
     let free_before: u64 = (0..l.groups).map(|g| gdt.free_blocks(g)).sum();
-    let requested = new_len / l.bs;
-    if requested < l.blocks {
-        return Err(GrowError::Shrink {
-            current: l.blocks,
-            requested,
-        });
-    }
     let max_blocks = if l.is_64bit() {
         1u64 << 48
     } else {
@@ -934,7 +1038,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     let new_gdt = new_groups.div_ceil(l.descs_per_block());
     let extra_gdt = new_gdt - l.gdt_blocks;
     let has_resize_inode = l.compat & COMPAT_RESIZE_INODE != 0;
-    if extra_gdt > 0 && (!has_resize_inode || l.reserved_gdt < extra_gdt) {
+    if extra_gdt > 0 && !l.meta_bg && (!has_resize_inode || l.reserved_gdt < extra_gdt) {
         let reachable_groups = if has_resize_inode {
             (l.gdt_blocks + l.reserved_gdt) * l.descs_per_block()
         } else {
@@ -993,7 +1097,20 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         None
     };
 
-    // 1. Extend the old last group.
+    // With sparse_super2 the second backup follows the last group, as resize2fs moves it.
+    let mut nl = l.clone();
+    if l.compat & COMPAT_SPARSE_SUPER2 != 0 {
+        if old_groups == 1 {
+            nl.backup_bgs[0] = 1;
+        }
+        if (old_groups < 3 && new_groups > 2) || l.backup_bgs[1] != 0 {
+            nl.backup_bgs[1] = (new_groups - 1) as u32;
+        }
+    }
+    // Old groups that lost their backup give its blocks back.
+    let dropped_backup: Option<u64> = (1..old_groups).find(|&g| l.has_super(g) && !nl.has_super(g));
+
+    // 1. Extend the old last group (and free a dropped backup).
     let blocks_in_group = |blocks: u64, g: u64, groups: u64| -> u64 {
         if g + 1 < groups {
             l.bpg
@@ -1001,8 +1118,13 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
             blocks - l.group_first_block(g)
         }
     };
+    let mut changed_groups = vec![old_groups - 1];
+    if let Some(g) = dropped_backup
+        && g != old_groups - 1
     {
-        let g = old_groups - 1;
+        changed_groups.push(g);
+    }
+    for g in changed_groups {
         let old_n = blocks_in_group(l.blocks, g, old_groups);
         let new_n = blocks_in_group(new_blocks, g, new_groups);
         let flags = gdt.flags(g);
@@ -1022,6 +1144,9 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
                 if blk >= start && blk < start + old_n {
                     set_bit(&mut b, blk - start);
                 }
+            }
+            for i in old_n..l.bs * 8 {
+                set_bit(&mut b, i);
             }
             b
         } else {
@@ -1053,10 +1178,21 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         for i in new_n..l.bs * 8 {
             set_bit(&mut bitmap, i);
         }
-        let free = gdt.free_blocks(g) + (new_n - old_n);
+        if dropped_backup == Some(g) {
+            for i in 0..l.base_meta_blocks(g, l.gdt_blocks, l.reserved_gdt) {
+                if !test_bit(&bitmap, i) {
+                    return Err(GrowError::Corrupt(format!(
+                        "backup superblock area of group {g} is marked free"
+                    )));
+                }
+                clear_bit(&mut bitmap, i);
+            }
+        }
+        let free = (0..new_n).filter(|&i| !test_bit(&bitmap, i)).count() as u64;
         gdt.set(g, BG_FREE_BLOCKS_LO, BG_FREE_BLOCKS_HI, false, free);
         gdt.set_flags(g, flags & !BG_BLOCK_UNINIT);
         set_block_bitmap_csum(&l, &mut gdt, g, &bitmap);
+        set_desc_checksum(&l, &mut gdt, g);
         writes.push(Write {
             pos: offset + bb * l.bs,
             data: bitmap,
@@ -1069,7 +1205,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     for g in old_groups..new_groups {
         let start = l.group_first_block(g);
         let n = blocks_in_group(new_blocks, g, new_groups);
-        let base = l.base_meta_blocks(g, new_gdt, new_reserved);
+        let base = nl.base_meta_blocks(g, new_gdt, new_reserved);
         let bb = start + base;
         let ib = bb + 1;
         let it = bb + 2;
@@ -1116,14 +1252,14 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
             what: "writing an inode bitmap",
         });
     }
-    for g in old_groups - 1..new_groups {
+    for g in old_groups..new_groups {
         set_desc_checksum(&l, &mut gdt, g);
     }
 
     // 3. The resize inode: re-describe the remaining reserved GDT blocks and all their backups.
     if let Some((pos, mut inode, dind)) = resize {
         let apb = l.bs / 4;
-        let backups: Vec<u64> = (1..new_groups).filter(|&g| l.has_super(g)).collect();
+        let backups: Vec<u64> = (1..new_groups).filter(|&g| nl.has_super(g)).collect();
         if backups.len() as u64 > apb {
             return Err(GrowError::CannotGrow(
                 "too many backup groups for the resize inode".into(),
@@ -1187,15 +1323,17 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     put32(&mut sb, SB_INODES_COUNT, (new_groups * l.ipg) as u32);
     put32(&mut sb, SB_FREE_INODES, free_inodes as u32);
     put16(&mut sb, SB_RESERVED_GDT_BLOCKS, new_reserved as u16);
+    put32(&mut sb, SB_BACKUP_BGS, nl.backup_bgs[0]);
+    put32(&mut sb, SB_BACKUP_BGS + 4, nl.backup_bgs[1]);
     // The kernel recomputes the overhead when this is zero, as it is after resize2fs.
     put32(&mut sb, SB_OVERHEAD_CLUSTERS, 0);
     let now = write_time();
     put32(&mut sb, SB_WTIME, now as u32);
     sb[SB_WTIME_HI] = (now >> 32) as u8;
 
-    // 5. Backups of the superblock and the whole GDT in every backup group.
+    // 5. Backups of the superblock and the descriptor blocks.
     for g in 1..new_groups {
-        if !l.has_super(g) {
+        if !nl.has_super(g) {
             continue;
         }
         let start = l.group_first_block(g);
@@ -1212,11 +1350,27 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
             data: copy,
             what: "writing a backup superblock",
         });
-        writes.push(Write {
-            pos: offset + (start + 1) * l.bs,
-            data: gdt.buf.clone(),
-            what: "writing a backup of the group descriptors",
-        });
+    }
+    // Every copy of every descriptor block; the primary copies are written last.
+    let mut primary = Vec::new();
+    for i in 0..new_gdt {
+        let block = &gdt.buf[(i * l.bs) as usize..((i + 1) * l.bs) as usize];
+        for (k, loc) in nl
+            .gdt_block_locations(i, new_groups)
+            .into_iter()
+            .enumerate()
+        {
+            let w = Write {
+                pos: offset + loc * l.bs,
+                data: block.to_vec(),
+                what: "writing group descriptors",
+            };
+            if k == 0 {
+                primary.push(w);
+            } else {
+                writes.push(w);
+            }
+        }
     }
 
     // 6. Everything new is in place: publish it through the primary GDT, then the superblock.
@@ -1230,8 +1384,15 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     for w in &writes {
         write_all(file, w.pos, &w.data, w.what)?;
     }
-    write_all(file, gdt_pos, &gdt.buf, "writing the group descriptors")?;
+    for w in &primary {
+        write_all(file, w.pos, &w.data, w.what)?;
+    }
     write_all(file, offset + 1024, &sb, "writing the superblock")?;
+    file.sync_data().map_err(|source| GrowError::Io {
+        what: "flushing the grown filesystem",
+        pos: offset,
+        source,
+    })?;
 
     Ok(FsGrowth {
         old_blocks: l.blocks,
@@ -1256,16 +1417,7 @@ fn write_zeros(file: &File, pos: u64, len: u64) -> Result<()> {
 
 /// Seconds since the epoch for `s_wtime`; `SOURCE_DATE_EPOCH` wins for reproducible images.
 fn write_time() -> u64 {
-    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        return t;
-    }
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::fs::unix_now().max(0) as u64
 }
 
 #[cfg(test)]
