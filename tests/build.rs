@@ -7,47 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use pikube_image::decompress::Compression;
+use support::build_env::{
+    K3S_VERSION, KEY, TOKEN, e2fsck_clean, run_cli, serve_k3s, stderr, walk, write_token,
+};
 use support::fixtures::{self, Fixture, FixtureOpts};
 use support::http::TestServer;
 
 const CATALOG_DIR: &str = "cdimage.ubuntu.com/releases/24.04.3/release";
 const CATALOG_FILE: &str = "ubuntu-24.04.3-preinstalled-server-arm64+raspi.img.xz";
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPikubeTestKey ops@laptop";
-const K3S_VERSION: &str = "v1.31.4+k3s1";
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-fn write_token(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir.join("secrets")).unwrap();
-    std::fs::write(dir.join("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(
-        dir.join("secrets/k3s-token"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-}
-
-/// Publishes a k3s release (arm64 binary, airgap tarball, checksum list) on the mirror.
-fn serve_k3s(server: &TestServer, version: &str, binary: &[u8], airgap: &[u8]) {
-    let dir = format!(
-        "/github.com/k3s-io/k3s/releases/download/{}",
-        version.replace('+', "%2B")
-    );
-    let sha = pikube_image::io::sha256_bytes;
-    server.add(&format!("{dir}/k3s-arm64"), binary.to_vec());
-    server.add(
-        &format!("{dir}/k3s-airgap-images-arm64.tar.zst"),
-        airgap.to_vec(),
-    );
-    server.add(
-        &format!("{dir}/sha256sum-arm64.txt"),
-        format!(
-            "{}  k3s-arm64\n{}  k3s-airgap-images-arm64.tar.zst\n",
-            sha(binary),
-            sha(airgap)
-        ),
-    );
-}
 
 fn cluster_yaml(extra_nodes: &str) -> String {
     format!(
@@ -109,20 +76,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("PIKUBE_CACHE_DIR", self.path("cache"))
-            .env_remove("SOURCE_DATE_EPOCH")
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ pikube-image {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_cli(self.dir.path(), &[], args)
     }
 
     fn build(&self, extra: &[&str]) -> Output {
@@ -139,25 +93,6 @@ impl Env {
             .filter(|p| !p.to_string_lossy().contains("/locks/") && !p.ends_with("CACHEDIR.TAG"))
             .collect()
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn mtype(img: &Path, offset: u64, path: &str) -> Vec<u8> {
@@ -689,31 +624,6 @@ fn init_then_adhoc_build_and_dry_run() {
     let name = summary["nodes"][0]["node"].as_str().unwrap().to_string();
     assert!(name.starts_with("agent-rpi4-"), "{name}");
     assert!(env.path(&format!("images/{name}.img")).exists());
-}
-
-/// Copies `[start, start+len)` of `img` into its own file, for tools without an offset option.
-fn extract(img: &Path, start: u64, len: u64, out: &Path) {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(img).unwrap();
-    f.seek(SeekFrom::Start(start)).unwrap();
-    let mut o = std::fs::File::create(out).unwrap();
-    std::io::copy(&mut f.take(len), &mut o).unwrap();
-}
-
-fn e2fsck_clean(img: &Path, start: u64, len: u64, scratch: &Path) {
-    extract(img, start, len, scratch);
-    let o = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(scratch)
-        .output()
-        .expect("e2fsck is installed");
-    assert!(
-        o.status.success(),
-        "e2fsck -fn: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    std::fs::remove_file(scratch).unwrap();
 }
 
 #[test]

@@ -128,10 +128,12 @@ fn apply_fat(
                     Some(sha256_bytes(new.as_bytes())),
                 ));
             }
-            Action::Mkdir | Action::Symlink { .. } | Action::Remove => bail!(
-                "{label}:{}: FAT partitions hold only regular files written by the plan",
-                op.path
-            ),
+            Action::Mkdir | Action::Symlink { .. } | Action::Remove | Action::EditEnv { .. } => {
+                bail!(
+                    "{label}:{}: FAT partitions hold only regular files written by the plan",
+                    op.path
+                )
+            }
         }
     }
     fat.close()
@@ -206,6 +208,34 @@ fn apply_ext4(
                     fs.remove(&op.path).map_err(&err)?;
                     records.push(record(op, &op.path, "remove", 0, None));
                 }
+            }
+            Action::EditEnv { key, append } => {
+                let old = match fs.stat(&op.path).map_err(&err)? {
+                    Some(_) => fs.read_file(&op.path).map_err(&err)?,
+                    None => bail!(
+                        "{label}:{} not found: the board expects an Armbian image, which keeps its boot settings there",
+                        op.path
+                    ),
+                };
+                let old = String::from_utf8(old)
+                    .with_context(|| format!("{label}:{} is not text", op.path))?;
+                let new = crate::envfile::append_words(&old, key, append)
+                    .with_context(|| format!("{label}:{}", op.path))?;
+                let text = match new {
+                    Some(new) => {
+                        fs.write_file(&op.path, &mut new.as_bytes(), new.len() as u64, &meta)
+                            .map_err(&err)?;
+                        new
+                    }
+                    None => old,
+                };
+                records.push(record(
+                    op,
+                    &op.path,
+                    "edit",
+                    text.len() as u64,
+                    Some(sha256_bytes(text.as_bytes())),
+                ));
             }
             Action::KernelArgs { .. } => bail!(
                 "{label}:{}: kernel arguments live on the boot partition, not on ext4",

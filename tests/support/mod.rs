@@ -1,6 +1,7 @@
 //! Utilities shared by the integration tests (`mod support;` in a test file).
 #![allow(dead_code)]
 
+pub mod build_env;
 pub mod fixtures;
 pub mod http;
 pub mod registry;
