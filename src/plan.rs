@@ -267,7 +267,7 @@ fn direct_ops(
     let iface = crate::netconfig::interface(cluster, image_interface)?;
     match network {
         NetworkStack::Netplan => {
-            ops.push(Op::other(
+            ops.push(Op::new(
                 root,
                 d::NETPLAN_ARMBIAN_DEFAULT,
                 Action::Remove,
@@ -294,7 +294,7 @@ fn direct_ops(
         d::timezone_file(&cluster.timezone)?.into_bytes(),
         0o644,
     ));
-    ops.push(Op::other(
+    ops.push(Op::new(
         root,
         "/etc/localtime",
         Action::Symlink {
@@ -308,7 +308,7 @@ fn direct_ops(
         d::locale_file(&cluster.locale)?.into_bytes(),
         0o644,
     ));
-    ops.push(Op::other(root, d::DATA_DIR, Action::Mkdir, 0o700));
+    ops.push(Op::new(root, d::DATA_DIR, Action::Mkdir, 0o700));
     ops.push(Op::file(
         root,
         d::ADMIN_USER_FILE,
@@ -365,7 +365,7 @@ fn direct_ops(
         d::FIRSTBOOT_UNIT.as_bytes().to_vec(),
         0o644,
     ));
-    ops.push(Op::other(
+    ops.push(Op::new(
         root,
         &format!(
             "{}/multi-user.target.wants/{}",
@@ -375,12 +375,7 @@ fn direct_ops(
         Action::Symlink { target: unit_path },
         0o777,
     ));
-    ops.push(Op::other(
-        root,
-        d::ARMBIAN_FIRST_LOGIN,
-        Action::Remove,
-        0o644,
-    ));
+    ops.push(Op::new(root, d::ARMBIAN_FIRST_LOGIN, Action::Remove, 0o644));
     // What depends only on cluster-wide settings is the same for every node of the image and
     // goes into the prepared base; the node's names, network and host key copy are its own.
     let own = [
@@ -581,7 +576,7 @@ impl Plan {
                     shared: true,
                 }),
                 BootConfig::ArmbianEnv { partition, path } => ops.push(
-                    Op::other(
+                    Op::new(
                         partition,
                         &format!("/{}", path.trim_start_matches('/')),
                         Action::EditEnv {
