@@ -11,6 +11,7 @@ pub mod config;
 pub mod decompress;
 pub mod disk;
 pub mod emit;
+pub mod formats;
 pub mod fs;
 pub mod gitops;
 pub mod identity;
