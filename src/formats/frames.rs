@@ -601,14 +601,15 @@ fn encode(
         tok_tx.send(()).expect("token receiver alive");
     }
     let (job_tx, job_rx) = sync_channel::<Job>(workers);
-    let job_rx = Mutex::new(job_rx);
+    // Shared by the workers only: when they all stop, the reader's sends fail and it stops.
+    let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = channel::<Result<Done>>();
 
     let result = std::thread::scope(|s| {
         let reader = s.spawn(|| read_chunks(&input, raw, size, chunks, &ranges, tok_rx, job_tx));
         for _ in 0..workers {
             let done_tx = done_tx.clone();
-            let (ctx, job_rx) = (&ctx, &job_rx);
+            let (ctx, job_rx) = (&ctx, job_rx.clone());
             s.spawn(move || {
                 let mut enc = match Encoder::new(format) {
                     Ok(e) => e,
@@ -629,6 +630,7 @@ fn encode(
             });
         }
         drop(done_tx);
+        drop(job_rx);
         let written = write_frames(
             out.file(),
             &out_path,
