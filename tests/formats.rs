@@ -526,3 +526,111 @@ fn euid() -> u32 {
         .parse()
         .unwrap_or(1)
 }
+
+/// Fills `len` bytes with the content of files under `/usr` (binaries, libraries, text):
+/// data that compresses like a root filesystem does.
+fn usr_bytes(len: usize) -> Vec<u8> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Ok(ty) = e.file_type() else { continue };
+            if ty.is_dir() {
+                walk(&e.path(), out);
+            } else if ty.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for d in ["/usr/bin", "/usr/share", "/usr/lib"] {
+        walk(Path::new(d), &mut files);
+    }
+    let mut out = Vec::with_capacity(len);
+    for f in files {
+        if out.len() >= len {
+            break;
+        }
+        if let Ok(b) = fs::read(&f) {
+            out.extend_from_slice(&b);
+        }
+    }
+    out.resize(len, 0);
+    out
+}
+
+/// Benchmark on a 1 GiB sparse base with 400 MiB of data from /usr and a node that differs in
+/// 12 places of a few KiB. Run with
+/// `PIKUBE_BENCH_DIR=/var/tmp/x cargo test --release --test formats fleet_bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fleet_bench() {
+    use std::time::Instant;
+    let dir = PathBuf::from(
+        std::env::var("PIKUBE_BENCH_DIR").unwrap_or_else(|_| "/var/tmp/pikube-fleet-bench".into()),
+    );
+    fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("base.img");
+    let node = dir.join("n1.img");
+    let size = 1u64 << 30;
+    {
+        let data = usr_bytes(400 << 20);
+        let f = File::create(&base).unwrap();
+        f.set_len(size).unwrap();
+        // Eight regions of 50 MiB, separated by holes, as partitions of a disk image would be.
+        for (k, piece) in data.chunks(50 << 20).enumerate() {
+            f.write_all_at(piece, 8 * MIB + k as u64 * 120 * MIB)
+                .unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let method = clone_or_sparse_copy(&base, &node).unwrap();
+    {
+        let f = fs::OpenOptions::new().write(true).open(&node).unwrap();
+        for k in 0..12u64 {
+            let at = 8 * MIB + k * 83 * MIB + k * 4099;
+            f.write_all_at(&texty(3000, 100 + k), at).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    eprintln!(
+        "bench: base {} (1 GiB, 400 MiB data), node by {method:?} copy",
+        base.display()
+    );
+    let q = Progress::quiet();
+    for (format, tool, args) in [
+        (Format::Zst, "zstd", &["-T0", "-q", "-c"][..]),
+        (Format::Xz, "xz", &["-T0", "-c"][..]),
+    ] {
+        let cache = dir.join(format!("cache-{format}"));
+        let t = Instant::now();
+        let ix = FrameIndex::build(&base, format, &cache, &q).unwrap();
+        let build = t.elapsed();
+        let out = dir.join(format!("n1.img{}", format.suffix()));
+        let t = Instant::now();
+        let st = write_compressed_stats(&node, Some((&base, &ix)), format, &out, &q).unwrap();
+        let splice = t.elapsed();
+        let whole = dir.join(format!("whole{}", format.suffix()));
+        let t = Instant::now();
+        let status = Command::new(tool)
+            .args(args)
+            .arg(&node)
+            .stdout(File::create(&whole).unwrap())
+            .status()
+            .unwrap();
+        let tool_time = t.elapsed();
+        assert!(status.success());
+        eprintln!(
+            "bench {format}: frame index of the base {build:.1?} ({} bytes); node spliced {splice:.2?} \
+             ({} bytes, {} frames compressed, {} reused, {} zero); `{tool} {}` on the node {tool_time:.1?} ({} bytes)",
+            fs::metadata(ix.frames_path()).unwrap().len(),
+            st.size,
+            st.compressed,
+            st.reused,
+            st.zero,
+            args.join(" "),
+            fs::metadata(&whole).unwrap().len()
+        );
+    }
+}

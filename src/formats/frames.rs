@@ -441,11 +441,14 @@ struct Job {
     data: Option<Vec<u8>>,
 }
 
+/// The base's frames: the index, its open frames file, and (chunk SHA-256, length) -> frame.
+type Base<'a> = (&'a FrameIndex, File, HashMap<(&'a str, u64), usize>);
+
 /// Shared state of the workers.
 struct Ctx<'a> {
     format: Format,
     size: u64,
-    base: Option<(&'a FrameIndex, File, HashMap<(&'a str, u64), usize>)>,
+    base: Option<Base<'a>>,
     zero_sha: HashMap<u64, String>,
     zero_frames: Mutex<HashMap<u64, Arc<Encoded>>>,
 }
@@ -487,39 +490,39 @@ impl Ctx<'_> {
                 kind: Kind::Zero,
             });
         }
-        if let Some((ix, file, map)) = &self.base {
-            if let Some(&k) = map.get(&(sha.as_str(), len)) {
-                let rec = &ix.index.frames[k];
-                let path = ix.frames_path();
-                let mut bytes = vec![0u8; rec.length as usize];
-                file.read_exact_at(&mut bytes, rec.offset)
-                    .with_context(|| format!("cannot read frame {k} of {}", path.display()))?;
-                let csha = sha256_bytes(&bytes);
-                let consistent = csha == rec.compressed_sha256
-                    && match (self.format, rec.unpadded) {
-                        (Format::Xz, Some(u)) => xz::check_block(&bytes, u, len).is_ok(),
-                        (Format::Xz, None) => false,
-                        _ => true,
-                    };
-                if !consistent {
-                    bail!(
-                        "frame {k} of {} does not match its index (the cache is damaged): delete {} and build it again",
-                        path.display(),
-                        ix.dir.display()
-                    );
-                }
-                return Ok(Done {
-                    i: job.i,
-                    frame: Arc::new(Encoded {
-                        bytes,
-                        unpadded: rec.unpadded,
-                        sha256: csha,
-                    }),
-                    uncompressed: len,
-                    sha256: sha,
-                    kind: Kind::Reused,
-                });
+        if let Some((ix, file, map)) = &self.base
+            && let Some(&k) = map.get(&(sha.as_str(), len))
+        {
+            let rec = &ix.index.frames[k];
+            let path = ix.frames_path();
+            let mut bytes = vec![0u8; rec.length as usize];
+            file.read_exact_at(&mut bytes, rec.offset)
+                .with_context(|| format!("cannot read frame {k} of {}", path.display()))?;
+            let csha = sha256_bytes(&bytes);
+            let consistent = csha == rec.compressed_sha256
+                && match (self.format, rec.unpadded) {
+                    (Format::Xz, Some(u)) => xz::check_block(&bytes, u, len).is_ok(),
+                    (Format::Xz, None) => false,
+                    _ => true,
+                };
+            if !consistent {
+                bail!(
+                    "frame {k} of {} does not match its index (the cache is damaged): delete {} and build it again",
+                    path.display(),
+                    ix.dir.display()
+                );
             }
+            return Ok(Done {
+                i: job.i,
+                frame: Arc::new(Encoded {
+                    bytes,
+                    unpadded: rec.unpadded,
+                    sha256: csha,
+                }),
+                uncompressed: len,
+                sha256: sha,
+                kind: Kind::Reused,
+            });
         }
         let frame = Arc::new(enc.encode(&data)?);
         Ok(Done {

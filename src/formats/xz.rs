@@ -130,7 +130,7 @@ pub fn check_block(bytes: &[u8], unpadded: u64, uncompressed: u64) -> Result<()>
         bail!("empty block");
     };
     let hlen = (size_byte as usize + 1) * 4;
-    if bytes.len() < hlen || bytes.len() % 4 != 0 {
+    if bytes.len() < hlen || !bytes.len().is_multiple_of(4) {
         bail!("block shorter than its header");
     }
     let crc = u32::from_le_bytes(bytes[hlen - 4..hlen].try_into().expect("4 bytes"));
@@ -195,6 +195,8 @@ fn crc32(data: &[u8]) -> u32 {
 
 const CRC64_POLY: u64 = 0xC96C_5795_D787_0F42;
 
+// Indexing the tables by position in both dimensions is the clearest way to build them.
+#[allow(clippy::needless_range_loop)]
 static CRC64_TABLES: std::sync::LazyLock<[[u64; 256]; 8]> = std::sync::LazyLock::new(|| {
     let mut t = [[0u64; 256]; 8];
     for i in 0..256 {
@@ -208,6 +210,7 @@ static CRC64_TABLES: std::sync::LazyLock<[[u64; 256]; 8]> = std::sync::LazyLock:
         }
         t[0][i] = c;
     }
+    // Table k advances a CRC by k + 1 bytes.
     for i in 0..256 {
         for k in 1..8 {
             t[k][i] = (t[k - 1][i] >> 8) ^ t[0][(t[k - 1][i] & 0xFF) as usize];
