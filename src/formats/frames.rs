@@ -763,3 +763,89 @@ fn write_frames(
     stats.sha256 = hex::encode(hasher.finalize());
     Ok((stats, records))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn image(dir: &Path) -> PathBuf {
+        let p = dir.join("base.img");
+        let f = File::create(&p).unwrap();
+        f.set_len(2 * FRAME_SIZE + 777).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        f.write_all_at(&data, 1000).unwrap();
+        f.write_all_at(b"tail", 2 * FRAME_SIZE + 700).unwrap();
+        p
+    }
+
+    #[test]
+    fn zst_round_trip_and_index_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = image(dir.path());
+        let q = Progress::quiet();
+        let cache = dir.path().join("cache");
+        let ix = FrameIndex::build(&raw, Format::Zst, &cache, &q).unwrap();
+        assert_eq!(ix.frames().len(), 3);
+        assert_eq!(ix.frames()[2].uncompressed, 777);
+        let mut out = Vec::new();
+        zstd::stream::read::Decoder::new(File::open(ix.frames_path()).unwrap())
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, fs::read(&raw).unwrap());
+
+        // The same image spliced from itself: everything reused or zero.
+        let node = dir.path().join("n.img.zst");
+        let st = write_compressed_stats(&raw, Some((&raw, &ix)), Format::Zst, &node, &q).unwrap();
+        assert_eq!((st.compressed, st.reused, st.zero), (0, 2, 1));
+        assert_eq!(
+            fs::read(&node).unwrap(),
+            fs::read(ix.frames_path()).unwrap()
+        );
+
+        // A frames file that does not match the index is refused on load.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(ix.frames_path())
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        let err = FrameIndex::load(&cache, Format::Zst)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("build it again"), "{err}");
+        // load_or_build repairs it.
+        let ix = FrameIndex::load_or_build(&raw, Format::Zst, &cache, &q).unwrap();
+        assert_eq!(
+            fs::read(&node).unwrap(),
+            fs::read(ix.frames_path()).unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Progress::quiet();
+        let raw = image(dir.path());
+        let err = FrameIndex::build(&raw, Format::Bmap, dir.path(), &q).unwrap_err();
+        assert!(err.to_string().contains("not a compressed format"), "{err}");
+        let err = FrameIndex::load(&dir.path().join("none"), Format::Xz).unwrap_err();
+        assert!(format!("{err:#}").contains("build it first"), "{err:#}");
+        let empty = dir.path().join("empty.img");
+        File::create(&empty).unwrap();
+        let err =
+            write_compressed(&empty, None, Format::Zst, &dir.path().join("e.zst"), &q).unwrap_err();
+        assert!(err.to_string().contains("empty.img"), "{err}");
+        assert!(!dir.path().join("e.zst").exists());
+        let err = write_compressed(
+            &dir.path().join("missing.img"),
+            None,
+            Format::Xz,
+            &dir.path().join("m.xz"),
+            &q,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("missing.img"), "{err:#}");
+    }
+}
