@@ -14,6 +14,7 @@ pub mod direct;
 pub mod disk;
 pub mod emit;
 pub mod envfile;
+pub mod formats;
 pub mod fs;
 pub mod gitops;
 pub mod identity;
