@@ -39,6 +39,9 @@ pub struct Cluster {
     /// Container images preloaded into every node's containerd.
     #[serde(default)]
     pub images: ImageSets,
+    /// Default output formats of `build` (raw, zst, xz, bmap); `--format` overrides.
+    #[serde(default)]
+    pub formats: Vec<String>,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// Directory that relative paths in the file are resolved against (the file's own).
@@ -447,6 +450,10 @@ impl Cluster {
             check_url(gw).context("k3s.api must be a URL like https://192.168.1.10:6443")?;
         }
         check_k3s_version(&self.k3s.version)?;
+        if !self.formats.is_empty() {
+            crate::formats::parse_formats(&self.formats.join(","))
+                .context("formats: in cluster.yaml")?;
+        }
         if let Some(m) = &self.mirror {
             check_url(m).context("mirror must be a URL like http://127.0.0.1:8080")?;
         }

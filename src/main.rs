@@ -127,6 +127,10 @@ struct BuildArgs {
     /// the I-th), for CI matrices: --shard 2/4.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
+    /// Output formats, comma separated: raw (sparse .img), zst, xz (.img.zst/.img.xz, read by
+    /// any zstd/xz), bmap (for `bmaptool copy`). Default: raw, or `formats:` in cluster.yaml.
+    #[arg(long, value_name = "LIST")]
+    format: Option<String>,
     /// Print the plan (every file, partition, size, mode) and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -282,6 +286,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 grow_margin: a.grow_margin << 20,
                 jobs: a.jobs.max(1),
                 shard: a.shard,
+                formats: match &a.format {
+                    Some(list) => pikube_image::formats::parse_formats(list)?,
+                    None => Vec::new(),
+                },
             };
             let summary = pipeline::build(&req, &progress)?;
             if a.json {

@@ -12,6 +12,7 @@ use crate::config::{Cluster, Node, Role};
 use crate::decompress;
 use crate::disk::Disk;
 use crate::emit::{self, PendingFile};
+use crate::formats::Format;
 use crate::manifest::{BaseRef, FileRecord, GrowthRecord, Manifest, OutputRecord};
 use crate::plan::{Content, OpView, Payload, Plan, PlanInputs};
 use crate::progress::Progress;
@@ -56,6 +57,8 @@ pub struct BuildRequest {
     pub jobs: usize,
     /// Build only this deterministic share of the selected nodes: (index from 1, count).
     pub shard: Option<(usize, usize)>,
+    /// Output formats (at least one).
+    pub formats: Vec<Format>,
 }
 
 /// Default of `--grow-margin`.
@@ -79,6 +82,12 @@ pub struct NodeResult {
     pub instance_id: Option<String>,
     pub base_url: String,
     pub plan: Vec<OpView>,
+    /// Every file produced for the node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputRecord>,
+    /// Whether the prepared base came from the cache (a fleet build reuses it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared_from_cache: Option<bool>,
     pub seconds: f64,
 }
 
@@ -243,6 +252,17 @@ pub fn shard<T>(items: Vec<T>, (i, n): (usize, usize)) -> Vec<T> {
 
 pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     let mut cluster = load_cluster(&req.config)?;
+    let formats = if !req.formats.is_empty() {
+        req.formats.clone()
+    } else if !cluster.formats.is_empty() {
+        crate::formats::parse_formats(&cluster.formats.join(","))?
+    } else {
+        vec![Format::Raw]
+    };
+    let req = &BuildRequest {
+        formats,
+        ..req.clone()
+    };
     let mut nodes = select_nodes(&mut cluster, req)?;
     if let Some(s) = req.shard {
         nodes = shard(nodes, s);
@@ -327,6 +347,8 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             instance_id: plan.instance_id.clone(),
             base_url: spec.url.clone(),
             plan: plan.views(),
+            outputs: Vec::new(),
+            prepared_from_cache: None,
             seconds: 0.0,
         });
         if req.dry_run {
@@ -365,8 +387,16 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     for w in &work {
         let key = prepared_key(w, req.grow_margin);
         if !prepared.contains_key(&key) {
-            let p = prepare(&cache_root, &key, w, req.grow_margin, progress)
+            let mut p = prepare(&cache_root, &key, w, req.grow_margin, progress)
                 .with_context(|| format!("preparing the base image for node '{}'", w.plan.node))?;
+            for &f in req.formats.iter().filter(|f| f.is_compressed()) {
+                let dir = cache_root
+                    .join("prepared")
+                    .join(&key)
+                    .join(format!("frames-{}", f.name()));
+                let index = crate::formats::FrameIndex::load_or_build(&p.path, f, &dir, progress)?;
+                p.frames.insert(f, index);
+            }
             prepared.insert(key, p);
         }
     }
@@ -411,16 +441,25 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             None => {}
         }
     }
+    let mut known = BTreeMap::new();
     for r in &mut results {
         if let Some(d) = by_node.remove(&r.node) {
-            r.image = Some(d.path);
+            for o in &d.outputs {
+                known.insert(o.file.clone(), o.sha256.clone());
+            }
+            r.image = d.path;
             r.sha256 = Some(d.sha256);
             r.size = Some(d.size);
             r.manifest = Some(d.manifest);
+            r.outputs = d.outputs;
             r.seconds = d.seconds;
         }
     }
+    for (r, w) in results.iter_mut().zip(&work) {
+        r.prepared_from_cache = Some(prepared[&prepared_key(w, req.grow_margin)].from_cache);
+    }
     payloads.write_known_hosts(&req.out)?;
+    crate::formats::write_sha256sums_known(&req.out, &known)?;
     payloads.save_lock()?;
     Ok(BuildSummary {
         dry_run: false,
@@ -503,13 +542,21 @@ struct Prepared {
     path: PathBuf,
     files: Vec<FileRecord>,
     growth: Option<GrowthRecord>,
+    /// Compressed frames of the prepared image, per compressed output format.
+    #[serde(skip)]
+    frames: BTreeMap<Format, crate::formats::FrameIndex>,
+    /// Whether it came from an earlier build.
+    #[serde(skip)]
+    from_cache: bool,
 }
 
 struct Derived {
-    path: PathBuf,
+    /// The raw image, when it was kept.
+    path: Option<PathBuf>,
     sha256: String,
     size: u64,
     manifest: PathBuf,
+    outputs: Vec<OutputRecord>,
     seconds: f64,
 }
 
@@ -553,6 +600,7 @@ fn prepare(
         let mut p: Prepared = serde_json::from_str(&text)
             .with_context(|| format!("{} is damaged: delete {}", meta.display(), dir.display()))?;
         p.path = dir.join(PREPARED_IMAGE);
+        p.from_cache = true;
         Ok(p)
     };
     if dir.join(PREPARED_META).exists() {
@@ -598,6 +646,8 @@ fn prepare(
             path: PathBuf::new(),
             files,
             growth,
+            frames: BTreeMap::new(),
+            from_cache: false,
         };
         emit::write_atomic(
             &tmp.join(PREPARED_META),
@@ -629,7 +679,7 @@ fn derive(
     let plan = &w.plan;
     let img_name = format!("{}.img", plan.node);
     let mut pending = PendingFile::create(&req.out, &img_name)?;
-    decompress::decompress_to(&prepared.path, pending.path(), progress)?;
+    crate::formats::clone_or_sparse_copy(&prepared.path, pending.path())?;
     let mut disk = Disk::read(pending.path())?;
     let file = OpenOptions::new()
         .read(true)
@@ -668,6 +718,47 @@ fn derive(
         .len();
     let sha = emit::hash_file(pending.path(), progress)?;
     let contains_secrets = files.iter().any(|f| f.secret);
+    let raw_record = OutputRecord {
+        file: img_name.clone(),
+        size,
+        sha256: sha.clone(),
+    };
+    // The other formats are made from the finished raw image; compressed ones reuse the
+    // prepared base's frames for every chunk the node did not change.
+    let mut outputs = Vec::new();
+    if req.formats.contains(&Format::Raw) {
+        outputs.push(raw_record.clone());
+    }
+    for &f in &req.formats {
+        let name = match f {
+            Format::Raw => continue,
+            Format::Bmap => format!("{}.bmap", plan.node),
+            _ => format!("{img_name}{}", f.suffix()),
+        };
+        let out = req.out.join(&name);
+        let (size, sha256) = match f {
+            Format::Bmap => crate::formats::write_bmap(pending.path(), &out, progress)?,
+            _ => {
+                let index = prepared
+                    .frames
+                    .get(&f)
+                    .with_context(|| format!("no frame index for {f}"))?;
+                crate::formats::write_compressed(
+                    pending.path(),
+                    Some((&prepared.path, index)),
+                    f,
+                    &out,
+                    progress,
+                )?
+            }
+        };
+        emit::write_sha256_file(&out, &sha256)?;
+        outputs.push(OutputRecord {
+            file: name,
+            size,
+            sha256,
+        });
+    }
     let manifest = Manifest {
         tool: crate::manifest::TOOL.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -682,23 +773,37 @@ fn derive(
         files,
         growth,
         contains_secrets,
-        image: Some(OutputRecord {
-            file: img_name.clone(),
-            size,
-            sha256: sha.clone(),
-        }),
+        image: Some(raw_record),
+        outputs: outputs.clone(),
     };
     let final_img = pending.final_path();
     let manifest_path = req.out.join(format!("{}.manifest.json", plan.node));
     emit::write_manifest(&manifest_path, &manifest)?;
-    emit::write_sha256_file(&final_img, &sha)?;
-    let path = pending.commit()?;
-    progress.message(&format!("wrote {} ({})", path.display(), human_bytes(size)));
+    let path = if req.formats.contains(&Format::Raw) {
+        emit::write_sha256_file(&final_img, &sha)?;
+        let path = pending.commit()?;
+        progress.message(&format!("wrote {} ({})", path.display(), human_bytes(size)));
+        Some(path)
+    } else {
+        // Only derived formats were asked for: the raw image was their source.
+        drop(pending);
+        None
+    };
+    for o in &outputs {
+        if !o.file.ends_with(".img") {
+            progress.message(&format!(
+                "wrote {} ({})",
+                req.out.join(&o.file).display(),
+                human_bytes(o.size)
+            ));
+        }
+    }
     Ok(Derived {
         path,
         sha256: sha,
         size,
         manifest: manifest_path,
+        outputs,
         seconds: 0.0,
     })
 }

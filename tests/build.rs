@@ -1181,3 +1181,130 @@ fn an_interrupted_build_leaves_no_partial_output() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// `name -> sha256` from a SHA256SUMS file.
+fn sums(path: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (h, n) = l.split_once("  ").unwrap();
+            (n.to_string(), h.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn fleet_outputs_are_reproducible_and_flashable() {
+    let env = Env::new(FixtureOpts {
+        seed: 81,
+        ..FixtureOpts::default()
+    });
+    std::fs::write(
+        env.path("cluster.yaml"),
+        cluster_yaml("  - { name: w2, board: rpi4, role: agent, ip: 192.168.50.22 }\n"),
+    )
+    .unwrap();
+    let url = env.server.url();
+    let build_in = |dir: &Path, cache: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+            .args([
+                "build",
+                "--all",
+                "--mirror",
+                &url,
+                "--out",
+                "out",
+                "--format",
+                "raw,zst,xz,bmap",
+                "--jobs",
+                "2",
+            ])
+            .current_dir(dir)
+            .env("PIKUBE_CACHE_DIR", cache)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    // A second checkout elsewhere, with the same inventory and secrets, and its own cache.
+    let other = env.path("elsewhere");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(env.path("cluster.yaml"), other.join("cluster.yaml")).unwrap();
+    build_in(env.path("").as_path(), &env.path("cache"));
+    let copy = Command::new("cp")
+        .args(["-a"])
+        .arg(env.path("secrets"))
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    build_in(&other, &env.path("cache2"));
+
+    let a = sums(&env.path("out/SHA256SUMS"));
+    let b = sums(&other.join("out/SHA256SUMS"));
+    for n in ["cp1", "w1", "w2"] {
+        for f in [
+            format!("{n}.img"),
+            format!("{n}.img.zst"),
+            format!("{n}.img.xz"),
+            format!("{n}.bmap"),
+        ] {
+            assert!(a.contains_key(&f), "{f} in SHA256SUMS");
+        }
+    }
+    assert_eq!(a, b, "same inputs, same outputs, byte for byte");
+    let o = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(env.path("out"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "sha256sum -c: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // Compressed outputs are standard files holding exactly the raw image.
+    let out = env.path("out");
+    for (tool, ext) in [("zstd", "zst"), ("xz", "xz")] {
+        let f = out.join(format!("w1.img.{ext}"));
+        let t = Command::new(tool).arg("-t").arg(&f).output().unwrap();
+        assert!(t.status.success(), "{tool} -t: {}", stderr(&t));
+        let d = Command::new(tool).args(["-dc"]).arg(&f).output().unwrap();
+        assert!(d.status.success());
+        assert_eq!(
+            pikube_image::io::sha256_bytes(&d.stdout),
+            a["w1.img"],
+            "{ext} content"
+        );
+    }
+    // bmaptool flashes the image onto a file with the same content.
+    let target = env.path("card.bin");
+    let o = Command::new("bmaptool")
+        .args(["copy", "--bmap"])
+        .arg(out.join("w1.bmap"))
+        .arg(out.join("w1.img"))
+        .arg(&target)
+        .output()
+        .expect("bmaptool (bmap-tools) is installed");
+    assert!(o.status.success(), "bmaptool copy: {}", stderr(&o));
+    let card = pikube_image::io::sha256_reader(std::fs::File::open(&target).unwrap()).unwrap();
+    assert_eq!(card, a["w1.img"]);
+
+    // One node's address changes: only that node's outputs change.
+    let yaml = std::fs::read_to_string(other.join("cluster.yaml"))
+        .unwrap()
+        .replace("192.168.50.22", "192.168.50.23");
+    std::fs::write(other.join("cluster.yaml"), yaml).unwrap();
+    build_in(&other, &env.path("cache2"));
+    let c = sums(&other.join("out/SHA256SUMS"));
+    for (name, digest) in &a {
+        let changed = c.get(name) != Some(digest);
+        let expect_change = name.starts_with("w2.") || name == "known_hosts";
+        if name == "known_hosts" {
+            continue; // lists the new address
+        }
+        assert_eq!(changed, expect_change, "{name}");
+    }
+}
