@@ -459,3 +459,43 @@ fn outputs_are_atomic_and_checksums_verify() {
     );
     assert!(!ok);
 }
+
+#[test]
+fn fat_labels_prefer_the_root_directory_entry() {
+    let dir = tmp();
+    for (fat, label_off) in [("16", 0x2Bu64), ("32", 0x47)] {
+        let img = dir.path().join(format!("fat{fat}.img"));
+        fs::File::create(&img).unwrap().set_len(80 << 20).unwrap();
+        let mut sf = std::process::Command::new("sfdisk");
+        sf.args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&img);
+        let mut child = sf.stdin(std::process::Stdio::piped()).spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"label: dos\nstart=2048, type=e\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        run(Command::new("mkfs.vfat")
+            .args(["-F", fat, "-n", "ROOTLABEL", "--offset=2048"])
+            .arg(&img)
+            .arg(((80 << 10) - 1024).to_string()));
+        let disk = Disk::read(&img).unwrap();
+        assert_eq!(disk.partitions[0].fs, FsKind::Fat, "FAT{fat}");
+        assert_eq!(disk.partitions[0].label.as_deref(), Some("ROOTLABEL"));
+        // Make the boot sector copy disagree: the root directory entry wins (as in blkid).
+        let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"BOOTSECT   ", (1 << 20) + label_off)
+            .unwrap();
+        let disk = Disk::read(&img).unwrap();
+        assert_eq!(
+            disk.partitions[0].label.as_deref(),
+            Some("ROOTLABEL"),
+            "FAT{fat}"
+        );
+        assert_eq!(blkid(&img, 1 << 20)["LABEL"], "ROOTLABEL");
+        assert!(disk.by_label("rootlabel").is_some());
+    }
+}

@@ -165,12 +165,12 @@ fn semi_compressible(len: usize, seed: u64) -> Vec<u8> {
     while out.len() < len {
         let w = &words[picks[i % picks.len()] as usize % words.len()];
         out.extend_from_slice(w);
-        out.push(if picks[(i + 7) % picks.len()] % 9 == 0 {
+        out.push(if picks[(i + 7) % picks.len()].is_multiple_of(9) {
             b'\n'
         } else {
             b' '
         });
-        if picks[(i + 3) % picks.len()] % 5 == 0 {
+        if picks[(i + 3) % picks.len()].is_multiple_of(5) {
             out.extend_from_slice(&pseudo_random(6, seed.wrapping_add(i as u64)));
         }
         i += 1;
@@ -282,6 +282,7 @@ fn make_tree(root: &Path, files: &BTreeMap<String, (u32, Vec<u8>)>) {
 }
 
 /// Makes an ext4 filesystem at `start` (bytes) in the image, filled from `tree`.
+#[allow(clippy::too_many_arguments)]
 fn mkfs_ext4(
     image: &Path,
     start: u64,
@@ -680,6 +681,7 @@ fn armbian_root_tree(
     tree
 }
 
+#[allow(clippy::too_many_arguments)]
 fn armbian_common(
     dir: &Path,
     opts: &FixtureOpts,
