@@ -907,7 +907,7 @@ pub fn assert_fat_clean(image: &Path, p: &PartInfo, scratch: &Path) {
     );
 }
 
-/// Contents of a file in the FAT partition starting at byte `start`, read with mtype.
+/// Contents of a file in the FAT partition starting at byte `start`, read with mcopy.
 pub fn fat_read(image: &Path, start: u64, path: &str) -> Vec<u8> {
     let out = Command::new("mcopy")
         .args(["-n", "-i"])
