@@ -499,3 +499,52 @@ fn fat_labels_prefer_the_root_directory_entry() {
         assert!(disk.by_label("rootlabel").is_some());
     }
 }
+
+#[test]
+fn mbr_logical_partitions_are_numbered_from_five() {
+    let dir = tmp();
+    let img = dir.path().join("logical.img");
+    fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&img)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"label: dos\nstart=2048, size=20480, type=c\nstart=22528, type=5\nstart=24576, size=10240, type=83\nstart=36864, size=8192, type=83\n",
+        )
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let disk = Disk::read(&img).unwrap();
+    let sf = sfdisk_json(&img);
+    let want: Vec<(u32, u64, u64)> = sf["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] != "5")
+        .map(|p| {
+            let node = p["node"].as_str().unwrap();
+            let n: u32 = node[img.display().to_string().len()..].parse().unwrap();
+            (
+                n,
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+            )
+        })
+        .collect();
+    let got: Vec<(u32, u64, u64)> = disk
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.start, p.size))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![1, 5, 6]);
+    assert_eq!(disk.last().unwrap().number, 6);
+    assert!(disk.partitions.iter().all(|p| p.fs == FsKind::Other));
+}
