@@ -5,7 +5,8 @@
 //! fails or is interrupted never leaves a file under a final name.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -220,7 +221,7 @@ const HASH_CHUNK: usize = 4 << 20;
 /// SHA-256 of a (possibly sparse) file, read in large chunks by a reader thread while
 /// the calling thread hashes, with a progress task.
 pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?
@@ -236,21 +237,43 @@ pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
     for _ in 0..4 {
         free_tx.send(vec![0u8; HASH_CHUNK]).expect("receiver alive");
     }
+    // Holes are not read: the reader hands out zero-filled buffers for them instead.
+    let extents = crate::decompress::data_extents(&f, len)
+        .with_context(|| format!("cannot map the data of {}", path.display()))?;
     let reader = std::thread::spawn(move || -> std::io::Result<()> {
-        while let Ok(mut buf) = free_rx.recv() {
-            let mut n = 0;
-            while n < buf.len() {
-                match f.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+        let mut pos = 0u64;
+        let mut first = 0usize; // first extent that ends after `pos`
+        while pos < len {
+            let Ok(mut buf) = free_rx.recv() else {
+                return Ok(());
+            };
+            let n = ((len - pos) as usize).min(HASH_CHUNK);
+            while first < extents.len() && extents[first].1 <= pos {
+                first += 1;
+            }
+            // Bytes [pos, pos+n): data where an extent covers them, zeros elsewhere.
+            let mut at = 0usize;
+            let mut j = first;
+            while at < n {
+                let abs = pos + at as u64;
+                match extents.get(j).copied() {
+                    Some((s, e)) if s <= abs => {
+                        let k = ((e - abs) as usize).min(n - at);
+                        f.read_exact_at(&mut buf[at..at + k], abs)?;
+                        at += k;
+                        if abs + k as u64 >= e {
+                            j += 1;
+                        }
+                    }
+                    next => {
+                        let stop = next.map_or(n, |(s, _)| ((s - pos) as usize).min(n));
+                        buf[at..stop].fill(0);
+                        at = stop;
+                    }
                 }
             }
-            if n == 0 || full_tx.send((buf, n)).is_err() {
-                return Ok(());
-            }
-            if n < HASH_CHUNK {
+            pos += n as u64;
+            if full_tx.send((buf, n)).is_err() {
                 return Ok(());
             }
         }
@@ -407,6 +430,22 @@ mod tests {
         assert_eq!(
             hash_file(&empty, &Progress::quiet()).unwrap(),
             sha256_bytes(b"")
+        );
+        // Sparse: holes at the start, between data and at the end, across chunks.
+        let sparse = dir.path().join("s");
+        let sf = File::create(&sparse).unwrap();
+        let total = 3 * HASH_CHUNK as u64 + 777;
+        sf.set_len(total).unwrap();
+        sf.write_all_at(&data[..100_000], HASH_CHUNK as u64 - 50_000)
+            .unwrap();
+        sf.write_all_at(&data[..5000], 2 * HASH_CHUNK as u64 + 3)
+            .unwrap();
+        drop(sf);
+        let all = fs::read(&sparse).unwrap();
+        assert_eq!(all.len() as u64, total);
+        assert_eq!(
+            hash_file(&sparse, &Progress::quiet()).unwrap(),
+            sha256_bytes(&all)
         );
         // Exactly one chunk.
         fs::write(&path, &data[..HASH_CHUNK]).unwrap();

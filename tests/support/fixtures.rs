@@ -165,12 +165,12 @@ fn semi_compressible(len: usize, seed: u64) -> Vec<u8> {
     while out.len() < len {
         let w = &words[picks[i % picks.len()] as usize % words.len()];
         out.extend_from_slice(w);
-        out.push(if picks[(i + 7) % picks.len()] % 9 == 0 {
+        out.push(if picks[(i + 7) % picks.len()].is_multiple_of(9) {
             b'\n'
         } else {
             b' '
         });
-        if picks[(i + 3) % picks.len()] % 5 == 0 {
+        if picks[(i + 3) % picks.len()].is_multiple_of(5) {
             out.extend_from_slice(&pseudo_random(6, seed.wrapping_add(i as u64)));
         }
         i += 1;
@@ -282,6 +282,7 @@ fn make_tree(root: &Path, files: &BTreeMap<String, (u32, Vec<u8>)>) {
 }
 
 /// Makes an ext4 filesystem at `start` (bytes) in the image, filled from `tree`.
+#[allow(clippy::too_many_arguments)]
 fn mkfs_ext4(
     image: &Path,
     start: u64,
@@ -701,6 +702,7 @@ fn armbian_root_tree(
     tree
 }
 
+#[allow(clippy::too_many_arguments)]
 fn armbian_common(
     dir: &Path,
     opts: &FixtureOpts,
@@ -857,4 +859,118 @@ pub fn xz_block_count(path: &Path) -> u64 {
         .find(|l| l.starts_with("totals"))
         .expect("xz --list totals line");
     line.split('\t').nth(2).unwrap().parse().unwrap()
+}
+
+// ---------------------------------------------------------------- inspection
+
+/// Copies bytes `[start, start+size)` of `image` into a new sparse file, so tools without
+/// an offset option (e2fsck, fsck.fat, debugfs) can check one partition.
+pub fn extract(image: &Path, start: u64, size: u64, out: &Path) -> PathBuf {
+    run(Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", out.display()))
+        .args([
+            "bs=1M",
+            "conv=sparse",
+            "iflag=skip_bytes,count_bytes",
+            "status=none",
+        ])
+        .arg(format!("skip={start}"))
+        .arg(format!("count={size}")));
+    out.to_path_buf()
+}
+
+/// Runs a checker and returns (success, combined output).
+pub fn check(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `e2fsck -fn` on the ext4 partition `p` of `image`; panics with the report on errors.
+pub fn assert_ext4_clean(image: &Path, p: &PartInfo, scratch: &Path) {
+    let part = extract(
+        image,
+        p.start,
+        p.size,
+        &scratch.join(format!("p{}.ext4", p.number)),
+    );
+    let (ok, out) = check(Command::new("e2fsck").arg("-fn").arg(&part));
+    fs::remove_file(&part).unwrap();
+    assert!(
+        ok,
+        "e2fsck -fn found problems in partition {}:\n{out}",
+        p.number
+    );
+}
+
+/// `fsck.fat -n` on the FAT partition `p` of `image`; panics with the report on errors.
+pub fn assert_fat_clean(image: &Path, p: &PartInfo, scratch: &Path) {
+    let part = extract(
+        image,
+        p.start,
+        p.size,
+        &scratch.join(format!("p{}.fat", p.number)),
+    );
+    let (ok, out) = check(Command::new("fsck.fat").arg("-n").arg(&part));
+    fs::remove_file(&part).unwrap();
+    assert!(
+        ok,
+        "fsck.fat -n found problems in partition {}:\n{out}",
+        p.number
+    );
+}
+
+/// Contents of a file in the FAT partition starting at byte `start`, read with mcopy.
+pub fn fat_read(image: &Path, start: u64, path: &str) -> Vec<u8> {
+    let out = Command::new("mcopy")
+        .args(["-n", "-i"])
+        .arg(format!("{}@@{}", image.display(), start))
+        .arg(format!("::{path}"))
+        .arg("-")
+        .output()
+        .expect("mcopy");
+    assert!(
+        out.status.success(),
+        "mcopy ::{path} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Contents of a file in the ext4 partition `p`, read with debugfs.
+pub fn ext4_read(image: &Path, p: &PartInfo, path: &str, scratch: &Path) -> Vec<u8> {
+    let part = extract(
+        image,
+        p.start,
+        p.size,
+        &scratch.join(format!("p{}.read", p.number)),
+    );
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(&part)
+        .output()
+        .expect("debugfs");
+    fs::remove_file(&part).unwrap();
+    assert!(out.status.success(), "debugfs cat {path} failed");
+    out.stdout
+}
+
+/// `blkid -p` probe of the filesystem at byte `start`: TYPE, LABEL, UUID, ...
+pub fn blkid(image: &Path, start: u64) -> BTreeMap<String, String> {
+    let out = run(Command::new("blkid")
+        .args(["-p", "-o", "export", "-O"])
+        .arg(start.to_string())
+        .arg(image));
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
