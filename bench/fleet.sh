@@ -1,13 +1,83 @@
 #!/usr/bin/env bash
-# Fleet artifacts: time to compress a 1 GiB sparse base (400 MiB of data taken from /usr)
-# into a frame index, to splice one node that differs in 12 places of 3 KB, and, for
-# comparison, `zstd -T0` / `xz -T0` on the whole node image. Sizes are printed too.
+# Benchmark (not a test): a fleet of 10 nodes from one 4 GiB base, from a warm cache.
+# Reports, in one run: time for 1 node and for 10 nodes (raw, and zst), the marginal cost of
+# a node, `zstd -T0` of one full raw image, bytes written per node, and peak RSS.
 #
-# Usage: bench/fleet.sh   (needs zstd and xz; takes a few minutes, mostly xz)
+# Uses the base image bench/build.sh creates in $BENCH_DIR (run it once first).
+# Needs: zstd, GNU time (apt-get install time).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
-WORK=$(mktemp -d /var/tmp/pikube-fleet-bench.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
-PIKUBE_BENCH_DIR="$WORK" cargo test --release -q -j 2 --test formats fleet_bench -- \
-    --ignored --nocapture 2>&1 | grep '^bench'
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH_DIR=${BENCH_DIR:-/var/tmp/pikube-bench}
+BASE="$BENCH_DIR/base.img.xz"
+BIN="$ROOT/target/release/pikube-image"
+TIME=/usr/bin/time
+JOBS=${JOBS:-2}
+
+die() { echo "bench: $*" >&2; exit 1; }
+[ -s "$BASE" ] || die "$BASE is missing: run bench/build.sh once to create the base image"
+[ -x "$TIME" ] || die "GNU time is missing: apt-get install -y time"
+command -v zstd >/dev/null || die "zstd is missing"
+
+(cd "$ROOT" && cargo build --release --bins)
+
+WORK="$BENCH_DIR/fleet"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+export PIKUBE_CACHE_DIR="$WORK/cache"
+{
+    echo 'cluster: bench'
+    echo 'admin: { user: pi, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBench bench@example"] }'
+    echo 'k3s: { install: false }'
+    echo 'nodes:'
+    echo '  - { name: n01, board: rpi4, role: server, ip: 10.0.0.1 }'
+    for i in 02 03 04 05 06 07 08 09 10; do
+        echo "  - { name: n$i, board: rpi4, role: agent, ip: 10.0.0.$((10#$i)) }"
+    done
+} >"$WORK/cluster.yaml"
+
+# run NAME ARGS...: one timed build into a fresh output directory; sets WALL (s), RSS (KiB),
+# WRITTEN (bytes the process wrote to storage, from GNU time's file system outputs).
+run() {
+    local name=$1
+    shift
+    rm -rf "$WORK/out"
+    sync
+    "$TIME" -f '%e %M %O' -o "$WORK/time.log" "$@" >/dev/null 2>"$WORK/$name.log" ||
+        { cat "$WORK/$name.log" >&2; die "$name failed"; }
+    read -r WALL RSS OUTS < <(tail -n 1 "$WORK/time.log")
+    WRITTEN=$((OUTS * 512))
+    printf '%-22s wall %8.2f s   peak RSS %5d MiB   written %8.1f MiB\n' \
+        "$name" "$WALL" $((RSS / 1024)) "$(awk -v b="$WRITTEN" 'BEGIN { print b / 1048576 }')"
+}
+
+build() { "$BIN" build --config "$WORK/cluster.yaml" --image "$BASE" --out "$WORK/out" --offline --jobs "$JOBS" "$@"; }
+
+echo "== warming the cache (prepared bases and frame indexes for both roles)"
+build --all --format raw,zst >/dev/null 2>&1 || die "warm-up build failed"
+
+echo "== measurements (warm cache, $JOBS jobs)"
+run "1 node raw" build --node n02 --format raw
+W1=$WALL
+run "10 nodes raw" build --all --format raw
+W10=$WALL R10=$RSS B10=$WRITTEN
+run "1 node zst" build --node n02 --format zst
+Z1=$WALL
+run "10 nodes zst" build --all --format zst
+Z10=$WALL RZ=$RSS
+build --node n02 --format raw >/dev/null 2>&1
+run "zstd -T0 (one image)" zstd -T0 -q -f -o "$WORK/full.zst" "$WORK/out/n02.img"
+ZSTD=$WALL
+
+awk -v w1="$W1" -v w10="$W10" -v z1="$Z1" -v z10="$Z10" -v zs="$ZSTD" -v b10="$B10" \
+    -v r10="$R10" -v rz="$RZ" 'BEGIN {
+    printf "\n10 nodes raw / 1 node raw:      %5.2fx   (goal <= 1.5x)\n", w10 / w1
+    printf "10 nodes zst / 1 node zst:      %5.2fx   (goal <= 2x)\n", z10 / z1
+    pz = (z10 - z1) / 9
+    printf "marginal node, zst:             %6.2f s = %4.2fx zstd -T0 of one image (goal <= 0.2x)\n", pz, pz / zs
+    printf "marginal node, raw:             %6.2f s\n", (w10 - w1) / 9
+    printf "written per node (raw fleet):   %6.1f MiB\n", b10 / 10 / 1048576
+    m = r10 > rz ? r10 : rz
+    printf "peak RSS:                       %6d MiB   (goal < 300 MiB)\n", m / 1024
+}'
+rm -rf "$WORK/out"
