@@ -383,10 +383,17 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     }
     .root()
     .to_path_buf();
+    // A prepared base is made (and cached) only when nodes of this build share it; one in
+    // the cache is always reused. A lone node is built straight into its output file.
+    let mut sharing: BTreeMap<String, usize> = BTreeMap::new();
+    for w in &work {
+        *sharing.entry(prepared_key(w, req.grow_margin)).or_default() += 1;
+    }
     let mut prepared: BTreeMap<String, Prepared> = BTreeMap::new();
     for w in &work {
         let key = prepared_key(w, req.grow_margin);
-        if !prepared.contains_key(&key) {
+        if !prepared.contains_key(&key) && (sharing[&key] > 1 || prepared_cached(&cache_root, &key))
+        {
             let mut p = prepare(&cache_root, &key, w, req.grow_margin, progress)
                 .with_context(|| format!("preparing the base image for node '{}'", w.plan.node))?;
             for &f in req.formats.iter().filter(|f| f.is_compressed()) {
@@ -415,7 +422,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
                         break;
                     }
                     let w = &work[i];
-                    let p = &prepared[&prepared_key(w, req.grow_margin)];
+                    let p = prepared.get(&prepared_key(w, req.grow_margin));
                     let started = std::time::Instant::now();
                     let r = derive(req, w, p, progress)
                         .with_context(|| format!("building node '{}'", w.plan.node))
@@ -456,7 +463,11 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         }
     }
     for (r, w) in results.iter_mut().zip(&work) {
-        r.prepared_from_cache = Some(prepared[&prepared_key(w, req.grow_margin)].from_cache);
+        r.prepared_from_cache = Some(
+            prepared
+                .get(&prepared_key(w, req.grow_margin))
+                .is_some_and(|p| p.from_cache),
+        );
     }
     payloads.write_known_hosts(&req.out)?;
     crate::formats::write_sha256sums_known(&req.out, &known)?;
@@ -626,22 +637,7 @@ fn prepare(
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let built = (|| -> Result<Prepared> {
         let img = tmp.join(PREPARED_IMAGE);
-        decompress::decompress_to(&w.base_path, &img, progress)?;
-        let mut disk = Disk::read(&img)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&img)
-            .with_context(|| format!("cannot open {}", img.display()))?;
-        // Size for the whole plan, so node copies normally need no growth of their own.
-        let all: Vec<&crate::plan::Op> = w.plan.ops.iter().collect();
-        let growth = make_room(&file, &img, &disk, &all, margin, progress)?;
-        if growth.is_some() {
-            disk = Disk::read(&img)?;
-        }
-        let files = crate::fs::apply(&file, &disk, &w.plan.shared_ops())?;
-        file.sync_all()
-            .with_context(|| format!("cannot sync {}", img.display()))?;
+        let (files, growth) = prepare_image(&img, w, margin, progress)?;
         let p = Prepared {
             path: PathBuf::new(),
             files,
@@ -655,6 +651,7 @@ fn prepare(
         )?;
         Ok(p)
     })();
+    emit::unregister_temporary(&tmp);
     match built {
         Ok(mut p) => {
             std::fs::rename(&tmp, &dir)
@@ -669,17 +666,61 @@ fn prepare(
     }
 }
 
-/// One node image: a sparse copy of the prepared base with the node's own ops applied.
+/// Decompresses the node's base image into `img` and writes the role's shared ops into it,
+/// growing it first when the whole plan would not fit. Synced to disk.
+fn prepare_image(
+    img: &Path,
+    w: &NodeWork,
+    margin: u64,
+    progress: &Progress,
+) -> Result<(Vec<FileRecord>, Option<GrowthRecord>)> {
+    decompress::decompress_to(&w.base_path, img, progress)?;
+    let mut disk = Disk::read(img)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .with_context(|| format!("cannot open {}", img.display()))?;
+    // Size for the whole plan, so node copies normally need no growth of their own.
+    let all: Vec<&crate::plan::Op> = w.plan.ops.iter().collect();
+    let growth = make_room(&file, img, &disk, &all, margin, progress)?;
+    if growth.is_some() {
+        disk = Disk::read(img)?;
+    }
+    let files = crate::fs::apply(&file, &disk, &w.plan.shared_ops())?;
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", img.display()))?;
+    Ok((files, growth))
+}
+
+/// Whether a prepared base for `key` is in the cache.
+fn prepared_cached(cache_root: &Path, key: &str) -> bool {
+    cache_root
+        .join("prepared")
+        .join(key)
+        .join(PREPARED_META)
+        .exists()
+}
+
+/// One node image: a copy of the prepared base with the node's own ops applied, or, when no
+/// prepared base is shared (a single node whose base is not cached), the base decompressed
+/// straight into the output with every op applied, which writes the image only once.
 fn derive(
     req: &BuildRequest,
     w: &NodeWork,
-    prepared: &Prepared,
+    prepared: Option<&Prepared>,
     progress: &Progress,
 ) -> Result<Derived> {
     let plan = &w.plan;
     let img_name = format!("{}.img", plan.node);
     let mut pending = PendingFile::create(&req.out, &img_name)?;
-    crate::formats::clone_or_sparse_copy(&prepared.path, pending.path())?;
+    let (shared_files, shared_growth) = match prepared {
+        Some(p) => {
+            crate::formats::clone_or_sparse_copy(&p.path, pending.path())?;
+            (p.files.clone(), p.growth.clone())
+        }
+        None => prepare_image(pending.path(), w, req.grow_margin, progress)?,
+    };
     let mut disk = Disk::read(pending.path())?;
     let file = OpenOptions::new()
         .read(true)
@@ -698,12 +739,12 @@ fn derive(
     if own_growth.is_some() {
         disk = Disk::read(pending.path())?;
     }
-    let mut files = prepared.files.clone();
+    let mut files = shared_files;
     files.extend(crate::fs::apply(&file, &disk, &node_ops)?);
     file.sync_all()
         .with_context(|| format!("cannot sync {}", pending.path().display()))?;
     drop(file);
-    let growth = match (&prepared.growth, own_growth) {
+    let growth = match (&shared_growth, own_growth) {
         (Some(a), Some(b)) => Some(GrowthRecord {
             old_size: a.old_size,
             image_old_size: a.image_old_size,
@@ -739,17 +780,8 @@ fn derive(
         let (size, sha256) = match f {
             Format::Bmap => crate::formats::write_bmap(pending.path(), &out, progress)?,
             _ => {
-                let index = prepared
-                    .frames
-                    .get(&f)
-                    .with_context(|| format!("no frame index for {f}"))?;
-                crate::formats::write_compressed(
-                    pending.path(),
-                    Some((&prepared.path, index)),
-                    f,
-                    &out,
-                    progress,
-                )?
+                let base = prepared.and_then(|p| p.frames.get(&f).map(|ix| (p.path.as_path(), ix)));
+                crate::formats::write_compressed(pending.path(), base, f, &out, progress)?
             }
         };
         emit::write_sha256_file(&out, &sha256)?;
