@@ -398,6 +398,10 @@ k3s:
         assert!(s.starts_with("[Unit]\n") && s.contains("ExecStart=/usr/local/bin/k3s server\n"));
         assert!(s.contains("Type=notify") && s.contains("WantedBy=multi-user.target"));
         assert!(s.contains("EnvironmentFile=-/etc/systemd/system/k3s.service.env"));
+        assert!(
+            !s.contains("cloud-final"),
+            "cloud-final.service runs after multi-user.target: ordering after it is a cycle"
+        );
         let a = unit(Role::Agent).render().unwrap();
         assert!(a.contains("ExecStart=/usr/local/bin/k3s agent\n"));
         assert!(a.contains("k3s-agent.service.env"));
