@@ -246,10 +246,11 @@ pub fn unit(role: Role) -> Unit {
                     ("Description", desc.to_string()),
                     ("Documentation", "https://docs.k3s.io".to_string()),
                     ("Wants", "network-online.target".to_string()),
-                    (
-                        "After",
-                        "network-online.target cloud-final.service".to_string(),
-                    ),
+                    // Not after cloud-final.service: that one orders itself after
+                    // multi-user.target, which wants this unit, and systemd would break the
+                    // cycle by dropping k3s. cloud-init's network stage (hostname, addresses)
+                    // runs before network-online.target.
+                    ("After", "network-online.target".to_string()),
                 ],
             ),
             (
