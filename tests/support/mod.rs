@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod vm;
 
 /// Deterministic, incompressible-looking bytes (xorshift), so tests need no fixtures.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {

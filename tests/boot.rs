@@ -1,0 +1,403 @@
+//! End-to-end boot test: images built by `pikube-image build` boot in QEMU and come up as the
+//! nodes cluster.yaml describes, as seen from the serial console.
+//!
+//! The base image is Debian bookworm laid out like Ubuntu's preinstalled raspi image
+//! (tests/vm/build-rootfs.sh, tests/vm/make-disk.sh), published under the test board's catalog
+//! URL (tests/vm/boards) by a local HTTP server used as `--mirror`. Each node's image is booted
+//! with the kernel, initrd and command line its own boot partition names; a unit in the guest
+//! prints facts after cloud-init's final stage and powers off.
+//!
+//! Runs with `cargo test --workspace`; skips with a printed reason when it cannot build or boot
+//! a guest here (not root, mmdebstrap or QEMU missing). `PIKUBE_BOOT_ARCH=arm64` boots an arm64
+//! guest (qemu-system-aarch64 -M virt -cpu cortex-a72) instead of amd64.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::http::TestServer;
+use support::vm::{self, Boot, GuestArch};
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBootTestKeyForPikubeImage ops@laptop";
+const K3S_VERSION: &str = "v1.31.4+k3s1";
+const TOKEN: &str = "K10boot-test-token::server:5ecret";
+/// Per guest; both guests boot at the same time, one vCPU each.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(9 * 60);
+
+fn cluster_yaml(board: &str) -> String {
+    format!(
+        r#"cluster: boottest
+domain: lab.test
+timezone: Europe/Berlin
+admin:
+  user: ops
+  ssh_authorized_keys: ["{KEY}"]
+network: {{ gateway: 10.0.2.2, dns: [10.0.2.3], prefix: 24 }}
+k3s:
+  version: {K3S_VERSION}
+  token_file: secrets/k3s-token
+nodes:
+  - {{ name: cp1, board: {board}, role: server, ip: 10.0.2.15/24 }}
+  - {{ name: w1, board: {board}, role: agent }}
+"#
+    )
+}
+
+#[test]
+fn built_images_boot_as_their_nodes() {
+    let arch = match GuestArch::from_env() {
+        Ok(a) => a,
+        Err(e) => panic!("{e}"),
+    };
+    if let Err(why) = vm::preflight(arch) {
+        eprintln!("SKIPPED end-to-end boot test ({arch}): {why}");
+        return;
+    }
+    eprintln!(
+        "boot test: guest architecture {arch} ({}; set PIKUBE_BOOT_ARCH=arm64 or amd64 to choose)",
+        arch.qemu_system()
+    );
+    let t0 = Instant::now();
+    let base = vm::base_image(arch).unwrap_or_else(|e| panic!("base image: {e}"));
+    eprintln!("boot test: base image ready after {:.0?}", t0.elapsed());
+
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-boot")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    let srv = TestServer::start();
+    vm::serve_base_image(&srv, arch, &base);
+    let release = vm::serve_k3s_standin(&srv, K3S_VERSION, arch);
+    std::fs::write(d.join("cluster.yaml"), cluster_yaml(arch.board())).unwrap();
+    std::fs::create_dir_all(d.join("secrets")).unwrap();
+    std::fs::write(d.join("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            d.join("secrets/k3s-token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args([
+            "build",
+            "--config",
+            "cluster.yaml",
+            "--node",
+            "cp1",
+            "--node",
+            "w1",
+        ])
+        .arg("--mirror")
+        .arg(srv.url())
+        .args(["--out", "out"])
+        .current_dir(d)
+        .env("PIKUBE_CACHE_DIR", d.join("cache"))
+        .env("PIKUBE_BOARDS_DIR", vm::boards_dir())
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ pikube-image build --node cp1 --node w1 ({:.1?})\n{}{}",
+        t.elapsed(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pikube-image build failed");
+
+    let nodes = [("cp1", "server"), ("w1", "agent")];
+    // Boot both at once: one vCPU each.
+    let boots: Vec<(String, String, Boot, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|&(name, role)| {
+                let img = d.join("out").join(format!("{name}.img"));
+                let work = d.join("vm").join(name);
+                s.spawn(move || {
+                    let has_k3s = k3s_in_image(&img);
+                    let boot = vm::boot(&img, arch, &work, BOOT_TIMEOUT)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    (name.to_string(), role.to_string(), boot, has_k3s)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    for (name, role, boot, has_k3s) in &boots {
+        eprintln!(
+            "boot test: {name} ({arch}, {}) {} after {:.0?}",
+            boot.accel,
+            if boot.timed_out {
+                "TIMED OUT"
+            } else {
+                "powered off"
+            },
+            boot.elapsed
+        );
+        for (k, v) in &boot.facts.facts {
+            eprintln!("  {name}: {k}={v}");
+        }
+        check_node(name, role, boot, arch);
+        if *has_k3s {
+            check_k3s(name, role, boot, &release);
+        } else {
+            eprintln!(
+                "boot test: {name}: k3s checks SKIPPED: the built image has no /usr/local/bin/k3s \
+                 (the build does not install a k3s payload yet)"
+            );
+        }
+    }
+    eprintln!("boot test: total {:.0?}", t0.elapsed());
+}
+
+/// Whether the built image carries the k3s binary (debugfs on its root partition).
+fn k3s_in_image(img: &Path) -> bool {
+    let off = vm::partition_offset(img, "writable").unwrap_or_else(|e| panic!("{e}"));
+    vm::ext4_exists(img, off, "/usr/local/bin/k3s").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn check_node(name: &str, role: &str, boot: &Boot, arch: GuestArch) {
+    let f = &boot.facts;
+    let ctx = || format!("{name}: console log tail:\n{}", boot.tail(80));
+    assert!(
+        !boot.timed_out && f.get("facts") == Some("complete"),
+        "{name} did not report its facts before powering off (timed out: {}); {}",
+        boot.timed_out,
+        ctx()
+    );
+    // The kernel found and mounted the root file system the image names, cleanly.
+    let root = f.get("root").unwrap_or_default();
+    assert!(
+        root.starts_with("/dev/vda2 ext4 rw"),
+        "{name}: root mount is '{root}'; {}",
+        ctx()
+    );
+    assert_eq!(
+        f.get("ext4-errors"),
+        Some("0"),
+        "{name}: {:?}",
+        f.block("ext4-kernel-log")
+    );
+    assert!(
+        !boot.log.contains("EXT4-fs error"),
+        "{name}: EXT4-fs error on the console; {}",
+        ctx()
+    );
+    assert!(
+        f.get("boot-firmware")
+            .is_some_and(|v| v.starts_with("/dev/vda1 vfat")),
+        "{name}: /boot/firmware is {:?}",
+        f.get("boot-firmware")
+    );
+    // cloud-init consumed the node's seed without errors.
+    assert_eq!(
+        f.get("cloud-init"),
+        Some("done"),
+        "{name}: cloud-init status:\n{}\nproblems:\n{}",
+        f.block("cloud-init-status").join("\n"),
+        f.block("cloud-init-problems").join("\n")
+    );
+    assert_eq!(f.get("hostname"), Some(name), "{name}: hostname");
+    assert_eq!(f.get("etc-hostname"), Some(name), "{name}: /etc/hostname");
+    assert_eq!(
+        f.get("fqdn"),
+        Some(format!("{name}.lab.test").as_str()),
+        "{name}: fqdn"
+    );
+    assert_eq!(
+        f.get("arch"),
+        Some(match arch {
+            GuestArch::Amd64 => "x86_64",
+            GuestArch::Arm64 => "aarch64",
+        })
+    );
+    // Kernel arguments from the board, once.
+    let cmdline = f.get("cmdline").unwrap_or_default();
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    for arg in [
+        "cgroup_enable=memory",
+        "cgroup_memory=1",
+        "root=LABEL=writable",
+    ] {
+        assert_eq!(
+            words.iter().filter(|w| **w == arg).count(),
+            1,
+            "{name}: '{arg}' once in /proc/cmdline: {cmdline}"
+        );
+    }
+    // The admin account, with the key, sudo, and no password; the stock user was not made.
+    let users = f.all("user");
+    assert!(users.contains(&"ops"), "{name}: users {users:?}");
+    assert!(
+        !users.contains(&"ubuntu"),
+        "{name}: the stock image's default user was created: {users:?}"
+    );
+    assert_eq!(f.all("user.ops.authorized_key"), vec![KEY], "{name}: keys");
+    assert_eq!(
+        f.get("user.ops.authorized_keys.owner"),
+        Some("ops 600"),
+        "{name}: authorized_keys owner and mode"
+    );
+    assert_eq!(
+        f.get("user.ops.passwd"),
+        Some("L"),
+        "{name}: password locked"
+    );
+    let groups = f.get("user.ops.groups").unwrap_or_default();
+    assert!(
+        groups.split_whitespace().any(|g| g == "sudo"),
+        "{name}: groups {groups}"
+    );
+    assert!(
+        f.block("sudoers")
+            .iter()
+            .any(|l| l.contains("ops ALL=(ALL) NOPASSWD:ALL")),
+        "{name}: sudoers {:?}",
+        f.block("sudoers")
+    );
+    let sshd = f.block("sshd-effective").join("\n");
+    assert!(
+        sshd.contains("passwordauthentication no"),
+        "{name}: sshd {sshd}"
+    );
+    assert_eq!(f.get("timezone"), Some("Europe/Berlin"), "{name}: timezone");
+    // Network: the server's static address from cluster.yaml, DHCP for the agent.
+    let ipv4 = f.get("ipv4").unwrap_or_default();
+    let expect = if role == "server" {
+        "eth0 10.0.2.15/24 static;"
+    } else {
+        "eth0 10.0.2.15/24 dynamic;"
+    };
+    assert_eq!(ipv4, expect, "{name}: IPv4 addresses");
+    let route = f.get("default-route").unwrap_or_default();
+    assert!(
+        route.starts_with("default via 10.0.2.2 dev eth0"),
+        "{name}: default route '{route}'"
+    );
+}
+
+fn check_k3s(name: &str, role: &str, boot: &Boot, release: &vm::K3sRelease) {
+    let f = &boot.facts;
+    assert_eq!(f.get("k3s-binary"), Some("present"));
+    let log = f.block("k3s-standin");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("K3S-STANDIN argv=") && l.contains(role)),
+        "{name}: the k3s unit did not run the binary with '{role}': {log:?}\n{}",
+        f.block("k3s-units").join("\n")
+    );
+    let config = f.block("k3s-config").join("\n");
+    assert!(
+        config.contains(TOKEN),
+        "{name}: token in config.yaml:\n{config}"
+    );
+    if role == "agent" {
+        assert!(
+            config.contains("https://10.0.2.15:6443"),
+            "{name}: server URL in config.yaml:\n{config}"
+        );
+    }
+    let images = f.block("k3s-images").join("\n");
+    assert!(
+        images.contains(&release.airgap_name),
+        "{name}: airgap tarball in /var/lib/rancher/k3s/agent/images:\n{images}"
+    );
+}
+
+/// The console parser, on a log with interleaved kernel messages and carriage returns.
+#[test]
+fn console_facts_parse() {
+    let log = "[    3.1] random: crng init done\r\n\
+               PIKUBE-FACT hostname=cp1\r\n\
+               junk PIKUBE-FACT cmdline=root=LABEL=writable a=b\r\n\
+               PIKUBE-BEGIN sudoers\r\n\
+               PIKUBE| sudoers| ops ALL=(ALL) NOPASSWD:ALL\r\n\
+               PIKUBE-END sudoers rc=0\r\n\
+               PIKUBE-FACT user.ops.authorized_key=ssh-ed25519 AAAA x\r\n\
+               PIKUBE-FACT user.ops.authorized_key=ssh-rsa BBBB y\n";
+    let f = vm::Facts::parse(log);
+    assert_eq!(f.get("hostname"), Some("cp1"));
+    assert_eq!(f.get("cmdline"), Some("root=LABEL=writable a=b"));
+    assert_eq!(f.block("sudoers"), ["ops ALL=(ALL) NOPASSWD:ALL"]);
+    assert_eq!(f.blocks["sudoers"].1, Some(0));
+    assert_eq!(f.all("user.ops.authorized_key").len(), 2);
+    assert_eq!(f.get("missing"), None);
+}
+
+#[test]
+fn apt_sources_give_the_debian_archive() {
+    let one_line =
+        "# comment\ndeb [signed-by=/k.gpg] http://ftp.example.org/debian bookworm main\n";
+    assert_eq!(vm::apt_uris(one_line), ["http://ftp.example.org/debian"]);
+    let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n";
+    assert_eq!(vm::apt_uris(deb822), ["http://deb.debian.org/debian"]);
+}
+
+/// The stand-in release: checksum list matches the assets, the airgap tarball is a real
+/// zstd tar (checked with tar and zstd when present) and the version is %2B-encoded.
+#[test]
+fn k3s_standin_release_layout() {
+    let srv = TestServer::start();
+    let r = vm::serve_k3s_standin(&srv, K3S_VERSION, GuestArch::Amd64);
+    assert_eq!(
+        r.dir,
+        "/github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1"
+    );
+    let get = |p: &str| http_get(&srv, &format!("{}/{p}", r.dir));
+    let sums = String::from_utf8(get("sha256sum-amd64.txt")).unwrap();
+    assert_eq!(
+        sums,
+        format!(
+            "{}  k3s\n{}  k3s-airgap-images-amd64.tar.zst\n",
+            support::sha256_hex(&get("k3s")),
+            support::sha256_hex(&get("k3s-airgap-images-amd64.tar.zst"))
+        )
+    );
+    assert!(r.binary.starts_with(b"#!/bin/sh\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("images.tar.zst");
+    std::fs::write(&tarball, &r.airgap).unwrap();
+    let list = Command::new("tar")
+        .args(["--zstd", "-tvf"])
+        .arg(&tarball)
+        .output();
+    match list {
+        Ok(o) if o.status.success() => {
+            let t = String::from_utf8_lossy(&o.stdout);
+            assert!(t.contains("oci-layout") && t.contains("index.json"), "{t}");
+        }
+        Ok(o) => panic!(
+            "tar --zstd -t rejects the airgap tarball: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => eprintln!("SKIPPED tar listing of the airgap tarball: {e}"),
+    }
+}
+
+/// A plain HTTP/1.1 GET against the test server; the body of a 200.
+fn http_get(srv: &TestServer, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let url = srv.url();
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response without a header end");
+    let head = String::from_utf8_lossy(&resp[..split]);
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    resp[split + 4..].to_vec()
+}
