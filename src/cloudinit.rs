@@ -36,6 +36,11 @@ struct CloudConfig<'a> {
     users: Vec<User<'a>>,
     ssh_pwauth: bool,
     disable_root: bool,
+    /// False when the image already carries the node's own host key (written at build
+    /// time), so cloud-init keeps it instead of generating new ones.
+    ssh_deletekeys: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssh_genkeytypes: Option<Vec<&'static str>>,
     timezone: &'a str,
     locale: &'a str,
 }
@@ -103,8 +108,22 @@ fn yaml<T: Serialize>(v: &T) -> Result<String> {
 /// Builds the seed of `node`. `build_inputs` are digests of everything else that shapes the
 /// image (base image SHA-256, ...): the instance-id changes when they change, so cloud-init
 /// treats a rebuilt image as a new instance, and stays the same for identical inputs.
-pub fn seed(cluster: &Cluster, node: &Node, build_inputs: &[&str]) -> Result<Seed> {
-    let user_data = user_data(cluster, node)?;
+/// How the seed treats SSH host keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeys {
+    /// The build writes the node's host key into the image: keep it, generate none.
+    Provided,
+    /// cloud-init deletes image keys and generates new ones at first boot.
+    Generate,
+}
+
+pub fn seed(
+    cluster: &Cluster,
+    node: &Node,
+    host_keys: HostKeys,
+    build_inputs: &[&str],
+) -> Result<Seed> {
+    let user_data = user_data(cluster, node, host_keys)?;
     let network_config = network_config(cluster, node)?;
 
     let mut h = Sha256::new();
@@ -134,7 +153,7 @@ pub fn seed(cluster: &Cluster, node: &Node, build_inputs: &[&str]) -> Result<See
     })
 }
 
-fn user_data(cluster: &Cluster, node: &Node) -> Result<String> {
+fn user_data(cluster: &Cluster, node: &Node, host_keys: HostKeys) -> Result<String> {
     let cfg = CloudConfig {
         hostname: &node.name,
         fqdn: cluster.fqdn(&node.name),
@@ -151,6 +170,10 @@ fn user_data(cluster: &Cluster, node: &Node) -> Result<String> {
         }],
         ssh_pwauth: false,
         disable_root: true,
+        ssh_deletekeys: host_keys == HostKeys::Generate,
+        // cloud-init generates a key type only when its file is missing: ours is present.
+        // (An empty list would be simpler but the schema requires at least one entry.)
+        ssh_genkeytypes: (host_keys == HostKeys::Provided).then(|| vec!["ed25519"]),
         timezone: &cluster.timezone,
         locale: &cluster.locale,
     };
@@ -226,7 +249,7 @@ nodes:
     #[test]
     fn user_data_round_trips_tricky_keys() {
         let c = cluster();
-        let s = seed(&c, &c.nodes[0], &["base"]).unwrap();
+        let s = seed(&c, &c.nodes[0], HostKeys::Provided, &["base"]).unwrap();
         assert!(s.user_data.starts_with("#cloud-config\n"));
         #[derive(serde::Deserialize)]
         struct U {
@@ -244,12 +267,18 @@ nodes:
             "ssh-ed25519 AAAAC3Nza key: with #colon and 'quotes'"
         );
         assert_eq!(u.users[0]["lock_passwd"], true);
+        assert!(s.user_data.contains("ssh_deletekeys: false"));
+        assert!(
+            s.user_data.contains("ssh_genkeytypes:\n- ed25519"),
+            "{}",
+            s.user_data
+        );
     }
 
     #[test]
     fn static_and_dhcp_network() {
         let c = cluster();
-        let s = seed(&c, &c.nodes[0], &[]).unwrap();
+        let s = seed(&c, &c.nodes[0], HostKeys::Generate, &[]).unwrap();
         let v: serde_json::Value = serde_saphyr::from_str(&s.network_config).unwrap();
         let e = &v["ethernets"]["eth0"];
         assert_eq!(v["version"], 2);
@@ -258,7 +287,7 @@ nodes:
         assert_eq!(e["nameservers"]["addresses"][0], "10.0.0.2");
         assert_eq!(e["match"]["macaddress"], "dc:a6:32:00:00:01");
         assert_eq!(e["dhcp4"], false);
-        let s = seed(&c, &c.nodes[1], &[]).unwrap();
+        let s = seed(&c, &c.nodes[1], HostKeys::Generate, &[]).unwrap();
         let v: serde_json::Value = serde_saphyr::from_str(&s.network_config).unwrap();
         assert_eq!(v["ethernets"]["eth0"]["dhcp4"], true);
         assert!(v["ethernets"]["eth0"].get("addresses").is_none());
@@ -267,10 +296,10 @@ nodes:
     #[test]
     fn instance_id_is_unique_per_node_and_deterministic() {
         let c = cluster();
-        let a = seed(&c, &c.nodes[0], &["x"]).unwrap();
-        let a2 = seed(&c, &c.nodes[0], &["x"]).unwrap();
-        let b = seed(&c, &c.nodes[1], &["x"]).unwrap();
-        let a3 = seed(&c, &c.nodes[0], &["y"]).unwrap();
+        let a = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"]).unwrap();
+        let a2 = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"]).unwrap();
+        let b = seed(&c, &c.nodes[1], HostKeys::Generate, &["x"]).unwrap();
+        let a3 = seed(&c, &c.nodes[0], HostKeys::Generate, &["y"]).unwrap();
         assert_eq!(a.instance_id, a2.instance_id);
         assert_ne!(a.instance_id, b.instance_id);
         assert_ne!(a.instance_id, a3.instance_id, "build inputs change the id");

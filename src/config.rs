@@ -94,28 +94,145 @@ pub struct Network {
     pub interface: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+/// k3s release installed when cluster.yaml names none.
+pub const DEFAULT_K3S_VERSION: &str = "v1.31.4+k3s1";
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct K3s {
+    /// Put k3s into the images (binary, config, unit, airgap images). Default true.
+    #[serde(default = "yes")]
+    pub install: bool,
     /// k3s release, e.g. `v1.31.4+k3s1`.
-    #[serde(default)]
-    pub version: Option<String>,
+    #[serde(default = "default_k3s_version")]
+    pub version: String,
     /// URL agents and extra servers join, e.g. `https://192.168.1.10:6443`; defaults to the first server.
     #[serde(default)]
     pub api: Option<String>,
-    /// Shared join token, relative to cluster.yaml.
+    /// Shared join token, relative to cluster.yaml (default `secrets/k3s-token`).
+    #[serde(default = "default_token_file")]
+    pub token_file: PathBuf,
+    /// Ship the release's airgap images tarball so nodes need no registry for k3s itself.
+    #[serde(default = "yes")]
+    pub airgap: bool,
+    /// Extra names and addresses for the API server certificate.
     #[serde(default)]
-    pub token_file: Option<PathBuf>,
+    pub tls_san: Vec<String>,
+    /// Any k3s server flag, without dashes (`disable: [traefik]`, `flannel-backend: wireguard-native`).
+    #[serde(default)]
+    pub server_config: BTreeMap<String, serde_json::Value>,
+    /// Any k3s agent flag, for agents (`kubelet-arg: [...]`).
+    #[serde(default)]
+    pub agent_config: BTreeMap<String, serde_json::Value>,
+    /// Registry mirrors and settings, written as /etc/rancher/k3s/registries.yaml.
+    #[serde(default)]
+    pub registries: Option<Registries>,
 }
+
+impl Default for K3s {
+    fn default() -> Self {
+        K3s {
+            install: true,
+            version: default_k3s_version(),
+            api: None,
+            token_file: default_token_file(),
+            airgap: true,
+            tls_san: Vec::new(),
+            server_config: BTreeMap::new(),
+            agent_config: BTreeMap::new(),
+            registries: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_k3s_version() -> String {
+    DEFAULT_K3S_VERSION.into()
+}
+
+fn default_token_file() -> PathBuf {
+    PathBuf::from("secrets/k3s-token")
+}
+
+/// containerd registry configuration as k3s reads it from registries.yaml.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Registries {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirrors: BTreeMap<String, RegistryMirror>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, RegistryConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryMirror {
+    pub endpoint: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rewrite: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RegistryAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RegistryTls>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// Argo CD release installed when cluster.yaml names none.
+pub const DEFAULT_ARGOCD_VERSION: &str = "v2.13.3";
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Gitops {
+    /// Git repository holding the cluster's configuration.
     pub repo: String,
     #[serde(default = "default_revision")]
     pub revision: String,
+    /// Directory in the repository with the applications (app of apps).
     #[serde(default = "default_gitops_path")]
     pub path: String,
+    /// Argo CD release whose install manifest is put on the first server.
+    #[serde(default = "default_argocd_version")]
+    pub argocd_version: String,
+    /// Expected SHA-256 of that install manifest. When absent, the manifest records the
+    /// digest that was downloaded, so it can be pinned here.
+    #[serde(default)]
+    pub argocd_sha256: Option<String>,
+    /// File (relative to cluster.yaml) with credentials for a private repository:
+    /// `username` and `password` (or token) lines as YAML. Written as an Argo CD
+    /// repository Secret, mode 0600.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+fn default_argocd_version() -> String {
+    DEFAULT_ARGOCD_VERSION.into()
 }
 
 fn default_revision() -> String {
@@ -280,6 +397,7 @@ impl Cluster {
         if let Some(gw) = &self.k3s.api {
             check_url(gw).context("k3s.api must be a URL like https://192.168.1.10:6443")?;
         }
+        check_k3s_version(&self.k3s.version)?;
         if let Some(m) = &self.mirror {
             check_url(m).context("mirror must be a URL like http://127.0.0.1:8080")?;
         }
@@ -395,6 +513,17 @@ pub fn check_hostname(name: &str) -> Result<()> {
     Ok(())
 }
 
+fn check_k3s_version(v: &str) -> Result<()> {
+    let ok = v.starts_with('v')
+        && v.len() > 1
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-'));
+    if !ok {
+        bail!("k3s.version '{v}' is not a k3s release name like v1.31.4+k3s1");
+    }
+    Ok(())
+}
+
 fn check_url(s: &str) -> Result<()> {
     let u = url::Url::parse(s).with_context(|| format!("'{s}' is not a URL"))?;
     if u.host_str().is_none_or(str::is_empty) {
@@ -471,6 +600,8 @@ network:
   prefix: 24
 k3s:
   version: v1.31.4+k3s1
+  server_config:
+    disable: [traefik]
 nodes:
   - name: cp1
     board: rpi4
@@ -503,6 +634,18 @@ nodes:
         assert!(c.static_addr(&c.nodes[2]).unwrap().is_none());
         assert_eq!(c.first_server().unwrap().name, "cp1");
         assert_eq!(c.fqdn("cp1").unwrap(), "cp1.home.arpa");
+        assert_eq!(
+            c.k3s.server_config["disable"],
+            serde_json::json!(["traefik"])
+        );
+        assert!(c.k3s.install && c.k3s.airgap);
+        assert_eq!(c.k3s.token_file, PathBuf::from("secrets/k3s-token"));
+    }
+
+    #[test]
+    fn k3s_version_is_checked() {
+        let e = err(&GOOD.replace("v1.31.4+k3s1", "1.31; rm -rf /"));
+        assert!(e.contains("k3s.version"), "{e}");
     }
 
     fn err(text: &str) -> String {

@@ -13,7 +13,7 @@ use crate::decompress;
 use crate::disk::Disk;
 use crate::emit::{self, PendingFile};
 use crate::manifest::{BaseRef, Manifest, OutputRecord};
-use crate::plan::{OpView, Plan, PlanInputs};
+use crate::plan::{Content, OpView, Payload, Plan, PlanInputs};
 use crate::progress::Progress;
 use crate::source::{Artifact, Cache, Checksum, Fetcher};
 
@@ -255,7 +255,10 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         std::fs::create_dir_all(&req.out)
             .with_context(|| format!("cannot create output directory {}", req.out.display()))?;
     }
-    let fetcher = if req.dry_run || jobs.iter().all(|j| j.3.artifact.is_none()) {
+    let needs_downloads = cluster.k3s.install
+        || cluster.gitops.is_some()
+        || jobs.iter().any(|j| j.3.artifact.is_some());
+    let fetcher = if req.dry_run || !needs_downloads {
         None
     } else {
         let cache = match &req.cache_dir {
@@ -265,9 +268,11 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         Some(Fetcher::new(cache, mirror, req.offline, progress.clone()))
     };
 
+    let mut payloads = Payloads::new(&cluster, req, fetcher.as_ref(), progress)?;
     let mut results = Vec::new();
     for (node, board, image, spec) in &jobs {
         let started = std::time::Instant::now();
+        let payload = payloads.for_node(node, board)?;
         let plan = Plan::for_node(
             &cluster,
             node,
@@ -275,6 +280,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             image,
             &PlanInputs {
                 base_sha256: &spec.identity,
+                payload: &payload,
             },
         )?;
         let mut result = NodeResult {
@@ -312,10 +318,219 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         result.seconds = started.elapsed().as_secs_f64();
         results.push(result);
     }
+    if !req.dry_run {
+        payloads.write_known_hosts(&req.out)?;
+    }
     Ok(BuildSummary {
         dry_run: req.dry_run,
         nodes: results,
     })
+}
+
+/// Resolves what plans need from outside the inventory, once per build: the join token,
+/// host keys, k3s downloads per architecture, the Argo CD manifest.
+struct Payloads<'a> {
+    cluster: &'a Cluster,
+    dry_run: bool,
+    fetcher: Option<&'a Fetcher>,
+    progress: &'a Progress,
+    secrets: PathBuf,
+    token: Option<String>,
+    k3s: BTreeMap<&'static str, (Content, Option<(String, Content)>)>,
+    argocd: Option<Content>,
+    repo_secret: Option<Vec<u8>>,
+}
+
+fn downloaded(f: crate::source::Fetched) -> Content {
+    Content::File {
+        path: f.path,
+        size: f.size,
+        sha256: f.sha256,
+    }
+}
+
+/// Reads the join token, refusing a file others can read.
+pub fn read_token(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "k3s join token {} not found: run `pikube-image init`, or write a token there with mode 0600",
+            path.display()
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "k3s join token {} is readable by others: run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        bail!(
+            "k3s join token {} must hold one token on one line",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+impl<'a> Payloads<'a> {
+    fn new(
+        cluster: &'a Cluster,
+        req: &BuildRequest,
+        fetcher: Option<&'a Fetcher>,
+        progress: &'a Progress,
+    ) -> Result<Payloads<'a>> {
+        let token = if cluster.k3s.install {
+            Some(read_token(&cluster.resolve(&cluster.k3s.token_file))?)
+        } else {
+            None
+        };
+        let repo_secret = match cluster.gitops.as_ref() {
+            Some(g) => match &g.credentials_file {
+                Some(f) => {
+                    let path = cluster.resolve(f);
+                    let text = std::fs::read_to_string(&path).with_context(|| {
+                        format!("cannot read gitops credentials {}", path.display())
+                    })?;
+                    let creds: crate::gitops::RepoCredentials = serde_saphyr::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    Some(crate::gitops::repo_secret(&cluster.cluster, g, &creds)?.into_bytes())
+                }
+                None => None,
+            },
+            None => None,
+        };
+        Ok(Payloads {
+            cluster,
+            dry_run: req.dry_run,
+            fetcher,
+            progress,
+            secrets: cluster.resolve(Path::new("secrets")),
+            token,
+            k3s: BTreeMap::new(),
+            argocd: None,
+            repo_secret,
+        })
+    }
+
+    fn fetch(&self, a: &Artifact) -> Result<Content> {
+        match self.fetcher {
+            None => Ok(Content::Download { url: a.url.clone() }),
+            Some(f) => Ok(downloaded(f.fetch(a)?)),
+        }
+    }
+
+    fn for_node(&mut self, node: &Node, board: &Board) -> Result<Payload> {
+        let c = self.cluster;
+        let host_key = Some(if self.dry_run {
+            crate::identity::host_key_preview(&self.secrets, &node.name)?
+        } else {
+            crate::identity::host_key(&self.secrets, &node.name)?
+        });
+        let (k3s_binary, k3s_airgap) = if c.k3s.install {
+            let arch = board.arch.as_str();
+            if !self.k3s.contains_key(arch) {
+                let (bin, air) = crate::k3s::artifacts(&c.k3s.version, board.arch);
+                let binary = self.fetch(&bin).map_err(|e| {
+                    let hint = match e.downcast_ref::<crate::source::SourceError>() {
+                        Some(crate::source::SourceError::NotFound { .. }) => {
+                            ": is k3s.version in cluster.yaml a published release?"
+                        }
+                        _ => "",
+                    };
+                    e.context(format!("k3s {} for {arch}{hint}", c.k3s.version))
+                })?;
+                let airgap = if c.k3s.airgap {
+                    let name = air.url.rsplit('/').next().unwrap_or_default().to_string();
+                    Some((name, self.fetch(&air)?))
+                } else {
+                    None
+                };
+                self.k3s.insert(arch, (binary, airgap));
+            }
+            let (b, a) = self.k3s[arch].clone();
+            (Some(b), a)
+        } else {
+            (None, None)
+        };
+        let first = c.first_server().map(|n| n.name.as_str()) == Some(node.name.as_str());
+        let argocd_install = match (&c.gitops, first) {
+            (Some(g), true) => Some(self.argocd(g)?),
+            _ => None,
+        };
+        Ok(Payload {
+            k3s_binary,
+            k3s_airgap,
+            token: self.token.clone(),
+            host_key,
+            argocd_install,
+            repo_secret: if first {
+                self.repo_secret.clone()
+            } else {
+                None
+            },
+        })
+    }
+
+    fn argocd(&mut self, g: &crate::config::Gitops) -> Result<Content> {
+        if let Some(c) = &self.argocd {
+            return Ok(c.clone());
+        }
+        let url = crate::gitops::install_url(&g.argocd_version);
+        let content = match self.fetcher {
+            None => Content::Download { url: url.clone() },
+            Some(f) => {
+                let text = match &g.argocd_sha256 {
+                    Some(h) => {
+                        let got = f.fetch(&Artifact {
+                            url: url.clone(),
+                            checksum: Checksum::Sha256(h.clone()),
+                        })?;
+                        std::fs::read_to_string(&got.path)
+                            .with_context(|| format!("cannot read {}", got.path.display()))?
+                    }
+                    None => {
+                        let text = f.fetch_text(&url).with_context(|| {
+                            format!(
+                                "Argo CD {}: check gitops.argocd_version in cluster.yaml",
+                                g.argocd_version
+                            )
+                        })?;
+                        self.progress.message(&format!(
+                            "Argo CD install manifest {url} has SHA-256 {}: pin it with `gitops.argocd_sha256` in cluster.yaml",
+                            crate::io::sha256_bytes(text.as_bytes())
+                        ));
+                        text
+                    }
+                };
+                let namespaced = crate::gitops::namespaced_install(&text)
+                    .with_context(|| format!("Argo CD install manifest {url}"))?;
+                Content::Bytes(namespaced.into_bytes())
+            }
+        };
+        self.argocd = Some(content.clone());
+        Ok(content)
+    }
+
+    /// `known_hosts` for every node of the inventory (keys are generated for nodes that do
+    /// not have one yet), so SSH never has to trust a key on first use.
+    fn write_known_hosts(&self, out: &Path) -> Result<()> {
+        let mut pairs = Vec::new();
+        for n in &self.cluster.nodes {
+            pairs.push((
+                n.clone(),
+                crate::identity::host_key(&self.secrets, &n.name)?,
+            ));
+        }
+        let text = crate::identity::known_hosts(self.cluster, &pairs)?;
+        emit::write_atomic(&out.join("known_hosts"), text.as_bytes())?;
+        Ok(())
+    }
 }
 
 fn build_one(

@@ -21,6 +21,10 @@ pub enum Content {
         size: u64,
         sha256: String,
     },
+    /// Not downloaded yet (`--dry-run` plans): size and digest are unknown.
+    Download {
+        url: String,
+    },
 }
 
 impl Content {
@@ -28,6 +32,7 @@ impl Content {
         match self {
             Content::Bytes(b) => b.len() as u64,
             Content::File { size, .. } => *size,
+            Content::Download { .. } => 0,
         }
     }
 
@@ -35,6 +40,7 @@ impl Content {
         match self {
             Content::Bytes(b) => sha256_bytes(b),
             Content::File { sha256, .. } => sha256.clone(),
+            Content::Download { .. } => String::new(),
         }
     }
 }
@@ -47,6 +53,8 @@ pub enum Action {
     Mkdir,
     /// Create a symbolic link pointing at `target`.
     Symlink { target: String },
+    /// Remove a file or symlink if it exists.
+    Remove,
     /// Append kernel arguments to the Raspberry Pi command line, each at most once. `path` is
     /// config.txt; the command line file is found through its `cmdline=` and `os_prefix=`.
     KernelArgs { args: Vec<String> },
@@ -59,6 +67,7 @@ impl Action {
             Action::Mkdir => "dir",
             Action::Symlink { .. } => "symlink",
             Action::KernelArgs { .. } => "edit",
+            Action::Remove => "remove",
         }
     }
 }
@@ -78,16 +87,55 @@ pub struct Op {
 
 impl Op {
     fn file(partition: &str, path: &str, bytes: Vec<u8>, mode: u16) -> Op {
+        Op::write(partition, path, Content::Bytes(bytes), mode)
+    }
+
+    fn write(partition: &str, path: &str, content: Content, mode: u16) -> Op {
         Op {
             partition: partition.into(),
             path: path.into(),
-            action: Action::Write(Content::Bytes(bytes)),
+            action: Action::Write(content),
             mode,
             uid: 0,
             gid: 0,
             secret: false,
         }
     }
+
+    fn secret(mut self) -> Op {
+        self.secret = true;
+        self
+    }
+
+    fn other(partition: &str, path: &str, action: Action, mode: u16) -> Op {
+        Op {
+            partition: partition.into(),
+            path: path.into(),
+            action,
+            mode,
+            uid: 0,
+            gid: 0,
+            secret: false,
+        }
+    }
+}
+
+/// Everything a node's plan needs that comes from outside the inventory: downloads,
+/// secrets and generated keys, resolved by the pipeline before planning.
+#[derive(Debug, Clone, Default)]
+pub struct Payload {
+    /// The k3s binary for the board's architecture.
+    pub k3s_binary: Option<Content>,
+    /// The airgap images tarball: file name and content.
+    pub k3s_airgap: Option<(String, Content)>,
+    /// The cluster's join token.
+    pub token: Option<String>,
+    /// The node's SSH host key.
+    pub host_key: Option<crate::identity::HostKey>,
+    /// Argo CD's install manifest, already namespaced (first server only).
+    pub argocd_install: Option<Content>,
+    /// Repository Secret for a private GitOps repository (first server only).
+    pub repo_secret: Option<Vec<u8>>,
 }
 
 /// Everything the build does to one node's image.
@@ -99,6 +147,82 @@ pub struct Plan {
     pub image: OsImage,
     pub instance_id: Option<String>,
     pub ops: Vec<Op>,
+}
+
+/// The k3s binary with its tool links, config, registries, unit, env file, enablement link
+/// and airgap images.
+fn k3s_ops(
+    cluster: &Cluster,
+    node: &Node,
+    board: &Board,
+    root: &str,
+    payload: &Payload,
+) -> Result<Vec<Op>> {
+    use crate::k3s;
+    let mut ops = Vec::new();
+    let binary = payload
+        .k3s_binary
+        .clone()
+        .context("the k3s binary was not resolved")?;
+    let token = payload
+        .token
+        .as_deref()
+        .context("the k3s join token was not resolved")?;
+    ops.push(Op::write(root, k3s::BIN, binary, 0o755));
+    for link in k3s::LINKS {
+        ops.push(Op::other(
+            root,
+            &format!("/usr/local/bin/{link}"),
+            Action::Symlink {
+                target: "k3s".into(),
+            },
+            0o777,
+        ));
+    }
+    ops.push(Op::other(root, "/etc/rancher/k3s", Action::Mkdir, 0o755));
+    ops.push(
+        Op::file(
+            root,
+            k3s::CONFIG,
+            k3s::config_yaml(cluster, node, board, token)?.into_bytes(),
+            0o600,
+        )
+        .secret(),
+    );
+    if let Some(reg) = k3s::registries_yaml(cluster)? {
+        ops.push(Op::file(root, k3s::REGISTRIES, reg.into_bytes(), 0o600).secret());
+    }
+    let unit = k3s::unit_name(node.role);
+    let unit_path = format!("{}/{unit}", k3s::UNIT_DIR);
+    ops.push(Op::file(
+        root,
+        &unit_path,
+        k3s::unit(node.role).render()?.into_bytes(),
+        0o644,
+    ));
+    ops.push(Op::file(
+        root,
+        &format!("{unit_path}.env"),
+        k3s::env_file().into_bytes(),
+        0o600,
+    ));
+    ops.push(Op::other(
+        root,
+        &format!("{}/multi-user.target.wants/{unit}", k3s::UNIT_DIR),
+        Action::Symlink {
+            target: unit_path.clone(),
+        },
+        0o777,
+    ));
+    if let Some((name, content)) = &payload.k3s_airgap {
+        ops.push(Op::write(
+            root,
+            &format!("{}/{name}", k3s::IMAGES_DIR),
+            content.clone(),
+            0o644,
+        ));
+    }
+    Ok(ops)
 }
 
 /// Serialisable view of an op for `--dry-run --json` and the manifest.
@@ -118,9 +242,10 @@ pub struct OpView {
     pub secret: bool,
 }
 
-/// Inputs of a plan beyond the inventory: digests of the base image and other build inputs.
+/// Inputs of a plan beyond the inventory: the base image's identity and the payload.
 pub struct PlanInputs<'a> {
     pub base_sha256: &'a str,
+    pub payload: &'a Payload,
 }
 
 impl Plan {
@@ -134,9 +259,16 @@ impl Plan {
     ) -> Result<Plan> {
         let mut ops = Vec::new();
         let instance_id;
+        let payload = inputs.payload;
+        let host_keys = if payload.host_key.is_some() {
+            cloudinit::HostKeys::Provided
+        } else {
+            cloudinit::HostKeys::Generate
+        };
         match &image.firstboot {
             Firstboot::CloudInit { seed_partition } => {
-                let seed = cloudinit::seed(cluster, node, &[inputs.base_sha256, &board.name])?;
+                let seed =
+                    cloudinit::seed(cluster, node, host_keys, &[inputs.base_sha256, &board.name])?;
                 instance_id = Some(seed.instance_id.clone());
                 ops.push(Op::file(
                     seed_partition,
@@ -159,6 +291,56 @@ impl Plan {
             }
         }
         let root = &image.root.partition;
+        if let Some(key) = &payload.host_key {
+            for path in crate::identity::IMAGE_HOST_KEYS {
+                ops.push(Op::other(root, path, Action::Remove, 0o600));
+            }
+            let path = crate::identity::HOST_KEY_PATH;
+            ops.push(
+                Op::file(root, path, key.private_openssh.clone().into_bytes(), 0o600).secret(),
+            );
+            ops.push(Op::file(
+                root,
+                &format!("{path}.pub"),
+                format!("{}\n", key.public_openssh).into_bytes(),
+                0o644,
+            ));
+        }
+        if cluster.k3s.install {
+            ops.extend(k3s_ops(cluster, node, board, root, payload)?);
+        }
+        let is_first_server = node.role == Role::Server
+            && cluster.first_server().map(|n| n.name.as_str()) == Some(node.name.as_str());
+        if let (Some(g), true) = (&cluster.gitops, is_first_server) {
+            let dir = crate::k3s::MANIFESTS_DIR;
+            let install = payload
+                .argocd_install
+                .clone()
+                .context("the Argo CD install manifest was not resolved")?;
+            ops.push(Op::write(
+                root,
+                &format!("{dir}/{}", crate::gitops::INSTALL_FILE),
+                install,
+                0o600,
+            ));
+            ops.push(Op::file(
+                root,
+                &format!("{dir}/{}", crate::gitops::ROOT_APP_FILE),
+                crate::gitops::root_application(&cluster.cluster, g)?.into_bytes(),
+                0o600,
+            ));
+            if let Some(secret) = &payload.repo_secret {
+                ops.push(
+                    Op::file(
+                        root,
+                        &format!("{dir}/{}", crate::gitops::REPO_SECRET_FILE),
+                        secret.clone(),
+                        0o600,
+                    )
+                    .secret(),
+                );
+            }
+        }
         for name in crate::overlay::DEFAULT_BUILTINS {
             ops.extend(crate::overlay::builtin_ops(name, root)?);
         }
@@ -201,8 +383,11 @@ impl Plan {
             .iter()
             .map(|op| {
                 let (size, sha256, detail) = match &op.action {
+                    Action::Write(Content::Download { url }) => {
+                        (0, None, Some(format!("downloaded from {url}")))
+                    }
                     Action::Write(c) => (c.size(), (!op.secret).then(|| c.sha256()), None),
-                    Action::Mkdir => (0, None, None),
+                    Action::Mkdir | Action::Remove => (0, None, None),
                     Action::Symlink { target } => {
                         (target.len() as u64, None, Some(format!("-> {target}")))
                     }
@@ -267,11 +452,10 @@ mod tests {
     use super::*;
     use crate::boards::Catalog;
 
-    fn plan_for(name: &str) -> Plan {
-        let cluster = Cluster::parse(
-            "cluster: lab\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAA me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server, ip: 10.0.0.10}\n  - {name: w1, board: rpi3, role: agent}\n",
-        )
-        .unwrap();
+    const INVENTORY: &str = "cluster: lab\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAA me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server, ip: 10.0.0.10}\n  - {name: w1, board: rpi3, role: agent}\n";
+
+    fn plan_with(text: &str, name: &str, payload: &Payload) -> Result<Plan> {
+        let cluster = Cluster::parse(text).unwrap();
         let cat = Catalog::load().unwrap();
         let node = cluster.node(name).unwrap();
         let board = cat.board(&node.board).unwrap();
@@ -283,9 +467,129 @@ mod tests {
             image,
             &PlanInputs {
                 base_sha256: "00ff",
+                payload,
             },
         )
-        .unwrap()
+    }
+
+    fn plan_for(name: &str) -> Plan {
+        let text = INVENTORY.replace("nodes:", "k3s: {install: false}\nnodes:");
+        plan_with(&text, name, &Payload::default()).unwrap()
+    }
+
+    fn payload() -> Payload {
+        Payload {
+            k3s_binary: Some(Content::Bytes(b"ELF".to_vec())),
+            k3s_airgap: Some((
+                "k3s-airgap-images-arm64.tar.zst".into(),
+                Content::Bytes(b"zst".to_vec()),
+            )),
+            token: Some("tok".into()),
+            host_key: Some(crate::identity::HostKey {
+                private_openssh: "PRIVATE".into(),
+                public_openssh: "ssh-ed25519 AAAA".into(),
+            }),
+            argocd_install: Some(Content::Bytes(b"kind: Namespace".to_vec())),
+            repo_secret: None,
+        }
+    }
+
+    fn find<'p>(p: &'p Plan, path: &str) -> &'p Op {
+        // The last op on a path is the one that decides what the image holds.
+        p.ops
+            .iter()
+            .rev()
+            .find(|o| o.path == path)
+            .unwrap_or_else(|| panic!("{path} not in plan"))
+    }
+
+    #[test]
+    fn k3s_payload_per_role() {
+        let text = INVENTORY.replace(
+            "nodes:",
+            "gitops: {repo: \"https://git.example.com/lab.git\"}\nnodes:",
+        );
+        let server = plan_with(&text, "cp1", &payload()).unwrap();
+        let bin = find(&server, "/usr/local/bin/k3s");
+        assert_eq!((bin.mode, bin.partition.as_str()), (0o755, "writable"));
+        for l in ["kubectl", "crictl", "ctr"] {
+            let op = find(&server, &format!("/usr/local/bin/{l}"));
+            assert_eq!(
+                op.action,
+                Action::Symlink {
+                    target: "k3s".into()
+                }
+            );
+        }
+        let cfg = find(&server, "/etc/rancher/k3s/config.yaml");
+        assert!(cfg.secret && cfg.mode == 0o600);
+        assert!(matches!(&cfg.action, Action::Write(Content::Bytes(b))
+            if String::from_utf8_lossy(b).contains("cluster-init: true")));
+        find(&server, "/etc/systemd/system/k3s.service");
+        assert_eq!(
+            find(&server, "/etc/systemd/system/k3s.service.env").mode,
+            0o600
+        );
+        let wants = find(
+            &server,
+            "/etc/systemd/system/multi-user.target.wants/k3s.service",
+        );
+        assert_eq!(
+            wants.action,
+            Action::Symlink {
+                target: "/etc/systemd/system/k3s.service".into()
+            }
+        );
+        find(
+            &server,
+            "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst",
+        );
+        find(
+            &server,
+            "/var/lib/rancher/k3s/server/manifests/pikube-argocd-install.yaml",
+        );
+        find(
+            &server,
+            "/var/lib/rancher/k3s/server/manifests/pikube-argocd-root-app.yaml",
+        );
+        let key = find(&server, "/etc/ssh/ssh_host_ed25519_key");
+        assert!(key.secret && key.mode == 0o600);
+        assert!(
+            server
+                .ops
+                .iter()
+                .any(|o| o.path == "/etc/ssh/ssh_host_rsa_key" && o.action == Action::Remove)
+        );
+
+        let agent = plan_with(&text, "w1", &payload()).unwrap();
+        find(&agent, "/etc/systemd/system/k3s-agent.service");
+        assert!(
+            !agent
+                .ops
+                .iter()
+                .any(|o| o.path.contains("/server/manifests/")),
+            "GitOps only on the first server"
+        );
+        assert!(
+            !agent
+                .ops
+                .iter()
+                .any(|o| o.path == "/etc/systemd/system/k3s.service")
+        );
+        // Secrets never show their digest.
+        assert!(
+            agent
+                .views()
+                .iter()
+                .filter(|v| v.secret)
+                .all(|v| v.sha256.is_none())
+        );
+    }
+
+    #[test]
+    fn missing_payload_is_an_error_not_a_silent_skip() {
+        let e = plan_with(INVENTORY, "cp1", &Payload::default()).unwrap_err();
+        assert!(e.to_string().contains("k3s binary"), "{e}");
     }
 
     #[test]

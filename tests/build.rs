@@ -13,6 +13,41 @@ use support::http::TestServer;
 const CATALOG_DIR: &str = "cdimage.ubuntu.com/releases/24.04.3/release";
 const CATALOG_FILE: &str = "ubuntu-24.04.3-preinstalled-server-arm64+raspi.img.xz";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPikubeTestKey ops@laptop";
+const K3S_VERSION: &str = "v1.31.4+k3s1";
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+fn write_token(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    std::fs::write(dir.join("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(
+        dir.join("secrets/k3s-token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+/// Publishes a k3s release (arm64 binary, airgap tarball, checksum list) on the mirror.
+fn serve_k3s(server: &TestServer, version: &str, binary: &[u8], airgap: &[u8]) {
+    let dir = format!(
+        "/github.com/k3s-io/k3s/releases/download/{}",
+        version.replace('+', "%2B")
+    );
+    let sha = pikube_image::io::sha256_bytes;
+    server.add(&format!("{dir}/k3s-arm64"), binary.to_vec());
+    server.add(
+        &format!("{dir}/k3s-airgap-images-arm64.tar.zst"),
+        airgap.to_vec(),
+    );
+    server.add(
+        &format!("{dir}/sha256sum-arm64.txt"),
+        format!(
+            "{}  k3s-arm64\n{}  k3s-airgap-images-arm64.tar.zst\n",
+            sha(binary),
+            sha(airgap)
+        ),
+    );
+}
 
 fn cluster_yaml(extra_nodes: &str) -> String {
     format!(
@@ -54,6 +89,13 @@ impl Env {
             format!("0000000000000000000000000000000000000000000000000000000000000000 *other.img.xz\n{sha} *{CATALOG_FILE}\n"),
         );
         std::fs::write(dir.path().join("cluster.yaml"), cluster_yaml("")).unwrap();
+        write_token(dir.path());
+        serve_k3s(
+            &server,
+            K3S_VERSION,
+            b"#!/bin/sh\necho stand-in k3s \"$@\"\n",
+            b"airgap",
+        );
         Env {
             dir,
             fixture,
@@ -186,7 +228,7 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
         .map(|f| f["path"].as_str().unwrap())
         .collect();
     assert_eq!(
-        files,
+        files[..4],
         [
             "/meta-data",
             "/user-data",
@@ -194,6 +236,14 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
             "/cmdline.txt"
         ]
     );
+    for want in [
+        "/usr/local/bin/k3s",
+        "/etc/rancher/k3s/config.yaml",
+        "/etc/systemd/system/k3s.service",
+        "/etc/ssh/ssh_host_ed25519_key",
+    ] {
+        assert!(files.contains(&want), "{want} in {files:?}");
+    }
 
     // Partition table identical, FAT clean.
     assert_eq!(
@@ -219,25 +269,120 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
         stderr(&o)
     );
 
-    // Bytes outside the boot partition are identical to the input.
+    // Bytes outside the partitions (MBR, gaps, anything a boot loader keeps there) are
+    // identical to the input; inside, files the plan does not touch read back unchanged.
     let input = std::fs::read(&env.fixture.image).unwrap();
     assert_eq!(data.len(), input.len());
-    let (s, e) = (boot.start as usize, (boot.start + boot.size) as usize);
-    assert!(
-        data[..s] == input[..s],
-        "bytes before the boot partition changed"
-    );
-    assert!(
-        data[e..] == input[e..],
-        "bytes after the boot partition changed"
-    );
-    // Files the plan does not touch are identical.
-    for f in ["config.txt", "start4.elf", "bcm2711-rpi-4-b.dtb"] {
-        if let Some(sha) = env.fixture.files.get(&format!("system-boot:/{f}")) {
+    let root = env.fixture.part("writable").clone();
+    let mut outside = vec![(0usize, boot.start as usize)];
+    outside.push(((boot.start + boot.size) as usize, root.start as usize));
+    outside.push(((root.start + root.size) as usize, data.len()));
+    for (a, b) in outside {
+        assert!(
+            data[a..b] == input[a..b],
+            "bytes {a}..{b} outside the partitions changed"
+        );
+    }
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let rootfs = pikube_image::fs::ext4_reader(&file, disk.by_label("writable").unwrap()).unwrap();
+    let mut checked = 0;
+    for (key, sha) in &env.fixture.files {
+        if let Some(f) = key.strip_prefix("system-boot:/") {
+            if ["user-data", "meta-data", "network-config", "cmdline.txt"].contains(&f) {
+                continue;
+            }
             let got = pikube_image::io::sha256_bytes(&mtype(&img, boot.start, f));
             assert_eq!(&got, sha, "{f} changed");
+            checked += 1;
+        } else if let Some(p) = key.strip_prefix("writable:") {
+            let got = pikube_image::io::sha256_bytes(&rootfs.read(p).unwrap());
+            assert_eq!(&got, sha, "{p} changed");
+            checked += 1;
         }
     }
+    assert!(
+        checked >= 5,
+        "the fixture lists the files it placed ({checked})"
+    );
+    e2fsck_clean(&img, root.start, root.size, &env.path("root.part"));
+
+    // The k3s payload: binary, config per role, unit enabled, airgap images.
+    let cfg = rootfs
+        .read_to_string("/etc/rancher/k3s/config.yaml")
+        .unwrap();
+    assert!(
+        cfg.contains("cluster-init: true") && cfg.contains(TOKEN),
+        "{cfg}"
+    );
+    let m = rootfs.metadata("/etc/rancher/k3s/config.yaml").unwrap();
+    assert_eq!(m.mode() & 0o777, 0o600);
+    assert_eq!(
+        rootfs.metadata("/usr/local/bin/k3s").unwrap().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(
+        rootfs
+            .read_link("/etc/systemd/system/multi-user.target.wants/k3s.service")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "/etc/systemd/system/k3s.service"
+    );
+    assert_eq!(
+        rootfs
+            .read("/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst")
+            .unwrap(),
+        b"airgap"
+    );
+    let w1 = env.path("out/w1.img");
+    let w1_file = std::fs::File::open(&w1).unwrap();
+    let w1_disk = pikube_image::disk::Disk::read(&w1).unwrap();
+    let w1_root =
+        pikube_image::fs::ext4_reader(&w1_file, w1_disk.by_label("writable").unwrap()).unwrap();
+    let cfg = w1_root
+        .read_to_string("/etc/rancher/k3s/config.yaml")
+        .unwrap();
+    assert!(
+        cfg.contains("server: https://192.168.50.10:6443") && !cfg.contains("cluster-init"),
+        "{cfg}"
+    );
+    assert!(
+        w1_root
+            .exists("/etc/systemd/system/k3s-agent.service")
+            .unwrap()
+    );
+
+    // known_hosts matches the host keys inside the images.
+    let kh = std::fs::read_to_string(env.path("out/known_hosts")).unwrap();
+    for (name, fs) in [("cp1", &rootfs), ("w1", &w1_root)] {
+        let public = fs
+            .read_to_string("/etc/ssh/ssh_host_ed25519_key.pub")
+            .unwrap();
+        let key = public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            kh.lines().any(
+                |l| l.split(' ').next().unwrap().split(',').any(|h| h == name) && l.ends_with(&key)
+            ),
+            "{name} in {kh}"
+        );
+        let private = fs.metadata("/etc/ssh/ssh_host_ed25519_key").unwrap();
+        assert_eq!(private.mode() & 0o777, 0o600);
+    }
+    assert!(
+        kh.contains("cp1,cp1.home.arpa,192.168.50.10 ssh-ed25519 "),
+        "{kh}"
+    );
+    let manifest_text = std::fs::read_to_string(env.path("out/cp1.manifest.json")).unwrap();
+    assert!(
+        !manifest_text.contains(TOKEN),
+        "the token never enters the manifest"
+    );
+    assert!(manifest_text.contains("\"contains_secrets\": true"));
 
     // Seed: schema-valid, with the node's identity.
     let ud = mtype(&img, boot.start, "user-data");
@@ -381,10 +526,32 @@ fn wrong_checksum_leaves_nothing_behind() {
         err.contains("checksum") && err.contains(CATALOG_FILE),
         "{err}"
     );
+    // Only the k3s release files, which verified, are cached; nothing of the image.
+    let sha = pikube_image::io::sha256_bytes;
+    let k3s_dir = format!(
+        "/github.com/k3s-io/k3s/releases/download/{}",
+        K3S_VERSION.replace('+', "%2B")
+    );
+    let allowed: Vec<String> = [
+        "k3s-arm64",
+        "k3s-airgap-images-arm64.tar.zst",
+        "sha256sum-arm64.txt",
+    ]
+    .iter()
+    .map(|f| {
+        let url = format!("{}{k3s_dir}/{f}", env.server.url());
+        sha(&reqwest::blocking::get(&url).unwrap().bytes().unwrap())
+    })
+    .collect();
+    for blob in env.cache_blobs() {
+        if blob.to_string_lossy().contains("/blobs/") {
+            let name = blob.file_name().unwrap().to_string_lossy().to_string();
+            assert!(allowed.contains(&name), "unexpected cached blob {blob:?}");
+        }
+    }
     assert!(
-        env.cache_blobs().is_empty(),
-        "cache: {:?}",
-        env.cache_blobs()
+        walk(&env.path("cache/partial")).is_empty() && walk(&env.path("cache/tmp")).is_empty(),
+        "no partial download is kept"
     );
     assert!(
         walk(&env.path("out")).is_empty(),
@@ -475,6 +642,8 @@ fn init_then_adhoc_build_and_dry_run() {
         ..FixtureOpts::default()
     });
     std::fs::remove_file(env.path("cluster.yaml")).unwrap();
+    std::fs::remove_dir_all(env.path("secrets")).unwrap();
+    let mirror = env.server.url();
     let out = env.run(&["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let token = std::fs::read_to_string(env.path("secrets/k3s-token")).unwrap();
@@ -494,6 +663,8 @@ fn init_then_adhoc_build_and_dry_run() {
         "edge1",
         "--image",
         "ubuntu-raspi.img",
+        "--mirror",
+        &mirror,
         "--dry-run",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -514,6 +685,8 @@ fn init_then_adhoc_build_and_dry_run() {
         "worker",
         "--image",
         "ubuntu-raspi.img",
+        "--mirror",
+        &mirror,
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -521,4 +694,247 @@ fn init_then_adhoc_build_and_dry_run() {
     let name = summary["nodes"][0]["node"].as_str().unwrap().to_string();
     assert!(name.starts_with("agent-rpi4-"), "{name}");
     assert!(env.path(&format!("images/{name}.img")).exists());
+}
+
+/// Copies `[start, start+len)` of `img` into its own file, for tools without an offset option.
+fn extract(img: &Path, start: u64, len: u64, out: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(img).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut o = std::fs::File::create(out).unwrap();
+    std::io::copy(&mut f.take(len), &mut o).unwrap();
+}
+
+fn e2fsck_clean(img: &Path, start: u64, len: u64, scratch: &Path) {
+    extract(img, start, len, scratch);
+    let o = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(scratch)
+        .output()
+        .expect("e2fsck is installed");
+    assert!(
+        o.status.success(),
+        "e2fsck -fn: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    std::fs::remove_file(scratch).unwrap();
+}
+
+#[test]
+fn overlays_land_in_the_root_filesystem() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let env = Env::new(FixtureOpts {
+        seed: 11,
+        ..FixtureOpts::default()
+    });
+    let ov = env.path("ov-all");
+    std::fs::create_dir_all(ov.join("etc/pikube")).unwrap();
+    std::fs::write(ov.join("etc/pikube/motd"), "welcome\n").unwrap();
+    std::fs::create_dir_all(ov.join("usr/local/bin")).unwrap();
+    std::fs::write(ov.join("usr/local/bin/hello"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        ov.join("usr/local/bin/hello"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    symlink("hello", ov.join("usr/local/bin/hi")).unwrap();
+    let node_ov = env.path("ov-cp1");
+    std::fs::create_dir_all(node_ov.join("etc/pikube")).unwrap();
+    std::fs::write(node_ov.join("etc/pikube/motd"), "cp1 wins\n").unwrap();
+    std::fs::write(node_ov.join("etc/pikube/key"), "private").unwrap();
+    std::fs::set_permissions(
+        node_ov.join("etc/pikube/key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let yaml = cluster_yaml("")
+        .replace("nodes:\n", "overlays: { all: [ov-all] }\nnodes:\n")
+        .replace(
+            "ip: 192.168.50.10 }",
+            "ip: 192.168.50.10, overlays: [ov-cp1] }",
+        );
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "cp1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let img = env.path("out/cp1.img");
+    let root = env.fixture.part("writable").clone();
+    e2fsck_clean(&img, root.start, root.size, &env.path("root.part"));
+
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    assert_eq!(
+        fs.read("/etc/pikube/motd").unwrap(),
+        b"cp1 wins\n",
+        "node overlay wins"
+    );
+    assert_eq!(
+        fs.read("/usr/local/bin/hello").unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+    assert_eq!(
+        fs.read_link("/usr/local/bin/hi").unwrap().to_str().unwrap(),
+        "hello"
+    );
+    let m = fs.metadata("/usr/local/bin/hello").unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o750);
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    let k = fs.metadata("/etc/pikube/key").unwrap();
+    assert_eq!(k.mode() & 0o7777, 0o600);
+    assert_eq!(
+        fs.read("/etc/modules-load.d/pikube-k3s.conf").unwrap(),
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/overlays/k3s/etc/modules-load.d/pikube-k3s.conf"
+        ))
+        .unwrap(),
+        "built-in overlay"
+    );
+    // Files of the base image are still there.
+    assert!(
+        fs.read_to_string("/etc/os-release")
+            .unwrap()
+            .contains("Ubuntu")
+    );
+    let manifest = std::fs::read_to_string(env.path("out/cp1.manifest.json")).unwrap();
+    assert!(manifest.contains("\"/usr/local/bin/hi\"") && manifest.contains("\"symlink\""));
+}
+
+const ARGOCD_INSTALL: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: applications.argoproj.io\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: argocd-server\n";
+
+#[test]
+fn whole_fleet_with_gitops_on_the_first_server_only() {
+    let env = Env::new(FixtureOpts {
+        seed: 21,
+        ..FixtureOpts::default()
+    });
+    env.server.add(
+        "/raw.githubusercontent.com/argoproj/argo-cd/v2.13.3/manifests/install.yaml",
+        ARGOCD_INSTALL,
+    );
+    let yaml = cluster_yaml("  - { name: w2, board: rpi4, role: agent }\n").replace(
+        "nodes:\n",
+        "gitops: { repo: \"https://git.example.com/lab.git\", revision: main, path: apps }\nnodes:\n",
+    );
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--all", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["nodes"].as_array().unwrap().len(), 3);
+    let mut images: Vec<String> = walk(&env.path("out"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "img"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    images.sort();
+    assert_eq!(images, ["cp1.img", "w1.img", "w2.img"]);
+    let kh = std::fs::read_to_string(env.path("out/known_hosts")).unwrap();
+    assert_eq!(kh.lines().count(), 3, "{kh}");
+
+    for (node, first) in [("cp1", true), ("w1", false), ("w2", false)] {
+        let img = env.path(&format!("out/{node}.img"));
+        let file = std::fs::File::open(&img).unwrap();
+        let disk = pikube_image::disk::Disk::read(&img).unwrap();
+        let part = disk.by_label("writable").unwrap();
+        let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+        let dir = "/var/lib/rancher/k3s/server/manifests";
+        let install = format!("{dir}/pikube-argocd-install.yaml");
+        let app = format!("{dir}/pikube-argocd-root-app.yaml");
+        assert_eq!(fs.exists(&install).unwrap(), first, "{node}");
+        assert_eq!(fs.exists(&app).unwrap(), first, "{node}");
+        if first {
+            let text = fs.read_to_string(&install).unwrap();
+            assert!(
+                text.contains("kind: Namespace") && text.contains("namespace: argocd"),
+                "{text}"
+            );
+            let app = fs.read_to_string(&app).unwrap();
+            assert!(
+                app.contains("repoURL: https://git.example.com/lab.git")
+                    && app.contains("selfHeal: true"),
+                "{app}"
+            );
+        }
+        e2fsck_clean(&img, part.start, part.size, &env.path("root.part"));
+    }
+}
+
+#[test]
+fn bad_k3s_inputs_fail_without_output() {
+    let env = Env::new(FixtureOpts {
+        seed: 31,
+        total_mib: 120,
+        ..FixtureOpts::default()
+    });
+    // A k3s binary that does not match the release's checksum list.
+    let dir = format!(
+        "/github.com/k3s-io/k3s/releases/download/{}",
+        K3S_VERSION.replace('+', "%2B")
+    );
+    env.server
+        .add(&format!("{dir}/k3s-arm64"), b"tampered".to_vec());
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("checksum mismatch") && err.contains("k3s-arm64"),
+        "{err}"
+    );
+    assert!(
+        walk(&env.path("out")).is_empty(),
+        "{:?}",
+        walk(&env.path("out"))
+    );
+
+    // A k3s version that does not exist.
+    let yaml = cluster_yaml("").replace("nodes:\n", "k3s: { version: v9.9.9+k3s9 }\nnodes:\n");
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("v9.9.9") && err.contains("not found"), "{err}");
+    assert!(
+        walk(&env.path("out")).is_empty(),
+        "{:?}",
+        walk(&env.path("out"))
+    );
+
+    // An overlay link that escapes its overlay (with an intact k3s release again).
+    serve_k3s(
+        &env.server,
+        K3S_VERSION,
+        b"#!/bin/sh\necho stand-in k3s \"$@\"\n",
+        b"airgap",
+    );
+    std::fs::create_dir_all(env.path("ov/etc")).unwrap();
+    std::os::unix::fs::symlink("../../../etc/shadow", env.path("ov/etc/x")).unwrap();
+    let yaml = cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov] }\nnodes:\n");
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("escapes its overlay"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        walk(&env.path("out")).is_empty(),
+        "{:?}",
+        walk(&env.path("out"))
+    );
+
+    // A join token others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(env.path("cluster.yaml"), cluster_yaml("")).unwrap();
+    std::fs::set_permissions(
+        env.path("secrets/k3s-token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = env.build(&["--node", "w1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
 }

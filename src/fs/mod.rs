@@ -50,8 +50,9 @@ pub fn apply(file: &File, disk: &Disk, plan: &Plan) -> Result<Vec<FileRecord>> {
         let ops: Vec<&Op> = plan.ops.iter().filter(|o| o.partition == label).collect();
         match part.fs {
             FsKind::Fat => apply_fat(file, part, label, &ops, &mut records)?,
+            FsKind::Ext4 => apply_ext4(file, part, label, &ops, &mut records)?,
             other => bail!(
-                "partition '{label}' holds {other:?}, which this build cannot write to; expected FAT"
+                "partition '{label}' holds {other:?}, which this build cannot write to; expected FAT or ext4"
             ),
         }
     }
@@ -78,6 +79,9 @@ pub fn open_content(c: &Content) -> Result<Box<dyn Read + '_>> {
         Content::Bytes(b) => Box::new(&b[..]),
         Content::File { path, .. } => {
             Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
+        }
+        Content::Download { url } => {
+            bail!("{url} was not downloaded (a dry-run plan cannot be applied)")
         }
     })
 }
@@ -120,13 +124,135 @@ fn apply_fat(
                     Some(sha256_bytes(new.as_bytes())),
                 ));
             }
-            Action::Mkdir | Action::Symlink { .. } => bail!(
+            Action::Mkdir | Action::Symlink { .. } | Action::Remove => bail!(
                 "{label}:{}: FAT partitions hold only regular files written by the plan",
                 op.path
             ),
         }
     }
     fat.close()
+}
+
+fn ext4_err(label: &str, path: &str) -> impl Fn(pikube_ext4::Error) -> anyhow::Error {
+    let at = format!("{label}:{path}");
+    move |e| anyhow::anyhow!("{at}: {e}")
+}
+
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+fn apply_ext4(
+    file: &File,
+    part: &Partition,
+    label: &str,
+    ops: &[&Op],
+    records: &mut Vec<FileRecord>,
+) -> Result<()> {
+    let handle = file
+        .try_clone()
+        .context("cannot duplicate the image file handle")?;
+    let mut fs = pikube_ext4::Ext4Fs::open(handle, part.start, part.size)
+        .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
+    let mtime = crate::build_timestamp();
+    let dir_meta = pikube_ext4::Meta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime,
+    };
+    for op in ops {
+        let meta = pikube_ext4::Meta {
+            mode: op.mode,
+            uid: op.uid,
+            gid: op.gid,
+            mtime,
+        };
+        let err = ext4_err(label, &op.path);
+        match &op.action {
+            Action::Write(content) => {
+                fs.mkdir_p(parent(&op.path), &dir_meta).map_err(&err)?;
+                fs.write_file(&op.path, &mut open_content(content)?, content.size(), &meta)
+                    .map_err(&err)?;
+                records.push(record(
+                    op,
+                    &op.path,
+                    "file",
+                    content.size(),
+                    Some(content.sha256()),
+                ));
+            }
+            Action::Mkdir => {
+                fs.mkdir_p(&op.path, &meta).map_err(&err)?;
+                records.push(record(op, &op.path, "dir", 0, None));
+            }
+            Action::Symlink { target } => {
+                fs.mkdir_p(parent(&op.path), &dir_meta).map_err(&err)?;
+                if fs.stat(&op.path).map_err(&err)?.is_some() {
+                    fs.remove(&op.path).map_err(&err)?;
+                }
+                fs.symlink(&op.path, target, &meta).map_err(&err)?;
+                records.push(record(op, &op.path, "symlink", target.len() as u64, None));
+            }
+            Action::Remove => {
+                if fs.stat(&op.path).map_err(&err)?.is_some() {
+                    fs.remove(&op.path).map_err(&err)?;
+                    records.push(record(op, &op.path, "remove", 0, None));
+                }
+            }
+            Action::KernelArgs { .. } => bail!(
+                "{label}:{}: kernel arguments live on the boot partition, not on ext4",
+                op.path
+            ),
+        }
+    }
+    fs.close()
+        .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
+    Ok(())
+}
+
+/// Bytes of free space each ext4 partition of the plan lacks for its payload (empty when
+/// everything fits). Overwritten files are counted in full, so the estimate errs on the
+/// safe side.
+pub fn ext4_shortfall(file: &File, disk: &Disk, plan: &Plan) -> Result<Vec<(u32, u64)>> {
+    let mut out = Vec::new();
+    let mut labels: Vec<&str> = plan.ops.iter().map(|o| o.partition.as_str()).collect();
+    labels.dedup();
+    labels.sort();
+    labels.dedup();
+    for label in labels {
+        let part = partition(disk, label)?;
+        if part.fs != FsKind::Ext4 {
+            continue;
+        }
+        let handle = file
+            .try_clone()
+            .context("cannot duplicate the image file handle")?;
+        let fs = pikube_ext4::Ext4Fs::open(handle, part.start, part.size)
+            .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
+        let bs = fs.block_size();
+        let sizes: Vec<u64> = plan
+            .ops
+            .iter()
+            .filter(|o| o.partition == label)
+            .map(|o| match &o.action {
+                Action::Write(c) => c.size(),
+                Action::Symlink { target } => target.len() as u64,
+                Action::Mkdir => bs as u64,
+                _ => 0,
+            })
+            .collect();
+        let need = pikube_ext4::Ext4Fs::bytes_needed_for(&sizes, bs);
+        let free = fs.free_bytes();
+        drop(fs);
+        if need > free {
+            out.push((part.number, need - free));
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the ext4 filesystem in a partition with ext4-view (inspection and checks).

@@ -1,0 +1,66 @@
+//! Positioned I/O inside the partition's byte range, little-endian helpers.
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+pub(crate) struct Dev {
+    pub(crate) file: File,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+impl Dev {
+    pub(crate) fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        if pos
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(crate::error::corrupt(format!(
+                "a structure at byte {pos} (+{}) lies beyond the end of the partition ({} bytes)",
+                buf.len(),
+                self.len
+            )));
+        }
+        self.file
+            .read_exact_at(buf, self.offset + pos)
+            .map_err(|source| Error::Io {
+                op: "reading",
+                offset: self.offset + pos,
+                source,
+            })
+    }
+
+    pub(crate) fn write_at(&self, pos: u64, buf: &[u8]) -> Result<()> {
+        if pos
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(crate::error::corrupt(format!(
+                "refusing to write at byte {pos} (+{}) beyond the end of the partition ({} bytes)",
+                buf.len(),
+                self.len
+            )));
+        }
+        self.file
+            .write_all_at(buf, self.offset + pos)
+            .map_err(|source| Error::Io {
+                op: "writing",
+                offset: self.offset + pos,
+                source,
+            })
+    }
+}
+
+pub(crate) fn le16(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+pub(crate) fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+pub(crate) fn put16(b: &mut [u8], o: usize, v: u16) {
+    b[o..o + 2].copy_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}

@@ -1,0 +1,989 @@
+//! Inodes: reading and writing (with checksums), block maps (extent trees and
+//! legacy indirect maps), building extent trees, file data, files, symlinks
+//! and removal.
+
+use crate::csum::crc32c_raw;
+use crate::disk::{le16, le32, put16, put32};
+use crate::error::{Error, Result, corrupt};
+use crate::fs::{Ext4Fs, RO_DIR_NLINK};
+use crate::{Kind, Meta, Stat};
+
+pub(crate) const ROOT_INO: u32 = 2;
+pub(crate) const EXTENTS_FL: u32 = 0x80000;
+pub(crate) const INDEX_FL: u32 = 0x1000;
+pub(crate) const HUGE_FILE_FL: u32 = 0x40000;
+pub(crate) const INLINE_DATA_FL: u32 = 0x1000_0000;
+const MAX_EXTENT_LEN: u64 = 32768;
+const EXT_MAGIC: u16 = 0xF30A;
+
+#[derive(Clone)]
+pub(crate) struct Inode {
+    pub(crate) raw: Vec<u8>,
+}
+
+impl Inode {
+    pub(crate) fn mode(&self) -> u16 {
+        le16(&self.raw, 0)
+    }
+    pub(crate) fn kind(&self) -> Kind {
+        match self.mode() & 0xF000 {
+            0x8000 => Kind::File,
+            0x4000 => Kind::Dir,
+            0xA000 => Kind::Symlink,
+            _ => Kind::Other,
+        }
+    }
+    pub(crate) fn size(&self) -> u64 {
+        le32(&self.raw, 0x4) as u64 | (le32(&self.raw, 0x6C) as u64) << 32
+    }
+    pub(crate) fn set_size(&mut self, s: u64) {
+        put32(&mut self.raw, 0x4, s as u32);
+        put32(&mut self.raw, 0x6C, (s >> 32) as u32);
+    }
+    pub(crate) fn links(&self) -> u16 {
+        le16(&self.raw, 0x1A)
+    }
+    pub(crate) fn set_links(&mut self, n: u16) {
+        put16(&mut self.raw, 0x1A, n);
+    }
+    pub(crate) fn flags(&self) -> u32 {
+        le32(&self.raw, 0x20)
+    }
+    pub(crate) fn set_flags(&mut self, f: u32) {
+        put32(&mut self.raw, 0x20, f);
+    }
+    pub(crate) fn generation(&self) -> u32 {
+        le32(&self.raw, 0x64)
+    }
+    pub(crate) fn file_acl(&self) -> u64 {
+        le32(&self.raw, 0x68) as u64 | (le16(&self.raw, 0x76) as u64) << 32
+    }
+    pub(crate) fn extra_isize(&self) -> usize {
+        if self.raw.len() > 128 {
+            le16(&self.raw, 0x80) as usize
+        } else {
+            0
+        }
+    }
+    fn set_time(&mut self, lo: usize, extra: Option<usize>, secs: i64) {
+        put32(&mut self.raw, lo, secs as u32);
+        if let Some(x) = extra
+            && self.raw.len() > 128
+            && 128 + self.extra_isize() >= x + 4
+        {
+            let epoch = ((secs - (secs as i32 as i64)) >> 32) as u32 & 3;
+            put32(&mut self.raw, x, epoch);
+        }
+    }
+    fn get_time(&self, lo: usize, extra: usize) -> i64 {
+        let base = le32(&self.raw, lo) as i32 as i64;
+        if self.raw.len() > 128 && 128 + self.extra_isize() >= extra + 4 {
+            base + (((le32(&self.raw, extra) & 3) as i64) << 32)
+        } else {
+            base
+        }
+    }
+    pub(crate) fn set_mtime(&mut self, t: i64) {
+        self.set_time(0x10, Some(0x88), t);
+    }
+    pub(crate) fn set_ctime(&mut self, t: i64) {
+        self.set_time(0xC, Some(0x84), t);
+    }
+    pub(crate) fn set_atime(&mut self, t: i64) {
+        self.set_time(0x8, Some(0x8C), t);
+    }
+    pub(crate) fn set_owner(&mut self, meta: &Meta, type_bits: u16) {
+        put16(&mut self.raw, 0, type_bits | (meta.mode & 0o7777));
+        put16(&mut self.raw, 0x2, meta.uid as u16);
+        put16(&mut self.raw, 0x78, (meta.uid >> 16) as u16);
+        put16(&mut self.raw, 0x18, meta.gid as u16);
+        put16(&mut self.raw, 0x7A, (meta.gid >> 16) as u16);
+        self.set_mtime(meta.mtime);
+    }
+    pub(crate) fn set_iblocks(&mut self, fs_blocks: u64, bs: u64) {
+        let sectors = fs_blocks * (bs / 512);
+        put32(&mut self.raw, 0x1C, sectors as u32);
+        put16(&mut self.raw, 0x74, (sectors >> 32) as u16);
+        let f = self.flags() & !HUGE_FILE_FL;
+        self.set_flags(f);
+    }
+    pub(crate) fn stat(&self) -> Stat {
+        Stat {
+            kind: self.kind(),
+            mode: self.mode() & 0o7777,
+            uid: le16(&self.raw, 0x2) as u32 | (le16(&self.raw, 0x78) as u32) << 16,
+            gid: le16(&self.raw, 0x18) as u32 | (le16(&self.raw, 0x7A) as u32) << 16,
+            size: self.size(),
+            mtime: self.get_time(0x10, 0x88),
+            links: self.links(),
+        }
+    }
+    pub(crate) fn iblock(&self) -> &[u8] {
+        &self.raw[0x28..0x28 + 60]
+    }
+    pub(crate) fn iblock_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[0x28..0x28 + 60]
+    }
+    pub(crate) fn is_fast_symlink(&self) -> bool {
+        self.kind() == Kind::Symlink && self.size() < 60 && self.flags() & EXTENTS_FL == 0
+    }
+}
+
+/// One mapped run of an inode: logical block, physical block, length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ext {
+    pub(crate) logical: u64,
+    pub(crate) phys: u64,
+    pub(crate) len: u64,
+    pub(crate) uninit: bool,
+}
+
+/// The block map of an inode: data runs plus the mapping's own blocks
+/// (extent tree nodes or indirect blocks).
+#[derive(Default)]
+pub(crate) struct Map {
+    pub(crate) extents: Vec<Ext>,
+    pub(crate) meta: Vec<u64>,
+}
+
+impl Map {
+    pub(crate) fn data_blocks(&self) -> u64 {
+        self.extents.iter().map(|e| e.len).sum()
+    }
+    pub(crate) fn phys_of(&self, lb: u64) -> Option<u64> {
+        let i = self.extents.partition_point(|e| e.logical + e.len <= lb);
+        let e = self.extents.get(i)?;
+        (e.logical <= lb && !e.uninit).then(|| e.phys + (lb - e.logical))
+    }
+}
+
+/// Number of extent tree blocks needed for `n` extents (0 if they fit in
+/// the inode).
+pub(crate) fn tree_blocks_for(n: u64, bs: u64) -> u64 {
+    if n <= 4 {
+        return 0;
+    }
+    let per = (bs - 12) / 12;
+    let mut total = 0;
+    let mut level = n;
+    loop {
+        let blocks = level.div_ceil(per);
+        total += blocks;
+        if blocks <= 4 {
+            return total;
+        }
+        level = blocks;
+    }
+}
+
+impl Ext4Fs {
+    fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
+        if ino == 0 || ino as u64 > self.geo.groups as u64 * self.geo.ipg as u64 {
+            return Err(corrupt(format!(
+                "a reference to inode {ino}, which does not exist"
+            )));
+        }
+        let g = (ino - 1) / self.geo.ipg;
+        let idx = ((ino - 1) % self.geo.ipg) as u64;
+        let byte = idx * self.geo.inode_size as u64;
+        let blk = self.groups[g as usize].inode_table + byte / self.geo.bs;
+        Ok((blk, (byte % self.geo.bs) as usize))
+    }
+
+    pub(crate) fn inode_seed(&self, ino: u32, generation: u32) -> u32 {
+        let c = crc32c_raw(self.geo.seed, &ino.to_le_bytes());
+        crc32c_raw(c, &generation.to_le_bytes())
+    }
+
+    fn inode_csum(&self, ino: u32, raw: &[u8]) -> u32 {
+        let mut c = self.inode_seed(ino, le32(raw, 0x64));
+        c = crc32c_raw(c, &raw[..0x7C]);
+        c = crc32c_raw(c, &[0, 0]);
+        c = crc32c_raw(c, &raw[0x7E..0x80]);
+        if raw.len() > 128 {
+            c = crc32c_raw(c, &raw[0x80..0x82]);
+            if le16(raw, 0x80) >= 4 {
+                c = crc32c_raw(c, &[0, 0]);
+                c = crc32c_raw(c, &raw[0x84..]);
+            } else {
+                c = crc32c_raw(c, &raw[0x82..]);
+            }
+        }
+        c
+    }
+
+    pub(crate) fn read_inode(&mut self, ino: u32) -> Result<Inode> {
+        let (blk, off) = self.inode_loc(ino)?;
+        let isz = self.geo.inode_size;
+        let raw = self.block(blk)?[off..off + isz].to_vec();
+        if raw.len() > 128 && 128 + le16(&raw, 0x80) as usize > isz {
+            return Err(corrupt(format!("inode {ino} has an invalid extra size")));
+        }
+        if self.geo.csum() && raw.iter().any(|&b| b != 0) {
+            let c = self.inode_csum(ino, &raw);
+            let mut stored = le16(&raw, 0x7C) as u32;
+            let mut want = c & 0xFFFF;
+            if raw.len() > 128 && le16(&raw, 0x80) >= 4 {
+                stored |= (le16(&raw, 0x82) as u32) << 16;
+                want = c;
+            }
+            if stored != want {
+                return Err(corrupt(format!("inode {ino} checksum mismatch")));
+            }
+        }
+        Ok(Inode { raw })
+    }
+
+    pub(crate) fn write_inode(&mut self, ino: u32, inode: &mut Inode) -> Result<()> {
+        if self.geo.csum() {
+            let c = self.inode_csum(ino, &inode.raw);
+            put16(&mut inode.raw, 0x7C, c as u16);
+            if inode.raw.len() > 128 && le16(&inode.raw, 0x80) >= 4 {
+                put16(&mut inode.raw, 0x82, (c >> 16) as u16);
+            }
+        }
+        let (blk, off) = self.inode_loc(ino)?;
+        let isz = self.geo.inode_size;
+        let b = self.block_mut(blk)?;
+        b[off..off + isz].copy_from_slice(&inode.raw);
+        Ok(())
+    }
+
+    /// A fresh in-memory inode (not yet written).
+    pub(crate) fn new_inode(&mut self, type_bits: u16, meta: &Meta) -> Inode {
+        let isz = self.geo.inode_size;
+        let mut inode = Inode { raw: vec![0; isz] };
+        if isz > 128 {
+            let mut want = self.geo.want_extra_isize as usize;
+            if want < 32 {
+                want = 32;
+            }
+            want = want.min(isz - 128);
+            put16(&mut inode.raw, 0x80, want as u16);
+        }
+        inode.set_owner(meta, type_bits);
+        let now = self.now;
+        inode.set_atime(now);
+        inode.set_ctime(now);
+        inode.set_time(0x90, Some(0x94), now);
+        let g = self.next_generation();
+        put32(&mut inode.raw, 0x64, g);
+        inode
+    }
+
+    // ---------- block maps ----------
+
+    pub(crate) fn inode_map(&mut self, ino: u32, inode: &Inode) -> Result<Map> {
+        let mut map = Map::default();
+        let kind = inode.kind();
+        if !matches!(kind, Kind::File | Kind::Dir | Kind::Symlink) || inode.is_fast_symlink() {
+            return Ok(map);
+        }
+        if inode.flags() & INLINE_DATA_FL != 0 {
+            return Err(Error::Unsupported {
+                feature: format!("inline data in inode {ino}"),
+            });
+        }
+        if inode.flags() & EXTENTS_FL != 0 {
+            let root = inode.iblock().to_vec();
+            self.walk_extents(ino, inode.generation(), &root, None, 0, &mut map)?;
+            map.extents.sort_by_key(|e| e.logical);
+            for w in map.extents.windows(2) {
+                if w[0].logical + w[0].len > w[1].logical {
+                    return Err(corrupt(format!("inode {ino} has overlapping extents")));
+                }
+            }
+        } else {
+            self.walk_indirect(ino, inode, &mut map)?;
+        }
+        for e in &map.extents {
+            if e.phys < self.geo.first_data_block
+                || e.phys
+                    .checked_add(e.len)
+                    .is_none_or(|x| x > self.geo.blocks_count)
+            {
+                return Err(corrupt(format!(
+                    "inode {ino} maps blocks outside the filesystem"
+                )));
+            }
+        }
+        Ok(map)
+    }
+
+    fn walk_extents(
+        &mut self,
+        ino: u32,
+        generation: u32,
+        node: &[u8],
+        expect_depth: Option<u16>,
+        level: u32,
+        map: &mut Map,
+    ) -> Result<()> {
+        let bad = |what: &str| corrupt(format!("inode {ino}: extent tree {what}"));
+        if le16(node, 0) != EXT_MAGIC {
+            return Err(bad("node has a bad magic number"));
+        }
+        let entries = le16(node, 2) as usize;
+        let max = le16(node, 4) as usize;
+        let depth = le16(node, 6);
+        if entries > max || 12 + max * 12 > node.len() || depth > 5 || level > 5 {
+            return Err(bad("node header is invalid"));
+        }
+        if expect_depth.is_some_and(|d| d != depth) {
+            return Err(bad("node has an unexpected depth"));
+        }
+        for i in 0..entries {
+            let e = &node[12 + i * 12..24 + i * 12];
+            if depth == 0 {
+                let mut len = le16(e, 4) as u64;
+                let uninit = len > MAX_EXTENT_LEN;
+                if uninit {
+                    len -= MAX_EXTENT_LEN;
+                }
+                let phys = le32(e, 8) as u64 | (le16(e, 6) as u64) << 32;
+                if len > 0 {
+                    map.extents.push(Ext {
+                        logical: le32(e, 0) as u64,
+                        phys,
+                        len,
+                        uninit,
+                    });
+                }
+            } else {
+                let child = le32(e, 4) as u64 | (le16(e, 8) as u64) << 32;
+                if child < self.geo.first_data_block || child >= self.geo.blocks_count {
+                    return Err(bad("index points outside the filesystem"));
+                }
+                if map.meta.len() > 1 << 20 {
+                    return Err(bad("is implausibly large"));
+                }
+                map.meta.push(child);
+                let buf = self.block(child)?.to_vec();
+                let cmax = le16(&buf, 4) as usize;
+                if self.geo.csum() && le16(&buf, 0) == EXT_MAGIC && 16 + cmax * 12 <= buf.len() {
+                    let t = 12 + cmax * 12;
+                    let want = crc32c_raw(self.inode_seed(ino, generation), &buf[..t]);
+                    if le32(&buf, t) != want {
+                        return Err(bad("block checksum mismatch"));
+                    }
+                }
+                self.walk_extents(ino, generation, &buf, Some(depth - 1), level + 1, map)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_indirect(&mut self, ino: u32, inode: &Inode, map: &mut Map) -> Result<()> {
+        let ib = inode.iblock().to_vec();
+        let per = self.geo.bs / 4;
+        let mut push = |map: &mut Map, lb: u64, pb: u64| {
+            if let Some(last) = map.extents.last_mut()
+                && last.logical + last.len == lb
+                && last.phys + last.len == pb
+                && last.len < MAX_EXTENT_LEN
+            {
+                last.len += 1;
+                return;
+            }
+            map.extents.push(Ext {
+                logical: lb,
+                phys: pb,
+                len: 1,
+                uninit: false,
+            });
+        };
+        for i in 0..12 {
+            let b = le32(&ib, i * 4) as u64;
+            if b != 0 {
+                push(map, i as u64, b);
+            }
+        }
+        let mut base = 12u64;
+        for (slot, levels) in [(12usize, 1u32), (13, 2), (14, 3)] {
+            let b = le32(&ib, slot * 4) as u64;
+            let span = per.pow(levels);
+            if b != 0 {
+                self.walk_ind_block(ino, b, levels, base, map, &mut push)?;
+            }
+            base += span;
+        }
+        Ok(())
+    }
+
+    fn walk_ind_block(
+        &mut self,
+        ino: u32,
+        b: u64,
+        levels: u32,
+        base: u64,
+        map: &mut Map,
+        push: &mut dyn FnMut(&mut Map, u64, u64),
+    ) -> Result<()> {
+        if b < self.geo.first_data_block || b >= self.geo.blocks_count {
+            return Err(corrupt(format!(
+                "inode {ino}: indirect block outside the filesystem"
+            )));
+        }
+        map.meta.push(b);
+        let buf = self.block(b)?.to_vec();
+        let per = self.geo.bs / 4;
+        let span = per.pow(levels - 1);
+        for i in 0..per as usize {
+            let c = le32(&buf, i * 4) as u64;
+            if c == 0 {
+                continue;
+            }
+            let lb = base + i as u64 * span;
+            if levels == 1 {
+                push(map, lb, c);
+            } else {
+                self.walk_ind_block(ino, c, levels - 1, lb, map, push)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the extent tree for `exts` into `inode` (not yet written back),
+    /// reusing `old_meta` blocks where possible. Returns the number of tree
+    /// blocks now used.
+    pub(crate) fn set_extents(
+        &mut self,
+        ino: u32,
+        inode: &mut Inode,
+        exts: &[Ext],
+        old_meta: &[u64],
+    ) -> Result<u64> {
+        let bs = self.geo.bs;
+        let need = tree_blocks_for(exts.len() as u64, bs);
+        let mut blocks: Vec<u64> = old_meta.iter().copied().take(need as usize).collect();
+        for &b in old_meta.iter().skip(need as usize) {
+            self.free_blocks_range(b, 1)?;
+        }
+        if (blocks.len() as u64) < need {
+            let goal = exts.last().map(|e| e.phys + e.len);
+            for (s, l) in self.alloc_blocks(need - blocks.len() as u64, goal)? {
+                blocks.extend(s..s + l);
+            }
+        }
+        let seed = self.inode_seed(ino, inode.generation());
+        let csum = self.geo.csum();
+        let per = ((bs - 12) / 12) as usize;
+        // Entries of the current level: (first logical block, 12-byte entry).
+        let mut level: Vec<(u32, [u8; 12])> = exts
+            .iter()
+            .map(|e| {
+                let mut x = [0u8; 12];
+                put32(&mut x, 0, e.logical as u32);
+                let len = if e.uninit {
+                    e.len + MAX_EXTENT_LEN
+                } else {
+                    e.len
+                };
+                put16(&mut x, 4, len as u16);
+                put16(&mut x, 6, (e.phys >> 32) as u16);
+                put32(&mut x, 8, e.phys as u32);
+                (e.logical as u32, x)
+            })
+            .collect();
+        let mut depth = 0u16;
+        let mut next_block = 0usize;
+        while level.len() > 4 {
+            let mut upper = Vec::new();
+            for chunk in level.chunks(per) {
+                let b = blocks[next_block];
+                next_block += 1;
+                let buf = self.block_new(b);
+                put16(buf, 0, EXT_MAGIC);
+                put16(buf, 2, chunk.len() as u16);
+                put16(buf, 4, per as u16);
+                put16(buf, 6, depth);
+                for (i, (_, x)) in chunk.iter().enumerate() {
+                    buf[12 + i * 12..24 + i * 12].copy_from_slice(x);
+                }
+                if csum {
+                    let t = 12 + per * 12;
+                    let c = crc32c_raw(seed, &buf[..t]);
+                    put32(buf, t, c);
+                }
+                let mut x = [0u8; 12];
+                put32(&mut x, 0, chunk[0].0);
+                put32(&mut x, 4, b as u32);
+                put16(&mut x, 8, (b >> 32) as u16);
+                upper.push((chunk[0].0, x));
+            }
+            level = upper;
+            depth += 1;
+        }
+        let ib = inode.iblock_mut();
+        ib.fill(0);
+        put16(ib, 0, EXT_MAGIC);
+        put16(ib, 2, level.len() as u16);
+        put16(ib, 4, 4);
+        put16(ib, 6, depth);
+        for (i, (_, x)) in level.iter().enumerate() {
+            ib[12 + i * 12..24 + i * 12].copy_from_slice(x);
+        }
+        let f = inode.flags() | EXTENTS_FL;
+        inode.set_flags(f);
+        Ok(need)
+    }
+
+    /// Sets `i_blocks` from data + tree blocks and the xattr block.
+    pub(crate) fn account_blocks(&self, inode: &mut Inode, data: u64, tree: u64) {
+        let acl = u64::from(inode.file_acl() != 0);
+        inode.set_iblocks(data + tree + acl, self.geo.bs);
+    }
+
+    pub(crate) fn read_data(&mut self, ino: u32, inode: &Inode) -> Result<Vec<u8>> {
+        let size = inode.size();
+        if size > 1 << 40 {
+            return Err(corrupt(format!(
+                "inode {ino} has an implausible size {size}"
+            )));
+        }
+        let map = self.inode_map(ino, inode)?;
+        let mut out = vec![0u8; size as usize];
+        let bs = self.geo.bs;
+        for e in &map.extents {
+            if e.uninit {
+                continue;
+            }
+            let start = e.logical * bs;
+            if start >= size {
+                continue;
+            }
+            let end = ((e.logical + e.len) * bs).min(size);
+            // Metadata cache first (directory-like data written this session).
+            let mut pos = start;
+            while pos < end {
+                let lb = pos / bs;
+                let pb = e.phys + (lb - e.logical);
+                let chunk_end = end.min((lb + 1) * bs);
+                if let Some(c) = self.cache.get(&pb) {
+                    let o = (pos % bs) as usize;
+                    out[pos as usize..chunk_end as usize]
+                        .copy_from_slice(&c[o..o + (chunk_end - pos) as usize]);
+                    pos = chunk_end;
+                } else {
+                    // Read as much contiguous uncached data as possible.
+                    let mut run_end = chunk_end;
+                    while run_end < end
+                        && !self
+                            .cache
+                            .contains_key(&(e.phys + run_end / bs - e.logical))
+                        && run_end - pos < 8 << 20
+                    {
+                        run_end = end.min(run_end + bs);
+                    }
+                    let ppos = pb * bs + pos % bs;
+                    self.dev
+                        .read_at(ppos, &mut out[pos as usize..run_end as usize])?;
+                    pos = run_end;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn read_link(&mut self, ino: u32) -> Result<String> {
+        let inode = self.read_inode(ino)?;
+        let bytes = if inode.is_fast_symlink() {
+            inode.iblock()[..inode.size() as usize].to_vec()
+        } else {
+            if inode.size() > self.geo.bs {
+                return Err(corrupt(format!("symlink inode {ino} is too long")));
+            }
+            self.read_data(ino, &inode)?
+        };
+        String::from_utf8(bytes).map_err(|_| Error::Unsupported {
+            feature: format!("a symlink target that is not UTF-8 (inode {ino})"),
+        })
+    }
+
+    /// Frees the data and mapping blocks of an inode.
+    pub(crate) fn free_inode_blocks(&mut self, map: &Map) -> Result<()> {
+        for e in &map.extents {
+            self.free_blocks_range(e.phys, e.len)?;
+        }
+        for &b in &map.meta {
+            self.free_blocks_range(b, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Drops an inode whose link count reached zero.
+    pub(crate) fn release_inode(&mut self, ino: u32, mut inode: Inode) -> Result<()> {
+        let map = self.inode_map(ino, &inode)?;
+        self.free_inode_blocks(&map)?;
+        let acl = inode.file_acl();
+        if acl != 0 {
+            self.release_xattr_block(acl)?;
+        }
+        let is_dir = inode.kind() == Kind::Dir;
+        inode.set_links(0);
+        put32(&mut inode.raw, 0x14, self.now as u32);
+        inode.set_ctime(self.now);
+        self.write_inode(ino, &mut inode)?;
+        self.free_inode(ino, is_dir)
+    }
+
+    fn release_xattr_block(&mut self, b: u64) -> Result<()> {
+        let csum = self.geo.csum();
+        let seed = self.geo.seed;
+        let buf = self.block(b)?.to_vec();
+        if le32(&buf, 0) != 0xEA02_0000 {
+            return Err(corrupt(format!(
+                "extended attribute block {b} has a bad magic"
+            )));
+        }
+        let refs = le32(&buf, 4);
+        if refs > 1 {
+            let bs = self.geo.bs as usize;
+            let blk = self.block_mut(b)?;
+            put32(blk, 4, refs - 1);
+            if csum {
+                let mut c = crc32c_raw(seed, &b.to_le_bytes());
+                c = crc32c_raw(c, &blk[..0x10]);
+                c = crc32c_raw(c, &[0; 4]);
+                c = crc32c_raw(c, &blk[0x14..bs]);
+                put32(blk, 0x10, c);
+            }
+            Ok(())
+        } else {
+            self.free_blocks_range(b, 1)
+        }
+    }
+
+    // ---------- files ----------
+
+    fn check_space(&self, blocks: u64, reclaim: u64) -> Result<()> {
+        let avail = self.available_blocks() + reclaim;
+        if blocks > avail {
+            return Err(Error::NoSpace {
+                needed: blocks * self.geo.bs,
+                available: avail * self.geo.bs,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_file_in(
+        &mut self,
+        parent: u32,
+        name: &str,
+        path: &str,
+        data: &mut dyn std::io::Read,
+        len: u64,
+        meta: &Meta,
+    ) -> Result<()> {
+        let bs = self.geo.bs;
+        let existing = self.lookup(parent, name)?;
+        let nblocks = len.div_ceil(bs);
+        let worst_ext = nblocks.div_ceil(MAX_EXTENT_LEN) + 16;
+        let mut need = nblocks + tree_blocks_for(worst_ext, bs);
+        let mut reuse = None;
+        let mut reclaim = 0;
+        match existing {
+            Some((_, Kind::Dir)) => {
+                return Err(Error::IsADirectory { path: path.into() });
+            }
+            Some((ino, Kind::File)) => {
+                let inode = self.read_inode(ino)?;
+                let map = self.inode_map(ino, &inode)?;
+                reclaim = map.data_blocks() + map.meta.len() as u64;
+                reuse = Some((ino, inode, map));
+            }
+            Some(_) => need += DIR_SLACK,
+            None => {
+                need += DIR_SLACK;
+                if self.free_inodes == 0 {
+                    return Err(Error::NoInodes);
+                }
+            }
+        }
+        self.check_space(need, reclaim)?;
+        if let Some((_, Kind::Symlink | Kind::Other)) = existing {
+            self.remove_in(parent, name, path)?;
+        }
+        let (ino, mut inode, old_meta) = match reuse {
+            Some((ino, inode, map)) => {
+                for e in &map.extents {
+                    self.free_blocks_range(e.phys, e.len)?;
+                }
+                (ino, inode, map.meta)
+            }
+            None => {
+                let g = (parent - 1) / self.geo.ipg;
+                let ino = self.alloc_inode(g, false)?;
+                (ino, self.new_inode(0x8000, meta), Vec::new())
+            }
+        };
+        let is_new = existing.is_none_or(|(_, k)| k != Kind::File);
+        let runs = self.alloc_blocks(nblocks, None)?;
+        for &(s, l) in &runs {
+            for b in s..s + l {
+                self.forget_block(b);
+            }
+        }
+        let res = self.write_runs(&runs, data, len);
+        let exts: Vec<Ext> = match &res {
+            Ok(()) => {
+                let mut v = Vec::new();
+                let mut lb = 0u64;
+                for &(s, l) in &runs {
+                    let mut off = 0;
+                    while off < l {
+                        let n = (l - off).min(MAX_EXTENT_LEN);
+                        v.push(Ext {
+                            logical: lb,
+                            phys: s + off,
+                            len: n,
+                            uninit: false,
+                        });
+                        lb += n;
+                        off += n;
+                    }
+                }
+                v
+            }
+            Err(_) => {
+                for &(s, l) in &runs {
+                    self.mark_blocks(s, l, false)?;
+                }
+                Vec::new()
+            }
+        };
+        let size = if res.is_ok() { len } else { 0 };
+        inode.set_owner(meta, 0x8000);
+        inode.set_ctime(self.now);
+        inode.set_size(size);
+        let flags = inode.flags() & !(INDEX_FL | INLINE_DATA_FL);
+        inode.set_flags(flags);
+        if is_new {
+            inode.set_links(1);
+        }
+        let tree = self.set_extents(ino, &mut inode, &exts, &old_meta)?;
+        let data_blocks: u64 = exts.iter().map(|e| e.len).sum();
+        self.account_blocks(&mut inode, data_blocks, tree);
+        self.write_inode(ino, &mut inode)?;
+        if is_new && res.is_ok() {
+            self.add_entry(parent, name, ino, FT_REG)?;
+        } else if is_new {
+            // Nothing was linked: give the inode back.
+            inode.set_links(0);
+            self.write_inode(ino, &mut inode)?;
+            self.free_inode(ino, false)?;
+        }
+        res.map_err(|source| Error::Source {
+            path: path.into(),
+            source,
+        })
+    }
+
+    fn write_runs(
+        &mut self,
+        runs: &[(u64, u64)],
+        data: &mut dyn std::io::Read,
+        len: u64,
+    ) -> std::io::Result<()> {
+        const CHUNK: usize = 4 << 20;
+        let bs = self.geo.bs;
+        let mut buf = std::mem::take(&mut self.iobuf);
+        buf.resize(CHUNK, 0);
+        let mut left = len;
+        let mut result = Ok(());
+        'outer: for &(s, l) in runs {
+            let mut pos = s * bs;
+            let mut run_left = l * bs;
+            while run_left > 0 && left > 0 {
+                let n = (run_left.min(CHUNK as u64)).min(left) as usize;
+                if let Err(e) = read_full(data, &mut buf[..n]) {
+                    result = Err(e);
+                    break 'outer;
+                }
+                let padded = (n as u64).div_ceil(bs) * bs;
+                buf[n..padded as usize].fill(0);
+                if let Err(e) = self.dev.write_at(pos, &buf[..padded as usize]) {
+                    result = Err(std::io::Error::other(e.to_string()));
+                    break 'outer;
+                }
+                pos += padded;
+                run_left -= padded;
+                left -= n as u64;
+            }
+        }
+        self.iobuf = buf;
+        result
+    }
+
+    pub(crate) fn symlink_in(
+        &mut self,
+        parent: u32,
+        name: &str,
+        path: &str,
+        target: &str,
+        meta: &Meta,
+    ) -> Result<()> {
+        let bs = self.geo.bs;
+        if target.is_empty() || target.len() as u64 >= bs || target.contains('\0') {
+            return Err(Error::InvalidPath {
+                path: path.into(),
+                reason: format!("symlink target must be 1..{} bytes without NUL", bs - 1),
+            });
+        }
+        let fast = target.len() < 60;
+        let existing = self.lookup(parent, name)?;
+        if let Some((_, Kind::Dir)) = existing {
+            return Err(Error::IsADirectory { path: path.into() });
+        }
+        let need = if fast { 0 } else { 1 } + if existing.is_some() { 0 } else { DIR_SLACK };
+        let reclaim = match existing {
+            Some((ino, _)) => {
+                let i = self.read_inode(ino)?;
+                let m = self.inode_map(ino, &i)?;
+                if i.links() <= 1 {
+                    m.data_blocks() + m.meta.len() as u64
+                } else {
+                    0
+                }
+            }
+            None => 0,
+        };
+        self.check_space(need, reclaim)?;
+        if existing.is_none() && self.free_inodes == 0 {
+            return Err(Error::NoInodes);
+        }
+        if existing.is_some() {
+            self.remove_in(parent, name, path)?;
+        }
+        let g = (parent - 1) / self.geo.ipg;
+        let ino = self.alloc_inode(g, false)?;
+        let mut inode = self.new_inode(0xA000, meta);
+        inode.set_links(1);
+        inode.set_size(target.len() as u64);
+        if fast {
+            inode.iblock_mut()[..target.len()].copy_from_slice(target.as_bytes());
+            inode.set_iblocks(0, bs);
+        } else {
+            let runs = self.alloc_blocks(1, None)?;
+            let b = runs[0].0;
+            let mut buf = vec![0u8; bs as usize];
+            buf[..target.len()].copy_from_slice(target.as_bytes());
+            self.forget_block(b);
+            self.dev.write_at(b * bs, &buf)?;
+            let ext = [Ext {
+                logical: 0,
+                phys: b,
+                len: 1,
+                uninit: false,
+            }];
+            let tree = self.set_extents(ino, &mut inode, &ext, &[])?;
+            self.account_blocks(&mut inode, 1, tree);
+        }
+        self.write_inode(ino, &mut inode)?;
+        self.add_entry(parent, name, ino, FT_SYMLINK)
+    }
+
+    pub(crate) fn create_dir(&mut self, parent: u32, name: &str, meta: &Meta) -> Result<u32> {
+        self.check_space(1 + DIR_SLACK, 0)?;
+        let g = (parent - 1) / self.geo.ipg;
+        let ino = self.alloc_inode(g, true)?;
+        let mut inode = self.new_inode(0x4000, meta);
+        inode.set_links(2);
+        let bs = self.geo.bs;
+        inode.set_size(bs);
+        let b = self.alloc_blocks(1, None)?[0].0;
+        let seed = self.inode_seed(ino, inode.generation());
+        let mut blk = vec![0u8; bs as usize];
+        let end = self.leaf_end_new();
+        crate::dir::put_dirent(&mut blk, 0, ino, 12, b".", FT_DIR);
+        crate::dir::put_dirent(&mut blk, 12, parent, (end - 12) as u16, b"..", FT_DIR);
+        self.finish_leaf(&mut blk, seed);
+        *self.block_new(b) = blk;
+        let ext = [Ext {
+            logical: 0,
+            phys: b,
+            len: 1,
+            uninit: false,
+        }];
+        let tree = self.set_extents(ino, &mut inode, &ext, &[])?;
+        self.account_blocks(&mut inode, 1, tree);
+        self.write_inode(ino, &mut inode)?;
+        self.add_entry(parent, name, ino, FT_DIR)?;
+        let mut p = self.read_inode(parent)?;
+        let links = p.links();
+        if links >= 1 {
+            let nl = links as u32 + 1;
+            if nl >= 65000 && self.geo.ro_compat & RO_DIR_NLINK != 0 {
+                p.set_links(1);
+            } else if links != 1 {
+                p.set_links(nl.min(65000) as u16);
+            }
+        }
+        p.set_mtime(self.now);
+        p.set_ctime(self.now);
+        self.write_inode(parent, &mut p)?;
+        Ok(ino)
+    }
+
+    pub(crate) fn remove_in(&mut self, parent: u32, name: &str, path: &str) -> Result<()> {
+        let (ino, kind) = self
+            .lookup(parent, name)?
+            .ok_or_else(|| Error::NotFound { path: path.into() })?;
+        let mut inode = self.read_inode(ino)?;
+        if inode.kind() == Kind::Dir || kind == Kind::Dir {
+            if !self.dir_is_empty(ino)? {
+                return Err(Error::DirectoryNotEmpty { path: path.into() });
+            }
+            self.remove_entry(parent, name)?;
+            self.release_inode(ino, inode)?;
+            let mut p = self.read_inode(parent)?;
+            let l = p.links();
+            if l > 2 {
+                p.set_links(l - 1);
+            }
+            p.set_mtime(self.now);
+            p.set_ctime(self.now);
+            self.write_inode(parent, &mut p)?;
+            return Ok(());
+        }
+        self.remove_entry(parent, name)?;
+        let l = inode.links();
+        if l <= 1 {
+            self.release_inode(ino, inode)?;
+        } else {
+            inode.set_links(l - 1);
+            inode.set_ctime(self.now);
+            self.write_inode(ino, &mut inode)?;
+        }
+        let mut p = self.read_inode(parent)?;
+        p.set_mtime(self.now);
+        p.set_ctime(self.now);
+        self.write_inode(parent, &mut p)
+    }
+}
+
+/// Blocks reserved for directory growth when adding an entry (a new leaf,
+/// a split leaf, an index node and an extent tree block).
+pub(crate) const DIR_SLACK: u64 = 4;
+pub(crate) const FT_REG: u8 = 1;
+pub(crate) const FT_DIR: u8 = 2;
+pub(crate) const FT_SYMLINK: u8 = 7;
+
+fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the source ended before the announced length",
+                ));
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

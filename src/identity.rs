@@ -1,0 +1,246 @@
+//! Per-node SSH host keys, generated once at build time and kept in `secrets/`, so the
+//! build can publish a `known_hosts` for the whole cluster: no trust on first use.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use ssh_key::{Algorithm, LineEnding, PrivateKey};
+
+use crate::config::{Cluster, Node};
+
+/// A node's ed25519 host key pair in OpenSSH formats.
+#[derive(Clone)]
+pub struct HostKey {
+    pub private_openssh: String,
+    pub public_openssh: String,
+}
+
+impl std::fmt::Debug for HostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKey")
+            .field("public_openssh", &self.public_openssh)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Host key files the OS images may carry, removed so only the node's own key remains.
+pub const IMAGE_HOST_KEYS: [&str; 8] = [
+    "/etc/ssh/ssh_host_rsa_key",
+    "/etc/ssh/ssh_host_rsa_key.pub",
+    "/etc/ssh/ssh_host_ecdsa_key",
+    "/etc/ssh/ssh_host_ecdsa_key.pub",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_ed25519_key.pub",
+    "/etc/ssh/ssh_host_dsa_key",
+    "/etc/ssh/ssh_host_dsa_key.pub",
+];
+pub const HOST_KEY_PATH: &str = "/etc/ssh/ssh_host_ed25519_key";
+
+/// Directory of a node's keys: `<secrets>/ssh/<node>/`.
+pub fn key_dir(secrets: &Path, node: &str) -> PathBuf {
+    secrets.join("ssh").join(node)
+}
+
+fn private_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
+fn generate() -> Result<(PrivateKey, String, String)> {
+    let key = PrivateKey::random(&mut ssh_key::rand_core::OsRng, Algorithm::Ed25519)
+        .map_err(|e| anyhow::anyhow!("cannot generate a host key: {e}"))?;
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the host key: {e}"))?
+        .to_string();
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+    Ok((key, private, public))
+}
+
+/// The node's stored host key, or a throw-away one when it has none yet. Writes nothing
+/// (for `--dry-run`).
+pub fn host_key_preview(secrets: &Path, node: &str) -> Result<HostKey> {
+    if key_dir(secrets, node).join("ssh_host_ed25519_key").exists() {
+        return host_key(secrets, node);
+    }
+    let (_, private_openssh, public_openssh) = generate()?;
+    Ok(HostKey {
+        private_openssh,
+        public_openssh,
+    })
+}
+
+/// The node's host key: read from `secrets/ssh/<node>/`, or generated there (private key
+/// 0600) on first use.
+pub fn host_key(secrets: &Path, node: &str) -> Result<HostKey> {
+    let dir = key_dir(secrets, node);
+    let priv_path = dir.join("ssh_host_ed25519_key");
+    let pub_path = dir.join("ssh_host_ed25519_key.pub");
+    if priv_path.exists() {
+        let meta = fs::metadata(&priv_path)
+            .with_context(|| format!("cannot stat {}", priv_path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            bail!(
+                "{} is readable by others: run `chmod 600 {}`",
+                priv_path.display(),
+                priv_path.display()
+            );
+        }
+        let text = fs::read_to_string(&priv_path)
+            .with_context(|| format!("cannot read {}", priv_path.display()))?;
+        let key = PrivateKey::from_openssh(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not an OpenSSH private key ({e}): delete it to generate a new one",
+                priv_path.display()
+            )
+        })?;
+        if key.algorithm() != Algorithm::Ed25519 {
+            bail!("{} is not an ed25519 key", priv_path.display());
+        }
+        let public = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?;
+        return Ok(HostKey {
+            private_openssh: text,
+            public_openssh: public,
+        });
+    }
+    private_dir(secrets)?;
+    private_dir(&secrets.join("ssh"))?;
+    private_dir(&dir)?;
+    let (_, private, public) = generate()?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&priv_path)
+        .with_context(|| format!("cannot create {}", priv_path.display()))?;
+    f.write_all(private.as_bytes())
+        .with_context(|| format!("cannot write {}", priv_path.display()))?;
+    fs::write(&pub_path, format!("{public}\n"))
+        .with_context(|| format!("cannot write {}", pub_path.display()))?;
+    Ok(HostKey {
+        private_openssh: private,
+        public_openssh: public,
+    })
+}
+
+/// Names a node answers to in `known_hosts`: hostname, fqdn, static address.
+pub fn host_names(cluster: &Cluster, node: &Node) -> Result<Vec<String>> {
+    let mut names = vec![node.name.clone()];
+    if let Some(f) = cluster.fqdn(&node.name) {
+        names.push(f);
+    }
+    if let Some(a) = cluster.static_addr(node)? {
+        names.push(a.ip.to_string());
+    }
+    Ok(names)
+}
+
+/// A `known_hosts` file for `nodes`, one line per node, in inventory order.
+pub fn known_hosts(cluster: &Cluster, nodes: &[(Node, HostKey)]) -> Result<String> {
+    let mut out = String::new();
+    for (node, key) in nodes {
+        let public = key
+            .public_openssh
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push_str(&format!(
+            "{} {public}\n",
+            host_names(cluster, node)?.join(",")
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_generated_once_private_and_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let secrets = d.path().join("secrets");
+        let k1 = host_key(&secrets, "cp1").unwrap();
+        assert!(
+            k1.private_openssh
+                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
+        );
+        assert!(k1.public_openssh.starts_with("ssh-ed25519 AAAA"));
+        let p = key_dir(&secrets, "cp1").join("ssh_host_ed25519_key");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(key_dir(&secrets, "cp1"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        let k2 = host_key(&secrets, "cp1").unwrap();
+        assert_eq!(k1.public_openssh, k2.public_openssh, "reused");
+        let preview = host_key_preview(&secrets, "cp1").unwrap();
+        assert_eq!(
+            preview.public_openssh, k1.public_openssh,
+            "preview reads stored keys"
+        );
+        let fresh = host_key_preview(&secrets, "new").unwrap();
+        assert!(fresh.public_openssh.starts_with("ssh-ed25519 "));
+        assert!(!key_dir(&secrets, "new").exists(), "preview writes nothing");
+        let other = host_key(&secrets, "w1").unwrap();
+        assert_ne!(k1.public_openssh, other.public_openssh);
+        assert!(
+            !format!("{k1:?}").contains("PRIVATE"),
+            "Debug never shows the key"
+        );
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = host_key(&secrets, "cp1").unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn known_hosts_lists_every_name() {
+        let c = Cluster::parse(
+            "cluster: lab\ndomain: home.arpa\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAA me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server, ip: 10.0.0.10}\n  - {name: w1, board: rpi4, role: agent}\n",
+        )
+        .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let pairs: Vec<(Node, HostKey)> = c
+            .nodes
+            .iter()
+            .map(|n| (n.clone(), host_key(d.path(), &n.name).unwrap()))
+            .collect();
+        let text = known_hosts(&c, &pairs).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("cp1,cp1.home.arpa,10.0.0.10 ssh-ed25519 AAAA"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("w1,w1.home.arpa ssh-ed25519 "),
+            "{text}"
+        );
+        // ssh-keygen accepts the file.
+        let kh = d.path().join("known_hosts");
+        fs::write(&kh, &text).unwrap();
+        let o = std::process::Command::new("ssh-keygen")
+            .args(["-F", "10.0.0.10", "-f"])
+            .arg(&kh)
+            .output()
+            .expect("ssh-keygen runs (install openssh-client)");
+        assert!(o.status.success(), "ssh-keygen -F finds the node");
+    }
+}
