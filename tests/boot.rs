@@ -143,6 +143,22 @@ fn built_images_boot_as_their_nodes() {
         for (k, v) in &boot.facts.facts {
             eprintln!("  {name}: {k}={v}");
         }
+        for (block, (lines, rc)) in &boot.facts.blocks {
+            eprintln!("  {name}: [{block}] (exit {rc:?})");
+            for l in lines {
+                eprintln!("  {name}: | {l}");
+            }
+        }
+        // Keep the console log where it can be read after the temporary directory is gone.
+        let kept =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{arch}-{name}.console.log"));
+        match std::fs::write(&kept, &boot.log) {
+            Ok(()) => eprintln!("boot test: {name}: console log kept in {}", kept.display()),
+            Err(e) => eprintln!(
+                "boot test: {name}: cannot keep the console log in {}: {e}",
+                kept.display()
+            ),
+        }
         check_node(name, role, boot, arch);
         if *has_k3s {
             check_k3s(name, role, boot, &release);
@@ -166,7 +182,9 @@ fn check_node(name: &str, role: &str, boot: &Boot, arch: GuestArch) {
     let f = &boot.facts;
     let ctx = || format!("{name}: console log tail:\n{}", boot.tail(80));
     assert!(
-        !boot.timed_out && f.get("facts") == Some("complete"),
+        !boot.timed_out
+            && f.get("facts") == Some("complete")
+            && f.get("reporter") == Some("started"),
         "{name} did not report its facts before powering off (timed out: {}); {}",
         boot.timed_out,
         ctx()
@@ -291,6 +309,22 @@ fn check_k3s(name: &str, role: &str, boot: &Boot, release: &vm::K3sRelease) {
             .any(|l| l.starts_with("K3S-STANDIN argv=") && l.contains(role)),
         "{name}: the k3s unit did not run the binary with '{role}': {log:?}\n{}",
         f.block("k3s-units").join("\n")
+    );
+    let (unit, other) = if role == "server" {
+        ("k3s.service", "k3s-agent.service")
+    } else {
+        ("k3s-agent.service", "k3s.service")
+    };
+    assert_eq!(
+        f.get(&format!("unit.{unit}")),
+        Some("enabled/active"),
+        "{name}: {unit} state\n{}",
+        f.block("k3s-units").join("\n")
+    );
+    let other_state = f.get(&format!("unit.{other}")).unwrap_or_default();
+    assert!(
+        !other_state.starts_with("enabled"),
+        "{name}: {other} should not be enabled on a {role}: {other_state}"
     );
     let config = f.block("k3s-config").join("\n");
     assert!(

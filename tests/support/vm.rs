@@ -304,18 +304,20 @@ fn read_fixture(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", p.display()))
 }
 
-/// Cache key of the root file system: the build script, everything it copies in, the arch.
+/// Cache key of the root file system: the build script (with its package list) and the arch.
 fn rootfs_key(arch: GuestArch) -> String {
+    hash_files(&[arch.debian().as_bytes(), &read_fixture("build-rootfs.sh")])
+}
+
+/// Cache key of the disk image: the root file system, the layout script and the fact reporter
+/// it adds.
+fn disk_key(arch: GuestArch) -> String {
     hash_files(&[
-        arch.debian().as_bytes(),
-        &read_fixture("build-rootfs.sh"),
+        rootfs_key(arch).as_bytes(),
+        &read_fixture("make-disk.sh"),
         &read_fixture("pikube-facts"),
         &read_fixture("pikube-facts.service"),
     ])
-}
-
-fn disk_key(arch: GuestArch) -> String {
-    hash_files(&[rootfs_key(arch).as_bytes(), &read_fixture("make-disk.sh")])
 }
 
 fn cached_rootfs_path(arch: GuestArch) -> PathBuf {

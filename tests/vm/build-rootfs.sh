@@ -7,7 +7,11 @@
 # ARCH is amd64 or arm64 (arm64 needs qemu-user-static registered with binfmt_misc when the
 # host is not arm64). MIRROR is a Debian archive URL such as http://deb.debian.org/debian.
 # Needs root and mmdebstrap. The package list lives in this file on purpose: the test keys its
-# cache on a hash of this script.
+# cache on a hash of this script. The console fact reporter is added by make-disk.sh.
+#
+# net-tools: cloud-init's ifupdown renderer writes static routes as `route add` commands.
+# en_US.UTF-8 is generated up front because Debian's locale-gen, unlike Ubuntu's, ignores the
+# locale cloud-init passes to it (update-locale then rejects a locale that was never built).
 set -eu
 
 arch=$1
@@ -22,9 +26,7 @@ esac
 
 packages="systemd,systemd-sysv,udev,dbus,cloud-init,openssh-server,sudo,locales,$kernel,\
 initramfs-tools,zstd,iproute2,ifupdown,isc-dhcp-client,netbase,procps,kmod,tzdata,\
-cloud-guest-utils"
-
-here=$(cd "$(dirname "$0")" && pwd)
+cloud-guest-utils,net-tools"
 
 # Everything below runs with the new tree as $1.
 mmdebstrap \
@@ -40,10 +42,7 @@ mmdebstrap \
   --customize-hook='printf "%s\n" "LABEL=writable / ext4 defaults 0 1" "LABEL=system-boot /boot/firmware vfat defaults 0 1" > "$1/etc/fstab"' \
   --customize-hook='mkdir -p "$1/boot/firmware"' \
   --customize-hook='printf "%s\n" "datasource_list: [ NoCloud, None ]" "datasource:" "  NoCloud:" "    fs_label: system-boot" > "$1/etc/cloud/cloud.cfg.d/99-fake_cloud.cfg"' \
-  --customize-hook="copy-in '$here/pikube-facts' /usr/local/sbin" \
-  --customize-hook="copy-in '$here/pikube-facts.service' /etc/systemd/system" \
-  --customize-hook='chmod 0755 "$1/usr/local/sbin/pikube-facts"' \
-  --customize-hook='mkdir -p "$1/etc/systemd/system/multi-user.target.wants" && ln -sf ../pikube-facts.service "$1/etc/systemd/system/multi-user.target.wants/pikube-facts.service"' \
+  --customize-hook='sed -i "s/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/" "$1/etc/locale.gen" && chroot "$1" locale-gen' \
   --customize-hook='printf "%s\n" virtio_pci virtio_blk virtio_net ext4 vfat nls_cp437 nls_iso8859_1 >> "$1/etc/initramfs-tools/modules"' \
   --customize-hook='chroot "$1" update-initramfs -u -k all' \
   --customize-hook='for d in gpu media net/wireless net/ethernet/mellanox net/ethernet/intel infiniband staging sound bluetooth iio; do rm -rf "$1"/usr/lib/modules/*/kernel/drivers/$d "$1"/usr/lib/modules/*/kernel/$d; done; rm -rf "$1"/usr/lib/modules/*/kernel/sound' \

@@ -17,6 +17,20 @@ log=/var/log/k3s-standin.log
 } >"$log.tmp" 2>&1
 mv "$log.tmp" "$log"
 cat "$log" >/dev/console 2>/dev/null || true
-# k3s units are Type=notify; tell systemd the service is up when possible.
-systemd-notify --ready 2>/dev/null || true
+# The server unit is Type=notify: report readiness from the main process itself (exec keeps
+# the PID, which systemd's default NotifyAccess=main requires), then stay up.
+if [ -n "${NOTIFY_SOCKET:-}" ] && command -v python3 >/dev/null 2>&1; then
+  exec python3 -c '
+import os, socket, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(addr)
+s.sendall(b"READY=1")
+s.close()
+while True:
+    time.sleep(3600)
+'
+fi
 exec sleep infinity

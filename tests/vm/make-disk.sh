@@ -7,6 +7,7 @@
 # MBR; p1 FAT32 (type 0x0c, boot flag) labelled system-boot at sector 2048 with config.txt,
 # cmdline.txt, the default NoCloud seed and the kernel and initrd as vmlinuz / initrd.img;
 # p2 ext4 labelled writable (Ubuntu 24.04 feature set) holding the root file system.
+# Adds the fact reporter (pikube-facts and its unit) to the root file system.
 # Needs root (to keep file owners), mkfs.vfat, mtools, mkfs.ext4, sfdisk and xz.
 set -eu
 
@@ -18,6 +19,13 @@ trap 'rm -rf "$work"' EXIT INT TERM
 root=$work/root
 mkdir "$root"
 tar -x -p --numeric-owner --xattrs --xattrs-include='*' -f "$tarball" -C "$root"
+
+# The unit that reports facts on the console after first boot, then powers off.
+here=$(cd "$(dirname "$0")" && pwd)
+install -m 0755 "$here/pikube-facts" "$root/usr/local/sbin/pikube-facts"
+install -m 0644 "$here/pikube-facts.service" "$root/etc/systemd/system/pikube-facts.service"
+mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+ln -sf ../pikube-facts.service "$root/etc/systemd/system/multi-user.target.wants/pikube-facts.service"
 
 kernel=$(ls "$root"/boot/vmlinuz-* | sort | tail -n 1)
 initrd=$(ls "$root"/boot/initrd.img-* | sort | tail -n 1)
