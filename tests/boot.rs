@@ -129,6 +129,7 @@ fn built_images_boot_as_their_nodes() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
 
+    let mut failures = Vec::new();
     for (name, role, boot, has_k3s) in &boots {
         eprintln!(
             "boot test: {name} ({arch}, {}) {} after {:.0?}",
@@ -159,17 +160,28 @@ fn built_images_boot_as_their_nodes() {
                 kept.display()
             ),
         }
-        check_node(name, role, boot, arch);
+        let mut c = Checks {
+            node: name.clone(),
+            failures: Vec::new(),
+        };
+        check_node(&mut c, role, boot, arch);
         if *has_k3s {
-            check_k3s(name, role, boot, &release);
+            check_k3s(&mut c, role, boot, &release);
         } else {
             eprintln!(
                 "boot test: {name}: k3s checks SKIPPED: the built image has no /usr/local/bin/k3s \
                  (the build does not install a k3s payload yet)"
             );
         }
+        failures.extend(c.failures);
     }
     eprintln!("boot test: total {:.0?}", t0.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} failed expectation(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 /// Whether the built image carries the k3s binary (debugfs on its root partition).
@@ -178,62 +190,83 @@ fn k3s_in_image(img: &Path) -> bool {
     vm::ext4_exists(img, off, "/usr/local/bin/k3s").unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn check_node(name: &str, role: &str, boot: &Boot, arch: GuestArch) {
+/// Collects every failed expectation of a node, so one boot reports all of them.
+struct Checks {
+    node: String,
+    failures: Vec<String>,
+}
+
+impl Checks {
+    fn that(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.failures.push(format!("{}: {}", self.node, what()));
+        }
+    }
+
+    fn eq(&mut self, what: &str, got: Option<&str>, want: &str) {
+        self.that(got == Some(want), || {
+            format!("{what}: expected '{want}', got {got:?}")
+        });
+    }
+}
+
+fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch) {
     let f = &boot.facts;
-    let ctx = || format!("{name}: console log tail:\n{}", boot.tail(80));
-    assert!(
-        !boot.timed_out
-            && f.get("facts") == Some("complete")
-            && f.get("reporter") == Some("started"),
-        "{name} did not report its facts before powering off (timed out: {}); {}",
-        boot.timed_out,
-        ctx()
-    );
+    let name = c.node.clone();
+    if boot.timed_out || f.get("reporter") != Some("started") || f.get("facts") != Some("complete")
+    {
+        c.that(false, || {
+            format!(
+                "did not report its facts and power off (timed out: {}); console log tail:\n{}",
+                boot.timed_out,
+                boot.tail(80)
+            )
+        });
+        return;
+    }
     // The kernel found and mounted the root file system the image names, cleanly.
     let root = f.get("root").unwrap_or_default();
-    assert!(
-        root.starts_with("/dev/vda2 ext4 rw"),
-        "{name}: root mount is '{root}'; {}",
-        ctx()
+    c.that(
+        root.starts_with("/dev/vda2 ext4 ") && root.contains(" rw"),
+        || format!("root mount is '{root}', expected /dev/vda2 ext4 rw"),
     );
-    assert_eq!(
+    c.eq("root file system label", f.get("root-label"), "writable");
+    c.eq(
+        "EXT4-fs errors in the kernel log",
         f.get("ext4-errors"),
-        Some("0"),
-        "{name}: {:?}",
-        f.block("ext4-kernel-log")
+        "0",
     );
-    assert!(
-        !boot.log.contains("EXT4-fs error"),
-        "{name}: EXT4-fs error on the console; {}",
-        ctx()
-    );
-    assert!(
+    c.that(!boot.log.contains("EXT4-fs error"), || {
+        format!(
+            "EXT4-fs error on the console: {:?}",
+            f.block("ext4-kernel-log")
+        )
+    });
+    c.that(
         f.get("boot-firmware")
             .is_some_and(|v| v.starts_with("/dev/vda1 vfat")),
-        "{name}: /boot/firmware is {:?}",
-        f.get("boot-firmware")
+        || format!("/boot/firmware is {:?}", f.get("boot-firmware")),
     );
     // cloud-init consumed the node's seed without errors.
-    assert_eq!(
-        f.get("cloud-init"),
-        Some("done"),
-        "{name}: cloud-init status:\n{}\nproblems:\n{}",
-        f.block("cloud-init-status").join("\n"),
-        f.block("cloud-init-problems").join("\n")
-    );
-    assert_eq!(f.get("hostname"), Some(name), "{name}: hostname");
-    assert_eq!(f.get("etc-hostname"), Some(name), "{name}: /etc/hostname");
-    assert_eq!(
-        f.get("fqdn"),
-        Some(format!("{name}.lab.test").as_str()),
-        "{name}: fqdn"
-    );
-    assert_eq!(
+    c.that(f.get("cloud-init") == Some("done"), || {
+        format!(
+            "cloud-init status {:?}, failed units {:?}:\n{}\nproblems:\n{}",
+            f.get("cloud-init"),
+            f.get("failed-units"),
+            f.block("cloud-init-status").join("\n"),
+            f.block("cloud-init-problems").join("\n")
+        )
+    });
+    c.eq("hostname", f.get("hostname"), &name);
+    c.eq("/etc/hostname", f.get("etc-hostname"), &name);
+    c.eq("fqdn", f.get("fqdn"), &format!("{name}.lab.test"));
+    c.eq(
+        "uname -m",
         f.get("arch"),
-        Some(match arch {
+        match arch {
             GuestArch::Amd64 => "x86_64",
             GuestArch::Arm64 => "aarch64",
-        })
+        },
     );
     // Kernel arguments from the board, once.
     let cmdline = f.get("cmdline").unwrap_or_default();
@@ -243,105 +276,114 @@ fn check_node(name: &str, role: &str, boot: &Boot, arch: GuestArch) {
         "cgroup_memory=1",
         "root=LABEL=writable",
     ] {
-        assert_eq!(
-            words.iter().filter(|w| **w == arg).count(),
-            1,
-            "{name}: '{arg}' once in /proc/cmdline: {cmdline}"
-        );
+        let n = words.iter().filter(|w| **w == arg).count();
+        c.that(n == 1, || {
+            format!("'{arg}' appears {n} times in /proc/cmdline: {cmdline}")
+        });
     }
     // The admin account, with the key, sudo, and no password; the stock user was not made.
     let users = f.all("user");
-    assert!(users.contains(&"ops"), "{name}: users {users:?}");
-    assert!(
-        !users.contains(&"ubuntu"),
-        "{name}: the stock image's default user was created: {users:?}"
-    );
-    assert_eq!(f.all("user.ops.authorized_key"), vec![KEY], "{name}: keys");
-    assert_eq!(
+    c.that(users.contains(&"ops"), || {
+        format!("no admin user 'ops' among {users:?}")
+    });
+    c.that(!users.contains(&"ubuntu"), || {
+        format!("the stock image's default user was created: {users:?}")
+    });
+    let keys = f.all("user.ops.authorized_key");
+    c.that(keys == [KEY], || {
+        format!("authorized keys of ops: {keys:?}")
+    });
+    c.eq(
+        "owner and mode of ~ops/.ssh/authorized_keys",
         f.get("user.ops.authorized_keys.owner"),
-        Some("ops 600"),
-        "{name}: authorized_keys owner and mode"
+        "ops 600",
     );
-    assert_eq!(
-        f.get("user.ops.passwd"),
-        Some("L"),
-        "{name}: password locked"
-    );
+    c.eq("password state of ops", f.get("user.ops.passwd"), "L");
     let groups = f.get("user.ops.groups").unwrap_or_default();
-    assert!(
-        groups.split_whitespace().any(|g| g == "sudo"),
-        "{name}: groups {groups}"
-    );
-    assert!(
+    c.that(groups.split_whitespace().any(|g| g == "sudo"), || {
+        format!("ops is not in group sudo: {groups}")
+    });
+    c.that(
         f.block("sudoers")
             .iter()
             .any(|l| l.contains("ops ALL=(ALL) NOPASSWD:ALL")),
-        "{name}: sudoers {:?}",
-        f.block("sudoers")
+        || format!("sudoers: {:?}", f.block("sudoers")),
     );
     let sshd = f.block("sshd-effective").join("\n");
-    assert!(
-        sshd.contains("passwordauthentication no"),
-        "{name}: sshd {sshd}"
-    );
-    assert_eq!(f.get("timezone"), Some("Europe/Berlin"), "{name}: timezone");
+    c.that(sshd.contains("passwordauthentication no"), || {
+        format!("sshd allows passwords: {sshd}")
+    });
+    c.eq("timezone", f.get("timezone"), "Europe/Berlin");
     // Network: the server's static address from cluster.yaml, DHCP for the agent.
-    let ipv4 = f.get("ipv4").unwrap_or_default();
     let expect = if role == "server" {
         "eth0 10.0.2.15/24 static;"
     } else {
         "eth0 10.0.2.15/24 dynamic;"
     };
-    assert_eq!(ipv4, expect, "{name}: IPv4 addresses");
+    c.eq("IPv4 addresses", f.get("ipv4"), expect);
     let route = f.get("default-route").unwrap_or_default();
-    assert!(
-        route.starts_with("default via 10.0.2.2 dev eth0"),
-        "{name}: default route '{route}'"
-    );
+    c.that(route.starts_with("default via 10.0.2.2 dev eth0"), || {
+        format!(
+            "default route '{route}'; routes {:?}; network config:\n{}",
+            f.block("routes"),
+            f.block("network-config").join("\n")
+        )
+    });
+    c.that(f.block("ordering-cycles").is_empty(), || {
+        format!(
+            "systemd broke ordering cycles at boot:\n{}",
+            f.block("ordering-cycles").join("\n")
+        )
+    });
 }
 
-fn check_k3s(name: &str, role: &str, boot: &Boot, release: &vm::K3sRelease) {
+fn check_k3s(c: &mut Checks, role: &str, boot: &Boot, release: &vm::K3sRelease) {
     let f = &boot.facts;
-    assert_eq!(f.get("k3s-binary"), Some("present"));
-    let log = f.block("k3s-standin");
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with("K3S-STANDIN argv=") && l.contains(role)),
-        "{name}: the k3s unit did not run the binary with '{role}': {log:?}\n{}",
-        f.block("k3s-units").join("\n")
-    );
+    c.eq("k3s binary", f.get("k3s-binary"), "present");
     let (unit, other) = if role == "server" {
         ("k3s.service", "k3s-agent.service")
     } else {
         ("k3s-agent.service", "k3s.service")
     };
-    assert_eq!(
-        f.get(&format!("unit.{unit}")),
-        Some("enabled/active"),
-        "{name}: {unit} state\n{}",
-        f.block("k3s-units").join("\n")
+    c.that(
+        f.get(&format!("unit.{unit}")) == Some("enabled/active"),
+        || {
+            format!(
+                "{unit} is {:?}, expected enabled/active\n{}\njournal:\n{}\nordering cycles:\n{}",
+                f.get(&format!("unit.{unit}")),
+                f.block("k3s-units").join("\n"),
+                f.block("k3s-journal").join("\n"),
+                f.block("ordering-cycles").join("\n")
+            )
+        },
     );
     let other_state = f.get(&format!("unit.{other}")).unwrap_or_default();
-    assert!(
-        !other_state.starts_with("enabled"),
-        "{name}: {other} should not be enabled on a {role}: {other_state}"
+    c.that(!other_state.starts_with("enabled"), || {
+        format!("{other} should not be enabled on a {role}: {other_state}")
+    });
+    let log = f.block("k3s-standin");
+    c.that(
+        log.iter()
+            .filter_map(|l| l.strip_prefix("K3S-STANDIN argv="))
+            .any(|argv| argv.split_whitespace().next() == Some(role)),
+        || format!("the k3s unit did not run the binary with '{role}': {log:?}"),
     );
     let config = f.block("k3s-config").join("\n");
-    assert!(
-        config.contains(TOKEN),
-        "{name}: token in config.yaml:\n{config}"
-    );
+    c.that(config.contains(TOKEN), || {
+        format!("token missing from config.yaml:\n{config}")
+    });
     if role == "agent" {
-        assert!(
-            config.contains("https://10.0.2.15:6443"),
-            "{name}: server URL in config.yaml:\n{config}"
-        );
+        c.that(config.contains("https://10.0.2.15:6443"), || {
+            format!("server URL missing from config.yaml:\n{config}")
+        });
     }
     let images = f.block("k3s-images").join("\n");
-    assert!(
-        images.contains(&release.airgap_name),
-        "{name}: airgap tarball in /var/lib/rancher/k3s/agent/images:\n{images}"
-    );
+    c.that(images.contains(&release.airgap_name), || {
+        format!(
+            "{} not in /var/lib/rancher/k3s/agent/images:\n{images}",
+            release.airgap_name
+        )
+    });
 }
 
 /// The console parser, on a log with interleaved kernel messages and carriage returns.

@@ -383,7 +383,8 @@ pub fn base_image(arch: GuestArch) -> Result<PathBuf, String> {
              (cold cache: minutes)",
             rootfs.display()
         );
-        let tmp = rootfs.with_extension("tar.part");
+        // mmdebstrap picks its output format from the extension: keep `.tar` last.
+        let tmp = rootfs.with_extension("part.tar");
         let _ = std::fs::remove_file(&tmp);
         let r = run_logged(
             Command::new("sh")
