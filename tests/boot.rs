@@ -119,14 +119,25 @@ fn built_images_boot_as_their_nodes() {
     );
     assert!(out.status.success(), "pikube-image build failed");
 
+    eprintln!(
+        "boot test: images built, {:.0?} since the start",
+        t0.elapsed()
+    );
+    boot_and_check(&d.join("out"), arch, &release.airgap_name);
+    eprintln!("boot test: total {:.0?}", t0.elapsed());
+}
+
+/// Boots `cp1.img` (server) and `w1.img` (agent) from `out` and checks each.
+fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
     let nodes = [("cp1", "server"), ("w1", "agent")];
+    let t = Instant::now();
     // Boot both at once: one vCPU each.
     let boots: Vec<(String, String, Boot, bool)> = std::thread::scope(|s| {
         let handles: Vec<_> = nodes
             .iter()
             .map(|&(name, role)| {
-                let img = d.join("out").join(format!("{name}.img"));
-                let work = d.join("vm").join(name);
+                let img = out.join(format!("{name}.img"));
+                let work = out.join("vm").join(name);
                 s.spawn(move || {
                     let has_k3s = k3s_in_image(&img);
                     let boot = vm::boot(&img, arch, &work, BOOT_TIMEOUT)
@@ -175,7 +186,7 @@ fn built_images_boot_as_their_nodes() {
         };
         check_node(&mut c, role, boot, arch);
         if *has_k3s {
-            check_k3s(&mut c, role, boot, &release);
+            check_k3s(&mut c, role, boot, airgap_name);
         } else {
             eprintln!(
                 "boot test: {name}: k3s checks SKIPPED: the built image has no /usr/local/bin/k3s \
@@ -184,13 +195,30 @@ fn built_images_boot_as_their_nodes() {
         }
         failures.extend(c.failures);
     }
-    eprintln!("boot test: total {:.0?}", t0.elapsed());
+    eprintln!("boot test: both guests done after {:.0?}", t.elapsed());
     assert!(
         failures.is_empty(),
         "{} failed expectation(s):\n\n{}",
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// Boots images built earlier (`PIKUBE_BOOT_IMAGES=<dir with cp1.img and w1.img>`, e.g. the
+/// `out` directory of a run with PIKUBE_BOOT_KEEP=1) and runs the same checks.
+#[test]
+#[ignore = "needs PIKUBE_BOOT_IMAGES"]
+fn boot_images_built_earlier() {
+    let Some(dir) = std::env::var_os("PIKUBE_BOOT_IMAGES") else {
+        eprintln!("SKIPPED: set PIKUBE_BOOT_IMAGES to a directory holding cp1.img and w1.img");
+        return;
+    };
+    let arch = GuestArch::from_env().unwrap_or_else(|e| panic!("{e}"));
+    if let Err(why) = vm::preflight(arch) {
+        eprintln!("SKIPPED boot of earlier images ({arch}): {why}");
+        return;
+    }
+    boot_and_check(Path::new(&dir), arch, arch.k3s_assets().2);
 }
 
 /// Whether the built image carries the k3s binary (debugfs on its root partition).
@@ -352,7 +380,7 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch) {
     });
 }
 
-fn check_k3s(c: &mut Checks, role: &str, boot: &Boot, release: &vm::K3sRelease) {
+fn check_k3s(c: &mut Checks, role: &str, boot: &Boot, airgap_name: &str) {
     let f = &boot.facts;
     c.eq("k3s binary", f.get("k3s-binary"), "present");
     let (unit, other) = if role == "server" {
@@ -393,10 +421,10 @@ fn check_k3s(c: &mut Checks, role: &str, boot: &Boot, release: &vm::K3sRelease) 
         });
     }
     let images = f.block("k3s-images").join("\n");
-    c.that(images.contains(&release.airgap_name), || {
+    c.that(images.contains(airgap_name), || {
         format!(
             "{} not in /var/lib/rancher/k3s/agent/images:\n{images}",
-            release.airgap_name
+            airgap_name
         )
     });
 }
