@@ -244,10 +244,10 @@ fn enable_binfmt(arch: GuestArch) -> Result<(), String> {
 /// The Debian archive apt uses here (first `deb` source for bookworm that is not the security
 /// archive), or `$PIKUBE_DEBIAN_MIRROR`, or deb.debian.org.
 pub fn debian_mirror() -> String {
-    if let Ok(m) = std::env::var("PIKUBE_DEBIAN_MIRROR") {
-        if !m.is_empty() {
-            return m;
-        }
+    if let Ok(m) = std::env::var("PIKUBE_DEBIAN_MIRROR")
+        && !m.is_empty()
+    {
+        return m;
     }
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
