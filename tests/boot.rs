@@ -190,7 +190,7 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
         } else {
             eprintln!(
                 "boot test: {name}: k3s checks SKIPPED: the built image has no /usr/local/bin/k3s \
-                 (the build does not install a k3s payload yet)"
+                 (no k3s payload in this build)"
             );
         }
         failures.extend(c.failures);
