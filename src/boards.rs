@@ -64,12 +64,24 @@ pub enum BootConfig {
         partition: String,
         config_txt: String,
     },
+    /// Armbian's U-Boot script reads `armbianEnv.txt` (`key=value` lines) from `/boot` on the
+    /// root partition; extra kernel arguments go into its `extraargs=` line.
+    ArmbianEnv {
+        partition: String,
+        #[serde(default = "default_armbian_env")]
+        path: String,
+    },
+}
+
+fn default_armbian_env() -> String {
+    "/boot/armbianEnv.txt".into()
 }
 
 impl BootConfig {
     pub fn partition(&self) -> &str {
         match self {
             BootConfig::RaspiFirmware { partition, .. } => partition,
+            BootConfig::ArmbianEnv { partition, .. } => partition,
         }
     }
 }
@@ -87,6 +99,27 @@ pub enum Firstboot {
     /// cloud-init with a NoCloud seed (`user-data`, `meta-data`, `network-config`) at the root
     /// of the FAT partition with this label.
     CloudInit { seed_partition: String },
+    /// No first-boot configuration tool in the image: the identity is written straight into
+    /// the root filesystem, plus a small first-boot unit for what needs the running system
+    /// (creating the admin user).
+    Direct {
+        /// The network stack the image configures its interfaces with.
+        network: NetworkStack,
+        /// Name of the wired interface in this image, when it is not `eth0`
+        /// (`network.interface` in cluster.yaml overrides it).
+        #[serde(default)]
+        interface: Option<String>,
+    },
+}
+
+/// How an image without cloud-init configures its network.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkStack {
+    /// netplan YAML under /etc/netplan, rendered for systemd-networkd.
+    Netplan,
+    /// systemd-networkd `.network` files under /etc/systemd/network.
+    Networkd,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

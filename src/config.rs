@@ -36,11 +36,48 @@ pub struct Cluster {
     /// Extra directory trees copied into the root filesystem.
     #[serde(default)]
     pub overlays: OverlaySets,
+    /// Container images preloaded into every node's containerd.
+    #[serde(default)]
+    pub images: ImageSets,
+    /// Default output formats of `build` (raw, zst, xz, bmap); `--format` overrides.
+    #[serde(default)]
+    pub formats: Vec<String>,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// Directory that relative paths in the file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// Where the Argo CD images go when GitOps is enabled.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArgocdImages {
+    /// Only the first server, which installs Argo CD.
+    #[default]
+    FirstServer,
+    /// Every server, so Argo CD can be rescheduled without pulling.
+    AllServers,
+    /// None: nodes pull them from the registry.
+    None,
+}
+
+/// Image references (`redis:7-alpine`, `ghcr.io/org/app@sha256:...`) for every node and per
+/// role, plus registry settings for pulling them at build time.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSets {
+    #[serde(default)]
+    pub all: Vec<String>,
+    #[serde(default)]
+    pub server: Vec<String>,
+    #[serde(default)]
+    pub agent: Vec<String>,
+    /// Registries (`host[:port]`) that may be reached over plain HTTP.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    #[serde(default)]
+    pub argocd: ArgocdImages,
 }
 
 /// Overlay directories for every node and per role, relative to cluster.yaml.
@@ -302,6 +339,9 @@ pub struct Node {
     /// Overlay directories for this node only, relative to cluster.yaml.
     #[serde(default)]
     pub overlays: Vec<PathBuf>,
+    /// Container images preloaded on this node only.
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 /// A node's static address with its prefix.
@@ -337,6 +377,16 @@ impl Cluster {
         Ok(c)
     }
 
+    /// Images preloaded on `node` through its role (shared by the role) and its own.
+    pub fn images_for(&self, node: &Node) -> (Vec<String>, Vec<String>) {
+        let role = match node.role {
+            Role::Server => &self.images.server,
+            Role::Agent => &self.images.agent,
+        };
+        let shared = self.images.all.iter().chain(role).cloned().collect();
+        (shared, node.images.clone())
+    }
+
     /// A path from the file, resolved against the file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -346,19 +396,21 @@ impl Cluster {
         }
     }
 
-    /// Overlay directories for `node`: every node's, then its role's, then its own.
-    pub fn overlays_for(&self, node: &Node) -> Vec<PathBuf> {
+    /// Overlay directories for `node`: every node's, then its role's, then its own; each with
+    /// whether it is shared by all nodes of the role (`true`) or the node's own.
+    pub fn overlays_for(&self, node: &Node) -> Vec<(PathBuf, bool)> {
         let role = match node.role {
             Role::Server => &self.overlays.server,
             Role::Agent => &self.overlays.agent,
         };
-        self.overlays
+        let shared = self
+            .overlays
             .all
             .iter()
             .chain(role)
-            .chain(&node.overlays)
-            .map(|p| self.resolve(p))
-            .collect()
+            .map(|p| (self.resolve(p), true));
+        let own = node.overlays.iter().map(|p| (self.resolve(p), false));
+        shared.chain(own).collect()
     }
 
     pub fn parse(text: &str) -> Result<Cluster> {
@@ -398,6 +450,10 @@ impl Cluster {
             check_url(gw).context("k3s.api must be a URL like https://192.168.1.10:6443")?;
         }
         check_k3s_version(&self.k3s.version)?;
+        if !self.formats.is_empty() {
+            crate::formats::parse_formats(&self.formats.join(","))
+                .context("formats: in cluster.yaml")?;
+        }
         if let Some(m) = &self.mirror {
             check_url(m).context("mirror must be a URL like http://127.0.0.1:8080")?;
         }
@@ -443,6 +499,24 @@ impl Cluster {
                     );
                 }
             }
+        }
+        let refs = self
+            .images
+            .all
+            .iter()
+            .chain(&self.images.server)
+            .chain(&self.images.agent)
+            .map(|r| (r, None))
+            .chain(
+                self.nodes
+                    .iter()
+                    .flat_map(|n| n.images.iter().map(move |r| (r, Some(&n.name)))),
+            );
+        for (r, node) in refs {
+            crate::registry::ImageRef::parse(r).with_context(|| match node {
+                Some(n) => format!("node '{n}': image '{r}'"),
+                None => format!("images: '{r}'"),
+            })?;
         }
         let servers = self.nodes.iter().filter(|n| n.role == Role::Server).count();
         let agents = self.nodes.len() - servers;
@@ -640,6 +714,22 @@ nodes:
         );
         assert!(c.k3s.install && c.k3s.airgap);
         assert_eq!(c.k3s.token_file, PathBuf::from("secrets/k3s-token"));
+    }
+
+    #[test]
+    fn image_references_are_checked() {
+        let text = GOOD.replace(
+            "nodes:",
+            "images: { all: [\"redis:7-alpine\"], agent: [\"ghcr.io/org/app:1\"] }\nnodes:",
+        );
+        let c = Cluster::parse(&text).unwrap();
+        let (shared, own) = c.images_for(c.node("w1").unwrap());
+        assert_eq!(shared, ["redis:7-alpine", "ghcr.io/org/app:1"]);
+        assert!(own.is_empty());
+        let (shared, _) = c.images_for(c.node("cp1").unwrap());
+        assert_eq!(shared, ["redis:7-alpine"]);
+        let e = err(&GOOD.replace("nodes:", "images: { all: [\"Bad Ref!\"] }\nnodes:"));
+        assert!(e.contains("Bad Ref!"), "{e}");
     }
 
     #[test]

@@ -268,9 +268,15 @@ fn run(
     task: &Task,
     opts: Options,
 ) -> Result<Decompressed, Failure> {
+    if kind == Compression::None {
+        return copy_sparse(&input, &out, task).map_err(|e| match e {
+            CopyError::Read(e) => Failure::Read(e),
+            CopyError::Write(e) => Failure::Write(e),
+        });
+    }
     let src = TagSource(ProgressReader::new(input, task.clone()));
     let mut reader: Box<dyn Read> = match kind {
-        Compression::None => Box::new(src),
+        Compression::None => unreachable!("raw images are copied above"),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
             io::BufReader::with_capacity(IN_BUF, src),
         )),
@@ -341,6 +347,76 @@ fn pipeline(reader: &mut dyn Read, out: File, hash: bool) -> Result<Decompressed
     }
     let (bytes, sha256) = written.map_err(Failure::Write)?;
     Ok(Decompressed { bytes, sha256 })
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies a raw image: only the data extents of `input` are read (holes are found with
+/// `SEEK_DATA`/`SEEK_HOLE`), and zero blocks inside them are skipped too. The SHA-256 is
+/// not computed: it would cost reading every hole as zeros.
+fn copy_sparse(input: &File, out: &File, task: &Task) -> Result<Decompressed, CopyError> {
+    let len = input.metadata().map_err(CopyError::Read)?.len();
+    let mut buf = vec![0u8; BUF];
+    for extent in data_extents(input, len).map_err(CopyError::Read)? {
+        let (start, end) = extent;
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(BUF);
+            input
+                .read_exact_at(&mut buf[..n], pos)
+                .map_err(CopyError::Read)?;
+            write_sparse(out, pos, &buf[..n]).map_err(CopyError::Write)?;
+            pos += n as u64;
+            task.set_position(pos);
+        }
+    }
+    out.set_len(len).map_err(CopyError::Write)?;
+    task.set_position(len);
+    Ok(Decompressed {
+        bytes: len,
+        sha256: None,
+    })
+}
+
+/// Byte ranges `[start, end)` of `f` (of length `len`) that may hold data, in order; holes
+/// between them read as zeros. Falls back to one range covering the whole file when the
+/// filesystem cannot report holes.
+pub fn data_extents(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        // SAFETY: lseek on a valid, owned descriptor has no memory effects.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // No data after pos: the rest is a hole.
+                Some(libc::ENXIO) => Ok(out),
+                // Holes not supported here: everything is data.
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) if out.is_empty() && pos == 0 => {
+                    Ok(vec![(0, len)])
+                }
+                _ => Err(e),
+            };
+        }
+        let data = (data as u64).min(len);
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let hole = (hole as u64).min(len);
+        if hole > data {
+            out.push((data, hole));
+        }
+        pos = hole.max(data + 1);
+    }
+    Ok(out)
 }
 
 /// Writes `data` at `offset`, skipping aligned all-zero blocks (the file is assumed to
@@ -696,7 +772,38 @@ mod tests {
         let dst = dir.path().join("out.img");
         let d = decompress_to(&src, &dst, &Progress::quiet()).unwrap();
         assert_eq!(d.bytes, data.len() as u64);
+        assert_eq!(d.sha256, None, "raw copies are not hashed");
         assert_eq!(fs::read(&dst).unwrap(), data);
+
+        // A sparse input with data after a hole and a hole at the end.
+        let f = File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        f.write_all_at(&data[..300_000], 20 << 20).unwrap();
+        drop(f);
+        let extents = data_extents(&File::open(&src).unwrap(), 64 << 20).unwrap();
+        assert!(extents.len() >= 2, "{extents:?}");
+        assert!(extents.iter().all(|&(a, b)| a < b && b <= 64 << 20));
+        decompress_to(&src, &dst, &Progress::quiet()).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), fs::read(&src).unwrap());
+        assert!(fs::metadata(&dst).unwrap().blocks() * 512 < 2 << 20);
+    }
+
+    #[test]
+    fn extents_of_a_dense_and_an_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dense");
+        fs::write(&p, vec![1u8; 100_000]).unwrap();
+        assert_eq!(
+            data_extents(&File::open(&p).unwrap(), 100_000).unwrap(),
+            vec![(0, 100_000)]
+        );
+        let e = dir.path().join("empty");
+        File::create(&e).unwrap().set_len(10 << 20).unwrap();
+        assert_eq!(
+            data_extents(&File::open(&e).unwrap(), 10 << 20).unwrap(),
+            vec![]
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! fails or is interrupted never leaves a file under a final name.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -14,6 +15,77 @@ use sha2::{Digest, Sha256};
 
 use crate::manifest::Manifest;
 use crate::progress::Progress;
+
+/// Temporary paths of the running build (partial outputs, prepared bases being made), removed
+/// by [`remove_temporaries`] when the build is interrupted.
+static TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a temporary file or directory to remove if the process is interrupted.
+pub fn register_temporary(path: &Path) {
+    if let Ok(mut t) = TEMPORARIES.lock() {
+        t.push(path.to_path_buf());
+    }
+}
+
+/// Forgets a temporary that was committed or cleaned up.
+pub fn unregister_temporary(path: &Path) {
+    if let Ok(mut t) = TEMPORARIES.lock() {
+        t.retain(|p| p != path);
+    }
+}
+
+/// Removes every registered temporary (from a signal handler, before exiting).
+pub fn remove_temporaries() {
+    if let Ok(mut t) = TEMPORARIES.lock() {
+        for p in t.drain(..) {
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Whether a process with this id still runs.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes leftovers named `.<anything>.<marker>-<pid>` in `dir` whose process is gone (a
+/// build killed before it could clean up). Returns what was removed.
+pub fn sweep_stale(dir: &Path, marker: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return removed;
+    };
+    let suffix = format!(".{marker}-");
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        let Some(pos) = name.rfind(&suffix) else {
+            continue;
+        };
+        let Ok(pid) = name[pos + suffix.len()..].parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let ok = if p.is_dir() {
+            fs::remove_dir_all(&p).is_ok()
+        } else {
+            fs::remove_file(&p).is_ok()
+        };
+        if ok {
+            removed.push(p);
+        }
+    }
+    removed
+}
 
 /// A file being produced.
 ///
@@ -46,6 +118,7 @@ impl PendingFile {
                     tmp.display()
                 )
             })?;
+        register_temporary(&tmp);
         Ok(PendingFile {
             dir: dir.to_path_buf(),
             name: name.to_string(),
@@ -80,6 +153,7 @@ impl PendingFile {
             format!("cannot rename {} to {}", self.tmp.display(), dest.display())
         })?;
         self.committed = true;
+        unregister_temporary(&self.tmp);
         // Make the rename itself durable; failing to open a directory for sync is not fatal.
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
@@ -93,6 +167,7 @@ impl Drop for PendingFile {
         if !self.committed {
             self.file.take();
             let _ = fs::remove_file(&self.tmp);
+            unregister_temporary(&self.tmp);
         }
     }
 }
@@ -146,7 +221,7 @@ const HASH_CHUNK: usize = 4 << 20;
 /// SHA-256 of a (possibly sparse) file, read in large chunks by a reader thread while
 /// the calling thread hashes, with a progress task.
 pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?
@@ -162,21 +237,43 @@ pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
     for _ in 0..4 {
         free_tx.send(vec![0u8; HASH_CHUNK]).expect("receiver alive");
     }
+    // Holes are not read: the reader hands out zero-filled buffers for them instead.
+    let extents = crate::decompress::data_extents(&f, len)
+        .with_context(|| format!("cannot map the data of {}", path.display()))?;
     let reader = std::thread::spawn(move || -> std::io::Result<()> {
-        while let Ok(mut buf) = free_rx.recv() {
-            let mut n = 0;
-            while n < buf.len() {
-                match f.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+        let mut pos = 0u64;
+        let mut first = 0usize; // first extent that ends after `pos`
+        while pos < len {
+            let Ok(mut buf) = free_rx.recv() else {
+                return Ok(());
+            };
+            let n = ((len - pos) as usize).min(HASH_CHUNK);
+            while first < extents.len() && extents[first].1 <= pos {
+                first += 1;
+            }
+            // Bytes [pos, pos+n): data where an extent covers them, zeros elsewhere.
+            let mut at = 0usize;
+            let mut j = first;
+            while at < n {
+                let abs = pos + at as u64;
+                match extents.get(j).copied() {
+                    Some((s, e)) if s <= abs => {
+                        let k = ((e - abs) as usize).min(n - at);
+                        f.read_exact_at(&mut buf[at..at + k], abs)?;
+                        at += k;
+                        if abs + k as u64 >= e {
+                            j += 1;
+                        }
+                    }
+                    next => {
+                        let stop = next.map_or(n, |(s, _)| ((s - pos) as usize).min(n));
+                        buf[at..stop].fill(0);
+                        at = stop;
+                    }
                 }
             }
-            if n == 0 || full_tx.send((buf, n)).is_err() {
-                return Ok(());
-            }
-            if n < HASH_CHUNK {
+            pos += n as u64;
+            if full_tx.send((buf, n)).is_err() {
                 return Ok(());
             }
         }
@@ -203,6 +300,41 @@ pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
     }
     task.finish("done");
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        // A pid that cannot exist (above pid_max).
+        let dead = d.path().join(".n1.img.partial-4294967");
+        let mine = d
+            .path()
+            .join(format!(".n2.img.partial-{}", std::process::id()));
+        let other = d.path().join("n3.img");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"x").unwrap();
+        }
+        let removed = sweep_stale(d.path(), "img.partial");
+        assert_eq!(removed, vec![dead.clone()]);
+        assert!(mine.exists() && other.exists() && !dead.exists());
+    }
+
+    #[test]
+    fn registered_temporaries_are_removed_on_interrupt() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t");
+        let sub = d.path().join("dir");
+        fs::write(&f, b"x").unwrap();
+        fs::create_dir_all(sub.join("a")).unwrap();
+        register_temporary(&f);
+        register_temporary(&sub);
+        remove_temporaries();
+        assert!(!f.exists() && !sub.exists());
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +430,22 @@ mod tests {
         assert_eq!(
             hash_file(&empty, &Progress::quiet()).unwrap(),
             sha256_bytes(b"")
+        );
+        // Sparse: holes at the start, between data and at the end, across chunks.
+        let sparse = dir.path().join("s");
+        let sf = File::create(&sparse).unwrap();
+        let total = 3 * HASH_CHUNK as u64 + 777;
+        sf.set_len(total).unwrap();
+        sf.write_all_at(&data[..100_000], HASH_CHUNK as u64 - 50_000)
+            .unwrap();
+        sf.write_all_at(&data[..5000], 2 * HASH_CHUNK as u64 + 3)
+            .unwrap();
+        drop(sf);
+        let all = fs::read(&sparse).unwrap();
+        assert_eq!(all.len() as u64, total);
+        assert_eq!(
+            hash_file(&sparse, &Progress::quiet()).unwrap(),
+            sha256_bytes(&all)
         );
         // Exactly one chunk.
         fs::write(&path, &data[..HASH_CHUNK]).unwrap();

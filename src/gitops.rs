@@ -90,6 +90,36 @@ pub fn namespaced_install(install_yaml: &str) -> Result<String> {
         .map_err(|e| anyhow::anyhow!("cannot serialise the Argo CD manifest: {e}"))
 }
 
+/// Every container image the install manifest runs (containers and init containers), sorted
+/// and de-duplicated: what a first server needs preloaded to start Argo CD without a registry.
+pub fn install_images(install_yaml: &str) -> Result<Vec<String>> {
+    fn walk(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if k == "containers" || k == "initContainers" {
+                        if let Value::Array(list) = child {
+                            for c in list {
+                                if let Some(img) = c.get("image").and_then(Value::as_str) {
+                                    out.insert(img.to_string());
+                                }
+                            }
+                        }
+                    }
+                    walk(child, out);
+                }
+            }
+            Value::Array(list) => list.iter().for_each(|c| walk(c, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for doc in parse_docs(install_yaml)? {
+        walk(&doc, &mut out);
+    }
+    Ok(out.into_iter().collect())
+}
+
 #[derive(Serialize)]
 struct Application<'a> {
     #[serde(rename = "apiVersion")]
@@ -343,6 +373,19 @@ metadata:
             "repository"
         );
         assert_eq!(s["stringData"]["password"], "tok: en");
+    }
+
+    #[test]
+    fn images_of_the_install_manifest() {
+        let yaml = "kind: Deployment\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      initContainers: [{name: copy, image: quay.io/argoproj/argocd:v2.13.3}]\n      containers:\n      - {name: s, image: quay.io/argoproj/argocd:v2.13.3}\n      - {name: d, image: ghcr.io/dexidp/dex:v2.41.1}\n---\nkind: StatefulSet\nmetadata: {name: r}\nspec: {template: {spec: {containers: [{name: r, image: \"redis:7.0.15-alpine\"}]}}}\n";
+        assert_eq!(
+            install_images(yaml).unwrap(),
+            [
+                "ghcr.io/dexidp/dex:v2.41.1",
+                "quay.io/argoproj/argocd:v2.13.3",
+                "redis:7.0.15-alpine"
+            ]
+        );
     }
 
     #[test]

@@ -6,24 +6,31 @@
 //! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
 
 pub mod boards;
+pub mod cache_admin;
 pub mod cloudinit;
 pub mod config;
 pub mod decompress;
+pub mod direct;
 pub mod disk;
 pub mod emit;
+pub mod envfile;
+pub mod formats;
 pub mod fs;
 pub mod gitops;
 pub mod identity;
+pub mod images;
 pub mod init;
 pub mod inspect;
 pub mod io;
 pub mod k3s;
 pub mod manifest;
+pub mod netconfig;
 pub mod overlay;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod raspi;
+pub mod registry;
 pub mod source;
 
 /// Timestamp for everything a build writes: `$SOURCE_DATE_EPOCH` when set (reproducible

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use pikube_image::config::Role;
 use pikube_image::pipeline::{AdHoc, BaseChoice, BuildRequest};
-use pikube_image::progress::{Mode, Progress};
+use pikube_image::progress::{Mode, Progress, human_bytes};
 use pikube_image::{boards, init, inspect, pipeline};
 
 /// Build flashable, per-node k3s images for Raspberry Pi and Orange Pi boards from stock OS
@@ -27,6 +27,44 @@ enum Command {
     Boards,
     /// Show an image's partitions, filesystems, detected OS and cloud-init seed.
     Inspect(InspectArgs),
+    /// Container images preloaded into the nodes.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// The download and build cache ($PIKUBE_CACHE_DIR, else ~/.cache/pikube-image).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List what the cache holds: downloads, prepared bases, image archives and blobs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries not used for a while (--older-than 30d), or everything (--all).
+    Prune {
+        /// Age like 30d, 12h or 2w: entries last used before that are removed.
+        #[arg(long, value_name = "AGE", required_unless_present = "all")]
+        older_than: Option<String>,
+        /// Remove every entry.
+        #[arg(long, conflicts_with = "older_than")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Resolve every image tag of the inventory again, pull them into the cache and rewrite
+    /// images.lock (builds use the pinned digests until the next update).
+    Update {
+        /// Cluster inventory.
+        #[arg(long, default_value = "cluster.yaml")]
+        config: PathBuf,
+        /// Download mirror for the Argo CD manifest, as for `build`.
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -78,6 +116,21 @@ struct BuildArgs {
     /// Use only the download cache; fail naming anything missing.
     #[arg(long)]
     offline: bool,
+    /// When the root filesystem must grow to fit the payload, leave this much free space
+    /// beyond it (MiB).
+    #[arg(long, value_name = "MIB", default_value_t = pipeline::DEFAULT_GROW_MARGIN >> 20)]
+    grow_margin: u64,
+    /// Build this many nodes in parallel.
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    jobs: usize,
+    /// Build only share I of N of the selected nodes (inventory order, every N-th node from
+    /// the I-th), for CI matrices: --shard 2/4.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Output formats, comma separated: raw (sparse .img), zst, xz (.img.zst/.img.xz, read by
+    /// any zstd/xz), bmap (for `bmaptool copy`). Default: raw, or `formats:` in cluster.yaml.
+    #[arg(long, value_name = "LIST")]
+    format: Option<String>,
     /// Print the plan (every file, partition, size, mode) and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -93,6 +146,24 @@ struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not I/N, e.g. 1/4"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{i}' is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{n}' is not a number"))?;
+    if n == 0 || i == 0 || i > n {
+        return Err(format!("shard {i}/{n}: I must be between 1 and N"));
+    }
+    Ok((i, n))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -123,6 +194,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     b.aliases.join(","),
                     b.description
                 );
+            }
+            Ok(())
+        }
+        Command::Images(ImagesCommand::Update { config, mirror }) => {
+            let progress = Progress::new(Mode::detect(false));
+            let (path, n) = pipeline::update_images(&config, mirror, None, &progress)?;
+            eprintln!("pinned {n} image references in {}", path.display());
+            Ok(())
+        }
+        Command::Cache(c) => {
+            let cache = pikube_image::source::Cache::open_default()?;
+            let root = cache.root();
+            match c {
+                CacheCommand::List { json } => {
+                    let entries = pikube_image::cache_admin::list(root)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&entries)?);
+                    } else {
+                        println!("{}", root.display());
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0);
+                        let mut total = 0;
+                        for e in &entries {
+                            total += e.disk_bytes;
+                            println!(
+                                "{:<14} {:>10}  {:>4}d ago  {}",
+                                e.kind,
+                                human_bytes(e.disk_bytes),
+                                now.saturating_sub(e.last_used) / 86_400,
+                                e.name
+                            );
+                        }
+                        println!("{} entries, {}", entries.len(), human_bytes(total));
+                    }
+                }
+                CacheCommand::Prune { older_than, all } => {
+                    let age = match (older_than, all) {
+                        (_, true) => None,
+                        (Some(a), false) => Some(pikube_image::cache_admin::parse_age(&a)?),
+                        (None, false) => unreachable!("clap requires --older-than or --all"),
+                    };
+                    let removed =
+                        pikube_image::cache_admin::prune(root, age, std::time::SystemTime::now())?;
+                    let freed: u64 = removed.iter().map(|e| e.disk_bytes).sum();
+                    eprintln!(
+                        "removed {} entries, freed {}",
+                        removed.len(),
+                        human_bytes(freed)
+                    );
+                }
             }
             Ok(())
         }
@@ -160,6 +283,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 offline: a.offline,
                 dry_run: a.dry_run,
                 cache_dir: None,
+                grow_margin: a.grow_margin << 20,
+                jobs: a.jobs.max(1),
+                shard: a.shard,
+                formats: match &a.format {
+                    Some(list) => pikube_image::formats::parse_formats(list)?,
+                    None => Vec::new(),
+                },
             };
             let summary = pipeline::build(&req, &progress)?;
             if a.json {
@@ -195,6 +325,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // An interrupted build removes its partial outputs before exiting, so nothing
+    // half-written is left behind (outputs only get their final names when complete).
+    let _ = ctrlc::set_handler(|| {
+        pikube_image::emit::remove_temporaries();
+        eprintln!("interrupted: partial outputs removed");
+        std::process::exit(130);
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -28,6 +28,9 @@ pub struct Manifest {
     pub contains_secrets: bool,
     /// The produced image; absent for outputs that are not an image (netboot trees).
     pub image: Option<OutputRecord>,
+    /// Every file produced for the node (raw image, compressed images, bmap).
+    #[serde(default)]
+    pub outputs: Vec<OutputRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +151,7 @@ pub(crate) mod tests {
                 size: 5 << 29,
                 sha256: "ef".repeat(32),
             }),
+            outputs: Vec::new(),
         }
     }
 

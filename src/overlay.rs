@@ -24,14 +24,13 @@ pub fn builtin_ops(name: &str, partition: &str) -> Result<Vec<Op>> {
     let ops: Vec<Op> = embedded::OVERLAYS
         .iter()
         .filter(|(n, ..)| *n == name)
-        .map(|(_, path, mode, bytes)| Op {
-            partition: partition.to_string(),
-            path: path.to_string(),
-            action: Action::Write(Content::Bytes(bytes.to_vec())),
-            mode: *mode as u16,
-            uid: 0,
-            gid: 0,
-            secret: false,
+        .map(|(_, path, mode, bytes)| {
+            Op::new(
+                partition,
+                path,
+                Action::Write(Content::Bytes(bytes.to_vec())),
+                *mode as u16,
+            )
         })
         .collect();
     if ops.is_empty() {
@@ -93,15 +92,7 @@ fn walk(root: &Path, rel: &Path, partition: &str, ops: &mut Vec<Op>) -> Result<(
         let meta = std::fs::symlink_metadata(&path)
             .with_context(|| format!("cannot stat {}", path.display()))?;
         let mode = (meta.permissions().mode() & 0o7777) as u16;
-        let op = |action| Op {
-            partition: partition.to_string(),
-            path: image_path.clone(),
-            action,
-            mode,
-            uid: 0,
-            gid: 0,
-            secret: false,
-        };
+        let op = |action| Op::new(partition, &image_path, action, mode);
         let ft = meta.file_type();
         if ft.is_symlink() {
             let target = std::fs::read_link(&path)

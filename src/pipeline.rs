@@ -12,9 +12,11 @@ use crate::config::{Cluster, Node, Role};
 use crate::decompress;
 use crate::disk::Disk;
 use crate::emit::{self, PendingFile};
-use crate::manifest::{BaseRef, Manifest, OutputRecord};
+use crate::formats::Format;
+use crate::manifest::{BaseRef, FileRecord, GrowthRecord, Manifest, OutputRecord};
 use crate::plan::{Content, OpView, Payload, Plan, PlanInputs};
 use crate::progress::Progress;
+use crate::progress::human_bytes;
 use crate::source::{Artifact, Cache, Checksum, Fetcher};
 
 /// Which base image to start from.
@@ -49,7 +51,18 @@ pub struct BuildRequest {
     pub dry_run: bool,
     /// Cache directory; the default one when `None`.
     pub cache_dir: Option<PathBuf>,
+    /// Free space left in a root filesystem that had to grow, beyond what the payload needs.
+    pub grow_margin: u64,
+    /// Nodes built in parallel.
+    pub jobs: usize,
+    /// Build only this deterministic share of the selected nodes: (index from 1, count).
+    pub shard: Option<(usize, usize)>,
+    /// Output formats (at least one).
+    pub formats: Vec<Format>,
 }
+
+/// Default of `--grow-margin`.
+pub const DEFAULT_GROW_MARGIN: u64 = 256 << 20;
 
 /// What `build` produced, per node (`--json` prints it).
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +82,12 @@ pub struct NodeResult {
     pub instance_id: Option<String>,
     pub base_url: String,
     pub plan: Vec<OpView>,
+    /// Every file produced for the node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputRecord>,
+    /// Whether the prepared base came from the cache (a fleet build reuses it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared_from_cache: Option<bool>,
     pub seconds: f64,
 }
 
@@ -173,6 +192,7 @@ pub fn select_nodes(cluster: &mut Cluster, req: &BuildRequest) -> Result<Vec<Nod
             mac: None,
             labels: BTreeMap::new(),
             overlays: Vec::new(),
+            images: Vec::new(),
         };
         cluster.nodes.push(node.clone());
         cluster
@@ -220,9 +240,36 @@ pub fn load_cluster(path: &Path) -> Result<Cluster> {
     Cluster::load(path)
 }
 
+/// The nodes of shard `i` of `n` (1-based): every n-th node from the i-th, in the given order.
+pub fn shard<T>(items: Vec<T>, (i, n): (usize, usize)) -> Vec<T> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| k % n == i - 1)
+        .map(|(_, t)| t)
+        .collect()
+}
+
 pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     let mut cluster = load_cluster(&req.config)?;
-    let nodes = select_nodes(&mut cluster, req)?;
+    let formats = if !req.formats.is_empty() {
+        req.formats.clone()
+    } else if !cluster.formats.is_empty() {
+        crate::formats::parse_formats(&cluster.formats.join(","))?
+    } else {
+        vec![Format::Raw]
+    };
+    let req = &BuildRequest {
+        formats,
+        ..req.clone()
+    };
+    let mut nodes = select_nodes(&mut cluster, req)?;
+    if let Some(s) = req.shard {
+        nodes = shard(nodes, s);
+        if nodes.is_empty() {
+            progress.message(&format!("shard {}/{} has no nodes to build", s.0, s.1));
+        }
+    }
     let catalog = Catalog::load()?;
     let mirror = req.mirror.clone().or_else(|| cluster.mirror.clone());
 
@@ -254,6 +301,12 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     if !req.dry_run {
         std::fs::create_dir_all(&req.out)
             .with_context(|| format!("cannot create output directory {}", req.out.display()))?;
+        for p in emit::sweep_stale(&req.out, "partial") {
+            progress.message(&format!(
+                "removed {} left by an interrupted build",
+                p.display()
+            ));
+        }
     }
     let needs_downloads = cluster.k3s.install
         || cluster.gitops.is_some()
@@ -270,8 +323,8 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
 
     let mut payloads = Payloads::new(&cluster, req, fetcher.as_ref(), progress)?;
     let mut results = Vec::new();
+    let mut work: Vec<NodeWork> = Vec::new();
     for (node, board, image, spec) in &jobs {
-        let started = std::time::Instant::now();
         let payload = payloads.for_node(node, board)?;
         let plan = Plan::for_node(
             &cluster,
@@ -283,7 +336,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
                 payload: &payload,
             },
         )?;
-        let mut result = NodeResult {
+        results.push(NodeResult {
             node: node.name.clone(),
             board: board.name.clone(),
             role: node.role.to_string(),
@@ -294,10 +347,11 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             instance_id: plan.instance_id.clone(),
             base_url: spec.url.clone(),
             plan: plan.views(),
+            outputs: Vec::new(),
+            prepared_from_cache: None,
             seconds: 0.0,
-        };
+        });
         if req.dry_run {
-            results.push(result);
             continue;
         }
         let (base_path, base_sha256) = match (&spec.local, &spec.artifact, &fetcher) {
@@ -308,23 +362,498 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             }
             _ => unreachable!("a base is either local or downloadable"),
         };
-        let (path, sha, size, manifest_path) =
-            build_one(req, &plan, &base_path, &base_sha256, spec, progress)
-                .with_context(|| format!("building node '{}'", node.name))?;
-        result.image = Some(path);
-        result.sha256 = Some(sha);
-        result.size = Some(size);
-        result.manifest = Some(manifest_path);
-        result.seconds = started.elapsed().as_secs_f64();
-        results.push(result);
+        work.push(NodeWork {
+            plan,
+            spec: spec.clone(),
+            base_path,
+            base_sha256,
+        });
     }
-    if !req.dry_run {
-        payloads.write_known_hosts(&req.out)?;
+    if req.dry_run {
+        return Ok(BuildSummary {
+            dry_run: true,
+            nodes: results,
+        });
     }
+
+    // Stage 1: one prepared base per (base image, role payload), reused across builds.
+    let cache_root = match &req.cache_dir {
+        Some(d) => Cache::open(d)?,
+        None => Cache::open_default()?,
+    }
+    .root()
+    .to_path_buf();
+    let mut prepared: BTreeMap<String, Prepared> = BTreeMap::new();
+    for w in &work {
+        let key = prepared_key(w, req.grow_margin);
+        if !prepared.contains_key(&key) {
+            let mut p = prepare(&cache_root, &key, w, req.grow_margin, progress)
+                .with_context(|| format!("preparing the base image for node '{}'", w.plan.node))?;
+            for &f in req.formats.iter().filter(|f| f.is_compressed()) {
+                let dir = cache_root
+                    .join("prepared")
+                    .join(&key)
+                    .join(format!("frames-{}", f.name()));
+                let index = crate::formats::FrameIndex::load_or_build(&p.path, f, &dir, progress)?;
+                p.frames.insert(f, index);
+            }
+            prepared.insert(key, p);
+        }
+    }
+
+    // Stage 2: derive every node from its prepared base, `--jobs` at a time.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let outcomes: Vec<std::sync::Mutex<Option<Result<Derived>>>> =
+        work.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..req.jobs.clamp(1, work.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= work.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    let w = &work[i];
+                    let p = &prepared[&prepared_key(w, req.grow_margin)];
+                    let started = std::time::Instant::now();
+                    let r = derive(req, w, p, progress)
+                        .with_context(|| format!("building node '{}'", w.plan.node))
+                        .map(|mut d| {
+                            d.seconds = started.elapsed().as_secs_f64();
+                            d
+                        });
+                    if r.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    *outcomes[i].lock().expect("outcome lock") = Some(r);
+                }
+            });
+        }
+    });
+    let mut by_node = BTreeMap::new();
+    for (w, o) in work.iter().zip(outcomes) {
+        match o.into_inner().expect("outcome lock") {
+            Some(Ok(d)) => {
+                by_node.insert(w.plan.node.clone(), d);
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    let mut known = BTreeMap::new();
+    for r in &mut results {
+        if let Some(d) = by_node.remove(&r.node) {
+            for o in &d.outputs {
+                known.insert(o.file.clone(), o.sha256.clone());
+            }
+            r.image = d.path;
+            r.sha256 = Some(d.sha256);
+            r.size = Some(d.size);
+            r.manifest = Some(d.manifest);
+            r.outputs = d.outputs;
+            r.seconds = d.seconds;
+        }
+    }
+    for (r, w) in results.iter_mut().zip(&work) {
+        r.prepared_from_cache = Some(prepared[&prepared_key(w, req.grow_margin)].from_cache);
+    }
+    payloads.write_known_hosts(&req.out)?;
+    crate::formats::write_sha256sums_known(&req.out, &known)?;
+    payloads.save_lock()?;
     Ok(BuildSummary {
-        dry_run: req.dry_run,
+        dry_run: false,
         nodes: results,
     })
+}
+
+/// `pikube-image images update`: resolves every image of the inventory again (per node
+/// platform, Argo CD's included), pulls them into the cache and rewrites images.lock.
+/// Returns the lock's path and how many references it pins.
+pub fn update_images(
+    config: &Path,
+    mirror: Option<String>,
+    cache_dir: Option<&Path>,
+    progress: &Progress,
+) -> Result<(PathBuf, usize)> {
+    let cluster = load_cluster(config)?;
+    let catalog = Catalog::load()?;
+    let cache = match cache_dir {
+        Some(d) => Cache::open(d)?,
+        None => Cache::open_default()?,
+    };
+    let fetcher = Fetcher::new(
+        cache.clone(),
+        mirror.or_else(|| cluster.mirror.clone()),
+        false,
+        progress.clone(),
+    );
+    let argocd_images = match &cluster.gitops {
+        Some(g) if cluster.images.argocd != crate::config::ArgocdImages::None => {
+            let url = crate::gitops::install_url(&g.argocd_version);
+            let text = fetcher.fetch_text(&url)?;
+            crate::gitops::install_images(&text)
+                .with_context(|| format!("Argo CD install manifest {url}"))?
+        }
+        _ => Vec::new(),
+    };
+    let mut pre = crate::images::Preloader::new(&cluster, cache, false, true, progress)?;
+    let first = cluster.first_server().map(|n| n.name.clone());
+    let mut count = 0;
+    for node in &cluster.nodes {
+        let board = catalog
+            .board(&node.board)
+            .with_context(|| format!("node '{}' in {}", node.name, config.display()))?;
+        let (mut refs, own) = cluster.images_for(node);
+        refs.extend(own);
+        let argocd_here = match cluster.images.argocd {
+            crate::config::ArgocdImages::FirstServer => {
+                first.as_deref() == Some(node.name.as_str())
+            }
+            crate::config::ArgocdImages::AllServers => node.role == Role::Server,
+            crate::config::ArgocdImages::None => false,
+        };
+        if argocd_here {
+            refs.extend(argocd_images.iter().cloned());
+        }
+        refs.sort();
+        refs.dedup();
+        count += pre.resolve(&refs, board.arch)?.len();
+    }
+    let path = match pre.save_lock(&cluster)? {
+        Some(p) => p,
+        None => crate::images::Lock::default().save(&cluster)?,
+    };
+    Ok((path, count))
+}
+
+/// A node ready to be built: its plan and its (downloaded) base image.
+struct NodeWork {
+    plan: Plan,
+    spec: BaseSpec,
+    base_path: PathBuf,
+    base_sha256: String,
+}
+
+/// A decompressed base image with a role's shared ops applied, kept in the cache.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct Prepared {
+    #[serde(skip)]
+    path: PathBuf,
+    files: Vec<FileRecord>,
+    growth: Option<GrowthRecord>,
+    /// Compressed frames of the prepared image, per compressed output format.
+    #[serde(skip)]
+    frames: BTreeMap<Format, crate::formats::FrameIndex>,
+    /// Whether it came from an earlier build.
+    #[serde(skip)]
+    from_cache: bool,
+}
+
+struct Derived {
+    /// The raw image, when it was kept.
+    path: Option<PathBuf>,
+    sha256: String,
+    size: u64,
+    manifest: PathBuf,
+    outputs: Vec<OutputRecord>,
+    seconds: f64,
+}
+
+/// Identifies a prepared base: the base image, the OS image entry, the role and every shared
+/// op (content digests included), the tool version, the growth margin and the build time
+/// when it is fixed (reproducible builds).
+fn prepared_key(w: &NodeWork, margin: u64) -> String {
+    let shared: Vec<OpView> = w.plan.views().into_iter().filter(|v| v.shared).collect();
+    let material = serde_json::json!({
+        "format": 1,
+        "tool": env!("CARGO_PKG_VERSION"),
+        "base": w.base_sha256,
+        "image": w.plan.image.name,
+        "role": w.plan.role.as_str(),
+        "margin": margin,
+        "epoch": std::env::var("SOURCE_DATE_EPOCH").ok(),
+        "ops": shared,
+    });
+    crate::io::sha256_bytes(material.to_string().as_bytes())
+}
+
+const PREPARED_META: &str = "prepared.json";
+const PREPARED_IMAGE: &str = "base.img";
+
+/// The prepared base for `key`: from the cache, or built (decompressed, grown for the whole
+/// plan when needed, shared ops applied) under a lock and moved into the cache when complete.
+fn prepare(
+    cache_root: &Path,
+    key: &str,
+    w: &NodeWork,
+    margin: u64,
+    progress: &Progress,
+) -> Result<Prepared> {
+    use fs4::fs_std::FileExt as _;
+    let root = cache_root.join("prepared");
+    let dir = root.join(key);
+    let load = |dir: &Path| -> Result<Prepared> {
+        let meta = dir.join(PREPARED_META);
+        let text = std::fs::read_to_string(&meta)
+            .with_context(|| format!("cannot read {}", meta.display()))?;
+        let mut p: Prepared = serde_json::from_str(&text)
+            .with_context(|| format!("{} is damaged: delete {}", meta.display(), dir.display()))?;
+        p.path = dir.join(PREPARED_IMAGE);
+        p.from_cache = true;
+        Ok(p)
+    };
+    if dir.join(PREPARED_META).exists() {
+        progress.message(&format!(
+            "using prepared base {} from the cache",
+            &key[..12]
+        ));
+        return load(&dir);
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let lock_path = root.join(format!("{key}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock_exclusive()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    if dir.join(PREPARED_META).exists() {
+        return load(&dir);
+    }
+    emit::sweep_stale(&root, "tmp");
+    let tmp = root.join(format!(".{key}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    emit::register_temporary(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let built = (|| -> Result<Prepared> {
+        let img = tmp.join(PREPARED_IMAGE);
+        decompress::decompress_to(&w.base_path, &img, progress)?;
+        let mut disk = Disk::read(&img)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .with_context(|| format!("cannot open {}", img.display()))?;
+        // Size for the whole plan, so node copies normally need no growth of their own.
+        let all: Vec<&crate::plan::Op> = w.plan.ops.iter().collect();
+        let growth = make_room(&file, &img, &disk, &all, margin, progress)?;
+        if growth.is_some() {
+            disk = Disk::read(&img)?;
+        }
+        let files = crate::fs::apply(&file, &disk, &w.plan.shared_ops())?;
+        file.sync_all()
+            .with_context(|| format!("cannot sync {}", img.display()))?;
+        let p = Prepared {
+            path: PathBuf::new(),
+            files,
+            growth,
+            frames: BTreeMap::new(),
+            from_cache: false,
+        };
+        emit::write_atomic(
+            &tmp.join(PREPARED_META),
+            serde_json::to_string_pretty(&p)?.as_bytes(),
+        )?;
+        Ok(p)
+    })();
+    match built {
+        Ok(mut p) => {
+            std::fs::rename(&tmp, &dir)
+                .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
+            p.path = dir.join(PREPARED_IMAGE);
+            Ok(p)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// One node image: a sparse copy of the prepared base with the node's own ops applied.
+fn derive(
+    req: &BuildRequest,
+    w: &NodeWork,
+    prepared: &Prepared,
+    progress: &Progress,
+) -> Result<Derived> {
+    let plan = &w.plan;
+    let img_name = format!("{}.img", plan.node);
+    let mut pending = PendingFile::create(&req.out, &img_name)?;
+    crate::formats::clone_or_sparse_copy(&prepared.path, pending.path())?;
+    let mut disk = Disk::read(pending.path())?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(pending.path())
+        .with_context(|| format!("cannot open {}", pending.path().display()))?;
+    let node_ops = plan.node_ops();
+    let own_growth = make_room(
+        &file,
+        pending.path(),
+        &disk,
+        &node_ops,
+        req.grow_margin,
+        progress,
+    )?;
+    if own_growth.is_some() {
+        disk = Disk::read(pending.path())?;
+    }
+    let mut files = prepared.files.clone();
+    files.extend(crate::fs::apply(&file, &disk, &node_ops)?);
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", pending.path().display()))?;
+    drop(file);
+    let growth = match (&prepared.growth, own_growth) {
+        (Some(a), Some(b)) => Some(GrowthRecord {
+            old_size: a.old_size,
+            image_old_size: a.image_old_size,
+            ..b
+        }),
+        (a, b) => b.or_else(|| a.clone()),
+    };
+    let size = pending
+        .file()
+        .metadata()
+        .with_context(|| format!("cannot stat {}", pending.path().display()))?
+        .len();
+    let sha = emit::hash_file(pending.path(), progress)?;
+    let contains_secrets = files.iter().any(|f| f.secret);
+    let raw_record = OutputRecord {
+        file: img_name.clone(),
+        size,
+        sha256: sha.clone(),
+    };
+    // The other formats are made from the finished raw image; compressed ones reuse the
+    // prepared base's frames for every chunk the node did not change.
+    let mut outputs = Vec::new();
+    if req.formats.contains(&Format::Raw) {
+        outputs.push(raw_record.clone());
+    }
+    for &f in &req.formats {
+        let name = match f {
+            Format::Raw => continue,
+            Format::Bmap => format!("{}.bmap", plan.node),
+            _ => format!("{img_name}{}", f.suffix()),
+        };
+        let out = req.out.join(&name);
+        let (size, sha256) = match f {
+            Format::Bmap => crate::formats::write_bmap(pending.path(), &out, progress)?,
+            _ => {
+                let index = prepared
+                    .frames
+                    .get(&f)
+                    .with_context(|| format!("no frame index for {f}"))?;
+                crate::formats::write_compressed(
+                    pending.path(),
+                    Some((&prepared.path, index)),
+                    f,
+                    &out,
+                    progress,
+                )?
+            }
+        };
+        emit::write_sha256_file(&out, &sha256)?;
+        outputs.push(OutputRecord {
+            file: name,
+            size,
+            sha256,
+        });
+    }
+    let manifest = Manifest {
+        tool: crate::manifest::TOOL.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        node: plan.node.clone(),
+        board: plan.board.clone(),
+        role: plan.role.to_string(),
+        base: BaseRef {
+            url: w.spec.url.clone(),
+            sha256: w.base_sha256.clone(),
+            file: w.spec.file_name.clone(),
+        },
+        files,
+        growth,
+        contains_secrets,
+        image: Some(raw_record),
+        outputs: outputs.clone(),
+    };
+    let final_img = pending.final_path();
+    let manifest_path = req.out.join(format!("{}.manifest.json", plan.node));
+    emit::write_manifest(&manifest_path, &manifest)?;
+    let path = if req.formats.contains(&Format::Raw) {
+        emit::write_sha256_file(&final_img, &sha)?;
+        let path = pending.commit()?;
+        progress.message(&format!("wrote {} ({})", path.display(), human_bytes(size)));
+        Some(path)
+    } else {
+        // Only derived formats were asked for: the raw image was their source.
+        drop(pending);
+        None
+    };
+    for o in &outputs {
+        if !o.file.ends_with(".img") {
+            progress.message(&format!(
+                "wrote {} ({})",
+                req.out.join(&o.file).display(),
+                human_bytes(o.size)
+            ));
+        }
+    }
+    Ok(Derived {
+        path,
+        sha256: sha,
+        size,
+        manifest: manifest_path,
+        outputs,
+        seconds: 0.0,
+    })
+}
+
+/// Grows the image, its last partition and the ext4 filesystem in it when the plan's payload
+/// does not fit, by the shortfall plus `margin`, rounded up to whole MiB.
+fn make_room(
+    file: &std::fs::File,
+    path: &Path,
+    disk: &Disk,
+    ops: &[&crate::plan::Op],
+    margin: u64,
+    progress: &Progress,
+) -> Result<Option<GrowthRecord>> {
+    let short = crate::fs::ext4_shortfall(file, disk, ops)?;
+    let Some(&(number, missing)) = short.first() else {
+        return Ok(None);
+    };
+    let last = disk.last().context("the image has no partitions")?;
+    if short.len() > 1 || last.number != number {
+        bail!(
+            "partition {number} needs {} more but is not the last partition of the image, so it cannot grow: make the payload smaller (overlays, k3s.airgap)",
+            human_bytes(missing)
+        );
+    }
+    const MIB: u64 = 1 << 20;
+    let grow_by = (missing + margin).div_ceil(MIB) * MIB;
+    let old_len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    let new_len = old_len.div_ceil(MIB) * MIB + grow_by;
+    let part = crate::disk::grow::grow_last_partition(path, new_len, number)?;
+    let fs = pikube_ext4::grow::grow_fs(file, part.old_start, part.new_size).map_err(|e| {
+        anyhow::anyhow!("cannot grow the ext4 filesystem of partition {number}: {e}")
+    })?;
+    progress.message(&format!(
+        "grew partition {number} from {} to {} ({} to {} block groups) to fit the payload",
+        human_bytes(part.old_size),
+        human_bytes(part.new_size),
+        fs.old_groups,
+        fs.new_groups,
+    ));
+    Ok(Some(GrowthRecord {
+        partition: number,
+        old_size: part.old_size,
+        new_size: part.new_size,
+        image_old_size: old_len,
+        image_new_size: new_len,
+    }))
 }
 
 /// Resolves what plans need from outside the inventory, once per build: the join token,
@@ -337,8 +866,10 @@ struct Payloads<'a> {
     secrets: PathBuf,
     token: Option<String>,
     k3s: BTreeMap<&'static str, (Content, Option<(String, Content)>)>,
-    argocd: Option<Content>,
+    argocd: Option<(Content, Vec<String>)>,
     repo_secret: Option<Vec<u8>>,
+    preloader: Option<crate::images::Preloader>,
+    role_images: BTreeMap<(Role, &'static str), Option<Content>>,
 }
 
 fn downloaded(f: crate::source::Fetched) -> Content {
@@ -405,6 +936,16 @@ impl<'a> Payloads<'a> {
             },
             None => None,
         };
+        let preloader = match fetcher {
+            Some(f) => Some(crate::images::Preloader::new(
+                cluster,
+                f.cache().clone(),
+                req.offline,
+                false,
+                progress,
+            )?),
+            None => None,
+        };
         Ok(Payloads {
             cluster,
             dry_run: req.dry_run,
@@ -415,6 +956,8 @@ impl<'a> Payloads<'a> {
             k3s: BTreeMap::new(),
             argocd: None,
             repo_secret,
+            preloader,
+            role_images: BTreeMap::new(),
         })
     }
 
@@ -460,9 +1003,30 @@ impl<'a> Payloads<'a> {
         };
         let first = c.first_server().map(|n| n.name.as_str()) == Some(node.name.as_str());
         let argocd_install = match (&c.gitops, first) {
-            (Some(g), true) => Some(self.argocd(g)?),
+            (Some(g), true) => Some(self.argocd(g)?.0),
             _ => None,
         };
+        // Container images: the role's set is shared, the node's own set is not. Argo CD's
+        // images follow `images.argocd`.
+        let (mut role_refs, mut node_refs) = c.images_for(node);
+        if let Some(g) = &c.gitops {
+            use crate::config::ArgocdImages;
+            match c.images.argocd {
+                ArgocdImages::FirstServer if first => node_refs.extend(self.argocd(g)?.1),
+                ArgocdImages::AllServers if node.role == Role::Server => {
+                    role_refs.extend(self.argocd(g)?.1)
+                }
+                _ => {}
+            }
+        }
+        let arch = board.arch.as_str();
+        let key = (node.role, arch);
+        if !self.role_images.contains_key(&key) {
+            let content = self.image_archive(&role_refs, board.arch)?;
+            self.role_images.insert(key, content);
+        }
+        let role_images = self.role_images[&key].clone();
+        let node_images = self.image_archive(&node_refs, board.arch)?;
         Ok(Payload {
             k3s_binary,
             k3s_airgap,
@@ -474,16 +1038,48 @@ impl<'a> Payloads<'a> {
             } else {
                 None
             },
+            role_images,
+            node_images,
         })
     }
 
-    fn argocd(&mut self, g: &crate::config::Gitops) -> Result<Content> {
+    fn image_archive(
+        &mut self,
+        refs: &[String],
+        arch: crate::boards::Arch,
+    ) -> Result<Option<Content>> {
+        if refs.is_empty() {
+            return Ok(None);
+        }
+        match &mut self.preloader {
+            None => Ok(Some(Content::Download {
+                url: format!("registries: {}", refs.join(", ")),
+            })),
+            Some(p) => p
+                .archive(refs, arch, self.progress)
+                .with_context(|| format!("container images for {}", arch.as_str())),
+        }
+    }
+
+    /// Pins what this build resolved in images.lock.
+    fn save_lock(&mut self) -> Result<()> {
+        if let Some(p) = &mut self.preloader {
+            if let Some(path) = p.save_lock(self.cluster)? {
+                self.progress
+                    .message(&format!("pinned image digests in {}", path.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The namespaced install manifest and the images it runs.
+    fn argocd(&mut self, g: &crate::config::Gitops) -> Result<(Content, Vec<String>)> {
         if let Some(c) = &self.argocd {
             return Ok(c.clone());
         }
         let url = crate::gitops::install_url(&g.argocd_version);
         let content = match self.fetcher {
-            None => Content::Download { url: url.clone() },
+            None => (Content::Download { url: url.clone() }, Vec::new()),
             Some(f) => {
                 let text = match &g.argocd_sha256 {
                     Some(h) => {
@@ -510,7 +1106,9 @@ impl<'a> Payloads<'a> {
                 };
                 let namespaced = crate::gitops::namespaced_install(&text)
                     .with_context(|| format!("Argo CD install manifest {url}"))?;
-                Content::Bytes(namespaced.into_bytes())
+                let images = crate::gitops::install_images(&text)
+                    .with_context(|| format!("Argo CD install manifest {url}"))?;
+                (Content::Bytes(namespaced.into_bytes()), images)
             }
         };
         self.argocd = Some(content.clone());
@@ -533,63 +1131,18 @@ impl<'a> Payloads<'a> {
     }
 }
 
-fn build_one(
-    req: &BuildRequest,
-    plan: &Plan,
-    base_path: &Path,
-    base_sha256: &str,
-    spec: &BaseSpec,
-    progress: &Progress,
-) -> Result<(PathBuf, String, u64, PathBuf)> {
-    let img_name = format!("{}.img", plan.node);
-    let mut pending = PendingFile::create(&req.out, &img_name)?;
-    decompress::decompress_to(base_path, pending.path(), progress)?;
-    let disk = Disk::read(pending.path())?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(pending.path())
-        .with_context(|| format!("cannot open {}", pending.path().display()))?;
-    let files = crate::fs::apply(&file, &disk, plan)?;
-    file.sync_all()
-        .with_context(|| format!("cannot sync {}", pending.path().display()))?;
-    drop(file);
-    let size = pending
-        .file()
-        .metadata()
-        .with_context(|| format!("cannot stat {}", pending.path().display()))?
-        .len();
-    let sha = emit::hash_file(pending.path(), progress)?;
-    let contains_secrets = files.iter().any(|f| f.secret);
-    let manifest = Manifest {
-        tool: crate::manifest::TOOL.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        node: plan.node.clone(),
-        board: plan.board.clone(),
-        role: plan.role.to_string(),
-        base: BaseRef {
-            url: spec.url.clone(),
-            sha256: base_sha256.to_string(),
-            file: spec.file_name.clone(),
-        },
-        files,
-        growth: None,
-        contains_secrets,
-        image: Some(OutputRecord {
-            file: img_name.clone(),
-            size,
-            sha256: sha.clone(),
-        }),
-    };
-    let final_img = pending.final_path();
-    let manifest_path = req.out.join(format!("{}.manifest.json", plan.node));
-    emit::write_manifest(&manifest_path, &manifest)?;
-    emit::write_sha256_file(&final_img, &sha)?;
-    let path = pending.commit()?;
-    progress.message(&format!(
-        "wrote {} ({})",
-        path.display(),
-        crate::progress::human_bytes(size)
-    ));
-    Ok((path, sha, size, manifest_path))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_nodes() {
+        let nodes: Vec<u32> = (0..10).collect();
+        let mut all: Vec<u32> = (1..=3).flat_map(|i| shard(nodes.clone(), (i, 3))).collect();
+        assert_eq!(shard(nodes.clone(), (1, 3)), [0, 3, 6, 9]);
+        assert_eq!(shard(nodes.clone(), (3, 3)), [2, 5, 8]);
+        all.sort();
+        assert_eq!(all, nodes, "every node in exactly one shard");
+        assert_eq!(shard(nodes.clone(), (1, 1)), nodes);
+    }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::boards::{Board, BootConfig, Firstboot, OsImage};
+use crate::boards::{Board, BootConfig, Firstboot, NetworkStack, OsImage};
 use crate::cloudinit;
 use crate::config::{Cluster, Node, Role};
 use crate::io::sha256_bytes;
@@ -58,6 +58,9 @@ pub enum Action {
     /// Append kernel arguments to the Raspberry Pi command line, each at most once. `path` is
     /// config.txt; the command line file is found through its `cmdline=` and `os_prefix=`.
     KernelArgs { args: Vec<String> },
+    /// Add words to the value of `key` in a `key=value` file (Armbian's armbianEnv.txt),
+    /// each at most once; the file must exist.
+    EditEnv { key: String, append: Vec<String> },
 }
 
 impl Action {
@@ -66,7 +69,7 @@ impl Action {
             Action::Write(_) => "file",
             Action::Mkdir => "dir",
             Action::Symlink { .. } => "symlink",
-            Action::KernelArgs { .. } => "edit",
+            Action::KernelArgs { .. } | Action::EditEnv { .. } => "edit",
             Action::Remove => "remove",
         }
     }
@@ -83,6 +86,10 @@ pub struct Op {
     pub gid: u32,
     /// Secret content: never printed, never hashed into the manifest.
     pub secret: bool,
+    /// The same for every node of a role on the same base image (k3s, shared overlays,
+    /// kernel arguments): applied once to a prepared base that node images are derived from.
+    /// Node-specific ops are applied after the shared ones.
+    pub shared: bool,
 }
 
 impl Op {
@@ -91,15 +98,7 @@ impl Op {
     }
 
     fn write(partition: &str, path: &str, content: Content, mode: u16) -> Op {
-        Op {
-            partition: partition.into(),
-            path: path.into(),
-            action: Action::Write(content),
-            mode,
-            uid: 0,
-            gid: 0,
-            secret: false,
-        }
+        Op::new(partition, path, Action::Write(content), mode)
     }
 
     fn secret(mut self) -> Op {
@@ -107,7 +106,13 @@ impl Op {
         self
     }
 
-    fn other(partition: &str, path: &str, action: Action, mode: u16) -> Op {
+    fn shared(mut self) -> Op {
+        self.shared = true;
+        self
+    }
+
+    /// An op on an entry owned by root, neither secret nor shared.
+    pub(crate) fn new(partition: &str, path: &str, action: Action, mode: u16) -> Op {
         Op {
             partition: partition.into(),
             path: path.into(),
@@ -116,6 +121,7 @@ impl Op {
             uid: 0,
             gid: 0,
             secret: false,
+            shared: false,
         }
     }
 }
@@ -136,7 +142,15 @@ pub struct Payload {
     pub argocd_install: Option<Content>,
     /// Repository Secret for a private GitOps repository (first server only).
     pub repo_secret: Option<Vec<u8>>,
+    /// Container images of the node's role, as one OCI archive.
+    pub role_images: Option<Content>,
+    /// Container images of this node only (its own list, Argo CD's on the first server).
+    pub node_images: Option<Content>,
 }
+
+/// File names of the preloaded image archives in k3s's images directory.
+pub const ROLE_IMAGES: &str = "pikube-role-images.tar.zst";
+pub const NODE_IMAGES: &str = "pikube-node-images.tar.zst";
 
 /// Everything the build does to one node's image.
 #[derive(Debug, Clone)]
@@ -170,7 +184,7 @@ fn k3s_ops(
         .context("the k3s join token was not resolved")?;
     ops.push(Op::write(root, k3s::BIN, binary, 0o755));
     for link in k3s::LINKS {
-        ops.push(Op::other(
+        ops.push(Op::new(
             root,
             &format!("/usr/local/bin/{link}"),
             Action::Symlink {
@@ -179,7 +193,7 @@ fn k3s_ops(
             0o777,
         ));
     }
-    ops.push(Op::other(root, "/etc/rancher/k3s", Action::Mkdir, 0o755));
+    ops.push(Op::new(root, "/etc/rancher/k3s", Action::Mkdir, 0o755));
     ops.push(
         Op::file(
             root,
@@ -206,7 +220,7 @@ fn k3s_ops(
         k3s::env_file().into_bytes(),
         0o600,
     ));
-    ops.push(Op::other(
+    ops.push(Op::new(
         root,
         &format!("{}/multi-user.target.wants/{unit}", k3s::UNIT_DIR),
         Action::Symlink {
@@ -222,7 +236,164 @@ fn k3s_ops(
             0o644,
         ));
     }
-    Ok(ops)
+    // Everything but config.yaml (node name, address) is the same for every node of a role.
+    Ok(ops
+        .into_iter()
+        .map(|o| if o.path == k3s::CONFIG { o } else { o.shared() })
+        .collect())
+}
+
+/// The identity of a node whose image has no cloud-init, written into the root filesystem:
+/// hostname, hosts, network, timezone, locale, sshd and sudo settings, and the first-boot
+/// unit that creates the admin user from the data files next to it.
+fn direct_ops(
+    cluster: &Cluster,
+    node: &Node,
+    root: &str,
+    network: NetworkStack,
+    image_interface: Option<&str>,
+    payload: &Payload,
+) -> Result<Vec<Op>> {
+    use crate::direct as d;
+    let mut ops = vec![
+        Op::file(root, "/etc/hostname", d::hostname(node).into_bytes(), 0o644),
+        Op::file(
+            root,
+            "/etc/hosts",
+            d::hosts(cluster, node).into_bytes(),
+            0o644,
+        ),
+    ];
+    let iface = crate::netconfig::interface(cluster, image_interface)?;
+    match network {
+        NetworkStack::Netplan => {
+            ops.push(Op::new(
+                root,
+                d::NETPLAN_ARMBIAN_DEFAULT,
+                Action::Remove,
+                0o600,
+            ));
+            // netplan warns about (and future versions refuse) files others can read.
+            ops.push(Op::file(
+                root,
+                d::NETPLAN_FILE,
+                d::netplan(cluster, node, &iface)?.into_bytes(),
+                0o600,
+            ));
+        }
+        NetworkStack::Networkd => ops.push(Op::file(
+            root,
+            d::NETWORKD_FILE,
+            d::networkd(cluster, node, &iface)?.into_bytes(),
+            0o644,
+        )),
+    }
+    ops.push(Op::file(
+        root,
+        "/etc/timezone",
+        d::timezone_file(&cluster.timezone)?.into_bytes(),
+        0o644,
+    ));
+    ops.push(Op::new(
+        root,
+        "/etc/localtime",
+        Action::Symlink {
+            target: d::localtime_target(&cluster.timezone)?,
+        },
+        0o777,
+    ));
+    ops.push(Op::file(
+        root,
+        "/etc/default/locale",
+        d::locale_file(&cluster.locale)?.into_bytes(),
+        0o644,
+    ));
+    ops.push(Op::new(root, d::DATA_DIR, Action::Mkdir, 0o700));
+    ops.push(Op::file(
+        root,
+        d::ADMIN_USER_FILE,
+        d::admin_user_file(&cluster.admin.user).into_bytes(),
+        0o644,
+    ));
+    ops.push(Op::file(
+        root,
+        d::AUTHORIZED_KEYS_FILE,
+        d::authorized_keys(&cluster.admin.ssh_authorized_keys)?.into_bytes(),
+        0o644,
+    ));
+    if let Some(key) = &payload.host_key {
+        // The OS's own first run may regenerate host keys; the first-boot script puts this
+        // copy back.
+        ops.push(
+            Op::file(
+                root,
+                d::HOST_KEY_COPY,
+                key.private_openssh.clone().into_bytes(),
+                0o600,
+            )
+            .secret(),
+        );
+        ops.push(Op::file(
+            root,
+            &format!("{}.pub", d::HOST_KEY_COPY),
+            format!("{}\n", key.public_openssh).into_bytes(),
+            0o644,
+        ));
+    }
+    ops.push(Op::file(
+        root,
+        d::SUDOERS_FILE,
+        d::sudoers(&cluster.admin.user).into_bytes(),
+        0o440,
+    ));
+    ops.push(Op::file(
+        root,
+        d::SSHD_DROPIN_FILE,
+        d::SSHD_DROPIN.as_bytes().to_vec(),
+        0o644,
+    ));
+    ops.push(Op::file(
+        root,
+        d::FIRSTBOOT_SCRIPT_PATH,
+        d::FIRSTBOOT_SCRIPT.as_bytes().to_vec(),
+        0o755,
+    ));
+    let unit_path = format!("{}/{}", crate::k3s::UNIT_DIR, d::FIRSTBOOT_UNIT_NAME);
+    ops.push(Op::file(
+        root,
+        &unit_path,
+        d::FIRSTBOOT_UNIT.as_bytes().to_vec(),
+        0o644,
+    ));
+    ops.push(Op::new(
+        root,
+        &format!(
+            "{}/multi-user.target.wants/{}",
+            crate::k3s::UNIT_DIR,
+            d::FIRSTBOOT_UNIT_NAME
+        ),
+        Action::Symlink { target: unit_path },
+        0o777,
+    ));
+    ops.push(Op::new(root, d::ARMBIAN_FIRST_LOGIN, Action::Remove, 0o644));
+    // What depends only on cluster-wide settings is the same for every node of the image and
+    // goes into the prepared base; the node's names, network and host key copy are its own.
+    let own = [
+        "/etc/hostname",
+        "/etc/hosts",
+        d::NETPLAN_FILE,
+        d::NETWORKD_FILE,
+    ];
+    Ok(ops
+        .into_iter()
+        .map(|o| {
+            if o.secret || own.contains(&o.path.as_str()) || o.path.starts_with(d::HOST_KEY_COPY) {
+                o
+            } else {
+                o.shared()
+            }
+        })
+        .collect())
 }
 
 /// Serialisable view of an op for `--dry-run --json` and the manifest.
@@ -240,6 +411,7 @@ pub struct OpView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub secret: bool,
+    pub shared: bool,
 }
 
 /// Inputs of a plan beyond the inventory: the base image's identity and the payload.
@@ -249,6 +421,16 @@ pub struct PlanInputs<'a> {
 }
 
 impl Plan {
+    /// Ops shared by every node of the role (applied to the prepared base).
+    pub fn shared_ops(&self) -> Vec<&Op> {
+        self.ops.iter().filter(|o| o.shared).collect()
+    }
+
+    /// Ops of this node only (applied to its copy of the prepared base).
+    pub fn node_ops(&self) -> Vec<&Op> {
+        self.ops.iter().filter(|o| !o.shared).collect()
+    }
+
     /// Computes the plan for `node`. Pure: reads no files and touches no image.
     pub fn for_node(
         cluster: &Cluster,
@@ -260,6 +442,7 @@ impl Plan {
         let mut ops = Vec::new();
         let instance_id;
         let payload = inputs.payload;
+        let root = &image.root.partition;
         let host_keys = if payload.host_key.is_some() {
             cloudinit::HostKeys::Provided
         } else {
@@ -289,11 +472,21 @@ impl Plan {
                     0o644,
                 ));
             }
+            Firstboot::Direct { network, interface } => {
+                instance_id = None;
+                ops.extend(direct_ops(
+                    cluster,
+                    node,
+                    root,
+                    *network,
+                    interface.as_deref(),
+                    payload,
+                )?);
+            }
         }
-        let root = &image.root.partition;
         if let Some(key) = &payload.host_key {
             for path in crate::identity::IMAGE_HOST_KEYS {
-                ops.push(Op::other(root, path, Action::Remove, 0o600));
+                ops.push(Op::new(root, path, Action::Remove, 0o600).shared());
             }
             let path = crate::identity::HOST_KEY_PATH;
             ops.push(
@@ -341,13 +534,28 @@ impl Plan {
                 );
             }
         }
-        for name in crate::overlay::DEFAULT_BUILTINS {
-            ops.extend(crate::overlay::builtin_ops(name, root)?);
+        if let Some(c) = &payload.role_images {
+            let path = format!("{}/{ROLE_IMAGES}", crate::k3s::IMAGES_DIR);
+            ops.push(Op::write(root, &path, c.clone(), 0o644).shared());
         }
-        for dir in cluster.overlays_for(node) {
+        if let Some(c) = &payload.node_images {
+            let path = format!("{}/{NODE_IMAGES}", crate::k3s::IMAGES_DIR);
+            ops.push(Op::write(root, &path, c.clone(), 0o644));
+        }
+        for name in crate::overlay::DEFAULT_BUILTINS {
             ops.extend(
-                crate::overlay::dir_ops(&dir, root)
-                    .with_context(|| format!("overlay of node '{}'", node.name))?,
+                crate::overlay::builtin_ops(name, root)?
+                    .into_iter()
+                    .map(Op::shared),
+            );
+        }
+        for (dir, shared) in cluster.overlays_for(node) {
+            let dir_ops = crate::overlay::dir_ops(&dir, root)
+                .with_context(|| format!("overlay of node '{}'", node.name))?;
+            ops.extend(
+                dir_ops
+                    .into_iter()
+                    .map(|o| if shared { o.shared() } else { o }),
             );
         }
         if !board.kernel_args.is_empty() {
@@ -365,7 +573,20 @@ impl Plan {
                     uid: 0,
                     gid: 0,
                     secret: false,
+                    shared: true,
                 }),
+                BootConfig::ArmbianEnv { partition, path } => ops.push(
+                    Op::new(
+                        partition,
+                        &format!("/{}", path.trim_start_matches('/')),
+                        Action::EditEnv {
+                            key: "extraargs".into(),
+                            append: board.kernel_args.clone(),
+                        },
+                        0o644,
+                    )
+                    .shared(),
+                ),
             }
         }
         Ok(Plan {
@@ -399,6 +620,11 @@ impl Plan {
                             args.join(" ")
                         )),
                     ),
+                    Action::EditEnv { key, append } => (
+                        0,
+                        None,
+                        Some(format!("append to {key}=: {}", append.join(" "))),
+                    ),
                 };
                 OpView {
                     partition: op.partition.clone(),
@@ -411,6 +637,7 @@ impl Plan {
                     sha256,
                     detail,
                     secret: op.secret,
+                    shared: op.shared,
                 }
             })
             .collect()
@@ -441,6 +668,9 @@ pub fn render_table(views: &[OpView]) -> String {
         }
         if v.secret {
             let _ = write!(s, "  [secret]");
+        }
+        if v.shared {
+            let _ = write!(s, "  [shared]");
         }
         s.push('\n');
     }
@@ -491,6 +721,8 @@ mod tests {
             }),
             argocd_install: Some(Content::Bytes(b"kind: Namespace".to_vec())),
             repo_secret: None,
+            role_images: Some(Content::Bytes(b"role".to_vec())),
+            node_images: Some(Content::Bytes(b"node".to_vec())),
         }
     }
 
@@ -576,6 +808,34 @@ mod tests {
                 .iter()
                 .any(|o| o.path == "/etc/systemd/system/k3s.service")
         );
+        // The role payload is shared by every node; identity and config are the node's own.
+        assert!(find(&agent, "/usr/local/bin/k3s").shared);
+        assert!(find(&agent, "/etc/systemd/system/k3s-agent.service").shared);
+        assert!(!find(&agent, "/etc/rancher/k3s/config.yaml").shared);
+        assert!(!find(&agent, "/etc/ssh/ssh_host_ed25519_key").shared);
+        assert!(!find(&agent, "/user-data").shared);
+        assert!(find(&agent, "/config.txt").shared, "board kernel arguments");
+        assert!(
+            find(
+                &agent,
+                "/var/lib/rancher/k3s/agent/images/pikube-role-images.tar.zst"
+            )
+            .shared
+        );
+        assert!(
+            !find(
+                &agent,
+                "/var/lib/rancher/k3s/agent/images/pikube-node-images.tar.zst"
+            )
+            .shared
+        );
+        assert!(
+            !find(
+                &server,
+                "/var/lib/rancher/k3s/server/manifests/pikube-argocd-install.yaml"
+            )
+            .shared
+        );
         // Secrets never show their digest.
         assert!(
             agent
@@ -624,5 +884,154 @@ mod tests {
         p.ops[0].secret = true;
         assert!(p.views()[0].sha256.is_none());
         assert!(render_table(&p.views()).contains("[secret]"));
+    }
+
+    fn armbian(network: &str) -> (Board, OsImage) {
+        let board: Board = serde_saphyr::from_str(
+            "name: opiz3\ndescription: t\narch: arm64\ndefault_image: armbian\nimages: [armbian]\nkernel_args: [cgroup_enable=memory]\n",
+        )
+        .unwrap();
+        let image: OsImage = serde_saphyr::from_str(&format!(
+            "name: armbian\ndescription: t\nos: armbian\nversion: '25'\narch: arm64\nurl: https://dl.example/a.img.xz\nchecksum: {{sums_url: https://dl.example/a.img.xz.sha}}\nboot: {{kind: armbian-env, partition: armbi_root}}\nroot: {{partition: armbi_root}}\nfirstboot: {{kind: direct, network: {network}, interface: end0}}\n"
+        ))
+        .unwrap();
+        (board, image)
+    }
+
+    fn direct_plan(network: &str, node: &str) -> Plan {
+        let cluster =
+            Cluster::parse(&INVENTORY.replace("nodes:", "domain: home.arpa\nnodes:")).unwrap();
+        let (board, image) = armbian(network);
+        Plan::for_node(
+            &cluster,
+            cluster.node(node).unwrap(),
+            &board,
+            &image,
+            &PlanInputs {
+                base_sha256: "00ff",
+                payload: &payload(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn text(op: &Op) -> String {
+        match &op.action {
+            Action::Write(Content::Bytes(b)) => String::from_utf8(b.clone()).unwrap(),
+            other => panic!("{} is {other:?}", op.path),
+        }
+    }
+
+    #[test]
+    fn direct_identity_goes_into_the_root_filesystem() {
+        let p = direct_plan("netplan", "cp1");
+        assert_eq!(p.instance_id, None);
+        assert!(
+            p.ops.iter().all(|o| o.partition == "armbi_root"),
+            "no seed partition"
+        );
+        assert_eq!(text(find(&p, "/etc/hostname")), "cp1\n");
+        assert!(text(find(&p, "/etc/hosts")).contains("127.0.1.1\tcp1.home.arpa cp1\n"));
+        let np = find(&p, "/etc/netplan/20-pikube.yaml");
+        assert_eq!(np.mode, 0o600);
+        assert!(text(np).contains("end0:"), "the image's interface name");
+        assert_eq!(
+            find(&p, "/etc/netplan/10-dhcp-all-interfaces.yaml").action,
+            Action::Remove
+        );
+        assert_eq!(
+            find(&p, "/etc/localtime").action,
+            Action::Symlink {
+                target: "/usr/share/zoneinfo/Etc/UTC".into()
+            }
+        );
+        assert_eq!(text(find(&p, "/etc/default/locale")), "LANG=en_US.UTF-8\n");
+        assert_eq!(text(find(&p, "/etc/pikube/admin-user")), "ops\n");
+        assert_eq!(find(&p, "/etc/pikube").mode, 0o700);
+        assert_eq!(find(&p, "/etc/sudoers.d/90-pikube").mode, 0o440);
+        let copy = find(&p, "/etc/pikube/ssh_host_ed25519_key");
+        assert!(copy.secret && copy.mode == 0o600);
+        assert_eq!(text(copy), "PRIVATE");
+        assert_eq!(
+            find(
+                &p,
+                "/etc/systemd/system/multi-user.target.wants/pikube-firstboot.service"
+            )
+            .action,
+            Action::Symlink {
+                target: "/etc/systemd/system/pikube-firstboot.service".into()
+            }
+        );
+        assert_eq!(find(&p, "/usr/local/sbin/pikube-firstboot").mode, 0o755);
+        assert_eq!(find(&p, "/root/.not_logged_in_yet").action, Action::Remove);
+        // The generic identity and payload ops still apply.
+        find(&p, "/etc/ssh/ssh_host_ed25519_key");
+        find(&p, "/usr/local/bin/k3s");
+        let env = find(&p, "/boot/armbianEnv.txt");
+        assert_eq!(
+            env.action,
+            Action::EditEnv {
+                key: "extraargs".into(),
+                append: vec!["cgroup_enable=memory".into()]
+            }
+        );
+        assert!(render_table(&p.views()).contains("append to extraargs=: cgroup_enable=memory"));
+        assert!(
+            !p.ops
+                .iter()
+                .any(|o| o.path.starts_with("/etc/systemd/network/"))
+        );
+        // Node-specific identity stays out of the prepared base; cluster-wide files go in.
+        for own in [
+            "/etc/hostname",
+            "/etc/hosts",
+            "/etc/netplan/20-pikube.yaml",
+            "/etc/pikube/ssh_host_ed25519_key",
+            "/etc/pikube/ssh_host_ed25519_key.pub",
+        ] {
+            assert!(!find(&p, own).shared, "{own} is the node's own");
+        }
+        for shared in [
+            "/etc/pikube",
+            "/etc/sudoers.d/90-pikube",
+            "/etc/pikube/authorized_keys",
+            "/etc/localtime",
+            "/usr/local/sbin/pikube-firstboot",
+            "/root/.not_logged_in_yet",
+            "/boot/armbianEnv.txt",
+        ] {
+            assert!(find(&p, shared).shared, "{shared} is shared");
+        }
+        assert!(p.ops.iter().filter(|o| o.secret).all(|o| !o.shared));
+    }
+
+    #[test]
+    fn direct_identity_with_networkd_and_bad_values() {
+        let p = direct_plan("networkd", "w1");
+        let n = find(&p, "/etc/systemd/network/20-pikube.network");
+        assert!(text(n).contains("Name=end0\n") && text(n).contains("DHCP=ipv4\n"));
+        assert!(!p.ops.iter().any(|o| o.path.starts_with("/etc/netplan/")));
+
+        let (board, image) = armbian("netplan");
+        for (field, bad, want) in [
+            ("timezone", "../../etc/shadow", "timezone"),
+            ("locale", "\"en_US\\nLC_ALL=x\"", "locale"),
+        ] {
+            let cluster =
+                Cluster::parse(&INVENTORY.replace("nodes:", &format!("{field}: {bad}\nnodes:")))
+                    .unwrap();
+            let e = Plan::for_node(
+                &cluster,
+                cluster.node("cp1").unwrap(),
+                &board,
+                &image,
+                &PlanInputs {
+                    base_sha256: "00ff",
+                    payload: &payload(),
+                },
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
     }
 }

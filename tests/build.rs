@@ -7,47 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use pikube_image::decompress::Compression;
+use support::build_env::{
+    K3S_VERSION, KEY, TOKEN, e2fsck_clean, run_cli, serve_k3s, stderr, walk, write_token,
+};
 use support::fixtures::{self, Fixture, FixtureOpts};
 use support::http::TestServer;
 
 const CATALOG_DIR: &str = "cdimage.ubuntu.com/releases/24.04.3/release";
 const CATALOG_FILE: &str = "ubuntu-24.04.3-preinstalled-server-arm64+raspi.img.xz";
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPikubeTestKey ops@laptop";
-const K3S_VERSION: &str = "v1.31.4+k3s1";
-const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-fn write_token(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir.join("secrets")).unwrap();
-    std::fs::write(dir.join("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(
-        dir.join("secrets/k3s-token"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-}
-
-/// Publishes a k3s release (arm64 binary, airgap tarball, checksum list) on the mirror.
-fn serve_k3s(server: &TestServer, version: &str, binary: &[u8], airgap: &[u8]) {
-    let dir = format!(
-        "/github.com/k3s-io/k3s/releases/download/{}",
-        version.replace('+', "%2B")
-    );
-    let sha = pikube_image::io::sha256_bytes;
-    server.add(&format!("{dir}/k3s-arm64"), binary.to_vec());
-    server.add(
-        &format!("{dir}/k3s-airgap-images-arm64.tar.zst"),
-        airgap.to_vec(),
-    );
-    server.add(
-        &format!("{dir}/sha256sum-arm64.txt"),
-        format!(
-            "{}  k3s-arm64\n{}  k3s-airgap-images-arm64.tar.zst\n",
-            sha(binary),
-            sha(airgap)
-        ),
-    );
-}
 
 fn cluster_yaml(extra_nodes: &str) -> String {
     format!(
@@ -109,20 +76,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("PIKUBE_CACHE_DIR", self.path("cache"))
-            .env_remove("SOURCE_DATE_EPOCH")
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ pikube-image {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_cli(self.dir.path(), &[], args)
     }
 
     fn build(&self, extra: &[&str]) -> Output {
@@ -139,25 +93,6 @@ impl Env {
             .filter(|p| !p.to_string_lossy().contains("/locks/") && !p.ends_with("CACHEDIR.TAG"))
             .collect()
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn mtype(img: &Path, offset: u64, path: &str) -> Vec<u8> {
@@ -227,16 +162,11 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        files[..4],
-        [
-            "/meta-data",
-            "/user-data",
-            "/network-config",
-            "/cmdline.txt"
-        ]
-    );
     for want in [
+        "/meta-data",
+        "/user-data",
+        "/network-config",
+        "/cmdline.txt",
         "/usr/local/bin/k3s",
         "/etc/rancher/k3s/config.yaml",
         "/etc/systemd/system/k3s.service",
@@ -696,31 +626,6 @@ fn init_then_adhoc_build_and_dry_run() {
     assert!(env.path(&format!("images/{name}.img")).exists());
 }
 
-/// Copies `[start, start+len)` of `img` into its own file, for tools without an offset option.
-fn extract(img: &Path, start: u64, len: u64, out: &Path) {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(img).unwrap();
-    f.seek(SeekFrom::Start(start)).unwrap();
-    let mut o = std::fs::File::create(out).unwrap();
-    std::io::copy(&mut f.take(len), &mut o).unwrap();
-}
-
-fn e2fsck_clean(img: &Path, start: u64, len: u64, scratch: &Path) {
-    extract(img, start, len, scratch);
-    let o = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(scratch)
-        .output()
-        .expect("e2fsck is installed");
-    assert!(
-        o.status.success(),
-        "e2fsck -fn: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
-    std::fs::remove_file(scratch).unwrap();
-}
-
 #[test]
 fn overlays_land_in_the_root_filesystem() {
     use std::os::unix::fs::{PermissionsExt, symlink};
@@ -937,4 +842,469 @@ fn bad_k3s_inputs_fail_without_output() {
     let out = env.build(&["--node", "w1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_payload_that_does_not_fit_grows_the_root_partition() {
+    let env = Env::new(FixtureOpts {
+        seed: 41,
+        ..FixtureOpts::default()
+    });
+    let root_before = env.fixture.part("writable").clone();
+    // An overlay file larger than the whole root filesystem of the fixture.
+    let big = support::pseudo_random(140 << 20, 41);
+    std::fs::create_dir_all(env.path("ov/opt")).unwrap();
+    std::fs::write(env.path("ov/opt/big.bin"), &big).unwrap();
+    let yaml = cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov] }\nnodes:\n");
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "w1", "--grow-margin", "64"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("grew partition 2"),
+        "{}",
+        stderr(&out)
+    );
+
+    let img = env.path("out/w1.img");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path("out/w1.manifest.json")).unwrap()).unwrap();
+    let g = &manifest["growth"];
+    assert_eq!(g["partition"], 2);
+    assert_eq!(g["old_size"], root_before.size);
+    let new_size = g["new_size"].as_u64().unwrap();
+    // Grown by the shortfall plus the margin: more than the margin alone.
+    assert!(new_size > root_before.size + (64 << 20), "{g}");
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert_eq!(g["image_new_size"].as_u64().unwrap(), len);
+
+    // The table says so, the bytes before the first partition did not move, fsck is clean,
+    // the payload reads back, and there is about the margin left.
+    let json = support::fixtures::sfdisk_json(&img);
+    let p2 = &json["partitiontable"]["partitions"][1];
+    assert_eq!(p2["size"].as_u64().unwrap() * 512, new_size);
+    assert_eq!(p2["start"].as_u64().unwrap() * 512, root_before.start);
+    let data = std::fs::read(&img).unwrap();
+    let input = std::fs::read(&env.fixture.image).unwrap();
+    let first = env.fixture.part("system-boot").start as usize;
+    // Only the 16-byte MBR entry of partition 2 (bytes 462..478) may differ.
+    assert!(data[..462] == input[..462] && data[478..first] == input[478..first]);
+    assert!(
+        data[462..478] != input[462..478],
+        "the entry records the new size"
+    );
+    e2fsck_clean(&img, root_before.start, new_size, &env.path("root.part"));
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    assert_eq!(part.size, new_size);
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    assert_eq!(
+        pikube_image::io::sha256_bytes(&fs.read("/opt/big.bin").unwrap()),
+        pikube_image::io::sha256_bytes(&big)
+    );
+    let ext = pikube_ext4::Ext4Fs::open(file.try_clone().unwrap(), part.start, part.size).unwrap();
+    let free = ext.free_bytes();
+    assert!(
+        free > 40 << 20 && free < 200 << 20,
+        "free after growth: {free}"
+    );
+}
+
+#[test]
+fn nodes_derive_from_one_prepared_base_in_parallel_and_in_shards() {
+    let env = Env::new(FixtureOpts {
+        seed: 51,
+        ..FixtureOpts::default()
+    });
+    let extra =
+        "  - { name: w2, board: rpi4, role: agent }\n  - { name: w3, board: rpi4, role: agent }\n";
+    std::fs::write(env.path("cluster.yaml"), cluster_yaml(extra)).unwrap();
+    // Shards split the inventory deterministically.
+    let out = env.build(&["--all", "--shard", "2/2", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = summary["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["w1", "w3"]);
+    // The agents' prepared base now exists: the rest of the fleet reuses it, in parallel.
+    let out = env.build(&["--all", "--jobs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("using prepared base").count(), 1, "{err}");
+    let prepared = walk(&env.path("cache/prepared"))
+        .into_iter()
+        .filter(|p| p.ends_with("base.img"))
+        .count();
+    assert_eq!(prepared, 2, "one prepared base per role");
+    // Each node image still carries its own identity and passes the checks.
+    let boot = env.fixture.part("system-boot").clone();
+    let root = env.fixture.part("writable").clone();
+    let mut ids = std::collections::BTreeSet::new();
+    for n in ["cp1", "w1", "w2", "w3"] {
+        let img = env.path(&format!("out/{n}.img"));
+        let meta = String::from_utf8(mtype(&img, boot.start, "meta-data")).unwrap();
+        assert!(meta.contains(&format!("local-hostname: {n}")), "{meta}");
+        ids.insert(instance_id(&img, boot.start));
+        let disk = pikube_image::disk::Disk::read(&img).unwrap();
+        let part = disk.by_label("writable").unwrap();
+        e2fsck_clean(&img, part.start, part.size, &env.path("root.part"));
+        let file = std::fs::File::open(&img).unwrap();
+        let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+        let cfg = fs.read_to_string("/etc/rancher/k3s/config.yaml").unwrap();
+        assert!(cfg.contains(&format!("node-name: {n}")), "{cfg}");
+        let _ = root.start;
+    }
+    assert_eq!(ids.len(), 4, "every node has its own instance-id");
+    // Rebuilding a node from the cache gives the same image when the time is fixed.
+    let fixed = |args: &[&str]| {
+        let url = env.server.url();
+        let mut all = vec!["build", "--mirror", &url, "--out", "out2"];
+        all.extend_from_slice(args);
+        Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+            .args(&all)
+            .current_dir(env.path(""))
+            .env("PIKUBE_CACHE_DIR", env.path("cache"))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap()
+    };
+    let a = fixed(&["--node", "w2"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let sha_a = std::fs::read_to_string(env.path("out2/w2.img.sha256")).unwrap();
+    std::fs::remove_dir_all(env.path("out2")).unwrap();
+    let b = fixed(&["--node", "w2"]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    let sha_b = std::fs::read_to_string(env.path("out2/w2.img.sha256")).unwrap();
+    assert_eq!(
+        sha_a, sha_b,
+        "same inputs and SOURCE_DATE_EPOCH, same image"
+    );
+}
+
+#[test]
+fn container_images_are_pulled_for_the_board_and_preloaded() {
+    use support::registry::{Registry, TestImage, build_layout};
+    let reg = match Registry::start() {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+    let push = |repo_tag: &str, platforms: &[&str], seed: u64| {
+        let layout = tempfile::tempdir().unwrap();
+        let images: Vec<TestImage> = platforms.iter().map(|p| TestImage::new(p, seed)).collect();
+        build_layout(layout.path(), "1", &images);
+        reg.push_layout(layout.path(), "1", repo_tag).unwrap();
+    };
+    push(
+        "test/multi:1",
+        &["linux/amd64", "linux/arm64", "linux/arm/v7"],
+        61,
+    );
+    push("test/solo:1", &["linux/arm64"], 62);
+    let host = reg.host();
+    let env = Env::new(FixtureOpts {
+        seed: 61,
+        ..FixtureOpts::default()
+    });
+    let yaml = cluster_yaml("").replace(
+        "nodes:\n",
+        &format!(
+            "images: {{ all: [\"{host}/test/multi:1\"], insecure_registries: [\"{host}\"] }}\nnodes:\n"
+        ),
+    );
+    let yaml = yaml.replace(
+        "ip: 192.168.50.10 }",
+        &format!("ip: 192.168.50.10, images: [\"{host}/test/solo:1\"] }}"),
+    );
+    std::fs::write(env.path("cluster.yaml"), &yaml).unwrap();
+    let out = env.build(&["--node", "cp1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("pulled"), "a pull summary is shown: {err}");
+
+    // images.lock pins both tags.
+    let lock = std::fs::read_to_string(env.path("images.lock")).unwrap();
+    assert!(
+        lock.contains(&format!("{host}/test/multi:1")) && lock.contains("sha256:"),
+        "{lock}"
+    );
+
+    // The role archive in the root fs holds the arm64 manifest of the multi-platform image.
+    let img = env.path("out/cp1.img");
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    let dir = "/var/lib/rancher/k3s/agent/images";
+    let archive = fs
+        .read(format!("{dir}/pikube-role-images.tar.zst").as_str())
+        .unwrap();
+    assert!(
+        fs.exists(format!("{dir}/pikube-node-images.tar.zst").as_str())
+            .unwrap()
+    );
+    let zst = env.path("role.tar.zst");
+    std::fs::write(&zst, &archive).unwrap();
+    let tar = env.path("role.tar");
+    let o = Command::new("zstd")
+        .args(["-q", "-d", "-f", "-o"])
+        .arg(&tar)
+        .arg(&zst)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "zstd -d: {}", stderr(&o));
+    let index = reg.inspect_raw("test/multi:1");
+    let arm64 = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "arm64")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want: Vec<String> = reg.inspect_raw(&format!("test/multi@{arm64}"))["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let copied = env.path("copied");
+    let o = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}:1", tar.display()))
+        .arg(format!("dir:{}", copied.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copied.join("manifest.json")).unwrap()).unwrap();
+    let got: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want, "the arm64 layers, as the registry has them");
+
+    // Another node of the same role pulls nothing new; offline with an empty cache names
+    // the missing images.
+    let out = env.build(&["--node", "w1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 B pulled"), "{}", stderr(&out));
+    let empty = env.path("empty-cache");
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args([
+            "build",
+            "--node",
+            "w1",
+            "--offline",
+            "--out",
+            "out3",
+            "--image",
+            "ubuntu-raspi.img",
+        ])
+        .current_dir(env.path(""))
+        .env("PIKUBE_CACHE_DIR", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("offline") || e.contains("not in the cache"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_interrupted_build_leaves_no_partial_output() {
+    let env = Env::new(FixtureOpts {
+        seed: 71,
+        total_mib: 300,
+        fill_mib: 60,
+        ..FixtureOpts::default()
+    });
+    // Warm the cache, so the interrupted run spends its time writing outputs.
+    let url = env.server.url();
+    let out = env.run(&["build", "--mirror", &url, "--out", "warm", "--node", "w1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args([
+            "build", "--mirror", &url, "--out", "out", "--node", "cp1", "--node", "w1",
+        ])
+        .current_dir(env.path(""))
+        .env("PIKUBE_CACHE_DIR", env.path("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let partial = loop {
+        let found = walk(&env.path("out"))
+            .into_iter()
+            .chain(walk(&env.path("cache/prepared")))
+            .find(|p| {
+                p.to_string_lossy().contains(".partial-") || p.to_string_lossy().contains(".tmp-")
+            });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no partial output appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted builds exit 130");
+    assert!(!partial.exists(), "{} was left behind", partial.display());
+    let left: Vec<PathBuf> = walk(&env.path("out"))
+        .into_iter()
+        .chain(walk(&env.path("cache/prepared")))
+        .filter(|p| {
+            p.to_string_lossy().contains(".partial-") || p.to_string_lossy().contains(".tmp-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// `name -> sha256` from a SHA256SUMS file.
+fn sums(path: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (h, n) = l.split_once("  ").unwrap();
+            (n.to_string(), h.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn fleet_outputs_are_reproducible_and_flashable() {
+    let env = Env::new(FixtureOpts {
+        seed: 81,
+        ..FixtureOpts::default()
+    });
+    std::fs::write(
+        env.path("cluster.yaml"),
+        cluster_yaml("  - { name: w2, board: rpi4, role: agent, ip: 192.168.50.22 }\n"),
+    )
+    .unwrap();
+    let url = env.server.url();
+    let build_in = |dir: &Path, cache: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+            .args([
+                "build",
+                "--all",
+                "--mirror",
+                &url,
+                "--out",
+                "out",
+                "--format",
+                "raw,zst,xz,bmap",
+                "--jobs",
+                "2",
+            ])
+            .current_dir(dir)
+            .env("PIKUBE_CACHE_DIR", cache)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    // A second checkout elsewhere, with the same inventory and secrets, and its own cache.
+    let other = env.path("elsewhere");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(env.path("cluster.yaml"), other.join("cluster.yaml")).unwrap();
+    build_in(env.path("").as_path(), &env.path("cache"));
+    let copy = Command::new("cp")
+        .args(["-a"])
+        .arg(env.path("secrets"))
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    build_in(&other, &env.path("cache2"));
+
+    let a = sums(&env.path("out/SHA256SUMS"));
+    let b = sums(&other.join("out/SHA256SUMS"));
+    for n in ["cp1", "w1", "w2"] {
+        for f in [
+            format!("{n}.img"),
+            format!("{n}.img.zst"),
+            format!("{n}.img.xz"),
+            format!("{n}.bmap"),
+        ] {
+            assert!(a.contains_key(&f), "{f} in SHA256SUMS");
+        }
+    }
+    assert_eq!(a, b, "same inputs, same outputs, byte for byte");
+    let o = Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(env.path("out"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "sha256sum -c: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // Compressed outputs are standard files holding exactly the raw image.
+    let out = env.path("out");
+    for (tool, ext) in [("zstd", "zst"), ("xz", "xz")] {
+        let f = out.join(format!("w1.img.{ext}"));
+        let t = Command::new(tool).arg("-t").arg(&f).output().unwrap();
+        assert!(t.status.success(), "{tool} -t: {}", stderr(&t));
+        let d = Command::new(tool).args(["-dc"]).arg(&f).output().unwrap();
+        assert!(d.status.success());
+        assert_eq!(
+            pikube_image::io::sha256_bytes(&d.stdout),
+            a["w1.img"],
+            "{ext} content"
+        );
+    }
+    // bmaptool flashes the image onto a file with the same content.
+    let target = env.path("card.bin");
+    let o = Command::new("bmaptool")
+        .args(["copy", "--bmap"])
+        .arg(out.join("w1.bmap"))
+        .arg(out.join("w1.img"))
+        .arg(&target)
+        .output()
+        .expect("bmaptool (bmap-tools) is installed");
+    assert!(o.status.success(), "bmaptool copy: {}", stderr(&o));
+    let card = pikube_image::io::sha256_reader(std::fs::File::open(&target).unwrap()).unwrap();
+    assert_eq!(card, a["w1.img"]);
+
+    // One node's address changes: only that node's outputs change.
+    let yaml = std::fs::read_to_string(other.join("cluster.yaml"))
+        .unwrap()
+        .replace("192.168.50.22", "192.168.50.23");
+    std::fs::write(other.join("cluster.yaml"), yaml).unwrap();
+    build_in(&other, &env.path("cache2"));
+    let c = sums(&other.join("out/SHA256SUMS"));
+    for (name, digest) in &a {
+        let changed = c.get(name) != Some(digest);
+        let expect_change = name.starts_with("w2.") || name == "known_hosts";
+        if name == "known_hosts" {
+            continue; // lists the new address
+        }
+        assert_eq!(changed, expect_change, "{name}");
+    }
 }

@@ -314,8 +314,10 @@ impl Bpb {
         } else {
             (false, fat16_size, 0x26, 0x2B, 0x36)
         };
-        if fat_size == 0 || !bs[type_off..type_off + 3].eq(b"FAT") && !(fat32 && root_entries == 0)
-        {
+        // The type string is informative only, but every formatter writes it; a FAT32 volume
+        // without it is still accepted when its FAT16-only fields are zero.
+        let type_ok = bs[type_off..type_off + 3] == *b"FAT";
+        if fat_size == 0 || !(type_ok || (fat32 && root_entries == 0)) {
             return None;
         }
         let label = if bs[sig_off] == 0x29 {

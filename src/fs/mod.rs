@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use crate::disk::{Disk, FsKind, Partition};
 use crate::io::sha256_bytes;
 use crate::manifest::{FileRecord, format_mode};
-use crate::plan::{Action, Content, Op, Plan};
+use crate::plan::{Action, Content, Op};
 use crate::raspi;
 
 /// Finds the partition an op names, with an error that lists what the image has.
@@ -35,11 +35,11 @@ pub fn partition<'d>(disk: &'d Disk, label: &str) -> Result<&'d Partition> {
     })
 }
 
-/// Applies every op of `plan` to the image open as `file`, partition by partition, and returns
-/// what was written, for the manifest.
-pub fn apply(file: &File, disk: &Disk, plan: &Plan) -> Result<Vec<FileRecord>> {
+/// Applies `ops` to the image open as `file`, partition by partition (in order within each
+/// partition), and returns what was written, for the manifest.
+pub fn apply(file: &File, disk: &Disk, ops: &[&Op]) -> Result<Vec<FileRecord>> {
     let mut labels: Vec<&str> = Vec::new();
-    for op in &plan.ops {
+    for op in ops {
         if !labels.contains(&op.partition.as_str()) {
             labels.push(&op.partition);
         }
@@ -47,7 +47,11 @@ pub fn apply(file: &File, disk: &Disk, plan: &Plan) -> Result<Vec<FileRecord>> {
     let mut records = Vec::new();
     for label in labels {
         let part = partition(disk, label)?;
-        let ops: Vec<&Op> = plan.ops.iter().filter(|o| o.partition == label).collect();
+        let ops: Vec<&Op> = ops
+            .iter()
+            .copied()
+            .filter(|o| o.partition == label)
+            .collect();
         match part.fs {
             FsKind::Fat => apply_fat(file, part, label, &ops, &mut records)?,
             FsKind::Ext4 => apply_ext4(file, part, label, &ops, &mut records)?,
@@ -124,10 +128,12 @@ fn apply_fat(
                     Some(sha256_bytes(new.as_bytes())),
                 ));
             }
-            Action::Mkdir | Action::Symlink { .. } | Action::Remove => bail!(
-                "{label}:{}: FAT partitions hold only regular files written by the plan",
-                op.path
-            ),
+            Action::Mkdir | Action::Symlink { .. } | Action::Remove | Action::EditEnv { .. } => {
+                bail!(
+                    "{label}:{}: FAT partitions hold only regular files written by the plan",
+                    op.path
+                )
+            }
         }
     }
     fat.close()
@@ -203,6 +209,34 @@ fn apply_ext4(
                     records.push(record(op, &op.path, "remove", 0, None));
                 }
             }
+            Action::EditEnv { key, append } => {
+                let old = match fs.stat(&op.path).map_err(&err)? {
+                    Some(_) => fs.read_file(&op.path).map_err(&err)?,
+                    None => bail!(
+                        "{label}:{} not found: the board expects an Armbian image, which keeps its boot settings there",
+                        op.path
+                    ),
+                };
+                let old = String::from_utf8(old)
+                    .with_context(|| format!("{label}:{} is not text", op.path))?;
+                let new = crate::envfile::append_words(&old, key, append)
+                    .with_context(|| format!("{label}:{}", op.path))?;
+                let text = match new {
+                    Some(new) => {
+                        fs.write_file(&op.path, &mut new.as_bytes(), new.len() as u64, &meta)
+                            .map_err(&err)?;
+                        new
+                    }
+                    None => old,
+                };
+                records.push(record(
+                    op,
+                    &op.path,
+                    "edit",
+                    text.len() as u64,
+                    Some(sha256_bytes(text.as_bytes())),
+                ));
+            }
             Action::KernelArgs { .. } => bail!(
                 "{label}:{}: kernel arguments live on the boot partition, not on ext4",
                 op.path
@@ -214,12 +248,11 @@ fn apply_ext4(
     Ok(())
 }
 
-/// Bytes of free space each ext4 partition of the plan lacks for its payload (empty when
-/// everything fits). Overwritten files are counted in full, so the estimate errs on the
-/// safe side.
-pub fn ext4_shortfall(file: &File, disk: &Disk, plan: &Plan) -> Result<Vec<(u32, u64)>> {
+/// Bytes of free space each ext4 partition lacks for `ops` (empty when everything fits).
+/// Overwritten files are counted in full, so the estimate errs on the safe side.
+pub fn ext4_shortfall(file: &File, disk: &Disk, ops: &[&Op]) -> Result<Vec<(u32, u64)>> {
     let mut out = Vec::new();
-    let mut labels: Vec<&str> = plan.ops.iter().map(|o| o.partition.as_str()).collect();
+    let mut labels: Vec<&str> = ops.iter().map(|o| o.partition.as_str()).collect();
     labels.dedup();
     labels.sort();
     labels.dedup();
@@ -234,8 +267,7 @@ pub fn ext4_shortfall(file: &File, disk: &Disk, plan: &Plan) -> Result<Vec<(u32,
         let fs = pikube_ext4::Ext4Fs::open(handle, part.start, part.size)
             .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
         let bs = fs.block_size();
-        let sizes: Vec<u64> = plan
-            .ops
+        let sizes: Vec<u64> = ops
             .iter()
             .filter(|o| o.partition == label)
             .map(|o| match &o.action {

@@ -88,7 +88,12 @@ impl Cache {
             return None;
         }
         let p = self.blob_path(sha256);
-        if p.is_file() { Some(p) } else { None }
+        if p.is_file() {
+            touch(&p);
+            Some(p)
+        } else {
+            None
+        }
     }
 
     /// Stores a stream. The blob becomes visible under its digest only after the digest
@@ -302,6 +307,18 @@ fn choose_dir(
 }
 
 /// Stable file name for a URL.
+/// Marks a cache entry as used now (its modification time), so `cache prune --older-than`
+/// keeps what builds still use. Best effort: blobs are read-only, which does not prevent it.
+pub fn touch(path: &Path) {
+    if let Ok(f) = File::options()
+        .append(true)
+        .open(path)
+        .or_else(|_| File::open(path))
+    {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
 pub(crate) fn url_key(url: &str) -> String {
     sha256_bytes(url.as_bytes())
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-pub use cache::{Cache, normalize_sha256};
+pub use cache::{Cache, normalize_sha256, touch};
 pub use mirror::mirror_url;
 pub use sums::lookup_checksum;
 

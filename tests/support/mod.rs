@@ -1,8 +1,10 @@
 //! Utilities shared by the integration tests (`mod support;` in a test file).
 #![allow(dead_code)]
 
+pub mod build_env;
 pub mod fixtures;
 pub mod http;
+pub mod registry;
 pub mod vm;
 
 /// Deterministic, incompressible-looking bytes (xorshift), so tests need no fixtures.

@@ -210,7 +210,16 @@ fn bad_feature(bits: u32, known: &[(u32, &str)]) -> String {
     names.join(", ")
 }
 
+/// The time stamped on changed metadata (ctime, directory mtimes, inode generations, the
+/// superblock's write time): `$SOURCE_DATE_EPOCH` when set, so that the same inputs give a
+/// byte-identical filesystem, else the current time.
 pub(crate) fn unix_now() -> i64 {
+    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+    {
+        return t;
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -29,6 +29,7 @@ mod dir;
 mod disk;
 mod error;
 mod fs;
+pub mod grow;
 mod hash;
 mod inode;
 

@@ -1,0 +1,98 @@
+//! Growing and then writing: the new groups come with uninitialised bitmaps and inode
+//! tables that were never zeroed (as resize2fs leaves them), and the writer must be able to
+//! allocate inodes and blocks there. Thousands of files exhaust the original groups' inodes.
+
+mod common;
+
+use common::{Spec, make};
+use pikube_ext4::{Ext4Fs, Meta};
+
+const MIB: u64 = 1 << 20;
+
+fn grow_then_fill(spec: Spec) {
+    let fx = make(&spec);
+    let grown = fx.len + 192 * MIB;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fx.open_rw();
+        f.set_len(fx.offset + grown + MIB).unwrap();
+        // Old bytes where the new groups' inode tables will be (they are not zeroed by the
+        // grow, as with resize2fs): the writer must not trust those slots.
+        let junk = vec![0x5Au8; MIB as usize];
+        for m in 0..(grown - fx.len) / MIB {
+            f.write_all_at(&junk, fx.offset + fx.len + m * MIB).unwrap();
+        }
+        let g = pikube_ext4::grow::grow_fs(&f, fx.offset, grown).unwrap();
+        assert!(g.new_groups > g.old_groups, "{g:?}");
+    }
+    let (ok, out) = fx.fsck();
+    assert!(ok, "after grow: {out}");
+
+    let meta = Meta {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 1_700_000_000,
+    };
+    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, grown).unwrap();
+    let inodes_before = fs.free_bytes();
+    let mut expected = Vec::new();
+    for d in 0..40 {
+        let dir = format!("/many/d{d:02}");
+        fs.mkdir_p(
+            &dir,
+            &Meta {
+                mode: 0o755,
+                ..meta
+            },
+        )
+        .unwrap();
+        for i in 0..150 {
+            let path = format!("{dir}/f{i:03}");
+            let body = format!("{d}-{i}\n").into_bytes();
+            fs.write_file(&path, &mut &body[..], body.len() as u64, &meta)
+                .unwrap();
+            expected.push((path, body));
+        }
+    }
+    let big: Vec<u8> = (0..120 * MIB as usize).map(|i| (i % 253) as u8).collect();
+    fs.write_file("/big.bin", &mut &big[..], big.len() as u64, &meta)
+        .unwrap();
+    assert!(fs.free_bytes() < inodes_before);
+    fs.close().unwrap();
+
+    let (ok, out) = fx.fsck();
+    assert!(ok, "after writing into the grown filesystem: {out}");
+    let view = fx.view();
+    for (path, body) in expected.iter().step_by(97) {
+        assert_eq!(&view.read(path.as_str()).unwrap(), body, "{path}");
+    }
+    assert!(view.read("/big.bin").unwrap() == big);
+}
+
+#[test]
+fn ubuntu_features_grow_then_fill_new_groups() {
+    grow_then_fill(Spec {
+        name: "writable",
+        features: "has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize",
+        block_size: 4096,
+        size_mib: 64,
+        // 32 MiB groups: two before growing, eight after.
+        extra: &["-N", "2048", "-g", "8192"],
+        big_dir_entries: 0,
+        offset_mib: 1,
+    });
+}
+
+#[test]
+fn one_kib_blocks_grow_then_fill_new_groups() {
+    grow_then_fill(Spec {
+        name: "root1k",
+        features: "has_journal,extent,flex_bg,metadata_csum,^64bit",
+        block_size: 1024,
+        size_mib: 48,
+        extra: &["-N", "2048"],
+        big_dir_entries: 0,
+        offset_mib: 1,
+    });
+}

@@ -1,0 +1,360 @@
+//! Node identity for OS images without cloud-init (Armbian): the files cloud-init would have
+//! written at first boot, generated at build time from validated, typed values. Creating the
+//! admin account needs the running system (its passwd, shadow and group files are the OS's),
+//! so a small static first-boot script does that from data files written next to it.
+
+use std::net::IpAddr;
+
+use anyhow::{Result, bail};
+
+use crate::config::{Cluster, Node};
+use crate::k3s::Unit;
+use crate::netconfig::{self, Ethernet, NetplanFile};
+
+/// The first-boot unit and script, shipped as they are (no value is pasted into them).
+pub const FIRSTBOOT_UNIT: &str = include_str!("../firstboot/pikube-firstboot.service");
+pub const FIRSTBOOT_SCRIPT: &str = include_str!("../firstboot/pikube-firstboot.sh");
+pub const FIRSTBOOT_UNIT_NAME: &str = "pikube-firstboot.service";
+pub const FIRSTBOOT_SCRIPT_PATH: &str = "/usr/local/sbin/pikube-firstboot";
+
+/// Data the first-boot script reads (only root can list it: it holds the host key copy).
+pub const DATA_DIR: &str = "/etc/pikube";
+pub const ADMIN_USER_FILE: &str = "/etc/pikube/admin-user";
+pub const AUTHORIZED_KEYS_FILE: &str = "/etc/pikube/authorized_keys";
+pub const HOST_KEY_COPY: &str = "/etc/pikube/ssh_host_ed25519_key";
+
+pub const SUDOERS_FILE: &str = "/etc/sudoers.d/90-pikube";
+pub const SSHD_DROPIN_FILE: &str = "/etc/ssh/sshd_config.d/90-pikube.conf";
+pub const NETPLAN_FILE: &str = "/etc/netplan/20-pikube.yaml";
+/// Armbian's default netplan file: DHCP on every wired interface.
+pub const NETPLAN_ARMBIAN_DEFAULT: &str = "/etc/netplan/10-dhcp-all-interfaces.yaml";
+pub const NETWORKD_FILE: &str = "/etc/systemd/network/20-pikube.network";
+/// Armbian's first-login preset file: its presence starts an interactive setup on login.
+pub const ARMBIAN_FIRST_LOGIN: &str = "/root/.not_logged_in_yet";
+
+/// sshd settings: keys only, no root login. Drop-ins are read before the main file's own
+/// settings and the first value wins, so these hold whatever the image's sshd_config says.
+pub const SSHD_DROPIN: &str = "# Written by pikube-image: log in with SSH keys only, never as root.\nPermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n";
+
+/// `/etc/hostname`.
+pub fn hostname(node: &Node) -> String {
+    format!("{}\n", node.name)
+}
+
+/// A complete `/etc/hosts`: loopback names, the node's own name on 127.0.1.1 (fqdn first, as
+/// `hostname --fqdn` expects), and the usual IPv6 entries.
+pub fn hosts(cluster: &Cluster, node: &Node) -> String {
+    let own = match cluster.fqdn(&node.name) {
+        Some(fqdn) => format!("{fqdn} {}", node.name),
+        None => node.name.clone(),
+    };
+    format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{own}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    )
+}
+
+/// `/etc/netplan/20-pikube.yaml`: the shared version 2 network config, rendered by
+/// systemd-networkd.
+pub fn netplan(cluster: &Cluster, node: &Node, iface: &str) -> Result<String> {
+    let file = NetplanFile {
+        network: netconfig::config(cluster, node, iface, Some("networkd"))?,
+    };
+    serde_saphyr::to_string(&file).map_err(|e| anyhow::anyhow!("cannot serialise YAML: {e}"))
+}
+
+/// The systemd-networkd `.network` file equivalent to `eth` on interface `iface`.
+pub fn networkd_unit(iface: &str, eth: &Ethernet) -> Result<Unit> {
+    let mut matching = Vec::new();
+    match &eth.matching {
+        Some(m) => matching.push(("MACAddress", m.macaddress.clone())),
+        None => matching.push(("Name", iface.to_string())),
+    }
+    let mut network = Vec::new();
+    if eth.dhcp4 {
+        network.push(("DHCP", "ipv4".to_string()));
+    }
+    for a in &eth.addresses {
+        a.parse::<ipnet::IpNet>()
+            .map_err(|e| anyhow::anyhow!("'{a}' is not an address with prefix: {e}"))?;
+        network.push(("Address", a.clone()));
+    }
+    for r in &eth.routes {
+        let gw: IpAddr = r
+            .via
+            .parse()
+            .map_err(|e| anyhow::anyhow!("gateway '{}' is not an address: {e}", r.via))?;
+        network.push(("Gateway", gw.to_string()));
+    }
+    if let Some(ns) = &eth.nameservers {
+        for d in &ns.addresses {
+            let ip: IpAddr = d
+                .parse()
+                .map_err(|e| anyhow::anyhow!("DNS server '{d}' is not an address: {e}"))?;
+            network.push(("DNS", ip.to_string()));
+        }
+        if !ns.search.is_empty() {
+            network.push(("Domains", ns.search.join(" ")));
+        }
+    }
+    let mut sections = vec![("Match", matching), ("Network", network)];
+    if eth.optional {
+        // Boot does not wait for the link (netplan's `optional: true`).
+        sections.push(("Link", vec![("RequiredForOnline", "no".to_string())]));
+    }
+    Ok(Unit { sections })
+}
+
+/// `/etc/systemd/network/20-pikube.network`.
+pub fn networkd(cluster: &Cluster, node: &Node, iface: &str) -> Result<String> {
+    let eth = netconfig::ethernet(cluster, node, iface)?;
+    networkd_unit(iface, &eth)?.render()
+}
+
+/// A timezone name from the tz database, as a path under /usr/share/zoneinfo.
+pub fn check_timezone(tz: &str) -> Result<()> {
+    let ok = !tz.is_empty()
+        && tz.len() <= 64
+        && tz
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '+' | '-'))
+        && tz.split('/').all(|part| !part.is_empty() && part != "..");
+    if !ok || tz.contains("..") {
+        bail!(
+            "timezone '{tz}' is not a tz database name like Europe/Berlin or Etc/UTC (letters, digits, '/', '_', '+', '-')"
+        );
+    }
+    Ok(())
+}
+
+/// `/etc/timezone`.
+pub fn timezone_file(tz: &str) -> Result<String> {
+    check_timezone(tz)?;
+    Ok(format!("{tz}\n"))
+}
+
+/// Target of the `/etc/localtime` link.
+pub fn localtime_target(tz: &str) -> Result<String> {
+    check_timezone(tz)?;
+    Ok(format!("/usr/share/zoneinfo/{tz}"))
+}
+
+/// A locale name like `en_US.UTF-8`, `C.UTF-8` or `de_DE@euro`.
+pub fn check_locale(locale: &str) -> Result<()> {
+    let ok = !locale.is_empty()
+        && locale.len() <= 64
+        && locale
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+        && locale
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'));
+    if !ok {
+        bail!("locale '{locale}' is not a locale name like en_US.UTF-8 or C.UTF-8");
+    }
+    Ok(())
+}
+
+/// `/etc/default/locale`.
+pub fn locale_file(locale: &str) -> Result<String> {
+    check_locale(locale)?;
+    Ok(format!("LANG={locale}\n"))
+}
+
+/// `/etc/sudoers.d/90-pikube`: passwordless sudo for the admin user (a validated login).
+pub fn sudoers(user: &str) -> String {
+    format!(
+        "# Written by pikube-image: the cluster's admin account.\n{user} ALL=(ALL) NOPASSWD:ALL\n"
+    )
+}
+
+/// `/etc/pikube/admin-user`.
+pub fn admin_user_file(user: &str) -> String {
+    format!("{user}\n")
+}
+
+/// `/etc/pikube/authorized_keys`: one validated key per line.
+pub fn authorized_keys(keys: &[String]) -> Result<String> {
+    let mut out = String::new();
+    for k in keys {
+        if k.contains(['\n', '\r']) {
+            bail!("an SSH key in admin.ssh_authorized_keys spans lines");
+        }
+        out.push_str(k.trim());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(domain: bool) -> Cluster {
+        let d = if domain { "domain: home.arpa\n" } else { "" };
+        Cluster::parse(&format!(
+            r#"cluster: lab
+{d}admin: {{user: ops, ssh_authorized_keys: ["ssh-ed25519 AAAA me@x", "ssh-rsa BBBB other"]}}
+network: {{ gateway: 10.0.0.1, dns: [10.0.0.2, 10.0.0.3], prefix: 24 }}
+nodes:
+  - {{ name: cp1, board: rpi4, role: server, ip: 10.0.0.10 }}
+  - {{ name: w1, board: rpi4, role: agent }}
+  - {{ name: w2, board: rpi4, role: agent, ip: 10.0.0.12, mac: "02:AB:00:00:00:02" }}
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn hostname_and_hosts() {
+        let c = cluster(true);
+        assert_eq!(hostname(&c.nodes[0]), "cp1\n");
+        let h = hosts(&c, &c.nodes[0]);
+        let lines: Vec<&str> = h.lines().collect();
+        assert_eq!(lines[0], "127.0.0.1\tlocalhost");
+        assert_eq!(lines[1], "127.0.1.1\tcp1.home.arpa cp1");
+        assert!(h.contains("::1\tlocalhost ip6-localhost ip6-loopback\n"));
+        assert!(h.contains("ff02::2\tip6-allrouters\n"));
+        let c = cluster(false);
+        assert!(hosts(&c, &c.nodes[1]).contains("127.0.1.1\tw1\n"));
+    }
+
+    #[test]
+    fn netplan_static_dhcp_and_mac() {
+        let c = cluster(true);
+        let v: serde_json::Value =
+            serde_saphyr::from_str(&netplan(&c, &c.nodes[0], "end0").unwrap()).unwrap();
+        let n = &v["network"];
+        assert_eq!(n["version"], 2);
+        assert_eq!(n["renderer"], "networkd");
+        let e = &n["ethernets"]["end0"];
+        assert_eq!(e["dhcp4"], false);
+        assert_eq!(e["addresses"][0], "10.0.0.10/24");
+        assert_eq!(e["routes"][0]["via"], "10.0.0.1");
+        assert_eq!(e["nameservers"]["addresses"][1], "10.0.0.3");
+        assert_eq!(e["nameservers"]["search"][0], "home.arpa");
+        let v: serde_json::Value =
+            serde_saphyr::from_str(&netplan(&c, &c.nodes[1], "eth0").unwrap()).unwrap();
+        assert_eq!(v["network"]["ethernets"]["eth0"]["dhcp4"], true);
+        let v: serde_json::Value =
+            serde_saphyr::from_str(&netplan(&c, &c.nodes[2], "eth0").unwrap()).unwrap();
+        let e = &v["network"]["ethernets"]["eth0"];
+        assert_eq!(e["match"]["macaddress"], "02:ab:00:00:00:02");
+        assert_eq!(e["set-name"], "eth0");
+    }
+
+    #[test]
+    fn networkd_files() {
+        let c = cluster(true);
+        let s = networkd(&c, &c.nodes[0], "end0").unwrap();
+        assert_eq!(
+            s,
+            "[Match]\nName=end0\n\n[Network]\nAddress=10.0.0.10/24\nGateway=10.0.0.1\nDNS=10.0.0.2\nDNS=10.0.0.3\nDomains=home.arpa\n\n[Link]\nRequiredForOnline=no\n"
+        );
+        let s = networkd(&c, &c.nodes[1], "eth0").unwrap();
+        assert!(
+            s.starts_with("[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n"),
+            "{s}"
+        );
+        let s = networkd(&c, &c.nodes[2], "eth0").unwrap();
+        assert!(
+            s.starts_with("[Match]\nMACAddress=02:ab:00:00:00:02\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn timezone_and_locale_are_validated() {
+        assert_eq!(timezone_file("Europe/Berlin").unwrap(), "Europe/Berlin\n");
+        assert_eq!(
+            localtime_target("America/Argentina/Buenos_Aires").unwrap(),
+            "/usr/share/zoneinfo/America/Argentina/Buenos_Aires"
+        );
+        for ok in ["Etc/GMT+5", "Etc/GMT-14", "UTC", "America/Port-au-Prince"] {
+            check_timezone(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "../etc/shadow",
+            "Europe/../../x",
+            "/Europe/Berlin",
+            "Europe//Berlin",
+            "Europe/Berlin\n",
+            "Europe Berlin",
+            "a..b",
+            "Europe/",
+        ] {
+            let e = check_timezone(bad).unwrap_err().to_string();
+            assert!(e.contains("tz database"), "{bad:?}: {e}");
+        }
+        assert_eq!(locale_file("en_US.UTF-8").unwrap(), "LANG=en_US.UTF-8\n");
+        for ok in ["C.UTF-8", "de_DE@euro", "POSIX"] {
+            check_locale(ok).unwrap();
+        }
+        for bad in ["", "en_US.UTF-8\nLC_ALL=x", "en US", "$(reboot)", ".UTF-8"] {
+            assert!(check_locale(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn account_files() {
+        assert_eq!(
+            sudoers("ops"),
+            "# Written by pikube-image: the cluster's admin account.\nops ALL=(ALL) NOPASSWD:ALL\n"
+        );
+        assert_eq!(admin_user_file("ops"), "ops\n");
+        let c = cluster(true);
+        assert_eq!(
+            authorized_keys(&c.admin.ssh_authorized_keys).unwrap(),
+            "ssh-ed25519 AAAA me@x\nssh-rsa BBBB other\n"
+        );
+        assert!(authorized_keys(&["ssh-ed25519 A\nssh-rsa B".into()]).is_err());
+        for line in SSHD_DROPIN.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.ends_with(" no"), "{line}");
+        }
+    }
+
+    #[test]
+    fn sudoers_passes_visudo_when_available() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("90-pikube");
+        std::fs::write(&p, sudoers("ops")).unwrap();
+        match std::process::Command::new("visudo")
+            .arg("-cf")
+            .arg(&p)
+            .output()
+        {
+            Ok(o) => assert!(
+                o.status.success(),
+                "visudo -cf: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(_) => eprintln!("visudo not installed (package sudo): sudoers syntax not checked"),
+        }
+    }
+
+    #[test]
+    fn shipped_firstboot_files() {
+        assert!(FIRSTBOOT_SCRIPT.starts_with("#!/bin/sh\n"));
+        assert!(FIRSTBOOT_UNIT.contains(&format!("ExecStart={FIRSTBOOT_SCRIPT_PATH}\n")));
+        assert!(FIRSTBOOT_UNIT.contains("After=armbian-firstrun.service"));
+        assert!(FIRSTBOOT_UNIT.contains("Before=ssh.service"));
+        assert!(FIRSTBOOT_UNIT.contains("WantedBy=multi-user.target"));
+        for sh in ["sh", "bash"] {
+            let o = std::process::Command::new(sh)
+                .arg("-n")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/firstboot/pikube-firstboot.sh"
+                ))
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{sh} -n: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+}
