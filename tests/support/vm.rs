@@ -304,9 +304,14 @@ fn read_fixture(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", p.display()))
 }
 
-/// Cache key of the root file system: the build script (with its package list) and the arch.
+/// Cache key of the root file system: the build script (with its package list), the initramfs
+/// hook it copies in, and the arch.
 fn rootfs_key(arch: GuestArch) -> String {
-    hash_files(&[arch.debian().as_bytes(), &read_fixture("build-rootfs.sh")])
+    hash_files(&[
+        arch.debian().as_bytes(),
+        &read_fixture("build-rootfs.sh"),
+        &read_fixture("initramfs-virtio-hook"),
+    ])
 }
 
 /// Cache key of the disk image: the root file system, the layout script and the fact reporter
