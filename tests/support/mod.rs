@@ -5,6 +5,7 @@ pub mod build_env;
 pub mod fixtures;
 pub mod http;
 pub mod registry;
+pub mod vm;
 
 /// Deterministic, incompressible-looking bytes (xorshift), so tests need no fixtures.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
