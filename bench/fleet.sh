@@ -51,21 +51,21 @@ run() {
         "$name" "$WALL" $((RSS / 1024)) "$(awk -v b="$WRITTEN" 'BEGIN { print b / 1048576 }')"
 }
 
-build() { "$BIN" build --config "$WORK/cluster.yaml" --image "$BASE" --out "$WORK/out" --offline --jobs "$JOBS" "$@"; }
+BUILD=("$BIN" build --config "$WORK/cluster.yaml" --image "$BASE" --out "$WORK/out" --offline --jobs "$JOBS")
 
 echo "== warming the cache (prepared bases and frame indexes for both roles)"
-build --all --format raw,zst >/dev/null 2>&1 || die "warm-up build failed"
+"${BUILD[@]}" --all --format raw,zst >/dev/null 2>&1 || die "warm-up build failed"
 
 echo "== measurements (warm cache, $JOBS jobs)"
-run "1 node raw" build --node n02 --format raw
+run "1 node raw" "${BUILD[@]}" --node n02 --format raw
 W1=$WALL
-run "10 nodes raw" build --all --format raw
+run "10 nodes raw" "${BUILD[@]}" --all --format raw
 W10=$WALL R10=$RSS B10=$WRITTEN
-run "1 node zst" build --node n02 --format zst
+run "1 node zst" "${BUILD[@]}" --node n02 --format zst
 Z1=$WALL
-run "10 nodes zst" build --all --format zst
+run "10 nodes zst" "${BUILD[@]}" --all --format zst
 Z10=$WALL RZ=$RSS
-build --node n02 --format raw >/dev/null 2>&1
+"${BUILD[@]}" --node n02 --format raw >/dev/null 2>&1
 run "zstd -T0 (one image)" zstd -T0 -q -f -o "$WORK/full.zst" "$WORK/out/n02.img"
 ZSTD=$WALL
 
