@@ -226,6 +226,28 @@ pub(crate) fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Compares a bitmap's checksum with the one its group descriptor stores at `(lo, hi)`
+/// (the high half only with 64-byte descriptors). Nothing to check without metadata_csum.
+fn check_bitmap_csum(
+    geo: &Geo,
+    desc: &[u8],
+    bits: &[u8],
+    nbytes: usize,
+    (lo, hi): (usize, usize),
+) -> std::result::Result<(), ()> {
+    if !geo.csum() {
+        return Ok(());
+    }
+    let mut stored = le16(desc, lo) as u32;
+    let mut want = crc32c_raw(geo.seed, &bits[..nbytes]);
+    if geo.desc_size >= 64 {
+        stored |= (le16(desc, hi) as u32) << 16;
+    } else {
+        want &= 0xFFFF;
+    }
+    if want == stored { Ok(()) } else { Err(()) }
+}
+
 impl Ext4Fs {
     /// Opens the filesystem stored in `[offset, offset + len)` of `file`
     /// (opened read + write). Every precondition is checked before anything
@@ -615,21 +637,8 @@ impl Ext4Fs {
             }
         } else {
             self.dev.read_at(grp.block_bitmap * geo.bs, &mut bits)?;
-            if geo.csum() {
-                let mut stored = le16(&grp.raw, 0x18) as u32;
-                let nbytes = (geo.bpg / 8) as usize;
-                let mut want = crc32c_raw(geo.seed, &bits[..nbytes]);
-                if geo.desc_size >= 64 {
-                    stored |= (le16(&grp.raw, 0x38) as u32) << 16;
-                } else {
-                    want &= 0xFFFF;
-                }
-                if want != stored {
-                    return Err(corrupt(format!(
-                        "block bitmap of group {g} checksum mismatch"
-                    )));
-                }
-            }
+            check_bitmap_csum(geo, &grp.raw, &bits, (geo.bpg / 8) as usize, (0x18, 0x38))
+                .map_err(|()| corrupt(format!("block bitmap of group {g} checksum mismatch")))?;
         }
         self.bbm[g as usize] = Some(Bitmap { bits, dirty: false });
         Ok(())
@@ -650,21 +659,8 @@ impl Ext4Fs {
             }
         } else {
             self.dev.read_at(grp.inode_bitmap * geo.bs, &mut bits)?;
-            if geo.csum() {
-                let mut stored = le16(&grp.raw, 0x1A) as u32;
-                let nbytes = (geo.ipg / 8) as usize;
-                let mut want = crc32c_raw(geo.seed, &bits[..nbytes]);
-                if geo.desc_size >= 64 {
-                    stored |= (le16(&grp.raw, 0x3A) as u32) << 16;
-                } else {
-                    want &= 0xFFFF;
-                }
-                if want != stored {
-                    return Err(corrupt(format!(
-                        "inode bitmap of group {g} checksum mismatch"
-                    )));
-                }
-            }
+            check_bitmap_csum(geo, &grp.raw, &bits, (geo.ipg / 8) as usize, (0x1A, 0x3A))
+                .map_err(|()| corrupt(format!("inode bitmap of group {g} checksum mismatch")))?;
         }
         self.ibm[g as usize] = Some(Bitmap { bits, dirty: false });
         Ok(())
