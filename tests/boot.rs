@@ -454,8 +454,8 @@ fn apt_sources_give_the_debian_archive() {
     let one_line =
         "# comment\ndeb [signed-by=/k.gpg] http://ftp.example.org/debian bookworm main\n";
     assert_eq!(vm::apt_uris(one_line), ["http://ftp.example.org/debian"]);
-    let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n";
-    assert_eq!(vm::apt_uris(deb822), ["http://deb.debian.org/debian"]);
+    let deb822 = "Types: deb\nURIs: http://mirror.example.test/debian\nSuites: bookworm\n";
+    assert_eq!(vm::apt_uris(deb822), ["http://mirror.example.test/debian"]);
 }
 
 /// The stand-in release: checksum list matches the assets, the airgap tarball is a real

@@ -136,11 +136,11 @@ pub fn cache_dir() -> PathBuf {
 
 /// Installs everything the boot test needs on Debian bookworm (the QEMU system emulators must
 /// come from bookworm-backports to match the backported qemu-utils).
-pub const APT_HINT: &str = "echo 'deb http://deb.debian.org/debian bookworm-backports main' \
-> /etc/apt/sources.list.d/bookworm-backports.list && apt-get update && \
+pub const APT_HINT: &str = "enable bookworm-backports (the mirror of your other Debian \
+sources, suite bookworm-backports), then: apt-get update && \
 apt-get install -y mmdebstrap mtools dosfstools e2fsprogs fdisk xz-utils zstd && \
 apt-get install -y -t bookworm-backports qemu-system-x86 qemu-utils \
-(arm64 also: qemu-system-arm qemu-user-static)";
+(arm64 also: qemu-system-arm qemu-user-static); .ci/run does all of this";
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -242,12 +242,12 @@ fn enable_binfmt(arch: GuestArch) -> Result<(), String> {
 }
 
 /// The Debian archive apt uses here (first `deb` source for bookworm that is not the security
-/// archive), or `$PIKUBE_DEBIAN_MIRROR`, or deb.debian.org.
-pub fn debian_mirror() -> String {
+/// archive), or `$PIKUBE_DEBIAN_MIRROR`.
+pub fn debian_mirror() -> Option<String> {
     if let Ok(m) = std::env::var("PIKUBE_DEBIAN_MIRROR")
         && !m.is_empty()
     {
-        return m;
+        return Some(m);
     }
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
@@ -262,11 +262,11 @@ pub fn debian_mirror() -> String {
         for uri in apt_uris(&text) {
             let u = uri.trim_end_matches('/');
             if u.ends_with("/debian") && !u.contains("security") {
-                return u.to_string();
+                return Some(u.to_string());
             }
         }
     }
-    "http://deb.debian.org/debian".into()
+    None
 }
 
 /// Archive URIs in a one-line (`deb URI suite ...`) or deb822 (`URIs: ...`) source list.
@@ -382,7 +382,9 @@ pub fn base_image(arch: GuestArch) -> Result<PathBuf, String> {
     if rootfs.exists() {
         eprintln!("boot test: using cached root fs {}", rootfs.display());
     } else {
-        let mirror = debian_mirror();
+        let mirror = debian_mirror().ok_or_else(|| {
+            "no Debian archive in /etc/apt/sources.list*: set PIKUBE_DEBIAN_MIRROR".to_string()
+        })?;
         eprintln!(
             "boot test: building the {arch} root fs with mmdebstrap from {mirror} into {} \
              (cold cache: minutes)",

@@ -5,7 +5,7 @@
 #   build-rootfs.sh ARCH MIRROR OUT.tar
 #
 # ARCH is amd64 or arm64 (arm64 needs qemu-user-static registered with binfmt_misc when the
-# host is not arm64). MIRROR is a Debian archive URL such as http://deb.debian.org/debian.
+# host is not arm64). MIRROR is the URL of a Debian archive (the one apt already uses).
 # Needs root and mmdebstrap. The package list lives in this file on purpose: the test keys its
 # cache on a hash of this script. The console fact reporter is added by make-disk.sh.
 #
