@@ -3,7 +3,9 @@
 # Reports, in one run: time for 1 node and for 10 nodes (raw, and zst), the marginal cost of
 # a node, `zstd -T0` of one full raw image, bytes written per node, and peak RSS.
 #
-# Uses the base image bench/build.sh creates in $BENCH_DIR (run it once first).
+# Uses the base image bench/build.sh creates in $BENCH_DIR (run it once first). Node images
+# are reflink clones of their prepared base on filesystems that share extents (XFS, btrfs)
+# and full sparse copies elsewhere (ext4): BENCH_DIR on such a filesystem shows the difference.
 # Needs: zstd, GNU time (apt-get install time).
 set -euo pipefail
 
@@ -66,7 +68,8 @@ Z1=$WALL
 run "10 nodes zst" "${BUILD[@]}" --all --format zst
 Z10=$WALL RZ=$RSS
 "${BUILD[@]}" --node n02 --format raw >/dev/null 2>&1
-run "zstd -T0 (one image)" zstd -T0 -q -f -o "$WORK/full.zst" "$WORK/out/n02.img"
+mv "$WORK/out/n02.img" "$WORK/n02.img"
+run "zstd -T0 (one image)" zstd -T0 -q -f -o "$WORK/full.zst" "$WORK/n02.img"
 ZSTD=$WALL
 
 awk -v w1="$W1" -v w10="$W10" -v z1="$Z1" -v z10="$Z10" -v zs="$ZSTD" -v b10="$B10" \
