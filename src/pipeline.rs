@@ -383,17 +383,13 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     }
     .root()
     .to_path_buf();
-    // A prepared base is made (and cached) only when nodes of this build share it; one in
-    // the cache is always reused. A lone node is built straight into its output file.
-    let mut sharing: BTreeMap<String, usize> = BTreeMap::new();
-    for w in &work {
-        *sharing.entry(prepared_key(w, req.grow_margin)).or_default() += 1;
-    }
+    // A prepared base is made (and cached) for fleet builds, where nodes share it now or in
+    // the next build; one in the cache is always reused. A build of a single node writes its
+    // image once, straight into the output file.
     let mut prepared: BTreeMap<String, Prepared> = BTreeMap::new();
     for w in &work {
         let key = prepared_key(w, req.grow_margin);
-        if !prepared.contains_key(&key) && (sharing[&key] > 1 || prepared_cached(&cache_root, &key))
-        {
+        if !prepared.contains_key(&key) && (work.len() > 1 || prepared_cached(&cache_root, &key)) {
             let mut p = prepare(&cache_root, &key, w, req.grow_margin, progress)
                 .with_context(|| format!("preparing the base image for node '{}'", w.plan.node))?;
             for &f in req.formats.iter().filter(|f| f.is_compressed()) {

@@ -939,8 +939,7 @@ fn nodes_derive_from_one_prepared_base_in_parallel_and_in_shards() {
         .into_iter()
         .filter(|p| p.ends_with("base.img"))
         .count();
-    // The agents share one; the lone server was built straight into its output.
-    assert_eq!(prepared, 1, "one prepared base, for the agents");
+    assert_eq!(prepared, 2, "one prepared base per role in a fleet build");
     // Each node image still carries its own identity and passes the checks.
     let boot = env.fixture.part("system-boot").clone();
     let root = env.fixture.part("writable").clone();
