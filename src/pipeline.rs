@@ -362,12 +362,15 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             }
             _ => unreachable!("a base is either local or downloadable"),
         };
-        work.push(NodeWork {
+        let mut w = NodeWork {
             plan,
             spec: spec.clone(),
             base_path,
             base_sha256,
-        });
+            key: String::new(),
+        };
+        w.key = prepared_key(&w, req.grow_margin);
+        work.push(w);
     }
     if req.dry_run {
         return Ok(BuildSummary {
@@ -388,7 +391,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     // image once, straight into the output file.
     let mut prepared: BTreeMap<String, Prepared> = BTreeMap::new();
     for w in &work {
-        let key = prepared_key(w, req.grow_margin);
+        let key = w.key.clone();
         if !prepared.contains_key(&key) && (work.len() > 1 || prepared_cached(&cache_root, &key)) {
             let mut p = prepare(&cache_root, &key, w, req.grow_margin, progress)
                 .with_context(|| format!("preparing the base image for node '{}'", w.plan.node))?;
@@ -418,7 +421,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
                         break;
                     }
                     let w = &work[i];
-                    let p = prepared.get(&prepared_key(w, req.grow_margin));
+                    let p = prepared.get(&w.key);
                     let started = std::time::Instant::now();
                     let r = derive(req, w, p, progress)
                         .with_context(|| format!("building node '{}'", w.plan.node))
@@ -459,11 +462,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         }
     }
     for (r, w) in results.iter_mut().zip(&work) {
-        r.prepared_from_cache = Some(
-            prepared
-                .get(&prepared_key(w, req.grow_margin))
-                .is_some_and(|p| p.from_cache),
-        );
+        r.prepared_from_cache = Some(prepared.get(&w.key).is_some_and(|p| p.from_cache));
     }
     payloads.write_known_hosts(&req.out)?;
     crate::formats::write_sha256sums_known(&req.out, &known)?;
@@ -540,6 +539,8 @@ struct NodeWork {
     spec: BaseSpec,
     base_path: PathBuf,
     base_sha256: String,
+    /// Identity of the prepared base it derives from ([`prepared_key`]).
+    key: String,
 }
 
 /// A decompressed base image with a role's shared ops applied, kept in the cache.

@@ -6,6 +6,8 @@
 //! `sfdisk --json`, `sgdisk -v`, `e2fsck -fn`, `resize2fs` on a copy of the original filesystem,
 //! and the kernel (loop mount and a 900 MiB write) when running as root.
 
+mod support;
+
 use pikube_ext4::grow::grow_fs;
 use pikube_image::disk::grow::grow_last_partition;
 use rand::{RngCore, SeedableRng};
@@ -16,6 +18,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::fixtures::{run as run_checked, run_with_stdin};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -53,40 +56,6 @@ fn tempdir() -> tempfile::TempDir {
 fn run(cmd: &mut Command) -> std::process::Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn run_stdin(cmd: &mut Command, input: &str) -> String {
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One partition of a fixture, in sectors.
@@ -128,7 +97,7 @@ fn mkfs(dir: &Path, img: &Path, size: u64, args: &[&str]) {
     let f = File::create(img).unwrap();
     f.set_len(size).unwrap();
     drop(f);
-    run_ok(
+    run_checked(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-d"])
             .arg(&content)
@@ -169,7 +138,7 @@ fn build(fx: &Fixture) -> Built {
     for p in &fx.parts {
         script += &format!("start={}, size={}, type={}\n", p.start, p.size, p.kind);
     }
-    run_stdin(
+    run_with_stdin(
         Command::new("sfdisk")
             .args(["-q", "--no-reread", "--no-tell-kernel"])
             .arg(&img),
@@ -223,7 +192,7 @@ fn file_hash(img: &Path) -> String {
 
 /// Partitions as sfdisk reports them: (start sector, size in sectors).
 fn sfdisk_parts(img: &Path) -> Vec<(u64, u64)> {
-    let out = run_ok(Command::new("sfdisk").arg("--json").arg(img));
+    let out = run_checked(Command::new("sfdisk").arg("--json").arg(img));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["partitiontable"]["partitions"]
         .as_array()
@@ -234,7 +203,7 @@ fn sfdisk_parts(img: &Path) -> Vec<(u64, u64)> {
 }
 
 fn header(spec: &str) -> HashMap<String, String> {
-    run_ok(Command::new("dumpe2fs").arg("-h").arg(spec))
+    run_checked(Command::new("dumpe2fs").arg("-h").arg(spec))
         .lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -242,7 +211,7 @@ fn header(spec: &str) -> HashMap<String, String> {
 }
 
 fn groups_of(spec: &str) -> usize {
-    run_ok(Command::new("dumpe2fs").arg(spec))
+    run_checked(Command::new("dumpe2fs").arg(spec))
         .lines()
         .filter(|l| {
             l.strip_prefix("Group ")
@@ -329,7 +298,7 @@ fn write_900m(b: &Built, new_size: u64) {
         eprintln!("not root: skipping the kernel mount, writing with debugfs instead");
     }
     if !via_kernel {
-        run_ok(
+        run_checked(
             Command::new("debugfs")
                 .arg("-w")
                 .arg("-R")
@@ -338,7 +307,7 @@ fn write_900m(b: &Built, new_size: u64) {
         );
     }
     fsck_clean(&spec);
-    let stat = run_ok(
+    let stat = run_checked(
         Command::new("debugfs")
             .arg("-R")
             .arg("stat /big.bin")
@@ -407,7 +376,7 @@ fn grow_image(fx: Fixture, grow: u64, write_big: bool) {
 
     // resize2fs on a partition-sized copy of the original filesystem.
     let oracle = b.dir.join("oracle.img");
-    run_ok(
+    run_checked(
         Command::new("cp")
             .arg("--sparse=always")
             .arg(&b.fs)
@@ -419,7 +388,7 @@ fn grow_image(fx: Fixture, grow: u64, write_big: bool) {
         .unwrap()
         .set_len(part.new_size)
         .unwrap();
-    run_ok(Command::new("resize2fs").arg("-f").arg(&oracle));
+    run_checked(Command::new("resize2fs").arg("-f").arg(&oracle));
     let oracle = oracle.display().to_string();
     let (ours, theirs) = (header(&spec), header(&oracle));
     for k in ["Block count", "Free blocks", "Inode count", "Free inodes"] {
@@ -715,6 +684,6 @@ fn mbr_image_never_gets_a_gpt() {
         end.iter().all(|&b| b == 0),
         "something was written at the end"
     );
-    let out = run_ok(Command::new("sfdisk").arg("--json").arg(&b.img));
+    let out = run_checked(Command::new("sfdisk").arg("--json").arg(&b.img));
     assert!(out.contains("\"label\": \"dos\""), "{out}");
 }

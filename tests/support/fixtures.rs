@@ -110,7 +110,8 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn run_with_stdin(cmd: &mut Command, input: &str) -> String {
+/// Runs a command with `input` on its standard input, panicking with its output when it fails.
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> String {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

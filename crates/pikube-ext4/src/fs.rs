@@ -248,6 +248,25 @@ fn check_bitmap_csum(
     if want == stored { Ok(()) } else { Err(()) }
 }
 
+/// Stores a bitmap's checksum in its group descriptor at `(lo, hi)`, the counterpart of
+/// [`check_bitmap_csum`].
+fn store_bitmap_csum(
+    geo: &Geo,
+    desc: &mut [u8],
+    bits: &[u8],
+    nbytes: usize,
+    (lo, hi): (usize, usize),
+) {
+    if !geo.csum() {
+        return;
+    }
+    let c = crc32c_raw(geo.seed, &bits[..nbytes]);
+    put16(desc, lo, c as u16);
+    if geo.desc_size >= 64 {
+        put16(desc, hi, (c >> 16) as u16);
+    }
+}
+
 impl Ext4Fs {
     /// Opens the filesystem stored in `[offset, offset + len)` of `file`
     /// (opened read + write). Every precondition is checked before anything
@@ -984,28 +1003,28 @@ impl Ext4Fs {
                 let loc = self.groups[g].block_bitmap;
                 self.dev.write_at(loc * bs, &bm.bits)?;
                 bm.dirty = false;
-                let c = crc32c_raw(self.geo.seed, &bm.bits[..(self.geo.bpg / 8) as usize]);
                 let grp = &mut self.groups[g];
-                if self.geo.csum() {
-                    put16(&mut grp.raw, 0x18, c as u16);
-                    if self.geo.desc_size >= 64 {
-                        put16(&mut grp.raw, 0x38, (c >> 16) as u16);
-                    }
-                }
+                store_bitmap_csum(
+                    &self.geo,
+                    &mut grp.raw,
+                    &bm.bits,
+                    (self.geo.bpg / 8) as usize,
+                    (0x18, 0x38),
+                );
                 grp.dirty = true;
             }
             if let Some(bm) = self.ibm[g].as_mut().filter(|b| b.dirty) {
                 let loc = self.groups[g].inode_bitmap;
                 self.dev.write_at(loc * bs, &bm.bits)?;
                 bm.dirty = false;
-                let c = crc32c_raw(self.geo.seed, &bm.bits[..(self.geo.ipg / 8) as usize]);
                 let grp = &mut self.groups[g];
-                if self.geo.csum() {
-                    put16(&mut grp.raw, 0x1A, c as u16);
-                    if self.geo.desc_size >= 64 {
-                        put16(&mut grp.raw, 0x3A, (c >> 16) as u16);
-                    }
-                }
+                store_bitmap_csum(
+                    &self.geo,
+                    &mut grp.raw,
+                    &bm.bits,
+                    (self.geo.ipg / 8) as usize,
+                    (0x1A, 0x3A),
+                );
                 grp.dirty = true;
             }
         }
