@@ -2,10 +2,59 @@
 
 use crate::error::{Error, Result};
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// Where the image lives: positioned reads and writes of whole buffers, and a sync. A plain
+/// [`File`] is one; so is anything that keeps the image elsewhere (a copy-on-write overlay).
+pub trait Storage: Send + Sync {
+    /// Fills `buf` with the bytes at `offset`.
+    fn fetch_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn store_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes written bytes durable, where that means anything.
+    fn sync(&self) -> io::Result<()>;
+}
+
+impl Storage for File {
+    fn fetch_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+    fn store_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.sync_all()
+    }
+}
+
+impl<T: Storage + ?Sized> Storage for &T {
+    fn fetch_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).fetch_at(buf, offset)
+    }
+    fn store_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).store_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+}
+
+impl<T: Storage + ?Sized> Storage for Arc<T> {
+    fn fetch_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).fetch_at(buf, offset)
+    }
+    fn store_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).store_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+}
 
 pub(crate) struct Dev {
-    pub(crate) file: File,
+    pub(crate) file: Box<dyn Storage>,
     pub(crate) offset: u64,
     pub(crate) len: u64,
 }
@@ -23,7 +72,7 @@ impl Dev {
             )));
         }
         self.file
-            .read_exact_at(buf, self.offset + pos)
+            .fetch_at(buf, self.offset + pos)
             .map_err(|source| Error::Io {
                 op: "reading",
                 offset: self.offset + pos,
@@ -43,7 +92,7 @@ impl Dev {
             )));
         }
         self.file
-            .write_all_at(buf, self.offset + pos)
+            .store_at(buf, self.offset + pos)
             .map_err(|source| Error::Io {
                 op: "writing",
                 offset: self.offset + pos,

@@ -2,11 +2,10 @@
 //! allocation and the public operations.
 
 use crate::csum::{crc16, crc32c_raw};
-use crate::disk::{Dev, le16, le32, put16, put32};
+use crate::disk::{Dev, Storage, le16, le32, put16, put32};
 use crate::error::{Error, Result, corrupt};
 use crate::{Kind, Meta, Stat};
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 
 // Feature bits.
 pub(crate) const COMPAT_HAS_JOURNAL: u32 = 0x4;
@@ -268,11 +267,16 @@ fn store_bitmap_csum(
 }
 
 impl Ext4Fs {
-    /// Opens the filesystem stored in `[offset, offset + len)` of `file`
-    /// (opened read + write). Every precondition is checked before anything
-    /// is written; on error the image is unchanged.
-    pub fn open(file: File, offset: u64, len: u64) -> Result<Ext4Fs> {
-        let dev = Dev { file, offset, len };
+    /// Opens the filesystem stored in `[offset, offset + len)` of `storage`
+    /// (a [`std::fs::File`] opened read + write, or any other [`Storage`]). Every
+    /// precondition is checked before anything is written; on error the image
+    /// is unchanged.
+    pub fn open(storage: impl Storage + 'static, offset: u64, len: u64) -> Result<Ext4Fs> {
+        let dev = Dev {
+            file: Box::new(storage),
+            offset,
+            len,
+        };
         let mut sb = vec![0u8; 1024];
         dev.read_at(1024, &mut sb)?;
         if le16(&sb, 0x38) != 0xEF53 {
@@ -1081,7 +1085,7 @@ impl Ext4Fs {
             put32(sb, 0x3FC, c);
         }
         self.dev.write_at(1024, &self.sb)?;
-        self.dev.file.sync_all().map_err(|source| Error::Io {
+        self.dev.file.sync().map_err(|source| Error::Io {
             op: "syncing",
             offset: self.dev.offset,
             source,
@@ -1090,10 +1094,9 @@ impl Ext4Fs {
     }
 
     /// Writes all metadata, updates the superblock (free counts, write time,
-    /// checksum), syncs the file and returns it.
-    pub fn close(mut self) -> Result<File> {
-        self.flush()?;
-        Ok(self.dev.file)
+    /// checksum) and syncs the storage.
+    pub fn close(mut self) -> Result<()> {
+        self.flush()
     }
 
     // ---------- public operations ----------

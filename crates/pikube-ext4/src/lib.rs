@@ -33,6 +33,7 @@ pub mod grow;
 mod hash;
 mod inode;
 
+pub use disk::Storage;
 pub use error::{Error, Result};
 pub use fs::Ext4Fs;
 
