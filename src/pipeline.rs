@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -13,6 +14,8 @@ use crate::decompress;
 use crate::disk::Disk;
 use crate::emit::{self, PendingFile};
 use crate::formats::Format;
+use crate::fs::Image;
+use crate::io::overlay::Overlay;
 use crate::manifest::{BaseRef, FileRecord, GrowthRecord, Manifest, OutputRecord};
 use crate::plan::{Content, OpView, Payload, Plan, PlanInputs};
 use crate::progress::Progress;
@@ -454,7 +457,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
                 known.insert(o.file.clone(), o.sha256.clone());
             }
             r.image = d.path;
-            r.sha256 = Some(d.sha256);
+            r.sha256 = d.sha256;
             r.size = Some(d.size);
             r.manifest = Some(d.manifest);
             r.outputs = d.outputs;
@@ -561,7 +564,8 @@ struct Prepared {
 struct Derived {
     /// The raw image, when it was kept.
     path: Option<PathBuf>,
-    sha256: String,
+    /// Its SHA-256, when it was kept.
+    sha256: Option<String>,
     size: u64,
     manifest: PathBuf,
     outputs: Vec<OutputRecord>,
@@ -673,19 +677,17 @@ fn prepare_image(
 ) -> Result<(Vec<FileRecord>, Option<GrowthRecord>)> {
     decompress::decompress_to(&w.base_path, img, progress)?;
     let mut disk = Disk::read(img)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
-        .with_context(|| format!("cannot open {}", img.display()))?;
-    // Size for the whole plan, so node copies normally need no growth of their own.
+    let file = open_rw(img)?;
+    // Size for the whole plan, so node images normally need no growth of their own.
     let all: Vec<&crate::plan::Op> = w.plan.ops.iter().collect();
     let growth = make_room(&file, img, &disk, &all, margin, progress)?;
     if growth.is_some() {
         disk = Disk::read(img)?;
     }
-    let files = crate::fs::apply(&file, &disk, &w.plan.shared_ops())?;
-    file.sync_all()
+    let image: Image = Arc::new(file);
+    let files = crate::fs::apply(&image, &disk, &w.plan.shared_ops())?;
+    image
+        .sync()
         .with_context(|| format!("cannot sync {}", img.display()))?;
     Ok((files, growth))
 }
@@ -699,74 +701,107 @@ fn prepared_cached(cache_root: &Path, key: &str) -> bool {
         .exists()
 }
 
-/// One node image: a copy of the prepared base with the node's own ops applied, or, when no
-/// prepared base is shared (a single node whose base is not cached), the base decompressed
-/// straight into the output with every op applied, which writes the image only once.
+/// One node image. With a prepared base, the node's own ops are written to an overlay on
+/// it (the base is shared and never copied for that), and every output is made from the
+/// overlay, touching only what the node changed. Without one (a single node whose base is
+/// not cached, or a node whose own files do not fit in the prepared base), the base is
+/// decompressed straight into the output with every op applied, which writes the image
+/// only once.
 fn derive(
     req: &BuildRequest,
     w: &NodeWork,
     prepared: Option<&Prepared>,
     progress: &Progress,
 ) -> Result<Derived> {
-    let plan = &w.plan;
-    let img_name = format!("{}.img", plan.node);
-    let mut pending = PendingFile::create(&req.out, &img_name)?;
-    let (shared_files, shared_growth) = match prepared {
-        Some(p) => {
-            crate::formats::clone_or_sparse_copy(&p.path, pending.path())?;
-            (p.files.clone(), p.growth.clone())
+    let node_ops = w.plan.node_ops();
+    if let Some(p) = prepared {
+        let overlay = Arc::new(Overlay::open(&p.path, &req.out)?);
+        let image: Image = overlay.clone();
+        let disk = Disk::read(&p.path)?;
+        if crate::fs::ext4_shortfall(&image, &disk, &node_ops)?.is_empty() {
+            let mut files = p.files.clone();
+            files.extend(crate::fs::apply(&image, &disk, &node_ops)?);
+            return emit_outputs(
+                req,
+                w,
+                files,
+                p.growth.clone(),
+                Built::Overlay(&overlay, p),
+                progress,
+            );
         }
-        None => prepare_image(pending.path(), w, req.grow_margin, progress)?,
-    };
-    let mut disk = Disk::read(pending.path())?;
-    let file = OpenOptions::new()
+        progress.message(&format!(
+            "the files of node '{}' do not fit in its prepared base: building it from the base image",
+            w.plan.node
+        ));
+    }
+    let mut pending = PendingFile::create(&req.out, &format!("{}.img", w.plan.node))?;
+    let (mut files, growth) = prepare_image(pending.path(), w, req.grow_margin, progress)?;
+    let disk = Disk::read(pending.path())?;
+    let image: Image = Arc::new(open_rw(pending.path())?);
+    files.extend(crate::fs::apply(&image, &disk, &node_ops)?);
+    pending
+        .file()
+        .sync_all()
+        .with_context(|| format!("cannot sync {}", pending.path().display()))?;
+    emit_outputs(req, w, files, growth, Built::File(pending), progress)
+}
+
+fn open_rw(path: &Path) -> Result<std::fs::File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
-        .open(pending.path())
-        .with_context(|| format!("cannot open {}", pending.path().display()))?;
-    let node_ops = plan.node_ops();
-    let own_growth = make_room(
-        &file,
-        pending.path(),
-        &disk,
-        &node_ops,
-        req.grow_margin,
-        progress,
-    )?;
-    if own_growth.is_some() {
-        disk = Disk::read(pending.path())?;
-    }
-    let mut files = shared_files;
-    files.extend(crate::fs::apply(&file, &disk, &node_ops)?);
-    file.sync_all()
-        .with_context(|| format!("cannot sync {}", pending.path().display()))?;
-    drop(file);
-    let growth = match (&shared_growth, own_growth) {
-        (Some(a), Some(b)) => Some(GrowthRecord {
-            old_size: a.old_size,
-            image_old_size: a.image_old_size,
-            ..b
-        }),
-        (a, b) => b.or_else(|| a.clone()),
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// A finished node image: an overlay on a prepared base, or a complete file not yet under
+/// its final name.
+enum Built<'a> {
+    Overlay(&'a Overlay, &'a Prepared),
+    File(PendingFile),
+}
+
+/// Writes the node's outputs in the requested formats, their `.sha256` files and the
+/// manifest.
+fn emit_outputs(
+    req: &BuildRequest,
+    w: &NodeWork,
+    files: Vec<FileRecord>,
+    growth: Option<GrowthRecord>,
+    built: Built,
+    progress: &Progress,
+) -> Result<Derived> {
+    let plan = &w.plan;
+    let img_name = format!("{}.img", plan.node);
+    let wants_raw = req.formats.contains(&Format::Raw);
+    // The raw image as a file, when it is an output or a bmap needs it; its SHA-256 only
+    // when it is an output.
+    let (overlay, raw, size, raw_sha) = match built {
+        Built::File(pending) => {
+            let size = std::fs::metadata(pending.path())
+                .with_context(|| format!("cannot stat {}", pending.path().display()))?
+                .len();
+            let sha = match wants_raw {
+                true => Some(emit::hash_file(pending.path(), progress)?),
+                false => None,
+            };
+            (None, Some(pending), size, sha)
+        }
+        Built::Overlay(o, p) if wants_raw || req.formats.contains(&Format::Bmap) => {
+            let mut pending = PendingFile::create(&req.out, &img_name)?;
+            let path = pending.path().to_path_buf();
+            let sha = o.write_image(pending.file(), &path, progress)?;
+            (Some((o, p)), Some(pending), o.size(), Some(sha))
+        }
+        Built::Overlay(o, p) => (Some((o, p)), None, o.size(), None),
     };
-    let size = pending
-        .file()
-        .metadata()
-        .with_context(|| format!("cannot stat {}", pending.path().display()))?
-        .len();
-    let sha = emit::hash_file(pending.path(), progress)?;
-    let contains_secrets = files.iter().any(|f| f.secret);
-    let raw_record = OutputRecord {
+    let raw_record = raw_sha.filter(|_| wants_raw).map(|sha256| OutputRecord {
         file: img_name.clone(),
         size,
-        sha256: sha.clone(),
-    };
-    // The other formats are made from the finished raw image; compressed ones reuse the
-    // prepared base's frames for every chunk the node did not change.
-    let mut outputs = Vec::new();
-    if req.formats.contains(&Format::Raw) {
-        outputs.push(raw_record.clone());
-    }
+        sha256,
+    });
+    let mut outputs: Vec<OutputRecord> = raw_record.iter().cloned().collect();
     for &f in &req.formats {
         let name = match f {
             Format::Raw => continue,
@@ -774,12 +809,20 @@ fn derive(
             _ => format!("{img_name}{}", f.suffix()),
         };
         let out = req.out.join(&name);
-        let (size, sha256) = match f {
-            Format::Bmap => crate::formats::write_bmap(pending.path(), &out, progress)?,
-            _ => {
-                let base = prepared.and_then(|p| p.frames.get(&f).map(|ix| (p.path.as_path(), ix)));
-                crate::formats::write_compressed(pending.path(), base, f, &out, progress)?
+        let raw_path = || raw.as_ref().map(|r| r.path()).expect("a raw image file");
+        let (size, sha256) = match (f, overlay) {
+            (Format::Bmap, _) => crate::formats::write_bmap(raw_path(), &out, progress)?,
+            (_, Some((o, p))) => {
+                let s = crate::formats::write_compressed_overlay(
+                    o,
+                    p.frames.get(&f),
+                    f,
+                    &out,
+                    progress,
+                )?;
+                (s.size, s.sha256)
             }
+            (_, None) => crate::formats::write_compressed(raw_path(), None, f, &out, progress)?,
         };
         emit::write_sha256_file(&out, &sha256)?;
         outputs.push(OutputRecord {
@@ -799,24 +842,23 @@ fn derive(
             sha256: w.base_sha256.clone(),
             file: w.spec.file_name.clone(),
         },
+        contains_secrets: files.iter().any(|f| f.secret),
         files,
         growth,
-        contains_secrets,
-        image: Some(raw_record),
+        image: raw_record.clone(),
         outputs: outputs.clone(),
     };
-    let final_img = pending.final_path();
     let manifest_path = req.out.join(format!("{}.manifest.json", plan.node));
     emit::write_manifest(&manifest_path, &manifest)?;
-    let path = if req.formats.contains(&Format::Raw) {
-        emit::write_sha256_file(&final_img, &sha)?;
-        let path = pending.commit()?;
-        progress.message(&format!("wrote {} ({})", path.display(), human_bytes(size)));
-        Some(path)
-    } else {
-        // Only derived formats were asked for: the raw image was their source.
-        drop(pending);
-        None
+    let path = match (raw, &raw_record) {
+        (Some(pending), Some(r)) => {
+            emit::write_sha256_file(&pending.final_path(), &r.sha256)?;
+            let path = pending.commit()?;
+            progress.message(&format!("wrote {} ({})", path.display(), human_bytes(size)));
+            Some(path)
+        }
+        // Only derived formats were asked for: a raw file was only their source.
+        _ => None,
     };
     for o in &outputs {
         if !o.file.ends_with(".img") {
@@ -829,7 +871,7 @@ fn derive(
     }
     Ok(Derived {
         path,
-        sha256: sha,
+        sha256: raw_record.map(|r| r.sha256),
         size,
         manifest: manifest_path,
         outputs,
@@ -847,7 +889,11 @@ fn make_room(
     margin: u64,
     progress: &Progress,
 ) -> Result<Option<GrowthRecord>> {
-    let short = crate::fs::ext4_shortfall(file, disk, ops)?;
+    let image: Image = Arc::new(
+        file.try_clone()
+            .with_context(|| format!("cannot reopen {}", path.display()))?,
+    );
+    let short = crate::fs::ext4_shortfall(&image, disk, ops)?;
     let Some(&(number, missing)) = short.first() else {
         return Ok(None);
     };

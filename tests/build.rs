@@ -985,6 +985,60 @@ fn nodes_derive_from_one_prepared_base_in_parallel_and_in_shards() {
     );
 }
 
+/// A node whose own files do not fit in the prepared base its role shares is built from
+/// the base image on its own (grown to fit); the rest of the fleet still derives from the
+/// prepared base, and every output agrees with its manifest and passes fsck.
+#[test]
+fn a_node_too_big_for_the_prepared_base_is_built_on_its_own() {
+    let env = Env::new(FixtureOpts {
+        seed: 43,
+        ..FixtureOpts::default()
+    });
+    let big = support::pseudo_random(140 << 20, 43);
+    std::fs::create_dir_all(env.path("big/opt")).unwrap();
+    std::fs::write(env.path("big/opt/big.bin"), &big).unwrap();
+    let extra = "  - { name: w2, board: rpi4, role: agent, overlays: [big] }\n";
+    std::fs::write(env.path("cluster.yaml"), cluster_yaml(extra)).unwrap();
+    let out = env.build(&["--all", "--jobs", "2", "--format", "raw,zst"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the files of node 'w2' do not fit in its prepared base"),
+        "{err}"
+    );
+    let root = env.fixture.part("writable").clone();
+    for n in ["cp1", "w1", "w2"] {
+        let img = env.path(&format!("out/{n}.img"));
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(env.path(&format!("out/{n}.manifest.json"))).unwrap(),
+        )
+        .unwrap();
+        let grown = !manifest["growth"].is_null();
+        assert_eq!(grown, n == "w2", "{n}: {}", manifest["growth"]);
+        let sha = pikube_image::io::sha256_bytes(&std::fs::read(&img).unwrap());
+        assert_eq!(manifest["image"]["sha256"], sha.as_str(), "{n}");
+        let disk = pikube_image::disk::Disk::read(&img).unwrap();
+        let part = disk.by_label("writable").unwrap();
+        assert_eq!(part.size > root.size, grown, "{n}");
+        e2fsck_clean(&img, part.start, part.size, &env.path("root.part"));
+        let file = std::fs::File::open(&img).unwrap();
+        let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+        let cfg = fs.read_to_string("/etc/rancher/k3s/config.yaml").unwrap();
+        assert!(cfg.contains(&format!("node-name: {n}")), "{cfg}");
+        match n {
+            "w2" => assert_eq!(
+                pikube_image::io::sha256_bytes(&fs.read("/opt/big.bin").unwrap()),
+                pikube_image::io::sha256_bytes(&big)
+            ),
+            _ => assert!(!fs.exists("/opt/big.bin").unwrap(), "{n}"),
+        }
+        // The compressed image holds the same bytes, whichever way it was made.
+        let zst = std::fs::read(env.path(&format!("out/{n}.img.zst"))).unwrap();
+        let raw = zstd::decode_all(&zst[..]).unwrap();
+        assert_eq!(pikube_image::io::sha256_bytes(&raw), sha, "{n}");
+    }
+}
+
 #[test]
 fn container_images_are_pulled_for_the_board_and_preloaded() {
     use support::registry::{Registry, TestImage, build_layout};

@@ -3,8 +3,10 @@
 //! An image is cut into chunks of [`FRAME_SIZE`] bytes (the last may be shorter); each
 //! chunk is compressed on its own (a zstd frame, an xz block), so a compressed chunk is a
 //! pure function of the chunk's bytes and the encoder settings. Compressing a node from
-//! scratch and copying the base's frame wherever the node's chunk has the same SHA-256
-//! therefore give byte-identical files.
+//! scratch and copying the base's frame wherever the node's chunk holds the base's bytes
+//! therefore give byte-identical files. Which chunks changed comes from the overlay the
+//! node was written through ([`write_compressed_overlay`]: unchanged chunks are not even
+//! read), or from comparing two raw files ([`write_compressed`]).
 //!
 //! Why 4 MiB: a node differs from its base in a few KiB scattered over perhaps ten places
 //! (boot partition seed, a few ext4 inode table, bitmap and file blocks), so every changed
@@ -13,7 +15,7 @@
 //! the loss against one whole-image stream is a few percent) and index size, larger ones
 //! more recompression per change and more memory per worker.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -26,8 +28,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::emit::PendingFile;
+use crate::io::overlay::Overlay;
 use crate::io::sha256_bytes;
 use crate::progress::Progress;
+use pikube_ext4::Storage;
 
 use super::sparse::data_ranges;
 use super::{Format, xz, zst};
@@ -137,8 +141,9 @@ impl FrameIndex {
                 return Err(e).with_context(|| format!("cannot remove {}", index_path.display()));
             }
         }
+        let src = Source::file(raw)?;
         let mut pending = PendingFile::create(dir, name)?;
-        let (stats, frames) = encode(raw, None, format, &mut pending, progress)?;
+        let (stats, frames) = encode(&src, None, format, true, &mut pending, progress)?;
         pending.commit()?;
         let image_size = frames.iter().map(|f| f.uncompressed).sum();
         let index = IndexFile {
@@ -234,6 +239,14 @@ impl FrameIndex {
                 index.frames_size
             )));
         }
+        // Checked once here, so that frames copied into node files are known good.
+        let digest = crate::emit::hash_file(&frames_path, &Progress::quiet())?;
+        if digest != index.frames_sha256 {
+            return Err(stale(format!(
+                "{} is damaged (its SHA-256 is not the one the index records)",
+                frames_path.display()
+            )));
+        }
         Ok(FrameIndex {
             dir: dir.to_path_buf(),
             format,
@@ -282,9 +295,9 @@ impl FrameIndex {
 }
 
 /// Writes `out`: `node_raw` compressed in `format` as one standard file, copying the
-/// frames of `base` whose uncompressed bytes equal the node's chunk and compressing the
-/// others. Without a base, everything is compressed (same layout, identical bytes).
-/// Returns the file's size and SHA-256.
+/// frames of `base` wherever the node's chunk holds the same bytes as the base's and
+/// compressing the others. Without a base, everything is compressed (same layout,
+/// identical bytes). Returns the file's size and SHA-256.
 pub fn write_compressed(
     node_raw: &Path,
     base: Option<(&Path, &FrameIndex)>,
@@ -304,27 +317,67 @@ pub fn write_compressed_stats(
     out: &Path,
     progress: &Progress,
 ) -> Result<CompressStats> {
+    let node = Source::file(node_raw)?;
+    let reuse = match base {
+        Some((base_raw, ix)) => {
+            ix.check_describes(base_raw, format)?;
+            let base = Source::file(base_raw)?;
+            Some((ix, changed_chunks(&node, &base)?))
+        }
+        None => None,
+    };
+    write_source(&node, reuse, format, out, progress)
+}
+
+/// Writes `out`: the image seen through `node` compressed in `format`, copying the frames
+/// of `base` (the index of the overlay's base image) for every chunk the overlay did not
+/// write to. No unchanged byte is read or compressed.
+pub fn write_compressed_overlay(
+    node: &Overlay,
+    base: Option<&FrameIndex>,
+    format: Format,
+    out: &Path,
+    progress: &Progress,
+) -> Result<CompressStats> {
+    let src = Source {
+        store: Box::new(node),
+        size: node.size(),
+        ranges: node.data_ranges(),
+        name: file_name(node.base_path()),
+    };
+    let reuse = match base {
+        Some(ix) => {
+            ix.check_describes(node.base_path(), format)?;
+            let mut changed = BTreeSet::new();
+            for (s, e) in node.dirty_ranges() {
+                changed.extend(chunks_of(s, e));
+            }
+            Some((ix, changed))
+        }
+        None => None,
+    };
+    write_source(&src, reuse, format, out, progress)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Indexes of the chunks that bytes `[s, e)` fall in.
+fn chunks_of(s: u64, e: u64) -> std::ops::Range<usize> {
+    (s / FRAME_SIZE) as usize..e.div_ceil(FRAME_SIZE) as usize
+}
+
+fn write_source(
+    src: &Source,
+    reuse: Option<(&FrameIndex, BTreeSet<usize>)>,
+    format: Format,
+    out: &Path,
+    progress: &Progress,
+) -> Result<CompressStats> {
     frames_name(format)?;
-    if let Some((base_raw, ix)) = base {
-        if ix.format != format {
-            bail!(
-                "the frame index in {} holds {} frames, but {format} was asked for",
-                ix.dir.display(),
-                ix.format
-            );
-        }
-        let size = fs::metadata(base_raw)
-            .with_context(|| format!("cannot stat {}", base_raw.display()))?
-            .len();
-        if size != ix.image_size() {
-            bail!(
-                "the frame index in {} describes an image of {} bytes, not {} ({size} bytes): delete it and build it again from that image",
-                ix.dir.display(),
-                ix.image_size(),
-                base_raw.display()
-            );
-        }
-    }
     let name = out
         .file_name()
         .and_then(|n| n.to_str())
@@ -334,9 +387,122 @@ pub fn write_compressed_stats(
         _ => Path::new("."),
     };
     let mut pending = PendingFile::create(dir, name)?;
-    let (stats, _) = encode(node_raw, base.map(|b| b.1), format, &mut pending, progress)?;
+    let (stats, _) = encode(src, reuse, format, false, &mut pending, progress)?;
     pending.commit()?;
     Ok(stats)
+}
+
+/// Chunks in which two images of the same size differ (a chunk that is a hole in both is
+/// the same). Compares bytes; nothing is hashed.
+fn changed_chunks(a: &Source, b: &Source) -> Result<BTreeSet<usize>> {
+    if a.size != b.size {
+        bail!(
+            "{} has {} bytes and {} has {}: they are not versions of one image",
+            a.name,
+            a.size,
+            b.name,
+            b.size
+        );
+    }
+    let mut out = BTreeSet::new();
+    let (mut x, mut y) = (
+        vec![0u8; FRAME_SIZE as usize],
+        vec![0u8; FRAME_SIZE as usize],
+    );
+    for i in 0..a.size.div_ceil(FRAME_SIZE) as usize {
+        let (s, e) = (
+            i as u64 * FRAME_SIZE,
+            ((i as u64 + 1) * FRAME_SIZE).min(a.size),
+        );
+        let n = (e - s) as usize;
+        let da = a.read_chunk(s, e, &mut x[..n])?;
+        let db = b.read_chunk(s, e, &mut y[..n])?;
+        let same = match (da, db) {
+            (false, false) => true,
+            (true, false) => is_zero(&x[..n]),
+            (false, true) => is_zero(&y[..n]),
+            (true, true) => x[..n] == y[..n],
+        };
+        if !same {
+            out.insert(i);
+        }
+    }
+    Ok(out)
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// An image to compress: where its bytes come from, its size, and its data ranges
+/// (everything else reads as zeros).
+struct Source<'a> {
+    store: Box<dyn Storage + 'a>,
+    size: u64,
+    ranges: Vec<(u64, u64)>,
+    name: String,
+}
+
+impl Source<'static> {
+    /// A raw image file.
+    fn file(path: &Path) -> Result<Source<'static>> {
+        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let size = f
+            .metadata()
+            .with_context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        if size == 0 {
+            bail!("{} is empty: there is no image to compress", path.display());
+        }
+        let ranges = data_ranges(&f, size)
+            .with_context(|| format!("cannot map the holes of {}", path.display()))?;
+        Ok(Source {
+            store: Box::new(f),
+            size,
+            ranges,
+            name: path.display().to_string(),
+        })
+    }
+}
+
+impl Source<'_> {
+    /// Reads bytes `[s, e)` into `buf` when any data range overlaps them; false (and
+    /// `buf` untouched) when they lie entirely in a hole.
+    fn read_chunk(&self, s: u64, e: u64, buf: &mut [u8]) -> Result<bool> {
+        let i = self.ranges.partition_point(|r| r.1 <= s);
+        if self.ranges.get(i).is_none_or(|r| r.0 >= e) {
+            return Ok(false);
+        }
+        self.store
+            .fetch_at(buf, s)
+            .with_context(|| format!("cannot read {} at byte {s}", self.name))?;
+        Ok(true)
+    }
+}
+
+impl FrameIndex {
+    /// Fails unless this index holds `format` frames of an image of `raw`'s size.
+    fn check_describes(&self, raw: &Path, format: Format) -> Result<()> {
+        if self.format != format {
+            bail!(
+                "the frame index in {} holds {} frames, but {format} was asked for",
+                self.dir.display(),
+                self.format
+            );
+        }
+        let size = fs::metadata(raw)
+            .with_context(|| format!("cannot stat {}", raw.display()))?
+            .len();
+        if size != self.image_size() {
+            bail!(
+                "the frame index in {} describes an image of {} bytes, not {} ({size} bytes): delete it and build it again from that image",
+                self.dir.display(),
+                self.image_size(),
+                raw.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 fn describe(format: Format) -> String {
@@ -351,7 +517,6 @@ fn describe(format: Format) -> String {
 struct Encoded {
     bytes: Vec<u8>,
     unpadded: Option<u64>,
-    sha256: String,
 }
 
 enum Encoder {
@@ -369,18 +534,18 @@ impl Encoder {
     }
 
     fn encode(&mut self, data: &[u8]) -> Result<Encoded> {
-        let (bytes, unpadded) = match self {
-            Encoder::Zst(e) => (e.frame(data)?, None),
+        Ok(match self {
+            Encoder::Zst(e) => Encoded {
+                bytes: e.frame(data)?,
+                unpadded: None,
+            },
             Encoder::Xz(e) => {
                 let b = e.block(data)?;
-                (b.bytes, Some(b.unpadded))
+                Encoded {
+                    bytes: b.bytes,
+                    unpadded: Some(b.unpadded),
+                }
             }
-        };
-        let sha256 = sha256_bytes(&bytes);
-        Ok(Encoded {
-            bytes,
-            unpadded,
-            sha256,
         })
     }
 }
@@ -416,7 +581,7 @@ fn probe(format: Format) -> Result<String> {
     if let Some(p) = &*g {
         return Ok(p.clone());
     }
-    let p = Encoder::new(format)?.encode(&SAMPLE)?.sha256;
+    let p = sha256_bytes(&Encoder::new(format)?.encode(&SAMPLE)?.bytes);
     *g = Some(p.clone());
     Ok(p)
 }
@@ -431,26 +596,33 @@ struct Done {
     i: usize,
     frame: Arc<Encoded>,
     uncompressed: u64,
+    /// SHA-256 of the chunk and of its frame, when records are wanted (else empty).
     sha256: String,
+    frame_sha256: String,
     kind: Kind,
 }
 
-struct Job {
-    i: usize,
-    /// None: the chunk lies entirely in a hole.
-    data: Option<Vec<u8>>,
+enum Job {
+    /// A chunk the base's frame stands for.
+    Reuse(usize),
+    /// A chunk lying entirely in a hole.
+    Hole(usize),
+    Data(usize, Vec<u8>),
 }
 
-/// The base's frames: the index, its open frames file, and (chunk SHA-256, length) -> frame.
-type Base<'a> = (&'a FrameIndex, File, HashMap<(&'a str, u64), usize>);
+/// The frame of a chunk of zeros, the chunk's SHA-256 and the frame's.
+type ZeroFrame = (Arc<Encoded>, String, String);
 
 /// Shared state of the workers.
 struct Ctx<'a> {
     format: Format,
     size: u64,
-    base: Option<Base<'a>>,
-    zero_sha: HashMap<u64, String>,
-    zero_frames: Mutex<HashMap<u64, Arc<Encoded>>>,
+    /// The base's frames to copy, and its open frames file.
+    base: Option<(&'a FrameIndex, File)>,
+    /// Whether frame records (with their digests) are wanted: only for a frame index.
+    records: bool,
+    /// Per chunk length: the frame of zeros.
+    zero_frames: Mutex<HashMap<u64, ZeroFrame>>,
 }
 
 impl Ctx<'_> {
@@ -458,115 +630,117 @@ impl Ctx<'_> {
         (self.size - i as u64 * FRAME_SIZE).min(FRAME_SIZE)
     }
 
-    fn zero_frame(&self, len: u64, enc: &mut Encoder) -> Result<Arc<Encoded>> {
-        let mut g = self.zero_frames.lock().expect("zero frame lock");
-        if let Some(f) = g.get(&len) {
-            return Ok(f.clone());
-        }
-        let f = Arc::new(enc.encode(&vec![0u8; len as usize])?);
-        g.insert(len, f.clone());
-        Ok(f)
+    fn zero(&self, i: usize, enc: &mut Encoder) -> Result<Done> {
+        let len = self.chunk_len(i);
+        let (frame, sha256, frame_sha256) = {
+            let mut g = self.zero_frames.lock().expect("zero frame lock");
+            match g.get(&len) {
+                Some(z) => z.clone(),
+                None => {
+                    let e = enc.encode(&vec![0u8; len as usize])?;
+                    let fsha = sha256_bytes(&e.bytes);
+                    let z = (Arc::new(e), zero_sha(len), fsha);
+                    g.insert(len, z.clone());
+                    z
+                }
+            }
+        };
+        Ok(Done {
+            i,
+            frame,
+            uncompressed: len,
+            sha256,
+            frame_sha256,
+            kind: Kind::Zero,
+        })
     }
 
     fn work(&self, job: Job, enc: &mut Encoder) -> Result<Done> {
-        let len = self.chunk_len(job.i);
-        let zero_sha = &self.zero_sha[&len];
-        let Some(data) = job.data else {
-            return Ok(Done {
-                i: job.i,
-                frame: self.zero_frame(len, enc)?,
-                uncompressed: len,
-                sha256: zero_sha.clone(),
-                kind: Kind::Zero,
-            });
-        };
-        let sha = sha256_bytes(&data);
-        if &sha == zero_sha {
-            return Ok(Done {
-                i: job.i,
-                frame: self.zero_frame(len, enc)?,
-                uncompressed: len,
-                sha256: sha,
-                kind: Kind::Zero,
-            });
-        }
-        if let Some((ix, file, map)) = &self.base
-            && let Some(&k) = map.get(&(sha.as_str(), len))
-        {
-            let rec = &ix.index.frames[k];
-            let path = ix.frames_path();
-            let mut bytes = vec![0u8; rec.length as usize];
-            file.read_exact_at(&mut bytes, rec.offset)
-                .with_context(|| format!("cannot read frame {k} of {}", path.display()))?;
-            let csha = sha256_bytes(&bytes);
-            let consistent = csha == rec.compressed_sha256
-                && match (self.format, rec.unpadded) {
-                    (Format::Xz, Some(u)) => xz::check_block(&bytes, u, len).is_ok(),
-                    (Format::Xz, None) => false,
-                    _ => true,
+        match job {
+            Job::Hole(i) => self.zero(i, enc),
+            Job::Data(i, data) if is_zero(&data) => self.zero(i, enc),
+            Job::Data(i, data) => {
+                let frame = enc.encode(&data)?;
+                let (sha256, frame_sha256) = if self.records {
+                    (sha256_bytes(&data), sha256_bytes(&frame.bytes))
+                } else {
+                    (String::new(), String::new())
                 };
-            if !consistent {
-                bail!(
-                    "frame {k} of {} does not match its index (the cache is damaged): delete {} and build it again",
-                    path.display(),
-                    ix.dir.display()
-                );
+                Ok(Done {
+                    i,
+                    frame: Arc::new(frame),
+                    uncompressed: data.len() as u64,
+                    sha256,
+                    frame_sha256,
+                    kind: Kind::Compressed,
+                })
             }
-            return Ok(Done {
-                i: job.i,
-                frame: Arc::new(Encoded {
-                    bytes,
-                    unpadded: rec.unpadded,
-                    sha256: csha,
-                }),
-                uncompressed: len,
-                sha256: sha,
-                kind: Kind::Reused,
-            });
+            Job::Reuse(i) => {
+                let (ix, file) = self.base.as_ref().expect("reuse only with a base");
+                let rec = &ix.index.frames[i];
+                let path = ix.frames_path();
+                let mut bytes = vec![0u8; rec.length as usize];
+                file.read_exact_at(&mut bytes, rec.offset)
+                    .with_context(|| format!("cannot read frame {i} of {}", path.display()))?;
+                if let Format::Xz = self.format {
+                    let checked = rec
+                        .unpadded
+                        .context("no unpadded size")
+                        .and_then(|u| xz::check_block(&bytes, u, rec.uncompressed));
+                    if let Err(e) = checked {
+                        bail!(
+                            "frame {i} of {} does not match its index ({e}: the cache is damaged): delete {} and build it again",
+                            path.display(),
+                            ix.dir.display()
+                        );
+                    }
+                }
+                let zero = zero_sha(rec.uncompressed) == rec.sha256;
+                Ok(Done {
+                    i,
+                    frame: Arc::new(Encoded {
+                        bytes,
+                        unpadded: rec.unpadded,
+                    }),
+                    uncompressed: rec.uncompressed,
+                    sha256: rec.sha256.clone(),
+                    frame_sha256: rec.compressed_sha256.clone(),
+                    kind: if zero { Kind::Zero } else { Kind::Reused },
+                })
+            }
         }
-        let frame = Arc::new(enc.encode(&data)?);
-        Ok(Done {
-            i: job.i,
-            frame,
-            uncompressed: len,
-            sha256: sha,
-            kind: Kind::Compressed,
-        })
     }
 }
 
-/// Compresses `raw` into `out` frame by frame: a reader thread, one compression worker per
-/// core, and this thread writing frames in order. At most a few chunks per worker are in
-/// memory at once.
+/// SHA-256 of `len` zero bytes, computed once per length (an image has at most two chunk
+/// lengths).
+fn zero_sha(len: u64) -> String {
+    static CACHE: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+    let mut g = CACHE.lock().expect("zero digest lock");
+    if let Some((_, s)) = g.iter().find(|(l, _)| *l == len) {
+        return s.clone();
+    }
+    let s = sha256_bytes(&vec![0u8; len as usize]);
+    g.push((len, s.clone()));
+    s
+}
+
+/// Compresses `src` into `out` frame by frame: a reader thread, one compression worker per
+/// core, and this thread writing frames in order. With `reuse`, every chunk not in its set
+/// of changed chunks is the base's frame, copied without reading the image. At most a few
+/// chunks per worker are in memory at once.
 fn encode(
-    raw: &Path,
-    base: Option<&FrameIndex>,
+    src: &Source,
+    reuse: Option<(&FrameIndex, BTreeSet<usize>)>,
     format: Format,
+    records: bool,
     out: &mut PendingFile,
     progress: &Progress,
 ) -> Result<(CompressStats, Vec<FrameRecord>)> {
-    let input = File::open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
-    let size = input
-        .metadata()
-        .with_context(|| format!("cannot stat {}", raw.display()))?
-        .len();
-    if size == 0 {
-        bail!("{} is empty: there is no image to compress", raw.display());
-    }
-    let ranges = data_ranges(&input, size)
-        .with_context(|| format!("cannot map the holes of {}", raw.display()))?;
+    let size = src.size;
     let chunks = size.div_ceil(FRAME_SIZE) as usize;
-    let mut zero_sha = HashMap::new();
-    for len in [
-        FRAME_SIZE.min(size),
-        size - (chunks as u64 - 1) * FRAME_SIZE,
-    ] {
-        zero_sha
-            .entry(len)
-            .or_insert_with(|| sha256_bytes(&vec![0u8; len as usize]));
-    }
-    let base = match base {
-        Some(ix) => {
+    let (base, changed) = match reuse {
+        Some((ix, changed)) => {
             let path = ix.frames_path();
             let f = File::open(&path).with_context(|| {
                 format!(
@@ -575,29 +749,28 @@ fn encode(
                     ix.dir.display()
                 )
             })?;
-            let mut map = HashMap::new();
-            for (k, r) in ix.index.frames.iter().enumerate() {
-                map.entry((r.sha256.as_str(), r.uncompressed)).or_insert(k);
-            }
-            Some((ix, f, map))
+            (Some((ix, f)), Some(changed))
         }
-        None => None,
+        None => (None, None),
     };
+    // A node's file is about as large as the base's: allocating that much up front makes
+    // the writes cheaper (trimmed to the real size at the end).
+    let expected = base.as_ref().map(|(ix, _)| ix.index.frames_size);
+    if let Some(len) = expected {
+        crate::io::preallocate(out.file(), 0, len)
+            .with_context(|| format!("cannot allocate space for {}", out.path().display()))?;
+    }
     let ctx = Ctx {
         format,
         size,
         base,
-        zero_sha,
+        records,
         zero_frames: Mutex::new(HashMap::new()),
     };
     let workers = worker_count().min(chunks);
     let in_flight = workers * 3;
     let out_path = out.path().to_path_buf();
-    let name = raw
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let task = progress.task(&format!("{format} {name}"), Some(size));
+    let task = progress.task(&format!("{format} {}", src.name), Some(size));
 
     let (tok_tx, tok_rx) = sync_channel::<()>(in_flight);
     for _ in 0..in_flight {
@@ -609,7 +782,7 @@ fn encode(
     let (done_tx, done_rx) = channel::<Result<Done>>();
 
     let result = std::thread::scope(|s| {
-        let reader = s.spawn(|| read_chunks(&input, raw, size, chunks, &ranges, tok_rx, job_tx));
+        let reader = s.spawn(|| read_chunks(src, changed.as_ref(), tok_rx, job_tx));
         for _ in 0..workers {
             let done_tx = done_tx.clone();
             let (ctx, job_rx) = (&ctx, job_rx.clone());
@@ -648,40 +821,40 @@ fn encode(
         read?;
         written
     })?;
+    if expected.is_some() {
+        out.file()
+            .set_len(result.0.size)
+            .with_context(|| format!("cannot size {}", out_path.display()))?;
+    }
     task.finish("done");
     Ok(result)
 }
 
+/// Hands out the chunks of `src` in order: the base's frame for unchanged chunks (when
+/// `changed` is given), holes, or the chunk's bytes.
 fn read_chunks(
-    input: &File,
-    raw: &Path,
-    size: u64,
-    chunks: usize,
-    ranges: &[(u64, u64)],
+    src: &Source,
+    changed: Option<&BTreeSet<usize>>,
     tokens: Receiver<()>,
     jobs: SyncSender<Job>,
 ) -> Result<()> {
-    let mut r = 0;
-    for i in 0..chunks {
+    for i in 0..src.size.div_ceil(FRAME_SIZE) as usize {
         if tokens.recv().is_err() {
             return Ok(());
         }
         let start = i as u64 * FRAME_SIZE;
-        let end = (start + FRAME_SIZE).min(size);
-        while r < ranges.len() && ranges[r].1 <= start {
-            r += 1;
-        }
-        let has_data = r < ranges.len() && ranges[r].0 < end;
-        let data = if has_data {
-            let mut buf = vec![0u8; (end - start) as usize];
-            input
-                .read_exact_at(&mut buf, start)
-                .with_context(|| format!("cannot read {} at byte {start}", raw.display()))?;
-            Some(buf)
+        let end = (start + FRAME_SIZE).min(src.size);
+        let job = if changed.is_some_and(|c| !c.contains(&i)) {
+            Job::Reuse(i)
         } else {
-            None
+            let mut buf = vec![0u8; (end - start) as usize];
+            if src.read_chunk(start, end, &mut buf)? {
+                Job::Data(i, buf)
+            } else {
+                Job::Hole(i)
+            }
         };
-        if jobs.send(Job { i, data }).is_err() {
+        if jobs.send(job).is_err() {
             return Ok(());
         }
     }
@@ -738,7 +911,7 @@ fn write_frames(
                 length: d.frame.bytes.len() as u64,
                 uncompressed: d.uncompressed,
                 sha256: d.sha256,
-                compressed_sha256: d.frame.sha256.clone(),
+                compressed_sha256: d.frame_sha256,
                 unpadded: d.frame.unpadded,
             });
             task.inc(d.uncompressed);

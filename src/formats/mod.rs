@@ -27,9 +27,10 @@ mod zst;
 
 pub use bmap::{write_bmap, write_bmap_with};
 pub use frames::{
-    CompressStats, FRAME_SIZE, FrameIndex, FrameRecord, write_compressed, write_compressed_stats,
+    CompressStats, FRAME_SIZE, FrameIndex, FrameRecord, write_compressed, write_compressed_overlay,
+    write_compressed_stats,
 };
-pub use sparse::{CopyMethod, clone_or_sparse_copy, data_ranges};
+pub use sparse::{CopyMethod, clone_or_sparse_copy, data_ranges, reflink};
 
 /// An artifact format a build can publish for each node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -79,10 +79,7 @@ pub fn clone_or_sparse_copy(src: &Path, dst: &Path) -> Result<CopyMethod> {
                 dst.display()
             )
         })?;
-    // SAFETY: both descriptors are open for the duration of the call; FICLONE takes the
-    // source descriptor as its integer argument.
-    let r = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
-    if r == 0 {
+    if reflink(&input, &output) {
         return Ok(CopyMethod::Reflink);
     }
     let ranges = data_ranges(&input, len)
@@ -101,6 +98,14 @@ pub fn clone_or_sparse_copy(src: &Path, dst: &Path) -> Result<CopyMethod> {
         })?;
     }
     Ok(CopyMethod::Sparse)
+}
+
+/// Makes `dst` share all of `src`'s extents (FICLONE), when the filesystem can; false when
+/// it cannot (then `dst` is unchanged).
+pub fn reflink(src: &File, dst: &File) -> bool {
+    // SAFETY: both descriptors are open for the duration of the call; FICLONE takes the
+    // source descriptor as its integer argument.
+    unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) == 0 }
 }
 
 fn copy_range(

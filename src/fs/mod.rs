@@ -4,6 +4,9 @@ pub mod fat;
 
 use std::fs::File;
 use std::io::Read;
+use std::sync::Arc;
+
+use pikube_ext4::Storage;
 
 use anyhow::{Context, Result, bail};
 
@@ -35,9 +38,12 @@ pub fn partition<'d>(disk: &'d Disk, label: &str) -> Result<&'d Partition> {
     })
 }
 
-/// Applies `ops` to the image open as `file`, partition by partition (in order within each
-/// partition), and returns what was written, for the manifest.
-pub fn apply(file: &File, disk: &Disk, ops: &[&Op]) -> Result<Vec<FileRecord>> {
+/// The image being written: an open file, or an overlay on one.
+pub type Image = Arc<dyn Storage>;
+
+/// Applies `ops` to `image`, partition by partition (in order within each partition), and
+/// returns what was written, for the manifest.
+pub fn apply(image: &Image, disk: &Disk, ops: &[&Op]) -> Result<Vec<FileRecord>> {
     let mut labels: Vec<&str> = Vec::new();
     for op in ops {
         if !labels.contains(&op.partition.as_str()) {
@@ -53,8 +59,8 @@ pub fn apply(file: &File, disk: &Disk, ops: &[&Op]) -> Result<Vec<FileRecord>> {
             .filter(|o| o.partition == label)
             .collect();
         match part.fs {
-            FsKind::Fat => apply_fat(file, part, label, &ops, &mut records)?,
-            FsKind::Ext4 => apply_ext4(file, part, label, &ops, &mut records)?,
+            FsKind::Fat => apply_fat(image, part, label, &ops, &mut records)?,
+            FsKind::Ext4 => apply_ext4(image, part, label, &ops, &mut records)?,
             other => bail!(
                 "partition '{label}' holds {other:?}, which this build cannot write to; expected FAT or ext4"
             ),
@@ -91,13 +97,14 @@ pub fn open_content(c: &Content) -> Result<Box<dyn Read + '_>> {
 }
 
 fn apply_fat(
-    file: &File,
+    image: &Image,
     part: &Partition,
     label: &str,
     ops: &[&Op],
     records: &mut Vec<FileRecord>,
 ) -> Result<()> {
-    let fat = fat::Fat::open(file, part.start, part.size, label)?;
+    let stream = crate::io::overlay::StorageStream::new(&**image, part.start + part.size);
+    let fat = fat::Fat::open(stream, part.start, part.size, label)?;
     for op in ops {
         match &op.action {
             Action::Write(content) => {
@@ -152,16 +159,13 @@ fn parent(path: &str) -> &str {
 }
 
 fn apply_ext4(
-    file: &File,
+    image: &Image,
     part: &Partition,
     label: &str,
     ops: &[&Op],
     records: &mut Vec<FileRecord>,
 ) -> Result<()> {
-    let handle = file
-        .try_clone()
-        .context("cannot duplicate the image file handle")?;
-    let mut fs = pikube_ext4::Ext4Fs::open(handle, part.start, part.size)
+    let mut fs = pikube_ext4::Ext4Fs::open(image.clone(), part.start, part.size)
         .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
     let mtime = crate::build_timestamp();
     let dir_meta = pikube_ext4::Meta {
@@ -250,7 +254,7 @@ fn apply_ext4(
 
 /// Bytes of free space each ext4 partition lacks for `ops` (empty when everything fits).
 /// Overwritten files are counted in full, so the estimate errs on the safe side.
-pub fn ext4_shortfall(file: &File, disk: &Disk, ops: &[&Op]) -> Result<Vec<(u32, u64)>> {
+pub fn ext4_shortfall(image: &Image, disk: &Disk, ops: &[&Op]) -> Result<Vec<(u32, u64)>> {
     let mut out = Vec::new();
     let mut labels: Vec<&str> = ops.iter().map(|o| o.partition.as_str()).collect();
     labels.dedup();
@@ -261,10 +265,7 @@ pub fn ext4_shortfall(file: &File, disk: &Disk, ops: &[&Op]) -> Result<Vec<(u32,
         if part.fs != FsKind::Ext4 {
             continue;
         }
-        let handle = file
-            .try_clone()
-            .context("cannot duplicate the image file handle")?;
-        let fs = pikube_ext4::Ext4Fs::open(handle, part.start, part.size)
+        let fs = pikube_ext4::Ext4Fs::open(image.clone(), part.start, part.size)
             .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
         let bs = fs.block_size();
         let sizes: Vec<u64> = ops
