@@ -420,8 +420,13 @@ pub fn data_extents(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
 }
 
 /// Writes `data` at `offset`, skipping aligned all-zero blocks (the file is assumed to
-/// read as zeros there, i.e. freshly truncated). Runs of data blocks go out in one write.
+/// read as zeros there, i.e. freshly truncated). Runs of data blocks go out in one write,
+/// into blocks allocated for the run first.
 fn write_sparse(out: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    let write_run = |run: &[u8], at: u64| -> io::Result<()> {
+        crate::io::preallocate(out, at, run.len() as u64)?;
+        out.write_all_at(run, at)
+    };
     let mut pos = 0usize;
     let mut run_start: Option<usize> = None;
     while pos < data.len() {
@@ -434,7 +439,7 @@ fn write_sparse(out: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         let zero = is_zero(&data[pos..block_end]);
         match (zero, run_start) {
             (true, Some(s)) => {
-                out.write_all_at(&data[s..pos], offset + s as u64)?;
+                write_run(&data[s..pos], offset + s as u64)?;
                 run_start = None;
             }
             (false, None) => run_start = Some(pos),
@@ -443,7 +448,7 @@ fn write_sparse(out: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         pos = block_end;
     }
     if let Some(s) = run_start {
-        out.write_all_at(&data[s..], offset + s as u64)?;
+        write_run(&data[s..], offset + s as u64)?;
     }
     Ok(())
 }
