@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
@@ -872,8 +871,13 @@ fn write_frames(
 ) -> Result<(CompressStats, Vec<FrameRecord>)> {
     let mut hasher = Sha256::new();
     let mut pos = 0u64;
+    let handle = out
+        .try_clone()
+        .with_context(|| format!("cannot reopen {}", out_path.display()))?;
+    let mut appender = crate::io::Appender::new(handle, out_path);
     let mut put = |bytes: &[u8], pos: &mut u64| -> Result<()> {
-        out.write_all(bytes)
+        appender
+            .write(bytes)
             .with_context(|| format!("cannot write {}", out_path.display()))?;
         hasher.update(bytes);
         *pos += bytes.len() as u64;
@@ -930,7 +934,8 @@ fn write_frames(
             .collect();
         put(&xz::stream_tail(&recs), &mut pos)?;
     }
-    out.flush()
+    appender
+        .finish()
         .with_context(|| format!("cannot write {}", out_path.display()))?;
     stats.size = pos;
     stats.sha256 = hex::encode(hasher.finalize());
@@ -940,7 +945,7 @@ fn write_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     fn image(dir: &Path) -> PathBuf {
         let p = dir.join("base.img");

@@ -117,7 +117,11 @@ impl Overlay {
             .unwrap_or_default();
         let task = progress.task(&format!("write {name}"), Some(self.size));
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
+        let direct = match cloned {
+            false => crate::io::DirectFile::open(out_path),
+            true => None,
+        };
+        let mut buf = crate::io::AlignedBuf::new(CHUNK);
         let zeros = vec![0u8; CHUNK];
         let mut pos = 0u64;
         let hash_zeros = |from: u64, to: u64, h: &mut Sha256| {
@@ -142,11 +146,24 @@ impl Overlay {
                 let n = ((e - p) as usize).min(CHUNK);
                 self.fetch_at(&mut buf[..n], p)
                     .with_context(|| format!("cannot read {}", self.base_path.display()))?;
-                if !cloned {
-                    out.write_all_at(&buf[..n], p)
-                        .with_context(|| at("write"))?;
-                }
-                hasher.update(&buf[..n]);
+                let piece = &buf[..n];
+                // The copy is written while this thread hashes the same bytes.
+                let written = std::thread::scope(|sc| {
+                    let writer = sc.spawn(|| -> io::Result<()> {
+                        if cloned {
+                            return Ok(());
+                        }
+                        if let Some(d) = &direct
+                            && d.write_aligned(piece, p)?
+                        {
+                            return Ok(());
+                        }
+                        out.write_all_at(piece, p)
+                    });
+                    hasher.update(piece);
+                    writer.join().expect("image writer panicked")
+                });
+                written.with_context(|| at("write"))?;
                 task.inc(n as u64);
                 p += n as u64;
             }
