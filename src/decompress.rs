@@ -360,7 +360,7 @@ enum CopyError {
 fn copy_sparse(input: &File, out: &File, task: &Task) -> Result<Decompressed, CopyError> {
     let len = input.metadata().map_err(CopyError::Read)?.len();
     let mut buf = vec![0u8; BUF];
-    for extent in data_extents(input, len).map_err(CopyError::Read)? {
+    for extent in crate::formats::data_ranges(input, len).map_err(CopyError::Read)? {
         let (start, end) = extent;
         let mut pos = start;
         while pos < end {
@@ -379,44 +379,6 @@ fn copy_sparse(input: &File, out: &File, task: &Task) -> Result<Decompressed, Co
         bytes: len,
         sha256: None,
     })
-}
-
-/// Byte ranges `[start, end)` of `f` (of length `len`) that may hold data, in order; holes
-/// between them read as zeros. Falls back to one range covering the whole file when the
-/// filesystem cannot report holes.
-pub fn data_extents(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < len {
-        // SAFETY: lseek on a valid, owned descriptor has no memory effects.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                // No data after pos: the rest is a hole.
-                Some(libc::ENXIO) => Ok(out),
-                // Holes not supported here: everything is data.
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) if out.is_empty() && pos == 0 => {
-                    Ok(vec![(0, len)])
-                }
-                _ => Err(e),
-            };
-        }
-        let data = (data as u64).min(len);
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let hole = (hole as u64).min(len);
-        if hole > data {
-            out.push((data, hole));
-        }
-        pos = hole.max(data + 1);
-    }
-    Ok(out)
 }
 
 /// Writes `data` at `offset`, skipping aligned all-zero blocks (the file is assumed to
@@ -786,7 +748,7 @@ mod tests {
         f.write_all_at(b"start", 0).unwrap();
         f.write_all_at(&data[..300_000], 20 << 20).unwrap();
         drop(f);
-        let extents = data_extents(&File::open(&src).unwrap(), 64 << 20).unwrap();
+        let extents = crate::formats::data_ranges(&File::open(&src).unwrap(), 64 << 20).unwrap();
         assert!(extents.len() >= 2, "{extents:?}");
         assert!(extents.iter().all(|&(a, b)| a < b && b <= 64 << 20));
         decompress_to(&src, &dst, &Progress::quiet()).unwrap();
@@ -800,13 +762,13 @@ mod tests {
         let p = dir.path().join("dense");
         fs::write(&p, vec![1u8; 100_000]).unwrap();
         assert_eq!(
-            data_extents(&File::open(&p).unwrap(), 100_000).unwrap(),
+            crate::formats::data_ranges(&File::open(&p).unwrap(), 100_000).unwrap(),
             vec![(0, 100_000)]
         );
         let e = dir.path().join("empty");
         File::create(&e).unwrap().set_len(10 << 20).unwrap();
         assert_eq!(
-            data_extents(&File::open(&e).unwrap(), 10 << 20).unwrap(),
+            crate::formats::data_ranges(&File::open(&e).unwrap(), 10 << 20).unwrap(),
             vec![]
         );
     }

@@ -238,7 +238,7 @@ pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
         free_tx.send(vec![0u8; HASH_CHUNK]).expect("receiver alive");
     }
     // Holes are not read: the reader hands out zero-filled buffers for them instead.
-    let extents = crate::decompress::data_extents(&f, len)
+    let extents = crate::formats::data_ranges(&f, len)
         .with_context(|| format!("cannot map the data of {}", path.display()))?;
     let reader = std::thread::spawn(move || -> std::io::Result<()> {
         let mut pos = 0u64;

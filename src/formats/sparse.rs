@@ -40,7 +40,10 @@ pub fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
         let start = match lseek(file, pos, libc::SEEK_DATA) {
             Ok(Some(s)) => s,
             Ok(None) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && pos == 0 => {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
+                    && pos == 0 =>
+            {
                 return Ok(vec![(0, len)]);
             }
             Err(e) => return Err(e),

@@ -29,29 +29,23 @@ impl Storage for File {
     }
 }
 
-impl<T: Storage + ?Sized> Storage for &T {
-    fn fetch_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).fetch_at(buf, offset)
-    }
-    fn store_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).store_at(buf, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
-        (**self).sync()
-    }
+/// Storage behind a reference or a shared pointer is storage too.
+macro_rules! forward_storage {
+    ($($ty:ty),*) => {$(
+        impl<T: Storage + ?Sized> Storage for $ty {
+            fn fetch_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+                (**self).fetch_at(buf, offset)
+            }
+            fn store_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+                (**self).store_at(buf, offset)
+            }
+            fn sync(&self) -> io::Result<()> {
+                (**self).sync()
+            }
+        }
+    )*};
 }
-
-impl<T: Storage + ?Sized> Storage for Arc<T> {
-    fn fetch_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).fetch_at(buf, offset)
-    }
-    fn store_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).store_at(buf, offset)
-    }
-    fn sync(&self) -> io::Result<()> {
-        (**self).sync()
-    }
-}
+forward_storage!(&T, Arc<T>);
 
 pub(crate) struct Dev {
     pub(crate) file: Box<dyn Storage>,
