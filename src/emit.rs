@@ -6,12 +6,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 use crate::manifest::Manifest;
 use crate::progress::Progress;
@@ -216,10 +213,8 @@ pub fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
     Ok(())
 }
 
-const HASH_CHUNK: usize = 4 << 20;
-
-/// SHA-256 of a (possibly sparse) file, read in large chunks by a reader thread while
-/// the calling thread hashes, with a progress task.
+/// SHA-256 of a (possibly sparse) file, read in large pieces by a reader thread while
+/// the calling thread hashes (holes are not read), with a progress task.
 pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let len = f
@@ -231,75 +226,12 @@ pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let task = progress.task(&format!("sha256 {name}"), Some(len));
-
-    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(3);
-    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..4 {
-        free_tx.send(vec![0u8; HASH_CHUNK]).expect("receiver alive");
-    }
-    // Holes are not read: the reader hands out zero-filled buffers for them instead.
-    let extents = crate::formats::data_ranges(&f, len)
+    let ranges = crate::formats::data_ranges(&f, len)
         .with_context(|| format!("cannot map the data of {}", path.display()))?;
-    let reader = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut pos = 0u64;
-        let mut first = 0usize; // first extent that ends after `pos`
-        while pos < len {
-            let Ok(mut buf) = free_rx.recv() else {
-                return Ok(());
-            };
-            let n = ((len - pos) as usize).min(HASH_CHUNK);
-            while first < extents.len() && extents[first].1 <= pos {
-                first += 1;
-            }
-            // Bytes [pos, pos+n): data where an extent covers them, zeros elsewhere.
-            let mut at = 0usize;
-            let mut j = first;
-            while at < n {
-                let abs = pos + at as u64;
-                match extents.get(j).copied() {
-                    Some((s, e)) if s <= abs => {
-                        let k = ((e - abs) as usize).min(n - at);
-                        f.read_exact_at(&mut buf[at..at + k], abs)?;
-                        at += k;
-                        if abs + k as u64 >= e {
-                            j += 1;
-                        }
-                    }
-                    next => {
-                        let stop = next.map_or(n, |(s, _)| ((s - pos) as usize).min(n));
-                        buf[at..stop].fill(0);
-                        at = stop;
-                    }
-                }
-            }
-            pos += n as u64;
-            if full_tx.send((buf, n)).is_err() {
-                return Ok(());
-            }
-        }
-        Ok(())
-    });
-    let mut hasher = Sha256::new();
-    let mut total = 0u64;
-    for (buf, n) in full_rx {
-        hasher.update(&buf[..n]);
-        total += n as u64;
-        task.inc(n as u64);
-        let _ = free_tx.send(buf);
-    }
-    drop(free_tx);
-    reader
-        .join()
-        .expect("hash reader thread panicked")
+    let sha = crate::io::stream::hash_through(&f, len, &ranges, None, &task)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    if total != len {
-        bail!(
-            "{} changed size while being hashed ({len} bytes expected, {total} read)",
-            path.display()
-        );
-    }
     task.finish("done");
-    Ok(hex::encode(hasher.finalize()))
+    Ok(sha)
 }
 
 #[cfg(test)]
@@ -414,10 +346,11 @@ mod tests {
 
     #[test]
     fn hash_file_matches_in_memory_digest() {
+        use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         // Crosses chunk boundaries and ends in a partial chunk.
-        let data: Vec<u8> = (0..(HASH_CHUNK * 2 + 12345))
+        let data: Vec<u8> = (0..((4 << 20) * 2 + 12345))
             .map(|i| (i * 7 % 251) as u8)
             .collect();
         fs::write(&path, &data).unwrap();
@@ -434,11 +367,11 @@ mod tests {
         // Sparse: holes at the start, between data and at the end, across chunks.
         let sparse = dir.path().join("s");
         let sf = File::create(&sparse).unwrap();
-        let total = 3 * HASH_CHUNK as u64 + 777;
+        let total = 3 * (4 << 20) as u64 + 777;
         sf.set_len(total).unwrap();
-        sf.write_all_at(&data[..100_000], HASH_CHUNK as u64 - 50_000)
+        sf.write_all_at(&data[..100_000], (4 << 20) as u64 - 50_000)
             .unwrap();
-        sf.write_all_at(&data[..5000], 2 * HASH_CHUNK as u64 + 3)
+        sf.write_all_at(&data[..5000], 2 * (4 << 20) as u64 + 3)
             .unwrap();
         drop(sf);
         let all = fs::read(&sparse).unwrap();
@@ -448,10 +381,10 @@ mod tests {
             sha256_bytes(&all)
         );
         // Exactly one chunk.
-        fs::write(&path, &data[..HASH_CHUNK]).unwrap();
+        fs::write(&path, &data[..(4 << 20)]).unwrap();
         assert_eq!(
             hash_file(&path, &Progress::quiet()).unwrap(),
-            sha256_bytes(&data[..HASH_CHUNK])
+            sha256_bytes(&data[..(4 << 20)])
         );
     }
 }

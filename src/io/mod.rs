@@ -1,6 +1,7 @@
 //! Small Read/Write adaptors that the pipeline stages compose.
 
 pub mod overlay;
+pub mod stream;
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 

@@ -16,14 +16,11 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use pikube_ext4::Storage;
-use sha2::{Digest, Sha256};
 
 use crate::progress::Progress;
 
 /// Granularity of change tracking: a write marks every block it touches.
 pub const BLOCK: u64 = 4096;
-/// Bytes read, written and hashed at a time by [`Overlay::write_image`].
-const CHUNK: usize = 4 << 20;
 
 /// A base image with writes kept aside; see the module documentation.
 pub struct Overlay {
@@ -95,13 +92,15 @@ impl Overlay {
 
     /// Writes the image into `out` (an empty file, `out_path` for messages) and returns its
     /// SHA-256: a reflink of the base plus the written blocks where the filesystem shares
-    /// extents, else a sparse copy of the data ranges. Holes stay holes; they are hashed
+    /// extents, else a sparse copy of the data ranges (preallocated, written with direct I/O
+    /// where possible, while the same bytes are hashed). Holes stay holes; they are hashed
     /// as zeros without being read.
     pub fn write_image(&self, out: &File, out_path: &Path, progress: &Progress) -> Result<String> {
         use std::os::unix::fs::FileExt;
         let at = |what: &str| format!("cannot {what} {}", out_path.display());
         let cloned = crate::formats::reflink(&self.base, out);
         out.set_len(self.size).with_context(|| at("size"))?;
+        let ranges = self.data_ranges();
         if cloned {
             for (s, e) in self.dirty_ranges() {
                 let mut buf = vec![0u8; (e - s) as usize];
@@ -110,68 +109,38 @@ impl Overlay {
                     .context("cannot read the overlay's scratch file")?;
                 out.write_all_at(&buf, s).with_context(|| at("write"))?;
             }
+        } else {
+            for &(s, e) in &ranges {
+                crate::io::preallocate(out, s, e - s).with_context(|| at("allocate space for"))?;
+            }
         }
+        let direct = match cloned {
+            false => crate::io::DirectFile::open(out_path),
+            true => None,
+        };
+        let copy = |piece: &[u8], offset: u64| -> io::Result<()> {
+            if let Some(d) = &direct
+                && d.write_aligned(piece, offset)?
+            {
+                return Ok(());
+            }
+            out.write_all_at(piece, offset)
+        };
         let name = out_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let task = progress.task(&format!("write {name}"), Some(self.size));
-        let mut hasher = Sha256::new();
-        let direct = match cloned {
-            false => crate::io::DirectFile::open(out_path),
-            true => None,
-        };
-        let mut buf = crate::io::AlignedBuf::new(CHUNK);
-        let zeros = vec![0u8; CHUNK];
-        let mut pos = 0u64;
-        let hash_zeros = |from: u64, to: u64, h: &mut Sha256| {
-            let mut p = from;
-            while p < to {
-                let n = ((to - p) as usize).min(CHUNK);
-                h.update(&zeros[..n]);
-                p += n as u64;
-            }
-            task.inc(to - from);
-        };
-        let ranges = self.data_ranges();
-        if !cloned {
-            for &(s, e) in &ranges {
-                crate::io::preallocate(out, s, e - s).with_context(|| at("allocate space for"))?;
-            }
-        }
-        for (s, e) in ranges {
-            hash_zeros(pos, s, &mut hasher);
-            let mut p = s;
-            while p < e {
-                let n = ((e - p) as usize).min(CHUNK);
-                self.fetch_at(&mut buf[..n], p)
-                    .with_context(|| format!("cannot read {}", self.base_path.display()))?;
-                let piece = &buf[..n];
-                // The copy is written while this thread hashes the same bytes.
-                let written = std::thread::scope(|sc| {
-                    let writer = sc.spawn(|| -> io::Result<()> {
-                        if cloned {
-                            return Ok(());
-                        }
-                        if let Some(d) = &direct
-                            && d.write_aligned(piece, p)?
-                        {
-                            return Ok(());
-                        }
-                        out.write_all_at(piece, p)
-                    });
-                    hasher.update(piece);
-                    writer.join().expect("image writer panicked")
-                });
-                written.with_context(|| at("write"))?;
-                task.inc(n as u64);
-                p += n as u64;
-            }
-            pos = e;
-        }
-        hash_zeros(pos, self.size, &mut hasher);
+        let sha = crate::io::stream::hash_through(
+            self,
+            self.size,
+            &ranges,
+            (!cloned).then_some(&copy as crate::io::stream::Copy),
+            &task,
+        )
+        .with_context(|| at("write"))?;
         task.finish("done");
-        Ok(hex::encode(hasher.finalize()))
+        Ok(sha)
     }
 
     fn check(&self, offset: u64, len: usize, what: &str) -> io::Result<()> {
