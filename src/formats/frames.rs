@@ -591,9 +591,36 @@ enum Kind {
     Zero,
 }
 
+/// A frame to write: compressed here, or the base's, copied from its frames file straight
+/// into the output.
+enum Frame {
+    Encoded(Arc<Encoded>),
+    Base {
+        offset: u64,
+        length: u64,
+        unpadded: Option<u64>,
+    },
+}
+
+impl Frame {
+    fn length(&self) -> u64 {
+        match self {
+            Frame::Encoded(e) => e.bytes.len() as u64,
+            Frame::Base { length, .. } => *length,
+        }
+    }
+
+    fn unpadded(&self) -> Option<u64> {
+        match self {
+            Frame::Encoded(e) => e.unpadded,
+            Frame::Base { unpadded, .. } => *unpadded,
+        }
+    }
+}
+
 struct Done {
     i: usize,
-    frame: Arc<Encoded>,
+    frame: Frame,
     uncompressed: u64,
     /// SHA-256 of the chunk and of its frame, when records are wanted (else empty).
     sha256: String,
@@ -646,7 +673,7 @@ impl Ctx<'_> {
         };
         Ok(Done {
             i,
-            frame,
+            frame: Frame::Encoded(frame),
             uncompressed: len,
             sha256,
             frame_sha256,
@@ -667,7 +694,7 @@ impl Ctx<'_> {
                 };
                 Ok(Done {
                     i,
-                    frame: Arc::new(frame),
+                    frame: Frame::Encoded(Arc::new(frame)),
                     uncompressed: data.len() as u64,
                     sha256,
                     frame_sha256,
@@ -677,15 +704,15 @@ impl Ctx<'_> {
             Job::Reuse(i) => {
                 let (ix, file) = self.base.as_ref().expect("reuse only with a base");
                 let rec = &ix.index.frames[i];
-                let path = ix.frames_path();
-                let mut bytes = vec![0u8; rec.length as usize];
-                file.read_exact_at(&mut bytes, rec.offset)
-                    .with_context(|| format!("cannot read frame {i} of {}", path.display()))?;
                 if let Format::Xz = self.format {
+                    let path = ix.frames_path();
+                    let mut head = vec![0u8; (rec.length as usize).min(xz::MAX_HEADER)];
+                    file.read_exact_at(&mut head, rec.offset)
+                        .with_context(|| format!("cannot read frame {i} of {}", path.display()))?;
                     let checked = rec
                         .unpadded
                         .context("no unpadded size")
-                        .and_then(|u| xz::check_block(&bytes, u, rec.uncompressed));
+                        .and_then(|u| xz::check_block(&head, rec.length, u, rec.uncompressed));
                     if let Err(e) = checked {
                         bail!(
                             "frame {i} of {} does not match its index ({e}: the cache is damaged): delete {} and build it again",
@@ -697,10 +724,11 @@ impl Ctx<'_> {
                 let zero = zero_sha(rec.uncompressed) == rec.sha256;
                 Ok(Done {
                     i,
-                    frame: Arc::new(Encoded {
-                        bytes,
+                    frame: Frame::Base {
+                        offset: rec.offset,
+                        length: rec.length,
                         unpadded: rec.unpadded,
-                    }),
+                    },
                     uncompressed: rec.uncompressed,
                     sha256: rec.sha256.clone(),
                     frame_sha256: rec.compressed_sha256.clone(),
@@ -809,6 +837,7 @@ fn encode(
         let written = write_frames(
             out.file(),
             &out_path,
+            ctx.base.as_ref().map(|(_, f)| f),
             format,
             chunks,
             done_rx,
@@ -863,6 +892,7 @@ fn read_chunks(
 fn write_frames(
     out: &mut File,
     out_path: &Path,
+    base: Option<&File>,
     format: Format,
     chunks: usize,
     done: Receiver<Result<Done>>,
@@ -875,16 +905,36 @@ fn write_frames(
         .try_clone()
         .with_context(|| format!("cannot reopen {}", out_path.display()))?;
     let mut appender = crate::io::Appender::new(handle, out_path);
-    let mut put = |bytes: &[u8], pos: &mut u64| -> Result<()> {
-        appender
-            .write(bytes)
-            .with_context(|| format!("cannot write {}", out_path.display()))?;
-        hasher.update(bytes);
-        *pos += bytes.len() as u64;
+    let failed = || format!("cannot write {}", out_path.display());
+    // Frames of the base go from its frames file straight into the output buffer.
+    let mut put = |frame: &Frame, pos: &mut u64| -> Result<()> {
+        match frame {
+            Frame::Encoded(e) => {
+                appender.write(&e.bytes).with_context(failed)?;
+                hasher.update(&e.bytes);
+            }
+            Frame::Base { offset, length, .. } => {
+                let file = base.expect("base frames come with their file");
+                appender
+                    .write_with(
+                        *length as usize,
+                        |buf, at| file.read_exact_at(buf, offset + at as u64),
+                        |b| hasher.update(b),
+                    )
+                    .with_context(failed)?;
+            }
+        }
+        *pos += frame.length();
         Ok(())
     };
+    let raw = |bytes: Vec<u8>| {
+        Frame::Encoded(Arc::new(Encoded {
+            bytes,
+            unpadded: None,
+        }))
+    };
     if format == Format::Xz {
-        put(&xz::stream_header(), &mut pos)?;
+        put(&raw(xz::stream_header()), &mut pos)?;
     }
     let mut stats = CompressStats {
         size: 0,
@@ -904,7 +954,7 @@ fn write_frames(
         waiting.insert(d.i, d);
         while let Some(d) = waiting.remove(&records.len()) {
             let offset = pos;
-            put(&d.frame.bytes, &mut pos)?;
+            put(&d.frame, &mut pos)?;
             match d.kind {
                 Kind::Reused => stats.reused += 1,
                 Kind::Compressed => stats.compressed += 1,
@@ -912,11 +962,11 @@ fn write_frames(
             }
             records.push(FrameRecord {
                 offset,
-                length: d.frame.bytes.len() as u64,
+                length: d.frame.length(),
                 uncompressed: d.uncompressed,
                 sha256: d.sha256,
                 compressed_sha256: d.frame_sha256,
-                unpadded: d.frame.unpadded,
+                unpadded: d.frame.unpadded(),
             });
             task.inc(d.uncompressed);
             let _ = tokens.send(());
@@ -932,7 +982,7 @@ fn write_frames(
                 )
             })
             .collect();
-        put(&xz::stream_tail(&recs), &mut pos)?;
+        put(&raw(xz::stream_tail(&recs)), &mut pos)?;
     }
     appender
         .finish()

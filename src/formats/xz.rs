@@ -123,14 +123,20 @@ pub fn stream_tail(records: &[(u64, u64)]) -> Vec<u8> {
     tail
 }
 
-/// Parses the bytes of a block written by [`Encoder::block`] far enough to check that
-/// `unpadded` and `uncompressed` agree with its header (guards a stale or damaged cache).
-pub fn check_block(bytes: &[u8], unpadded: u64, uncompressed: u64) -> Result<()> {
+/// Longest block header: what [`check_block`] needs of a block.
+pub const MAX_HEADER: usize = 1024;
+
+/// Parses the start of a block written by [`Encoder::block`] (`head`: its first
+/// [`MAX_HEADER`] bytes, or all of it when shorter) far enough to check that its padded
+/// `length`, `unpadded` and `uncompressed` sizes agree with its header (guards a stale or
+/// damaged cache).
+pub fn check_block(head: &[u8], length: u64, unpadded: u64, uncompressed: u64) -> Result<()> {
+    let bytes = head;
     let Some(&size_byte) = bytes.first() else {
         bail!("empty block");
     };
     let hlen = (size_byte as usize + 1) * 4;
-    if bytes.len() < hlen || !bytes.len().is_multiple_of(4) {
+    if bytes.len() < hlen || !length.is_multiple_of(4) {
         bail!("block shorter than its header");
     }
     let crc = u32::from_le_bytes(bytes[hlen - 4..hlen].try_into().expect("4 bytes"));
@@ -146,7 +152,7 @@ pub fn check_block(bytes: &[u8], unpadded: u64, uncompressed: u64) -> Result<()>
     if size != uncompressed || hlen as u64 + packed + CHECK_SIZE != unpadded {
         bail!("block sizes do not match the index");
     }
-    if (unpadded.div_ceil(4) * 4) != bytes.len() as u64 {
+    if (unpadded.div_ceil(4) * 4) != length {
         bail!("block length does not match its unpadded size");
     }
     Ok(())
@@ -270,7 +276,13 @@ mod tests {
         let mut records = Vec::new();
         for data in [&a[..], &b[..]] {
             let blk = e.block(data).unwrap();
-            check_block(&blk.bytes, blk.unpadded, data.len() as u64).unwrap();
+            check_block(
+                &blk.bytes,
+                blk.bytes.len() as u64,
+                blk.unpadded,
+                data.len() as u64,
+            )
+            .unwrap();
             records.push((blk.unpadded, data.len() as u64));
             file.extend_from_slice(&blk.bytes);
         }
@@ -283,6 +295,14 @@ mod tests {
         assert_eq!(&out[a.len()..], &b[..]);
         // A damaged block is detected by the decoder (check) and by check_block (sizes).
         let blk = e.block(&a).unwrap();
-        assert!(check_block(&blk.bytes, blk.unpadded + 1, a.len() as u64).is_err());
+        assert!(
+            check_block(
+                &blk.bytes,
+                blk.bytes.len() as u64,
+                blk.unpadded + 1,
+                a.len() as u64
+            )
+            .is_err()
+        );
     }
 }

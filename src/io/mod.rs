@@ -362,6 +362,30 @@ impl Appender {
         Ok(())
     }
 
+    /// Appends `len` bytes that `fill` writes in place (in one or more consecutive
+    /// pieces: `fill(piece, offset of the piece within the len bytes)`), and shows each
+    /// piece to `inspect` once filled: no copy of them is made on the way.
+    pub fn write_with(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(&mut [u8], usize) -> io::Result<()>,
+        mut inspect: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(APPEND_PIECE - self.fill);
+            let piece = &mut self.cur[self.fill..self.fill + n];
+            fill(piece, done)?;
+            inspect(piece);
+            self.fill += n;
+            done += n;
+            if self.fill == APPEND_PIECE {
+                self.send()?;
+            }
+        }
+        Ok(())
+    }
+
     fn send(&mut self) -> io::Result<()> {
         let next = match self.free.recv() {
             Ok(b) => b,
@@ -501,6 +525,19 @@ mod tests {
                 })
                 .collect();
             a.write(&piece).unwrap();
+            want.extend_from_slice(&piece);
+            // The same bytes again, filled in place, and seen exactly once.
+            let mut seen = Vec::new();
+            a.write_with(
+                piece.len(),
+                |buf, at| {
+                    buf.copy_from_slice(&piece[at..at + buf.len()]);
+                    Ok(())
+                },
+                |b| seen.extend_from_slice(b),
+            )
+            .unwrap();
+            assert!(seen == piece);
             want.extend_from_slice(&piece);
         }
         assert_eq!(a.finish().unwrap(), want.len() as u64);
