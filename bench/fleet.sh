@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): a fleet of 10 nodes from one 4 GiB base, from a warm cache.
 # Reports, in one run: time for 1 node and for 10 nodes (raw, and zst), the marginal cost of
-# a node, `zstd -T0` of one full raw image, bytes written per node, and peak RSS.
+# a node, `zstd -T0` of one full raw image, bytes written per node, and peak RSS; and the
+# time of one SHA-256 of a raw image and of an .img.zst, with the fleet times that hashing
+# alone would allow (every output gets a .sha256).
 #
 # Uses the base image bench/build.sh creates in $BENCH_DIR (run it once first). Node images
 # are reflink clones of their prepared base on filesystems that share extents (XFS, btrfs)
@@ -71,9 +73,18 @@ Z10=$WALL RZ=$RSS
 mv "$WORK/out/n02.img" "$WORK/n02.img"
 run "zstd -T0 (one image)" zstd -T0 -q -f -o "$WORK/full.zst" "$WORK/n02.img"
 ZSTD=$WALL
+# Every output gets a .sha256, so each node costs at least one SHA-256 of its raw image (or
+# of its .img.zst): this machine's SHA-256 rate (SHA-NI where the CPU has it, as in the
+# build) in bytes per second, from `openssl speed`.
+command -v openssl >/dev/null || die "openssl is missing (for the SHA-256 rate)"
+SHA_RATE=$(openssl speed -seconds 2 -bytes 1048576 -evp sha256 2>/dev/null |
+    awk 'END { sub(/k$/, "", $2); print $2 * 1000 }')
+IMG_BYTES=$(stat -c %s "$WORK/n02.img")
+ZST_BYTES=$(stat -c %s "$WORK/full.zst")
 
 awk -v w1="$W1" -v w10="$W10" -v z1="$Z1" -v z10="$Z10" -v zs="$ZSTD" -v b10="$B10" \
-    -v r10="$R10" -v rz="$RZ" 'BEGIN {
+    -v r10="$R10" -v rz="$RZ" -v rate="$SHA_RATE" -v ib="$IMG_BYTES" -v zb="$ZST_BYTES" \
+    -v cores="$(nproc)" -v jobs="$JOBS" 'BEGIN {
     printf "\n10 nodes raw / 1 node raw:      %5.2fx   (goal <= 1.5x)\n", w10 / w1
     printf "10 nodes zst / 1 node zst:      %5.2fx   (goal <= 2x)\n", z10 / z1
     pz = (z10 - z1) / 9
@@ -82,5 +93,12 @@ awk -v w1="$W1" -v w10="$W10" -v z1="$Z1" -v z10="$Z10" -v zs="$ZSTD" -v b10="$B
     printf "written per node (raw fleet):   %6.1f MiB\n", b10 / 10 / 1048576
     m = r10 > rz ? r10 : rz
     printf "peak RSS:                       %6d MiB   (goal < 300 MiB)\n", m / 1024
+    # Hashing alone: nine more images, spread over the cores the build may use.
+    p = cores < jobs ? cores : jobs
+    hr = ib / rate
+    hz = zb / rate
+    printf "SHA-256 of one image, one .zst: %6.2f s, %4.2f s (%.0f MB/s)\n", hr, hz, rate / 1e6
+    printf "floor from hashing, 10 raw:     %6.2f s = %4.2fx 1 node raw\n", w1 + 9 * hr / p, (w1 + 9 * hr / p) / w1
+    printf "floor from hashing, 10 zst:     %6.2f s = %4.2fx 1 node zst\n", z1 + 9 * hz / p, (z1 + 9 * hz / p) / z1
 }'
 rm -rf "$WORK/out"
