@@ -6,9 +6,10 @@ use crate::Kind;
 use crate::csum::crc32c_raw;
 use crate::disk::{le16, le32, put16, put32};
 use crate::error::{Error, Result, corrupt};
-use crate::fs::{COMPAT_DIR_INDEX, Ext4Fs, INCOMPAT_FILETYPE, INCOMPAT_LARGEDIR, split_path};
+use crate::fs::{Ext4Fs, split_path};
 use crate::hash::dx_hash;
 use crate::inode::{Ext, INDEX_FL, Inode, Map, ROOT_INO};
+use crate::sb::{COMPAT_DIR_INDEX, INCOMPAT_FILETYPE, INCOMPAT_LARGEDIR};
 use std::collections::VecDeque;
 
 pub(crate) fn rec_len_for(name_len: usize) -> usize {

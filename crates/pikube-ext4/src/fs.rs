@@ -4,31 +4,9 @@
 use crate::csum::{crc16, crc32c_raw};
 use crate::disk::{Dev, Storage, le16, le32, put16, put32};
 use crate::error::{Error, Result, corrupt};
+use crate::sb::*;
 use crate::{Kind, Meta, Stat};
 use std::collections::{HashMap, HashSet};
-
-// Feature bits.
-pub(crate) const COMPAT_HAS_JOURNAL: u32 = 0x4;
-pub(crate) const COMPAT_DIR_INDEX: u32 = 0x20;
-pub(crate) const COMPAT_SPARSE_SUPER2: u32 = 0x200;
-
-pub(crate) const INCOMPAT_FILETYPE: u32 = 0x2;
-pub(crate) const INCOMPAT_RECOVER: u32 = 0x4;
-pub(crate) const INCOMPAT_EXTENTS: u32 = 0x40;
-pub(crate) const INCOMPAT_64BIT: u32 = 0x80;
-pub(crate) const INCOMPAT_FLEX_BG: u32 = 0x200;
-pub(crate) const INCOMPAT_CSUM_SEED: u32 = 0x2000;
-pub(crate) const INCOMPAT_LARGEDIR: u32 = 0x4000;
-
-pub(crate) const RO_SPARSE_SUPER: u32 = 0x1;
-pub(crate) const RO_LARGE_FILE: u32 = 0x2;
-pub(crate) const RO_BTREE_DIR: u32 = 0x4;
-pub(crate) const RO_HUGE_FILE: u32 = 0x8;
-pub(crate) const RO_GDT_CSUM: u32 = 0x10;
-pub(crate) const RO_DIR_NLINK: u32 = 0x20;
-pub(crate) const RO_EXTRA_ISIZE: u32 = 0x40;
-pub(crate) const RO_METADATA_CSUM: u32 = 0x400;
-pub(crate) const RO_ORPHAN_PRESENT: u32 = 0x10000;
 
 const KNOWN_INCOMPAT: &[(u32, &str)] = &[
     (0x1, "compression"),
@@ -74,18 +52,15 @@ const KNOWN_RO: &[(u32, &str)] = &[
     (0x8000, "verity"),
     (0x10000, "orphan_present"),
 ];
-const SUPPORTED_RO: u32 = RO_SPARSE_SUPER
-    | RO_LARGE_FILE
-    | RO_BTREE_DIR
-    | RO_HUGE_FILE
-    | RO_GDT_CSUM
-    | RO_DIR_NLINK
-    | RO_EXTRA_ISIZE
-    | RO_METADATA_CSUM
-    | RO_ORPHAN_PRESENT;
-
-pub(crate) const BG_INODE_UNINIT: u16 = 0x1;
-pub(crate) const BG_BLOCK_UNINIT: u16 = 0x2;
+const SUPPORTED_RO: u32 = RO_COMPAT_SPARSE_SUPER
+    | RO_COMPAT_LARGE_FILE
+    | RO_COMPAT_BTREE_DIR
+    | RO_COMPAT_HUGE_FILE
+    | RO_COMPAT_GDT_CSUM
+    | RO_COMPAT_DIR_NLINK
+    | RO_COMPAT_EXTRA_ISIZE
+    | RO_COMPAT_METADATA_CSUM
+    | RO_COMPAT_ORPHAN_PRESENT;
 
 /// Filesystem geometry and feature summary, immutable after open.
 pub(crate) struct Geo {
@@ -114,10 +89,10 @@ pub(crate) struct Geo {
 
 impl Geo {
     pub(crate) fn csum(&self) -> bool {
-        self.ro_compat & RO_METADATA_CSUM != 0
+        self.ro_compat & RO_COMPAT_METADATA_CSUM != 0
     }
     pub(crate) fn gdt_csum(&self) -> bool {
-        self.ro_compat & RO_GDT_CSUM != 0
+        self.ro_compat & RO_COMPAT_GDT_CSUM != 0
     }
     pub(crate) fn is64(&self) -> bool {
         self.incompat & INCOMPAT_64BIT != 0
@@ -133,28 +108,7 @@ impl Geo {
         (self.blocks_count - first).min(self.bpg)
     }
     pub(crate) fn has_super(&self, g: u32) -> bool {
-        if g == 0 {
-            return true;
-        }
-        if self.compat & COMPAT_SPARSE_SUPER2 != 0 {
-            return g == self.backup_bgs[0] || g == self.backup_bgs[1];
-        }
-        if self.ro_compat & RO_SPARSE_SUPER == 0 || g == 1 {
-            return true;
-        }
-        for base in [3u32, 5, 7] {
-            let mut p = base;
-            while p < g {
-                match p.checked_mul(base) {
-                    Some(n) => p = n,
-                    None => break,
-                }
-            }
-            if p == g {
-                return true;
-            }
-        }
-        false
+        crate::sb::has_super(g.into(), self.compat, self.ro_compat, self.backup_bgs)
     }
 }
 
@@ -310,7 +264,7 @@ impl Ext4Fs {
                 feature: "a filesystem without the `extent` feature (ext2/ext3)".into(),
             });
         }
-        let csum = ro_compat & RO_METADATA_CSUM != 0;
+        let csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
         if csum {
             if sb[0x175] != 1 {
                 return Err(corrupt(format!(
@@ -336,7 +290,7 @@ impl Ext4Fs {
         if state & 0x1 == 0 {
             return Err(Error::NeedsRecovery);
         }
-        if le32(&sb, 0xE8) != 0 || ro_compat & RO_ORPHAN_PRESENT != 0 {
+        if le32(&sb, 0xE8) != 0 || ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0 {
             return Err(Error::OrphansPending);
         }
         let log_bs = le32(&sb, 0x18);
@@ -391,11 +345,7 @@ impl Ext4Fs {
         }
         let groups = groups64 as u32;
         let gdt_blocks = (groups as u64 * desc_size as u64).div_ceil(bs);
-        let seed = if incompat & INCOMPAT_CSUM_SEED != 0 {
-            le32(&sb, 0x270)
-        } else {
-            crc32c_raw(!0, &sb[0x68..0x78])
-        };
+        let seed = crate::sb::csum_seed(&sb);
         let first_ino = le32(&sb, 0x54);
         if first_ino < 11 || first_ino > inodes_count {
             return Err(geom_err("first inode"));

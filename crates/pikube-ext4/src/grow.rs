@@ -70,55 +70,6 @@ pub enum GrowError {
 
 type Result<T> = std::result::Result<T, GrowError>;
 
-// Feature bits.
-const COMPAT_DIR_PREALLOC: u32 = 0x1;
-const COMPAT_IMAGIC_INODES: u32 = 0x2;
-const COMPAT_HAS_JOURNAL: u32 = 0x4;
-const COMPAT_EXT_ATTR: u32 = 0x8;
-const COMPAT_RESIZE_INODE: u32 = 0x10;
-const COMPAT_DIR_INDEX: u32 = 0x20;
-const COMPAT_LAZY_BG: u32 = 0x40;
-const COMPAT_EXCLUDE_BITMAP: u32 = 0x100;
-const COMPAT_SPARSE_SUPER2: u32 = 0x200;
-const COMPAT_FAST_COMMIT: u32 = 0x400;
-const COMPAT_STABLE_INODES: u32 = 0x800;
-const COMPAT_ORPHAN_FILE: u32 = 0x1000;
-
-const INCOMPAT_COMPRESSION: u32 = 0x1;
-const INCOMPAT_FILETYPE: u32 = 0x2;
-const INCOMPAT_RECOVER: u32 = 0x4;
-const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
-const INCOMPAT_META_BG: u32 = 0x10;
-const INCOMPAT_EXTENTS: u32 = 0x40;
-const INCOMPAT_64BIT: u32 = 0x80;
-const INCOMPAT_MMP: u32 = 0x100;
-const INCOMPAT_FLEX_BG: u32 = 0x200;
-const INCOMPAT_EA_INODE: u32 = 0x400;
-const INCOMPAT_DIRDATA: u32 = 0x1000;
-const INCOMPAT_CSUM_SEED: u32 = 0x2000;
-const INCOMPAT_LARGEDIR: u32 = 0x4000;
-const INCOMPAT_INLINE_DATA: u32 = 0x8000;
-const INCOMPAT_ENCRYPT: u32 = 0x10000;
-const INCOMPAT_CASEFOLD: u32 = 0x20000;
-
-const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
-const RO_COMPAT_LARGE_FILE: u32 = 0x2;
-const RO_COMPAT_BTREE_DIR: u32 = 0x4;
-const RO_COMPAT_HUGE_FILE: u32 = 0x8;
-const RO_COMPAT_GDT_CSUM: u32 = 0x10;
-const RO_COMPAT_DIR_NLINK: u32 = 0x20;
-const RO_COMPAT_EXTRA_ISIZE: u32 = 0x40;
-const RO_COMPAT_HAS_SNAPSHOT: u32 = 0x80;
-const RO_COMPAT_QUOTA: u32 = 0x100;
-const RO_COMPAT_BIGALLOC: u32 = 0x200;
-const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
-const RO_COMPAT_REPLICA: u32 = 0x800;
-const RO_COMPAT_READONLY: u32 = 0x1000;
-const RO_COMPAT_PROJECT: u32 = 0x2000;
-const RO_COMPAT_SHARED_BLOCKS: u32 = 0x4000;
-const RO_COMPAT_VERITY: u32 = 0x8000;
-const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x10000;
-
 /// Feature bits this module knows how to carry through a grow unchanged.
 const COMPAT_OK: u32 = COMPAT_DIR_PREALLOC
     | COMPAT_IMAGIC_INODES
@@ -155,71 +106,6 @@ const RO_COMPAT_OK: u32 = RO_COMPAT_SPARSE_SUPER
     | RO_COMPAT_PROJECT
     | RO_COMPAT_VERITY;
 
-// Superblock field offsets.
-const SB_INODES_COUNT: usize = 0x00;
-const SB_BLOCKS_COUNT_LO: usize = 0x04;
-const SB_R_BLOCKS_COUNT_LO: usize = 0x08;
-const SB_FREE_BLOCKS_LO: usize = 0x0C;
-const SB_FREE_INODES: usize = 0x10;
-const SB_FIRST_DATA_BLOCK: usize = 0x14;
-const SB_LOG_BLOCK_SIZE: usize = 0x18;
-const SB_LOG_CLUSTER_SIZE: usize = 0x1C;
-const SB_BLOCKS_PER_GROUP: usize = 0x20;
-const SB_CLUSTERS_PER_GROUP: usize = 0x24;
-const SB_INODES_PER_GROUP: usize = 0x28;
-const SB_WTIME: usize = 0x30;
-const SB_MAGIC: usize = 0x38;
-const SB_STATE: usize = 0x3A;
-const SB_REV_LEVEL: usize = 0x4C;
-const SB_INODE_SIZE: usize = 0x58;
-const SB_BLOCK_GROUP_NR: usize = 0x5A;
-const SB_FEATURE_COMPAT: usize = 0x5C;
-const SB_FEATURE_INCOMPAT: usize = 0x60;
-const SB_FEATURE_RO_COMPAT: usize = 0x64;
-const SB_UUID: usize = 0x68;
-const SB_RESERVED_GDT_BLOCKS: usize = 0xCE;
-const SB_JOURNAL_INUM: usize = 0xE0;
-const SB_LAST_ORPHAN: usize = 0xE8;
-const SB_DESC_SIZE: usize = 0xFE;
-const SB_FIRST_META_BG: usize = 0x104;
-const SB_BLOCKS_COUNT_HI: usize = 0x150;
-const SB_R_BLOCKS_COUNT_HI: usize = 0x154;
-const SB_FREE_BLOCKS_HI: usize = 0x158;
-const SB_CHECKSUM_TYPE: usize = 0x175;
-const SB_OVERHEAD_CLUSTERS: usize = 0x248;
-const SB_BACKUP_BGS: usize = 0x24C;
-const SB_CHECKSUM_SEED: usize = 0x270;
-const SB_WTIME_HI: usize = 0x274;
-const SB_CHECKSUM: usize = 0x3FC;
-
-const STATE_VALID: u16 = 0x1;
-const STATE_ERROR: u16 = 0x2;
-
-// Group descriptor field offsets.
-const BG_BLOCK_BITMAP_LO: usize = 0x00;
-const BG_INODE_BITMAP_LO: usize = 0x04;
-const BG_INODE_TABLE_LO: usize = 0x08;
-const BG_FREE_BLOCKS_LO: usize = 0x0C;
-const BG_FREE_INODES_LO: usize = 0x0E;
-const BG_USED_DIRS_LO: usize = 0x10;
-const BG_FLAGS: usize = 0x12;
-const BG_BLOCK_BITMAP_CSUM_LO: usize = 0x18;
-const BG_INODE_BITMAP_CSUM_LO: usize = 0x1A;
-const BG_ITABLE_UNUSED_LO: usize = 0x1C;
-const BG_CHECKSUM: usize = 0x1E;
-const BG_BLOCK_BITMAP_HI: usize = 0x20;
-const BG_INODE_BITMAP_HI: usize = 0x24;
-const BG_INODE_TABLE_HI: usize = 0x28;
-const BG_FREE_BLOCKS_HI: usize = 0x2C;
-const BG_FREE_INODES_HI: usize = 0x2E;
-const BG_USED_DIRS_HI: usize = 0x30;
-const BG_ITABLE_UNUSED_HI: usize = 0x32;
-const BG_BLOCK_BITMAP_CSUM_HI: usize = 0x38;
-const BG_INODE_BITMAP_CSUM_HI: usize = 0x3A;
-
-const BG_INODE_UNINIT: u16 = 0x1;
-const BG_BLOCK_UNINIT: u16 = 0x2;
-
 // Inode field offsets.
 const I_MODE: usize = 0x00;
 const I_BLOCKS_LO: usize = 0x1C;
@@ -237,33 +123,13 @@ const RESIZE_INO: u32 = 7;
 const DIND_BLOCK_INDEX: usize = 13;
 const N_BLOCKS: usize = 15;
 
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
 fn be32(b: &[u8], o: usize) -> u32 {
     u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
-fn put16(b: &mut [u8], o: usize, v: u16) {
-    b[o..o + 2].copy_from_slice(&v.to_le_bytes());
-}
-fn put32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
 
 use crate::csum::{crc16, crc32c_raw};
-
-fn is_power_of(mut n: u64, base: u64) -> bool {
-    if n == 0 {
-        return false;
-    }
-    while n.is_multiple_of(base) {
-        n /= base;
-    }
-    n == 1
-}
+use crate::disk::{le16, le32, put16, put32};
+use crate::sb::*;
 
 fn read_exact(file: &File, pos: u64, len: usize, what: &'static str) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
@@ -319,19 +185,7 @@ impl Layout {
     }
     /// Does group `g` hold a superblock (and GDT) backup?
     fn has_super(&self, g: u64) -> bool {
-        if g == 0 {
-            return true;
-        }
-        if self.compat & COMPAT_SPARSE_SUPER2 != 0 {
-            return g == u64::from(self.backup_bgs[0]) || g == u64::from(self.backup_bgs[1]);
-        }
-        if g <= 1 || self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 {
-            return true;
-        }
-        if g.is_multiple_of(2) {
-            return false;
-        }
-        is_power_of(g, 3) || is_power_of(g, 5) || is_power_of(g, 7)
+        crate::sb::has_super(g, self.compat, self.ro_compat, self.backup_bgs)
     }
     /// Is descriptor block `i` stored after the superblock copies (rather than in its meta group)?
     fn old_style_desc_block(&self, i: u64) -> bool {
@@ -551,11 +405,7 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
             ));
         }
     }
-    let csum_seed = if incompat & INCOMPAT_CSUM_SEED != 0 {
-        le32(sb, SB_CHECKSUM_SEED)
-    } else {
-        crc32c_raw(!0, &sb[SB_UUID..SB_UUID + 16])
-    };
+    let csum_seed = crate::sb::csum_seed(sb);
     Ok(Layout {
         bs,
         fdb,

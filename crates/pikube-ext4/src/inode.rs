@@ -5,7 +5,8 @@
 use crate::csum::crc32c_raw;
 use crate::disk::{le16, le32, put16, put32};
 use crate::error::{Error, Result, corrupt};
-use crate::fs::{Ext4Fs, RO_DIR_NLINK};
+use crate::fs::Ext4Fs;
+use crate::sb::RO_COMPAT_DIR_NLINK;
 use crate::{Kind, Meta, Stat};
 
 pub(crate) const ROOT_INO: u32 = 2;
@@ -914,7 +915,7 @@ impl Ext4Fs {
         let links = p.links();
         if links >= 1 {
             let nl = links as u32 + 1;
-            if nl >= 65000 && self.geo.ro_compat & RO_DIR_NLINK != 0 {
+            if nl >= 65000 && self.geo.ro_compat & RO_COMPAT_DIR_NLINK != 0 {
                 p.set_links(1);
             } else if links != 1 {
                 p.set_links(nl.min(65000) as u16);

@@ -32,6 +32,7 @@ mod fs;
 pub mod grow;
 mod hash;
 mod inode;
+mod sb;
 
 pub use disk::Storage;
 pub use error::{Error, Result};
