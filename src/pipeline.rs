@@ -791,7 +791,7 @@ fn emit_outputs(
         Built::Overlay(o, p) if wants_raw || req.formats.contains(&Format::Bmap) => {
             let mut pending = PendingFile::create(&req.out, &img_name)?;
             let path = pending.path().to_path_buf();
-            let sha = o.write_image(pending.file(), &path, progress)?;
+            let sha = o.write_image(pending.file(), &path, &img_name, progress)?;
             (Some((o, p)), Some(pending), o.size(), Some(sha))
         }
         Built::Overlay(o, p) => (Some((o, p)), None, o.size(), None),

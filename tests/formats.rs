@@ -284,7 +284,12 @@ fn check_format(format: Format, tool: &str) {
     );
     let raw_path = out.join("overlay.img");
     let sha = overlay
-        .write_image(&File::create(&raw_path).unwrap(), &raw_path, &q)
+        .write_image(
+            &File::create(&raw_path).unwrap(),
+            &raw_path,
+            "overlay.img",
+            &q,
+        )
         .unwrap();
     assert_eq!(sha, node_sha);
     assert_eq!(sha_file(&raw_path), node_sha);

@@ -797,7 +797,8 @@ fn encode(
     let workers = worker_count().min(chunks);
     let in_flight = workers * 3;
     let out_path = out.path().to_path_buf();
-    let task = progress.task(&format!("{format} {}", src.name), Some(size));
+    // Named after what is being written (node outputs share one base).
+    let task = progress.task(&file_name(&out.final_path()), Some(size));
 
     let (tok_tx, tok_rx) = sync_channel::<()>(in_flight);
     for _ in 0..in_flight {

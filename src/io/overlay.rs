@@ -95,7 +95,14 @@ impl Overlay {
     /// extents, else a sparse copy of the data ranges (preallocated, written with direct I/O
     /// where possible, while the same bytes are hashed). Holes stay holes; they are hashed
     /// as zeros without being read.
-    pub fn write_image(&self, out: &File, out_path: &Path, progress: &Progress) -> Result<String> {
+    /// `label` names the image on the progress display.
+    pub fn write_image(
+        &self,
+        out: &File,
+        out_path: &Path,
+        label: &str,
+        progress: &Progress,
+    ) -> Result<String> {
         use std::os::unix::fs::FileExt;
         let at = |what: &str| format!("cannot {what} {}", out_path.display());
         let cloned = crate::formats::reflink(&self.base, out);
@@ -126,11 +133,7 @@ impl Overlay {
             }
             out.write_all_at(piece, offset)
         };
-        let name = out_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let task = progress.task(&format!("write {name}"), Some(self.size));
+        let task = progress.task(label, Some(self.size));
         let sha = crate::io::stream::hash_through(
             self,
             self.size,
@@ -371,7 +374,9 @@ mod tests {
         want[2 * BLOCK as usize..][..4].copy_from_slice(b"boot");
         let out_path = dir.path().join("node.img");
         let out = File::create(&out_path).unwrap();
-        let sha = o.write_image(&out, &out_path, &Progress::quiet()).unwrap();
+        let sha = o
+            .write_image(&out, &out_path, "node.img", &Progress::quiet())
+            .unwrap();
         assert_eq!(std::fs::read(&out_path).unwrap(), want);
         assert_eq!(sha, crate::io::sha256_bytes(&want));
         let ranges = crate::formats::data_ranges(&out, want.len() as u64).unwrap();
