@@ -784,8 +784,13 @@ fn encode(
     // the writes cheaper (trimmed to the real size at the end).
     let expected = base.as_ref().map(|(ix, _)| ix.index.frames_size);
     if let Some(len) = expected {
-        crate::io::preallocate(out.file(), 0, len)
-            .with_context(|| format!("cannot allocate space for {}", out.path().display()))?;
+        crate::io::preallocate(out.file(), 0, len).with_context(|| {
+            format!(
+                "cannot allocate the {} of {}: free space there or choose another --out",
+                crate::progress::human_bytes(len),
+                out.path().display()
+            )
+        })?;
     }
     let ctx = Ctx {
         format,

@@ -117,8 +117,15 @@ impl Overlay {
                 out.write_all_at(&buf, s).with_context(|| at("write"))?;
             }
         } else {
+            let need: u64 = ranges.iter().map(|(s, e)| e - s).sum();
             for &(s, e) in &ranges {
-                crate::io::preallocate(out, s, e - s).with_context(|| at("allocate space for"))?;
+                crate::io::preallocate(out, s, e - s).with_context(|| {
+                    format!(
+                        "cannot allocate the {} of {}: free space there or choose another --out",
+                        crate::progress::human_bytes(need),
+                        out_path.display()
+                    )
+                })?;
             }
         }
         let direct = match cloned {
