@@ -639,6 +639,10 @@ fn prepare(
     let built = (|| -> Result<Prepared> {
         let img = tmp.join(PREPARED_IMAGE);
         let (files, growth) = prepare_image(&img, w, margin, progress)?;
+        // On disk before it enters the cache, where later builds trust it.
+        open_rw(&img)?
+            .sync_all()
+            .with_context(|| format!("cannot sync {}", img.display()))?;
         let p = Prepared {
             path: PathBuf::new(),
             files,
@@ -668,7 +672,7 @@ fn prepare(
 }
 
 /// Decompresses the node's base image into `img` and writes the role's shared ops into it,
-/// growing it first when the whole plan would not fit. Synced to disk.
+/// growing it first when the whole plan would not fit.
 fn prepare_image(
     img: &Path,
     w: &NodeWork,
@@ -686,9 +690,6 @@ fn prepare_image(
     }
     let image: Image = Arc::new(file);
     let files = crate::fs::apply(&image, &disk, &w.plan.shared_ops())?;
-    image
-        .sync()
-        .with_context(|| format!("cannot sync {}", img.display()))?;
     Ok((files, growth))
 }
 
@@ -735,15 +736,12 @@ fn derive(
             w.plan.node
         ));
     }
-    let mut pending = PendingFile::create(&req.out, &format!("{}.img", w.plan.node))?;
+    let pending = PendingFile::create(&req.out, &format!("{}.img", w.plan.node))?;
     let (mut files, growth) = prepare_image(pending.path(), w, req.grow_margin, progress)?;
     let disk = Disk::read(pending.path())?;
     let image: Image = Arc::new(open_rw(pending.path())?);
     files.extend(crate::fs::apply(&image, &disk, &node_ops)?);
-    pending
-        .file()
-        .sync_all()
-        .with_context(|| format!("cannot sync {}", pending.path().display()))?;
+    // Synced when it gets its final name.
     emit_outputs(req, w, files, growth, Built::File(pending), progress)
 }
 
