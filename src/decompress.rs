@@ -304,6 +304,7 @@ fn pipeline(reader: &mut dyn Read, out: File, hash: bool) -> Result<Decompressed
                 h.update(&buf[..n]);
             }
             write_sparse(&out, offset, &buf[..n])?;
+            crate::io::start_writeback(&out, offset, n as u64);
             offset += n as u64;
             let _ = free_tx.send(buf);
         }

@@ -3,11 +3,11 @@
 //! Node images of one cluster share a base and differ in a few KiB to MiB of identity, so
 //! publishing every node compressed from scratch repeats the same work many times. Here
 //! the base is compressed once in independent frames ([`FrameIndex`]), and every node is
-//! written as one standard `.zst` or `.xz` file in which each frame whose uncompressed
-//! bytes equal a frame of the base is copied verbatim; only differing frames are compressed
-//! again ([`write_compressed`]). Besides: bmaptool block maps ([`write_bmap`]), a directory
-//! `SHA256SUMS` ([`write_sha256sums`]) and reflink/sparse copies of prepared images
-//! ([`clone_or_sparse_copy`]).
+//! written as one standard `.zst` or `.xz` file in which each frame of a chunk the node did
+//! not change is copied verbatim from the base; only changed chunks are compressed again
+//! ([`write_compressed_overlay`], [`write_compressed`]). Besides: bmaptool block maps
+//! ([`write_bmap`]), a directory `SHA256SUMS` ([`write_sha256sums`]), data ranges of sparse
+//! files and reflinks ([`data_ranges`], [`reflink`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,7 +30,7 @@ pub use frames::{
     CompressStats, FRAME_SIZE, FrameIndex, FrameRecord, write_compressed, write_compressed_overlay,
     write_compressed_stats,
 };
-pub use sparse::{CopyMethod, clone_or_sparse_copy, data_ranges, reflink};
+pub use sparse::{data_ranges, reflink};
 
 /// An artifact format a build can publish for each node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

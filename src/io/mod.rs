@@ -226,6 +226,22 @@ pub fn preallocate(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()
     }
 }
 
+/// Starts writing bytes `[offset, offset + len)` of `file` to the device, without waiting:
+/// the disk works while the caller goes on, and a final sync finds little left to do.
+/// Advisory; filesystems that cannot are left alone.
+pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range on a valid, open descriptor has no memory effects.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Alignment that direct I/O needs, for every logical block size up to 4 KiB.
 pub const DIRECT_ALIGN: usize = 4096;
 
