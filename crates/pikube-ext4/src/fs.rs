@@ -203,20 +203,9 @@ fn check_bitmap_csum(
 
 /// Stores a bitmap's checksum in its group descriptor at `(lo, hi)`, the counterpart of
 /// [`check_bitmap_csum`].
-fn store_bitmap_csum(
-    geo: &Geo,
-    desc: &mut [u8],
-    bits: &[u8],
-    nbytes: usize,
-    (lo, hi): (usize, usize),
-) {
-    if !geo.csum() {
-        return;
-    }
-    let c = crc32c_raw(geo.seed, &bits[..nbytes]);
-    put16(desc, lo, c as u16);
-    if geo.desc_size >= 64 {
-        put16(desc, hi, (c >> 16) as u16);
+fn store_bitmap_csum(geo: &Geo, desc: &mut [u8], bits: &[u8], nbytes: usize, at: (usize, usize)) {
+    if geo.csum() {
+        crate::sb::store_bitmap_csum(geo.seed, desc, bits, nbytes, at);
     }
 }
 
@@ -610,8 +599,14 @@ impl Ext4Fs {
             }
         } else {
             self.dev.read_at(grp.block_bitmap * geo.bs, &mut bits)?;
-            check_bitmap_csum(geo, &grp.raw, &bits, (geo.bpg / 8) as usize, (0x18, 0x38))
-                .map_err(|()| corrupt(format!("block bitmap of group {g} checksum mismatch")))?;
+            check_bitmap_csum(
+                geo,
+                &grp.raw,
+                &bits,
+                (geo.bpg / 8) as usize,
+                BLOCK_BITMAP_CSUM,
+            )
+            .map_err(|()| corrupt(format!("block bitmap of group {g} checksum mismatch")))?;
         }
         self.bbm[g as usize] = Some(Bitmap { bits, dirty: false });
         Ok(())
@@ -632,8 +627,14 @@ impl Ext4Fs {
             }
         } else {
             self.dev.read_at(grp.inode_bitmap * geo.bs, &mut bits)?;
-            check_bitmap_csum(geo, &grp.raw, &bits, (geo.ipg / 8) as usize, (0x1A, 0x3A))
-                .map_err(|()| corrupt(format!("inode bitmap of group {g} checksum mismatch")))?;
+            check_bitmap_csum(
+                geo,
+                &grp.raw,
+                &bits,
+                (geo.ipg / 8) as usize,
+                INODE_BITMAP_CSUM,
+            )
+            .map_err(|()| corrupt(format!("inode bitmap of group {g} checksum mismatch")))?;
         }
         self.ibm[g as usize] = Some(Bitmap { bits, dirty: false });
         Ok(())
@@ -953,32 +954,28 @@ impl Ext4Fs {
         let bs = self.geo.bs;
         // Bitmaps and their checksums.
         for g in 0..self.geo.groups as usize {
-            if let Some(bm) = self.bbm[g].as_mut().filter(|b| b.dirty) {
-                let loc = self.groups[g].block_bitmap;
+            let grp = &mut self.groups[g];
+            let kinds = [
+                (
+                    self.bbm[g].as_mut(),
+                    grp.block_bitmap,
+                    self.geo.bpg / 8,
+                    BLOCK_BITMAP_CSUM,
+                ),
+                (
+                    self.ibm[g].as_mut(),
+                    grp.inode_bitmap,
+                    u64::from(self.geo.ipg / 8),
+                    INODE_BITMAP_CSUM,
+                ),
+            ];
+            for (bm, loc, nbytes, at) in kinds {
+                let Some(bm) = bm.filter(|b| b.dirty) else {
+                    continue;
+                };
                 self.dev.write_at(loc * bs, &bm.bits)?;
                 bm.dirty = false;
-                let grp = &mut self.groups[g];
-                store_bitmap_csum(
-                    &self.geo,
-                    &mut grp.raw,
-                    &bm.bits,
-                    (self.geo.bpg / 8) as usize,
-                    (0x18, 0x38),
-                );
-                grp.dirty = true;
-            }
-            if let Some(bm) = self.ibm[g].as_mut().filter(|b| b.dirty) {
-                let loc = self.groups[g].inode_bitmap;
-                self.dev.write_at(loc * bs, &bm.bits)?;
-                bm.dirty = false;
-                let grp = &mut self.groups[g];
-                store_bitmap_csum(
-                    &self.geo,
-                    &mut grp.raw,
-                    &bm.bits,
-                    (self.geo.ipg / 8) as usize,
-                    (0x1A, 0x3A),
-                );
+                store_bitmap_csum(&self.geo, &mut grp.raw, &bm.bits, nbytes as usize, at);
                 grp.dirty = true;
             }
         }

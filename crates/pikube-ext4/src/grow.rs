@@ -539,10 +539,6 @@ fn block_bitmap_csum(l: &Layout, bitmap: &[u8]) -> u32 {
     }
 }
 
-fn inode_bitmap_csum(l: &Layout, bitmap: &[u8]) -> u32 {
-    crc32c_raw(l.csum_seed, &bitmap[..(l.ipg / 8) as usize])
-}
-
 fn stored_block_bitmap_csum(l: &Layout, gdt: &Gdt, g: u64) -> u32 {
     let d = gdt.desc(g);
     let mut v = u32::from(le16(d, BG_BLOCK_BITMAP_CSUM_LO));
@@ -552,29 +548,19 @@ fn stored_block_bitmap_csum(l: &Layout, gdt: &Gdt, g: u64) -> u32 {
     v
 }
 
-fn set_block_bitmap_csum(l: &Layout, gdt: &mut Gdt, g: u64, bitmap: &[u8]) {
-    if !l.metadata_csum() {
-        return;
-    }
-    let c = block_bitmap_csum(l, bitmap);
-    let ds = l.ds;
-    let d = gdt.desc_mut(g);
-    put16(d, BG_BLOCK_BITMAP_CSUM_LO, c as u16);
-    if ds >= BG_BLOCK_BITMAP_CSUM_HI + 2 {
-        put16(d, BG_BLOCK_BITMAP_CSUM_HI, (c >> 16) as u16);
-    }
-}
-
-fn set_inode_bitmap_csum(l: &Layout, gdt: &mut Gdt, g: u64, bitmap: &[u8]) {
-    if !l.metadata_csum() {
-        return;
-    }
-    let c = inode_bitmap_csum(l, bitmap);
-    let ds = l.ds;
-    let d = gdt.desc_mut(g);
-    put16(d, BG_INODE_BITMAP_CSUM_LO, c as u16);
-    if ds >= BG_INODE_BITMAP_CSUM_HI + 2 {
-        put16(d, BG_INODE_BITMAP_CSUM_HI, (c >> 16) as u16);
+/// Stores the checksum of a bitmap of group `g` in its descriptor: the block bitmap
+/// (bpg / 8 bytes, at [`BLOCK_BITMAP_CSUM`]) or the inode bitmap (ipg / 8 bytes, at
+/// [`INODE_BITMAP_CSUM`]).
+fn set_bitmap_csum(
+    l: &Layout,
+    gdt: &mut Gdt,
+    g: u64,
+    bitmap: &[u8],
+    nbytes: u64,
+    at: (usize, usize),
+) {
+    if l.metadata_csum() {
+        crate::sb::store_bitmap_csum(l.csum_seed, gdt.desc_mut(g), bitmap, nbytes as usize, at);
     }
 }
 
@@ -1023,7 +1009,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         let free = (0..new_n).filter(|&i| !test_bit(&bitmap, i)).count() as u64;
         gdt.set(g, BG_FREE_BLOCKS_LO, BG_FREE_BLOCKS_HI, false, free);
         gdt.set_flags(g, flags & !BG_BLOCK_UNINIT);
-        set_block_bitmap_csum(&l, &mut gdt, g, &bitmap);
+        set_bitmap_csum(&l, &mut gdt, g, &bitmap, l.bpg / 8, BLOCK_BITMAP_CSUM);
         set_desc_checksum(&l, &mut gdt, g);
         writes.push(Write {
             pos: offset + bb * l.bs,
@@ -1071,8 +1057,8 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         } else {
             zero_ranges.push((offset + it * l.bs, l.itable_blocks * l.bs));
         }
-        set_block_bitmap_csum(&l, &mut gdt, g, &bbm);
-        set_inode_bitmap_csum(&l, &mut gdt, g, &ibm);
+        set_bitmap_csum(&l, &mut gdt, g, &bbm, l.bpg / 8, BLOCK_BITMAP_CSUM);
+        set_bitmap_csum(&l, &mut gdt, g, &ibm, l.ipg / 8, INODE_BITMAP_CSUM);
         writes.push(Write {
             pos: offset + bb * l.bs,
             data: bbm,

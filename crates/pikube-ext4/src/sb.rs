@@ -3,7 +3,7 @@
 //! ([`crate::grow`]) derive from them.
 
 use crate::csum::crc32c_raw;
-use crate::disk::le32;
+use crate::disk::{le32, put16};
 
 // Feature bits.
 pub(crate) const COMPAT_DIR_PREALLOC: u32 = 0x1;
@@ -144,6 +144,29 @@ fn is_power_of(mut n: u64, base: u64) -> bool {
         n /= base;
     }
     n == 1
+}
+
+/// Where a group descriptor keeps a bitmap's checksum: low half, high half (64-byte
+/// descriptors only).
+pub(crate) const BLOCK_BITMAP_CSUM: (usize, usize) =
+    (BG_BLOCK_BITMAP_CSUM_LO, BG_BLOCK_BITMAP_CSUM_HI);
+pub(crate) const INODE_BITMAP_CSUM: (usize, usize) =
+    (BG_INODE_BITMAP_CSUM_LO, BG_INODE_BITMAP_CSUM_HI);
+
+/// Stores the checksum of a bitmap (its first `nbytes` bytes) in group descriptor `desc` at
+/// `(lo, hi)`; the high half only where the descriptor has room for it.
+pub(crate) fn store_bitmap_csum(
+    seed: u32,
+    desc: &mut [u8],
+    bits: &[u8],
+    nbytes: usize,
+    (lo, hi): (usize, usize),
+) {
+    let c = crc32c_raw(seed, &bits[..nbytes]);
+    put16(desc, lo, c as u16);
+    if desc.len() >= hi + 2 {
+        put16(desc, hi, (c >> 16) as u16);
+    }
 }
 
 /// The seed of every metadata checksum: stored (metadata_csum_seed) or derived from the UUID.
