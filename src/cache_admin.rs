@@ -48,6 +48,18 @@ fn mtime(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// An entry for one cache file, named `prefix` + its file name.
+fn file_entry(kind: &str, mut prefix: String, f: PathBuf) -> Entry {
+    prefix.push_str(&f.file_name().unwrap_or_default().to_string_lossy());
+    Entry {
+        kind: kind.into(),
+        name: prefix,
+        disk_bytes: disk_usage(&f),
+        last_used: mtime(&f),
+        paths: vec![f],
+    }
+}
+
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
@@ -107,46 +119,17 @@ pub fn list(root: &Path) -> Result<Vec<Entry>> {
         });
     }
     for f in files(&root.join("oci/archives")) {
-        entries.push(Entry {
-            kind: "image-archive".into(),
-            name: f
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-            disk_bytes: disk_usage(&f),
-            last_used: mtime(&f),
-            paths: vec![f],
-        });
+        entries.push(file_entry("image-archive", String::new(), f));
     }
     // Remaining blobs are image manifests, configs and layers.
     for blob in files(&root.join("blobs/sha256")) {
         if claimed.contains(&blob) {
             continue;
         }
-        entries.push(Entry {
-            kind: "oci-blob".into(),
-            name: format!(
-                "sha256:{}",
-                blob.file_name().unwrap_or_default().to_string_lossy()
-            ),
-            disk_bytes: disk_usage(&blob),
-            last_used: mtime(&blob),
-            paths: vec![blob],
-        });
+        entries.push(file_entry("oci-blob", "sha256:".into(), blob));
     }
     for f in files(&root.join("partial")) {
-        entries.push(Entry {
-            kind: "partial".into(),
-            name: f
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
-            disk_bytes: disk_usage(&f),
-            last_used: mtime(&f),
-            paths: vec![f],
-        });
+        entries.push(file_entry("partial", String::new(), f));
     }
     Ok(entries)
 }

@@ -872,17 +872,24 @@ impl Ext4Fs {
             buf[..target.len()].copy_from_slice(target.as_bytes());
             self.forget_block(b);
             self.dev.write_at(b * bs, &buf)?;
-            let ext = [Ext {
-                logical: 0,
-                phys: b,
-                len: 1,
-                uninit: false,
-            }];
-            let tree = self.set_extents(ino, &mut inode, &ext, &[])?;
-            self.account_blocks(&mut inode, 1, tree);
+            self.map_single_block(ino, &mut inode, b)?;
         }
         self.write_inode(ino, &mut inode)?;
         self.add_entry(parent, name, ino, FT_SYMLINK)
+    }
+
+    /// Makes block `b` the whole content of a new inode (a directory's first block, a slow
+    /// symlink's target) and counts it.
+    fn map_single_block(&mut self, ino: u32, inode: &mut Inode, b: u64) -> Result<()> {
+        let ext = [Ext {
+            logical: 0,
+            phys: b,
+            len: 1,
+            uninit: false,
+        }];
+        let tree = self.set_extents(ino, inode, &ext, &[])?;
+        self.account_blocks(inode, 1, tree);
+        Ok(())
     }
 
     pub(crate) fn create_dir(&mut self, parent: u32, name: &str, meta: &Meta) -> Result<u32> {
@@ -901,14 +908,7 @@ impl Ext4Fs {
         crate::dir::put_dirent(&mut blk, 12, parent, (end - 12) as u16, b"..", FT_DIR);
         self.finish_leaf(&mut blk, seed);
         *self.block_new(b) = blk;
-        let ext = [Ext {
-            logical: 0,
-            phys: b,
-            len: 1,
-            uninit: false,
-        }];
-        let tree = self.set_extents(ino, &mut inode, &ext, &[])?;
-        self.account_blocks(&mut inode, 1, tree);
+        self.map_single_block(ino, &mut inode, b)?;
         self.write_inode(ino, &mut inode)?;
         self.add_entry(parent, name, ino, FT_DIR)?;
         let mut p = self.read_inode(parent)?;
