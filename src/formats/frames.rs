@@ -841,8 +841,7 @@ fn encode(
         drop(done_tx);
         drop(job_rx);
         let written = write_frames(
-            out.file(),
-            &out_path,
+            out,
             ctx.base.as_ref().map(|(_, f)| f),
             format,
             chunks,
@@ -896,8 +895,7 @@ fn read_chunks(
 }
 
 fn write_frames(
-    out: &mut File,
-    out_path: &Path,
+    out: &mut PendingFile,
     base: Option<&File>,
     format: Format,
     chunks: usize,
@@ -907,7 +905,9 @@ fn write_frames(
 ) -> Result<(CompressStats, Vec<FrameRecord>)> {
     let mut hasher = Sha256::new();
     let mut pos = 0u64;
+    let out_path = &out.path().to_path_buf();
     let handle = out
+        .file()
         .try_clone()
         .with_context(|| format!("cannot reopen {}", out_path.display()))?;
     let mut appender = crate::io::Appender::new(handle, out_path);
