@@ -820,7 +820,7 @@ fn emit_outputs(
                 )?;
                 (s.size, s.sha256)
             }
-            (_, None) => crate::formats::write_compressed(raw_path(), None, f, &out, progress)?,
+            (_, None) => crate::formats::write_compressed(raw_path(), f, &out, progress)?,
         };
         emit::write_sha256_file(&out, &sha256)?;
         outputs.push(OutputRecord {

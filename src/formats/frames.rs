@@ -6,7 +6,7 @@
 //! scratch and copying the base's frame wherever the node's chunk holds the base's bytes
 //! therefore give byte-identical files. Which chunks changed comes from the overlay the
 //! node was written through ([`write_compressed_overlay`]: unchanged chunks are not even
-//! read), or from comparing two raw files ([`write_compressed`]).
+//! read); [`write_compressed`] compresses a raw file whole.
 //!
 //! Why 4 MiB: a node differs from its base in a few KiB scattered over perhaps ten places
 //! (boot partition seed, a few ext4 inode table, bitmap and file blocks), so every changed
@@ -293,39 +293,27 @@ impl FrameIndex {
     }
 }
 
-/// Writes `out`: `node_raw` compressed in `format` as one standard file, copying the
-/// frames of `base` wherever the node's chunk holds the same bytes as the base's and
-/// compressing the others. Without a base, everything is compressed (same layout,
-/// identical bytes). Returns the file's size and SHA-256.
+/// Writes `out`: the raw image `raw` compressed in `format` as one standard file, every
+/// chunk compressed (the layout of a frame index, so the bytes are those a splice gives).
+/// Returns the file's size and SHA-256.
 pub fn write_compressed(
-    node_raw: &Path,
-    base: Option<(&Path, &FrameIndex)>,
+    raw: &Path,
     format: Format,
     out: &Path,
     progress: &Progress,
 ) -> Result<(u64, String)> {
-    let s = write_compressed_stats(node_raw, base, format, out, progress)?;
+    let s = write_compressed_stats(raw, format, out, progress)?;
     Ok((s.size, s.sha256))
 }
 
-/// [`write_compressed`], returning how many frames were copied and compressed.
+/// [`write_compressed`], returning how many frames were compressed.
 pub fn write_compressed_stats(
-    node_raw: &Path,
-    base: Option<(&Path, &FrameIndex)>,
+    raw: &Path,
     format: Format,
     out: &Path,
     progress: &Progress,
 ) -> Result<CompressStats> {
-    let node = Source::file(node_raw)?;
-    let reuse = match base {
-        Some((base_raw, ix)) => {
-            ix.check_describes(base_raw, format)?;
-            let base = Source::file(base_raw)?;
-            Some((ix, changed_chunks(&node, &base)?))
-        }
-        None => None,
-    };
-    write_source(&node, reuse, format, out, progress)
+    write_source(&Source::file(raw)?, None, format, out, progress)
 }
 
 /// Writes `out`: the image seen through `node` compressed in `format`, copying the frames
@@ -389,48 +377,6 @@ fn write_source(
     let (stats, _) = encode(src, reuse, format, false, &mut pending, progress)?;
     pending.commit()?;
     Ok(stats)
-}
-
-/// Chunks in which two images of the same size differ (a chunk that is a hole in both is
-/// the same). Compares bytes; nothing is hashed.
-fn changed_chunks(a: &Source, b: &Source) -> Result<BTreeSet<usize>> {
-    if a.size != b.size {
-        bail!(
-            "{} has {} bytes and {} has {}: they are not versions of one image",
-            a.name,
-            a.size,
-            b.name,
-            b.size
-        );
-    }
-    let mut out = BTreeSet::new();
-    let (mut x, mut y) = (
-        vec![0u8; FRAME_SIZE as usize],
-        vec![0u8; FRAME_SIZE as usize],
-    );
-    for i in 0..a.size.div_ceil(FRAME_SIZE) as usize {
-        let (s, e) = (
-            i as u64 * FRAME_SIZE,
-            ((i as u64 + 1) * FRAME_SIZE).min(a.size),
-        );
-        let n = (e - s) as usize;
-        let da = a.read_chunk(s, e, &mut x[..n])?;
-        let db = b.read_chunk(s, e, &mut y[..n])?;
-        let same = match (da, db) {
-            (false, false) => true,
-            (true, false) => is_zero(&x[..n]),
-            (false, true) => is_zero(&y[..n]),
-            (true, true) => x[..n] == y[..n],
-        };
-        if !same {
-            out.insert(i);
-        }
-    }
-    Ok(out)
-}
-
-fn is_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
 }
 
 /// An image to compress: where its bytes come from, its size, and its data ranges
@@ -684,7 +630,7 @@ impl Ctx<'_> {
     fn work(&self, job: Job, enc: &mut Encoder) -> Result<Done> {
         match job {
             Job::Hole(i) => self.zero(i, enc),
-            Job::Data(i, data) if is_zero(&data) => self.zero(i, enc),
+            Job::Data(i, data) if crate::decompress::is_zero(&data) => self.zero(i, enc),
             Job::Data(i, data) => {
                 let frame = enc.encode(&data)?;
                 let (sha256, frame_sha256) = if self.records {
@@ -1029,9 +975,10 @@ mod tests {
             .unwrap();
         assert_eq!(out, fs::read(&raw).unwrap());
 
-        // The same image spliced from itself: everything reused or zero.
+        // The image seen through an overlay with nothing written: everything reused or zero.
         let node = dir.path().join("n.img.zst");
-        let st = write_compressed_stats(&raw, Some((&raw, &ix)), Format::Zst, &node, &q).unwrap();
+        let same = Overlay::open(&raw, dir.path()).unwrap();
+        let st = write_compressed_overlay(&same, Some(&ix), Format::Zst, &node, &q).unwrap();
         assert_eq!((st.compressed, st.reused, st.zero), (0, 2, 1));
         assert_eq!(
             fs::read(&node).unwrap(),
@@ -1068,13 +1015,11 @@ mod tests {
         assert!(format!("{err:#}").contains("build it first"), "{err:#}");
         let empty = dir.path().join("empty.img");
         File::create(&empty).unwrap();
-        let err =
-            write_compressed(&empty, None, Format::Zst, &dir.path().join("e.zst"), &q).unwrap_err();
+        let err = write_compressed(&empty, Format::Zst, &dir.path().join("e.zst"), &q).unwrap_err();
         assert!(err.to_string().contains("empty.img"), "{err}");
         assert!(!dir.path().join("e.zst").exists());
         let err = write_compressed(
             &dir.path().join("missing.img"),
-            None,
             Format::Xz,
             &dir.path().join("m.xz"),
             &q,
