@@ -598,18 +598,39 @@ impl Ext4Fs {
                 set_bit(&mut bits, i);
             }
         } else {
-            self.dev.read_at(grp.block_bitmap * geo.bs, &mut bits)?;
-            check_bitmap_csum(
-                geo,
-                &grp.raw,
-                &bits,
-                (geo.bpg / 8) as usize,
+            self.read_bitmap(
+                g,
+                &mut bits,
+                grp.block_bitmap,
+                geo.bpg / 8,
                 BLOCK_BITMAP_CSUM,
-            )
-            .map_err(|()| corrupt(format!("block bitmap of group {g} checksum mismatch")))?;
+                "block",
+            )?;
         }
         self.bbm[g as usize] = Some(Bitmap { bits, dirty: false });
         Ok(())
+    }
+
+    /// Reads the `what` ("block" or "inode") bitmap of group `g` from block `loc` into
+    /// `bits` and checks it against the checksum its descriptor keeps at `at`.
+    fn read_bitmap(
+        &self,
+        g: u32,
+        bits: &mut [u8],
+        loc: u64,
+        nbytes: u64,
+        at: (usize, usize),
+        what: &str,
+    ) -> Result<()> {
+        self.dev.read_at(loc * self.geo.bs, bits)?;
+        check_bitmap_csum(
+            &self.geo,
+            &self.groups[g as usize].raw,
+            bits,
+            nbytes as usize,
+            at,
+        )
+        .map_err(|()| corrupt(format!("{what} bitmap of group {g} checksum mismatch")))
     }
 
     pub(crate) fn load_ibm(&mut self, g: u32) -> Result<()> {
@@ -626,15 +647,15 @@ impl Ext4Fs {
                 set_bit(&mut bits, i);
             }
         } else {
-            self.dev.read_at(grp.inode_bitmap * geo.bs, &mut bits)?;
-            check_bitmap_csum(
-                geo,
-                &grp.raw,
-                &bits,
-                (geo.ipg / 8) as usize,
+            let nbytes = u64::from(geo.ipg / 8);
+            self.read_bitmap(
+                g,
+                &mut bits,
+                grp.inode_bitmap,
+                nbytes,
                 INODE_BITMAP_CSUM,
-            )
-            .map_err(|()| corrupt(format!("inode bitmap of group {g} checksum mismatch")))?;
+                "inode",
+            )?;
         }
         self.ibm[g as usize] = Some(Bitmap { bits, dirty: false });
         Ok(())
