@@ -339,3 +339,26 @@ fn corruption_fuzz() {
     println!("fuzz: {refused} refused opens, {opened} opened with corrupt inodes/dirs");
     assert!(refused >= 24);
 }
+
+/// Bitmaps are checked against their descriptor checksums when first read: a damaged one
+/// stops the write that needed it, naming which bitmap of which group.
+#[test]
+fn refuses_a_bitmap_that_fails_its_checksum() {
+    // Descriptor of group 0 at block 1 (4 KiB blocks): block bitmap at 0x0, inode bitmap at 0x4.
+    for (kind, desc_off) in [("block", 0u64), ("inode", 4)] {
+        let fx = small(U2404, &[]);
+        let loc = u32::from_le_bytes(fx.read_at(4096 + desc_off, 4).try_into().unwrap());
+        // A byte of the bitmap covering group 0's last items, free in a fresh filesystem.
+        let at = u64::from(loc) * 4096 + 100;
+        let b = fx.read_at(at, 1);
+        fx.patch(at, &[b[0] ^ 0x01]);
+        let mut fs = open(&fx).unwrap();
+        let err = fs
+            .write_file("/new.txt", &mut &b"x"[..], 1, &META)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Corrupt { what } if what.contains(&format!("{kind} bitmap of group 0 checksum mismatch"))),
+            "{kind}: {err}"
+        );
+    }
+}
