@@ -139,7 +139,7 @@ fi
 # prepared base is cached for it), so every run decompresses, like xz does.
 cat >"$BENCH_DIR/cluster.yaml" <<'YAML'
 cluster: bench
-admin: { user: pi, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBench bench@example"] }
+admin: { user: pi, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c bench@example"] }
 k3s: { install: false }
 nodes:
   - { name: n1, board: rpi4, role: server }

@@ -31,7 +31,7 @@ mkdir -p "$WORK"
 export PIKUBE_CACHE_DIR="$WORK/cache"
 {
     echo 'cluster: bench'
-    echo 'admin: { user: pi, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBench bench@example"] }'
+    echo 'admin: { user: pi, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c bench@example"] }'
     echo 'k3s: { install: false }'
     echo 'nodes:'
     echo '  - { name: n01, board: rpi4, role: server, ip: 10.0.0.1 }'

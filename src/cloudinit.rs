@@ -51,7 +51,7 @@ struct User<'a> {
     shell: &'a str,
     sudo: &'a str,
     lock_passwd: bool,
-    ssh_authorized_keys: &'a [String],
+    ssh_authorized_keys: &'a [crate::config::AuthorizedKey],
 }
 
 /// Default name of the wired interface in the Raspberry Pi images.
@@ -153,7 +153,7 @@ domain: home.arpa
 timezone: Europe/Berlin
 admin:
   user: ops
-  ssh_authorized_keys: ["ssh-ed25519 AAAAC3Nza key: with #colon and 'quotes'"]
+  ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c key: with #colon and 'quotes'"]
 network: { gateway: 10.0.0.1, dns: [10.0.0.2], prefix: 24 }
 nodes:
   - { name: cp1, board: rpi4, role: server, ip: 10.0.0.10, mac: "DC:A6:32:00:00:01" }
@@ -181,7 +181,7 @@ nodes:
         assert!(!u.ssh_pwauth);
         assert_eq!(
             u.users[0]["ssh_authorized_keys"][0],
-            "ssh-ed25519 AAAAC3Nza key: with #colon and 'quotes'"
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c key: with #colon and 'quotes'"
         );
         assert_eq!(u.users[0]["lock_passwd"], true);
         assert!(s.user_data.contains("ssh_deletekeys: false"));

@@ -214,7 +214,7 @@ mod tests {
     #[test]
     fn known_hosts_lists_every_name() {
         let c = Cluster::parse(
-            "cluster: lab\ndomain: home.arpa\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAA me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server, ip: 10.0.0.10}\n  - {name: w1, board: rpi4, role: agent}\n",
+            "cluster: lab\ndomain: home.arpa\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server, ip: 10.0.0.10}\n  - {name: w1, board: rpi4, role: agent}\n",
         )
         .unwrap();
         let d = tempfile::tempdir().unwrap();

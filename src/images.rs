@@ -166,7 +166,7 @@ mod tests {
         let path = d.path().join("cluster.yaml");
         std::fs::write(
             &path,
-            "cluster: lab\nadmin: {ssh_authorized_keys: [ssh-ed25519 AAAA me]}\n",
+            "cluster: lab\nadmin: {ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me]}\n",
         )
         .unwrap();
         let c = Cluster::load(&path).unwrap();

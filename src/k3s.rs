@@ -296,7 +296,7 @@ mod tests {
             r#"
 cluster: lab
 domain: home.arpa
-admin: {{ user: ops, ssh_authorized_keys: [ssh-ed25519 AAAA me] }}
+admin: {{ user: ops, ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me] }}
 network: {{ gateway: 10.0.0.1 }}
 k3s:
   version: v1.31.4+k3s1
@@ -387,7 +387,7 @@ k3s:
     #[test]
     fn dhcp_first_server_is_joined_by_name() {
         let c = Cluster::parse(
-            "cluster: lab\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAA me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server}\n  - {name: w1, board: rpi4, role: agent}\n",
+            "cluster: lab\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server}\n  - {name: w1, board: rpi4, role: agent}\n",
         )
         .unwrap();
         assert_eq!(api_url(&c).unwrap(), "https://cp1:6443");

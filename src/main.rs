@@ -169,12 +169,31 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => {
-            let written = init::init(&a.dir, a.force)?;
-            for p in written {
-                eprintln!("wrote {}", p.display());
+            let home = dirs::home_dir();
+            let report = init::init(&a.dir, a.force, home.as_deref())?;
+            for f in &report.files {
+                match f {
+                    init::Outcome::Wrote(p) => eprintln!("wrote {}", p.display()),
+                    init::Outcome::Kept(p) => eprintln!("kept {} (already there)", p.display()),
+                    init::Outcome::Extended(p) => {
+                        eprintln!("added secrets/ to {}", p.display())
+                    }
+                }
+            }
+            let config = a.dir.join(pikube_image::config::DEFAULT_CONFIG);
+            if let Some(k) = &report.key_from {
+                eprintln!("admin key: {} (in {})", k.display(), config.display());
+            }
+            if report.placeholder {
+                eprintln!(
+                    "warning: no public key found in ~/.ssh (id_ed25519.pub, id_ecdsa.pub, id_rsa.pub): {} holds the placeholder {}; replace it with your key (make one with `ssh-keygen -t ed25519`), or build will refuse it",
+                    config.display(),
+                    pikube_image::config::PLACEHOLDER_KEY
+                );
             }
             eprintln!(
-                "next: edit cluster.yaml (nodes, SSH keys), then run `pikube-image build --all`"
+                "next: edit {} (nodes, addresses), then run `pikube-image build --all`",
+                config.display()
             );
             Ok(())
         }

@@ -953,13 +953,15 @@ fn downloaded(f: crate::source::Fetched) -> Content {
     }
 }
 
-/// Reads the join token, refusing a file others can read.
-pub fn read_token(path: &Path) -> Result<String> {
+/// Reads the join token, refusing a file others can read. `cluster_dir` is the directory of
+/// cluster.yaml, named in the hint to run `init` there.
+pub fn read_token(path: &Path, cluster_dir: &Path) -> Result<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).with_context(|| {
         format!(
-            "k3s join token {} not found: run `pikube-image init`, or write a token there with mode 0600",
-            path.display()
+            "k3s join token {} not found: run `pikube-image init --dir {}` (it creates only what is missing), or write a token there with mode 0600",
+            path.display(),
+            cluster_dir.display()
         )
     })?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -990,7 +992,10 @@ impl<'a> Payloads<'a> {
         progress: &'a Progress,
     ) -> Result<Payloads<'a>> {
         let token = if cluster.k3s.install {
-            Some(read_token(&cluster.resolve(&cluster.k3s.token_file))?)
+            Some(read_token(
+                &cluster.resolve(&cluster.k3s.token_file),
+                &cluster.base_dir,
+            )?)
         } else {
             None
         };

@@ -318,7 +318,7 @@ fn direct_ops(
     ops.push(Op::file(
         root,
         d::AUTHORIZED_KEYS_FILE,
-        d::authorized_keys(&cluster.admin.ssh_authorized_keys)?.into_bytes(),
+        d::authorized_keys(&cluster.admin.ssh_authorized_keys).into_bytes(),
         0o644,
     ));
     if let Some(key) = &payload.host_key {
@@ -682,7 +682,7 @@ mod tests {
     use super::*;
     use crate::boards::Catalog;
 
-    const INVENTORY: &str = "cluster: lab\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAA me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server, ip: 10.0.0.10}\n  - {name: w1, board: rpi3, role: agent}\n";
+    const INVENTORY: &str = "cluster: lab\nadmin: {user: ops, ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me]}\nnodes:\n  - {name: cp1, board: rpi4, role: server, ip: 10.0.0.10}\n  - {name: w1, board: rpi3, role: agent}\n";
 
     fn plan_with(text: &str, name: &str, payload: &Payload) -> Result<Plan> {
         let cluster = Cluster::parse(text).unwrap();

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use support::http::TestServer;
 use support::vm::{self, Boot, GuestArch};
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBootTestKeyForPikubeImage ops@laptop";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c ops@laptop";
 const K3S_VERSION: &str = "v1.31.4+k3s1";
 const TOKEN: &str = "K10boot-test-token::server:5ecret";
 /// Per guest; both guests boot at the same time, one vCPU each.

@@ -24,7 +24,7 @@ timezone: America/Argentina/Buenos_Aires
 locale: de_DE.UTF-8
 admin:
   user: ops
-  ssh_authorized_keys: ["KEY", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ second key: with 'quotes'"]
+  ssh_authorized_keys: ["KEY", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCeJ0bGk+Hh7WTjyKGkB1HyopywvWL5YLyI+rzpQwbjiiUCuoWh89L5elg67OSuYojiNKALlE0ODVs7XE3GqnXiFgEDmRqoZUfStu4kn3e2gj4QjDw7CX3Af6/21VdDtlZNjOPWB/rTip+lSBgTUNaOII0GjbgOEjTlUonLs6bTYc2/eMCbndT7RJrJR4WD3GdY8mRSc9OYrG7Up8XSjftDzYrKLjU0zq7pEX9fTdrObC98+NrxG3UCTmBUW6aQ+YUJHXKvjbJh7Kk+cVL5DamSJBBaOPj6uN13amUOHcnBd8zABtEJnpbzM17jFmAJoD2S3YQ+sSAtIh8+9CxN1Ji7 second key: with 'quotes'"]
 network: { gateway: 192.168.50.1, dns: [192.168.50.2, 192.168.50.3], prefix: 24 }
 nodes:
   - { name: cp1, board: opizero3-test, role: server, ip: 192.168.50.10 }
@@ -214,7 +214,9 @@ fn armbian_nodes_get_their_identity_without_cloud_init() {
     assert_eq!(file(&fs, "/etc/pikube/admin-user", 0o644), "ops\n");
     assert_eq!(
         file(&fs, "/etc/pikube/authorized_keys", 0o644),
-        format!("{KEY}\nssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ second key: with 'quotes'\n")
+        format!(
+            "{KEY}\nssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCeJ0bGk+Hh7WTjyKGkB1HyopywvWL5YLyI+rzpQwbjiiUCuoWh89L5elg67OSuYojiNKALlE0ODVs7XE3GqnXiFgEDmRqoZUfStu4kn3e2gj4QjDw7CX3Af6/21VdDtlZNjOPWB/rTip+lSBgTUNaOII0GjbgOEjTlUonLs6bTYc2/eMCbndT7RJrJR4WD3GdY8mRSc9OYrG7Up8XSjftDzYrKLjU0zq7pEX9fTdrObC98+NrxG3UCTmBUW6aQ+YUJHXKvjbJh7Kk+cVL5DamSJBBaOPj6uN13amUOHcnBd8zABtEJnpbzM17jFmAJoD2S3YQ+sSAtIh8+9CxN1Ji7 second key: with 'quotes'\n"
+        )
     );
     let sudoers = file(&fs, "/etc/sudoers.d/90-pikube", 0o440);
     assert!(

@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use super::http::TestServer;
 
-pub const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPikubeTestKey ops@laptop";
+pub const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c ops@laptop";
 pub const K3S_VERSION: &str = "v1.31.4+k3s1";
 pub const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
