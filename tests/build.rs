@@ -335,7 +335,9 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
         ud.contains("hostname: cp1") && ud.contains("fqdn: cp1.home.arpa"),
         "{ud}"
     );
-    assert!(ud.contains(KEY) && ud.contains("ssh_pwauth: false"), "{ud}");
+    let parsed: serde_json::Value = serde_saphyr::from_str(&ud).unwrap();
+    assert_eq!(parsed["users"][0]["ssh_authorized_keys"][0], KEY, "{ud}");
+    assert!(ud.contains("ssh_pwauth: false"), "{ud}");
     assert!(ud.contains("lock_passwd: true"), "{ud}");
 
     let nc_path = env.path("network-config");
@@ -574,7 +576,11 @@ fn init_then_adhoc_build_and_dry_run() {
     std::fs::remove_file(env.path("cluster.yaml")).unwrap();
     std::fs::remove_dir_all(env.path("secrets")).unwrap();
     let mirror = env.server.url();
-    let out = env.run(&["init"]);
+    // init takes the user's key from ~/.ssh.
+    let home = env.path("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519.pub"), format!("{KEY}\n")).unwrap();
+    let out = run_cli(env.dir.path(), &[("HOME", home.as_path())], &["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let token = std::fs::read_to_string(env.path("secrets/k3s-token")).unwrap();
     let all_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
