@@ -418,12 +418,14 @@ impl Cluster {
     /// Reads and validates a cluster file. Errors name the file and, for syntax and unknown
     /// keys, the line and column.
     pub fn load(path: &Path) -> Result<Cluster> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read {}: create one with `pikube-image init`",
+        if !path.exists() {
+            bail!(
+                "{} not found: run `pikube-image init` to create a cluster.yaml (and secrets/), or pass --config FILE",
                 path.display()
-            )
-        })?;
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let mut c = Cluster::parse(&text)
             .with_context(|| format!("invalid cluster file {}", path.display()))?;
         c.base_dir = path

@@ -361,7 +361,7 @@ enum CopyError {
 fn copy_sparse(input: &File, out: &File, task: &Task) -> Result<Decompressed, CopyError> {
     let len = input.metadata().map_err(CopyError::Read)?.len();
     let mut buf = vec![0u8; BUF];
-    for extent in crate::formats::data_ranges(input, len).map_err(CopyError::Read)? {
+    for extent in crate::io::data_ranges(input, len).map_err(CopyError::Read)? {
         let (start, end) = extent;
         let mut pos = start;
         while pos < end {
@@ -399,7 +399,7 @@ fn write_sparse(out: &File, offset: u64, data: &[u8]) -> io::Result<()> {
             let next = (abs / SPARSE_BLOCK as u64 + 1) * SPARSE_BLOCK as u64;
             ((next - offset) as usize).min(data.len())
         };
-        let zero = is_zero(&data[pos..block_end]);
+        let zero = crate::io::is_zero(&data[pos..block_end]);
         match (zero, run_start) {
             (true, Some(s)) => {
                 write_run(&data[s..pos], offset + s as u64)?;
@@ -414,19 +414,6 @@ fn write_sparse(out: &File, offset: u64, data: &[u8]) -> io::Result<()> {
         write_run(&data[s..], offset + s as u64)?;
     }
     Ok(())
-}
-
-/// True when every byte is zero. Checks 256-byte pieces word-wise so data blocks (which
-/// usually have a non-zero byte early) are rejected quickly and zero blocks are scanned
-/// at memory speed.
-pub fn is_zero(b: &[u8]) -> bool {
-    // SAFETY: any bit pattern is a valid u128; align_to only reinterprets the aligned middle.
-    let (head, body, tail) = unsafe { b.align_to::<u128>() };
-    if !head.iter().all(|&x| x == 0) || !tail.iter().all(|&x| x == 0) {
-        return false;
-    }
-    body.chunks(16)
-        .all(|c| c.iter().fold(0u128, |acc, &x| acc | x) == 0)
 }
 
 /// Decoder of `.xz` files: liblzma's multi-threaded stream decoder, restarted after each
@@ -641,18 +628,6 @@ mod tests {
     }
 
     #[test]
-    fn zero_check() {
-        assert!(is_zero(&[]));
-        assert!(is_zero(&vec![0u8; SPARSE_BLOCK]));
-        for pos in [0, 1, 15, 16, 255, 256, 4097, SPARSE_BLOCK - 1] {
-            let mut v = vec![0u8; SPARSE_BLOCK];
-            v[pos] = 1;
-            assert!(!is_zero(&v), "non-zero byte at {pos} missed");
-            assert!(!is_zero(&v[pos..]), "unaligned slice at {pos}");
-        }
-    }
-
-    #[test]
     fn sparse_writer_keeps_data_and_holes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o");
@@ -749,7 +724,7 @@ mod tests {
         f.write_all_at(b"start", 0).unwrap();
         f.write_all_at(&data[..300_000], 20 << 20).unwrap();
         drop(f);
-        let extents = crate::formats::data_ranges(&File::open(&src).unwrap(), 64 << 20).unwrap();
+        let extents = crate::io::data_ranges(&File::open(&src).unwrap(), 64 << 20).unwrap();
         assert!(extents.len() >= 2, "{extents:?}");
         assert!(extents.iter().all(|&(a, b)| a < b && b <= 64 << 20));
         decompress_to(&src, &dst, &Progress::quiet()).unwrap();
@@ -763,13 +738,13 @@ mod tests {
         let p = dir.path().join("dense");
         fs::write(&p, vec![1u8; 100_000]).unwrap();
         assert_eq!(
-            crate::formats::data_ranges(&File::open(&p).unwrap(), 100_000).unwrap(),
+            crate::io::data_ranges(&File::open(&p).unwrap(), 100_000).unwrap(),
             vec![(0, 100_000)]
         );
         let e = dir.path().join("empty");
         File::create(&e).unwrap().set_len(10 << 20).unwrap();
         assert_eq!(
-            crate::formats::data_ranges(&File::open(&e).unwrap(), 10 << 20).unwrap(),
+            crate::io::data_ranges(&File::open(&e).unwrap(), 10 << 20).unwrap(),
             vec![]
         );
     }

@@ -226,7 +226,7 @@ pub fn hash_file(path: &Path, progress: &Progress) -> Result<String> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let task = progress.task(&format!("sha256 {name}"), Some(len));
-    let ranges = crate::formats::data_ranges(&f, len)
+    let ranges = crate::io::data_ranges(&f, len)
         .with_context(|| format!("cannot map the data of {}", path.display()))?;
     let sha = crate::io::stream::hash_through(&f, len, &ranges, None, &task)
         .with_context(|| format!("cannot read {}", path.display()))?;

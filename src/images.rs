@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::boards::Arch;
+use crate::boards::{Arch, Catalog};
 use crate::config::Cluster;
 use crate::plan::Content;
 use crate::progress::Progress;
 use crate::registry::{ImageRef, Platform, Puller, RegistryOptions, ResolvedImage};
-use crate::source::Cache;
+use crate::source::{Cache, Fetcher};
 
 /// File next to cluster.yaml pinning every tag to the digest it resolved to.
 pub const LOCK_FILE: &str = "images.lock";
@@ -154,6 +154,66 @@ impl Preloader {
         self.lock.images.append(&mut self.added);
         Ok(Some(self.lock.save(cluster)?))
     }
+}
+
+/// `pikube-image images update`: resolves every image of the inventory again (per node
+/// platform, Argo CD's included), pulls them into the cache and rewrites images.lock.
+/// Returns the lock's path and how many references it pins.
+pub fn update_images(
+    config: &Path,
+    mirror: Option<String>,
+    cache_dir: Option<&Path>,
+    progress: &Progress,
+) -> Result<(PathBuf, usize)> {
+    let cluster = Cluster::load(config)?;
+    let catalog = Catalog::load()?;
+    let cache = match cache_dir {
+        Some(d) => Cache::open(d)?,
+        None => Cache::open_default()?,
+    };
+    let fetcher = Fetcher::new(
+        cache.clone(),
+        mirror.or_else(|| cluster.mirror.clone()),
+        false,
+        progress.clone(),
+    );
+    let argocd_images = match &cluster.gitops {
+        Some(g) if cluster.images.argocd != crate::config::ArgocdImages::None => {
+            let url = crate::gitops::install_url(&g.argocd_version);
+            let text = fetcher.fetch_text(&url)?;
+            crate::gitops::install_images(&text)
+                .with_context(|| format!("Argo CD install manifest {url}"))?
+        }
+        _ => Vec::new(),
+    };
+    let mut pre = crate::images::Preloader::new(&cluster, cache, false, true, progress)?;
+    let first = cluster.first_server().map(|n| n.name.clone());
+    let mut count = 0;
+    for node in &cluster.nodes {
+        let board = catalog
+            .board(&node.board)
+            .with_context(|| format!("node '{}' in {}", node.name, config.display()))?;
+        let (mut refs, own) = cluster.images_for(node);
+        refs.extend(own);
+        let argocd_here = match cluster.images.argocd {
+            crate::config::ArgocdImages::FirstServer => {
+                first.as_deref() == Some(node.name.as_str())
+            }
+            crate::config::ArgocdImages::AllServers => node.role == crate::config::Role::Server,
+            crate::config::ArgocdImages::None => false,
+        };
+        if argocd_here {
+            refs.extend(argocd_images.iter().cloned());
+        }
+        refs.sort();
+        refs.dedup();
+        count += pre.resolve(&refs, board.arch)?.len();
+    }
+    let path = match pre.save_lock(&cluster)? {
+        Some(p) => p,
+        None => crate::images::Lock::default().save(&cluster)?,
+    };
+    Ok((path, count))
 }
 
 #[cfg(test)]

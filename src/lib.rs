@@ -6,6 +6,7 @@
 //! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
 
 pub mod boards;
+pub mod build;
 pub mod cache_admin;
 pub mod cloudinit;
 pub mod config;
@@ -26,12 +27,12 @@ pub mod k3s;
 pub mod manifest;
 pub mod netconfig;
 pub mod overlay;
-pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod raspi;
 pub mod registry;
 pub mod source;
+pub mod target;
 
 /// Timestamp for everything a build writes: `$SOURCE_DATE_EPOCH` when set (reproducible
 /// builds), else the current time.

@@ -3,10 +3,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use pikube_image::build::{self, AdHoc, BuildRequest, Selection};
 use pikube_image::config::Role;
-use pikube_image::pipeline::{AdHoc, BaseChoice, BuildRequest};
 use pikube_image::progress::{Mode, Progress, human_bytes};
-use pikube_image::{boards, init, inspect, pipeline};
+use pikube_image::source::base::BaseSource;
+use pikube_image::{boards, images, init, inspect};
 
 /// Build flashable, per-node k3s images for Raspberry Pi and Orange Pi boards from stock OS
 /// downloads, without root.
@@ -118,7 +119,7 @@ struct BuildArgs {
     offline: bool,
     /// When the root filesystem must grow to fit the payload, leave this much free space
     /// beyond it (MiB).
-    #[arg(long, value_name = "MIB", default_value_t = pipeline::DEFAULT_GROW_MARGIN >> 20)]
+    #[arg(long, value_name = "MIB", default_value_t = build::DEFAULT_GROW_MARGIN >> 20)]
     grow_margin: u64,
     /// Build this many nodes in parallel.
     #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
@@ -218,7 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Images(ImagesCommand::Update { config, mirror }) => {
             let progress = Progress::new(Mode::detect(false));
-            let (path, n) = pipeline::update_images(&config, mirror, None, &progress)?;
+            let (path, n) = images::update_images(&config, mirror, None, &progress)?;
             eprintln!("pinned {n} image references in {}", path.display());
             Ok(())
         }
@@ -280,22 +281,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(a) => {
             let progress = Progress::new(Mode::detect(a.json));
             let base = match (a.image, a.image_url) {
-                (Some(p), _) => BaseChoice::File(p),
-                (None, Some(url)) => BaseChoice::Url {
+                (Some(p), _) => BaseSource::File(p),
+                (None, Some(url)) => BaseSource::Url {
                     url,
                     sha256: a.image_sha256,
                 },
-                (None, None) => BaseChoice::Catalog,
+                (None, None) => BaseSource::Catalog,
             };
             let req = BuildRequest {
                 config: a.config,
-                nodes: a.nodes,
-                all: a.all,
-                adhoc: a.board.map(|board| AdHoc {
-                    board,
-                    role: a.role.expect("clap requires --role with --board"),
-                    name: a.name,
-                }),
+                select: match (a.all, a.board) {
+                    (true, _) => Selection::All,
+                    (false, Some(board)) => Selection::AdHoc(AdHoc {
+                        board,
+                        role: a.role.expect("clap requires --role with --board"),
+                        name: a.name,
+                    }),
+                    (false, None) => Selection::Named(a.nodes),
+                },
                 base,
                 mirror: a.mirror,
                 out: a.out,
@@ -310,7 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     None => Vec::new(),
                 },
             };
-            let summary = pipeline::build(&req, &progress)?;
+            let summary = build::build(&req, &progress)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else if summary.dry_run {

@@ -16,7 +16,7 @@ use pikube_image::formats::{
     self, FRAME_SIZE, Format, FrameIndex, write_bmap, write_bmap_with, write_compressed,
     write_compressed_overlay, write_compressed_stats, write_sha256sums,
 };
-use pikube_image::io::overlay::Overlay;
+use pikube_image::io::cow::CowImage;
 use pikube_image::progress::Progress;
 use sha2::{Digest, Sha256};
 use support::pseudo_random;
@@ -107,7 +107,7 @@ fn make_node(base: &Path, node: &Path) {
         .open(node)
         .unwrap();
     f.set_len(BASE_SIZE).unwrap();
-    for (s, e) in formats::data_ranges(&src, BASE_SIZE).unwrap() {
+    for (s, e) in pikube_image::io::data_ranges(&src, BASE_SIZE).unwrap() {
         let mut buf = vec![0u8; (e - s) as usize];
         src.read_exact_at(&mut buf, s).unwrap();
         f.write_all_at(&buf, s).unwrap();
@@ -118,7 +118,7 @@ fn make_node(base: &Path, node: &Path) {
 
 /// The node written the way builds write it: through an overlay on the base.
 fn write_node_via_overlay(base: &Path, node: &Path) -> String {
-    let overlay = Overlay::open(base, node.parent().unwrap()).unwrap();
+    let overlay = CowImage::open(base, node.parent().unwrap()).unwrap();
     node_writes(&overlay);
     let out = File::create(node).unwrap();
     overlay
@@ -250,7 +250,7 @@ fn check_format(format: Format, tool: &str) {
     fs::create_dir(&out).unwrap();
     let name = format!("n1.img{}", format.suffix());
     let spliced_path = out.join(&name);
-    let overlay = Overlay::open(&fx.base, &fx.root).unwrap();
+    let overlay = CowImage::open(&fx.base, &fx.root).unwrap();
     node_writes(&overlay);
     let t = std::time::Instant::now();
     let spliced = write_compressed_overlay(&overlay, Some(&ix), format, &spliced_path, &q).unwrap();
@@ -341,7 +341,7 @@ fn check_format(format: Format, tool: &str) {
     // An index of another image is refused, and nothing is written.
     let other_img = fx.root.join("other.img");
     File::create(&other_img).unwrap().set_len(MIB).unwrap();
-    let other = Overlay::open(&other_img, &fx.root).unwrap();
+    let other = CowImage::open(&other_img, &fx.root).unwrap();
     let err = write_compressed_overlay(&other, Some(&ix), format, &bad, &q)
         .unwrap_err()
         .to_string();
@@ -644,7 +644,7 @@ fn fleet_bench() {
         }
         f.sync_all().unwrap();
     }
-    let overlay = Overlay::open(&base, &dir).unwrap();
+    let overlay = CowImage::open(&base, &dir).unwrap();
     for k in 0..12u64 {
         let at = 8 * MIB + k * 83 * MIB + k * 4099;
         overlay.store_at(&texty(3000, 100 + k), at).unwrap();

@@ -12,10 +12,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::decompress::is_zero;
+use crate::io::is_zero;
 use crate::progress::{Progress, human_bytes};
 
-use super::sparse::data_ranges;
+use crate::io::data_ranges;
 
 pub const BMAP_BLOCK: u64 = 4096;
 const PLACEHOLDER: &str = "0000000000000000000000000000000000000000000000000000000000000000";

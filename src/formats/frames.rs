@@ -27,13 +27,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::emit::PendingFile;
-use crate::io::overlay::Overlay;
+use crate::io::cow::CowImage;
 use crate::io::sha256_bytes;
 use crate::progress::Progress;
 use pikube_ext4::Storage;
 
-use super::sparse::data_ranges;
 use super::{Format, xz, zst};
+use crate::io::data_ranges;
 
 /// Uncompressed bytes per frame.
 pub const FRAME_SIZE: u64 = 4 << 20;
@@ -320,7 +320,7 @@ pub fn write_compressed_stats(
 /// of `base` (the index of the overlay's base image) for every chunk the overlay did not
 /// write to. No unchanged byte is read or compressed.
 pub fn write_compressed_overlay(
-    node: &Overlay,
+    node: &CowImage,
     base: Option<&FrameIndex>,
     format: Format,
     out: &Path,
@@ -630,7 +630,7 @@ impl Ctx<'_> {
     fn work(&self, job: Job, enc: &mut Encoder) -> Result<Done> {
         match job {
             Job::Hole(i) => self.zero(i, enc),
-            Job::Data(i, data) if crate::decompress::is_zero(&data) => self.zero(i, enc),
+            Job::Data(i, data) if crate::io::is_zero(&data) => self.zero(i, enc),
             Job::Data(i, data) => {
                 let frame = enc.encode(&data)?;
                 let (sha256, frame_sha256) = if self.records {
@@ -977,7 +977,7 @@ mod tests {
 
         // The image seen through an overlay with nothing written: everything reused or zero.
         let node = dir.path().join("n.img.zst");
-        let same = Overlay::open(&raw, dir.path()).unwrap();
+        let same = CowImage::open(&raw, dir.path()).unwrap();
         let st = write_compressed_overlay(&same, Some(&ix), Format::Zst, &node, &q).unwrap();
         assert_eq!((st.compressed, st.reused, st.zero), (0, 2, 1));
         assert_eq!(

@@ -21,7 +21,6 @@ use crate::progress::Progress;
 
 mod bmap;
 mod frames;
-mod sparse;
 mod xz;
 mod zst;
 
@@ -30,7 +29,6 @@ pub use frames::{
     CompressStats, FRAME_SIZE, FrameIndex, FrameRecord, write_compressed, write_compressed_overlay,
     write_compressed_stats,
 };
-pub use sparse::{data_ranges, reflink};
 
 /// An artifact format a build can publish for each node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

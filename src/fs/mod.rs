@@ -103,7 +103,7 @@ fn apply_fat(
     ops: &[&Op],
     records: &mut Vec<FileRecord>,
 ) -> Result<()> {
-    let stream = crate::io::overlay::StorageStream::new(&**image, part.start + part.size);
+    let stream = crate::io::cow::StorageStream::new(&**image, part.start + part.size);
     let fat = fat::Fat::open(stream, part.start, part.size, label)?;
     for op in ops {
         match &op.action {

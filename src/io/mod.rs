@@ -1,7 +1,10 @@
 //! Small Read/Write adaptors that the pipeline stages compose.
 
-pub mod overlay;
+pub mod cow;
+mod sparse;
 pub mod stream;
+
+pub use sparse::{data_ranges, is_zero, reflink};
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 

@@ -175,7 +175,7 @@ mod tests {
         use std::os::unix::fs::FileExt;
         f.write_all_at(&data, PIECE as u64 / 2).unwrap();
         f.write_all_at(b"tail", size - 4).unwrap();
-        let ranges = crate::formats::data_ranges(&f, size).unwrap();
+        let ranges = crate::io::data_ranges(&f, size).unwrap();
         let copied = Mutex::new(vec![0u8; size as usize]);
         let copy = |b: &[u8], at: u64| -> io::Result<()> {
             copied.lock().unwrap()[at as usize..][..b.len()].copy_from_slice(b);

@@ -6,6 +6,7 @@
 //! content-addressed [`Cache`] so a second build, or an `--offline` one, reads them
 //! without the network.
 
+pub mod base;
 mod cache;
 mod download;
 mod mirror;

@@ -1,0 +1,173 @@
+//! Making one node's image: decompress the base, grow it when the payload does not fit,
+//! apply operations, or derive the node from its prepared base through a copy-on-write
+//! overlay. The result is a [`BuiltNode`] for the output target.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+
+use super::prepared::Prepared;
+use crate::decompress;
+use crate::disk::Disk;
+use crate::emit::PendingFile;
+use crate::fs::Image;
+use crate::io::cow::CowImage;
+use crate::manifest::{BaseRef, FileRecord, GrowthRecord};
+use crate::plan::{Op, Plan};
+use crate::progress::{Progress, human_bytes};
+use crate::target::{BuiltNode, NodeImage};
+
+pub(super) fn open_rw(path: &Path) -> Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Decompresses `base` into `img` and writes `ops` into it, growing it first when all of
+/// `room_for` would not fit (by the shortfall plus `margin`).
+pub fn prepare_image(
+    base: &Path,
+    img: &Path,
+    room_for: &[&Op],
+    ops: &[&Op],
+    margin: u64,
+    progress: &Progress,
+) -> Result<(Vec<FileRecord>, Option<GrowthRecord>)> {
+    decompress::decompress_to(base, img, progress)?;
+    let mut disk = Disk::read(img)?;
+    let file = open_rw(img)?;
+    let growth = make_room(&file, img, &disk, room_for, margin, progress)?;
+    if growth.is_some() {
+        disk = Disk::read(img)?;
+    }
+    let image: Image = Arc::new(file);
+    let files = crate::fs::apply(&image, &disk, ops)?;
+    Ok((files, growth))
+}
+
+/// What deriving a node needs: its plan, its base image (downloaded) and where output files
+/// are made.
+pub struct NodeInput<'a> {
+    pub plan: &'a Plan,
+    pub base_path: &'a Path,
+    pub base: BaseRef,
+    pub out_dir: &'a Path,
+    pub grow_margin: u64,
+}
+
+/// One node image. With a prepared base, the node's own ops are written to an overlay on
+/// it (the base is shared and never copied for that). Without one (a single node whose base
+/// is not cached, or a node whose own files do not fit in the prepared base), the base is
+/// decompressed straight into the output with every op applied, which writes the image
+/// only once. `overlay` holds the overlay for as long as the returned node lives.
+pub fn derive<'a>(
+    input: &NodeInput<'_>,
+    prepared: Option<&'a Prepared>,
+    overlay: &'a mut Option<Arc<CowImage>>,
+    progress: &Progress,
+) -> Result<BuiltNode<'a>> {
+    let plan = input.plan;
+    let node_ops = plan.node_ops();
+    let built = |files, growth, image| BuiltNode {
+        node: plan.node.clone(),
+        board: plan.board.clone(),
+        role: plan.role,
+        base: input.base.clone(),
+        files,
+        growth,
+        image,
+    };
+    if let Some(p) = prepared {
+        let o = Arc::new(CowImage::open(&p.path, input.out_dir)?);
+        let image: Image = o.clone();
+        let disk = Disk::read(&p.path)?;
+        if crate::fs::ext4_shortfall(&image, &disk, &node_ops)?.is_empty() {
+            let mut files = p.files.clone();
+            files.extend(crate::fs::apply(&image, &disk, &node_ops)?);
+            let o: &'a CowImage = overlay.insert(o);
+            return Ok(built(
+                files,
+                p.growth.clone(),
+                NodeImage::Cow {
+                    overlay: o,
+                    frames: &p.frames,
+                },
+            ));
+        }
+        progress.message(&format!(
+            "the files of node '{}' do not fit in its prepared base: building it from the base image",
+            plan.node
+        ));
+    }
+    let pending = PendingFile::create(input.out_dir, &format!("{}.img", plan.node))?;
+    let all: Vec<&Op> = plan.ops.iter().collect();
+    let (mut files, growth) = prepare_image(
+        input.base_path,
+        pending.path(),
+        &all,
+        &plan.shared_ops(),
+        input.grow_margin,
+        progress,
+    )?;
+    let disk = Disk::read(pending.path())?;
+    let image: Image = Arc::new(open_rw(pending.path())?);
+    files.extend(crate::fs::apply(&image, &disk, &node_ops)?);
+    // Synced when it gets its final name.
+    Ok(built(files, growth, NodeImage::File(pending)))
+}
+
+/// Grows the image, its last partition and the ext4 filesystem in it when the plan's payload
+/// does not fit, by the shortfall plus `margin`, rounded up to whole MiB.
+fn make_room(
+    file: &std::fs::File,
+    path: &Path,
+    disk: &Disk,
+    ops: &[&Op],
+    margin: u64,
+    progress: &Progress,
+) -> Result<Option<GrowthRecord>> {
+    let image: Image = Arc::new(
+        file.try_clone()
+            .with_context(|| format!("cannot reopen {}", path.display()))?,
+    );
+    let short = crate::fs::ext4_shortfall(&image, disk, ops)?;
+    let Some(&(number, missing)) = short.first() else {
+        return Ok(None);
+    };
+    let last = disk.last().context("the image has no partitions")?;
+    if short.len() > 1 || last.number != number {
+        bail!(
+            "partition {number} needs {} more but is not the last partition of the image, so it cannot grow: make the payload smaller (overlays, k3s.airgap)",
+            human_bytes(missing)
+        );
+    }
+    const MIB: u64 = 1 << 20;
+    let grow_by = (missing + margin).div_ceil(MIB) * MIB;
+    let old_len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    let new_len = old_len.div_ceil(MIB) * MIB + grow_by;
+    let part = crate::disk::grow::grow_last_partition(path, new_len, number)?;
+    let fs = pikube_ext4::grow::grow_fs(file, part.old_start, part.new_size).map_err(|e| {
+        anyhow::anyhow!("cannot grow the ext4 filesystem of partition {number}: {e}")
+    })?;
+    progress.message(&format!(
+        "grew partition {number} from {} to {} ({} to {} block groups) to fit the payload",
+        human_bytes(part.old_size),
+        human_bytes(part.new_size),
+        fs.old_groups,
+        fs.new_groups,
+    ));
+    Ok(Some(GrowthRecord {
+        partition: number,
+        old_size: part.old_size,
+        new_size: part.new_size,
+        image_old_size: old_len,
+        image_new_size: new_len,
+    }))
+}
