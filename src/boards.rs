@@ -8,26 +8,13 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use crate::arch::Arch;
+pub use crate::boot::BootConfig;
+pub use crate::firstboot::{Firstboot, NetworkStack};
+pub use crate::source::base::ImageChecksum;
+
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Arm64,
-    Armhf,
-    Amd64,
-}
-
-impl Arch {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::Arm64 => "arm64",
-            Arch::Armhf => "armhf",
-            Arch::Amd64 => "amd64",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -45,81 +32,11 @@ pub struct Board {
     pub kernel_args: Vec<String>,
 }
 
-/// Where an image's published checksum comes from.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum ImageChecksum {
-    /// A checksum file beside the image (SHA256SUMS, `.sha256`, `.sha`); looked up by file name.
-    SumsUrl(String),
-    /// A pinned SHA-256.
-    Sha256(String),
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
-pub enum BootConfig {
-    /// Raspberry Pi firmware: `config.txt` on a FAT partition; the kernel command line is
-    /// `cmdline.txt` (or the file named by `cmdline=`) under `os_prefix`.
-    RaspiFirmware {
-        partition: String,
-        config_txt: String,
-    },
-    /// Armbian's U-Boot script reads `armbianEnv.txt` (`key=value` lines) from `/boot` on the
-    /// root partition; extra kernel arguments go into its `extraargs=` line.
-    ArmbianEnv {
-        partition: String,
-        #[serde(default = "default_armbian_env")]
-        path: String,
-    },
-}
-
-fn default_armbian_env() -> String {
-    "/boot/armbianEnv.txt".into()
-}
-
-impl BootConfig {
-    pub fn partition(&self) -> &str {
-        match self {
-            BootConfig::RaspiFirmware { partition, .. } => partition,
-            BootConfig::ArmbianEnv { partition, .. } => partition,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RootFs {
     /// Label of the ext4 root partition.
     pub partition: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
-pub enum Firstboot {
-    /// cloud-init with a NoCloud seed (`user-data`, `meta-data`, `network-config`) at the root
-    /// of the FAT partition with this label.
-    CloudInit { seed_partition: String },
-    /// No first-boot configuration tool in the image: the identity is written straight into
-    /// the root filesystem, plus a small first-boot unit for what needs the running system
-    /// (creating the admin user).
-    Direct {
-        /// The network stack the image configures its interfaces with.
-        network: NetworkStack,
-        /// Name of the wired interface in this image, when it is not `eth0`
-        /// (`network.interface` in cluster.yaml overrides it).
-        #[serde(default)]
-        interface: Option<String>,
-    },
-}
-
-/// How an image without cloud-init configures its network.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkStack {
-    /// netplan YAML under /etc/netplan, rendered for systemd-networkd.
-    Netplan,
-    /// systemd-networkd `.network` files under /etc/systemd/network.
-    Networkd,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

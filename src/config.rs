@@ -456,8 +456,8 @@ impl Cluster {
     }
 
     /// Overlay directories for `node`: every node's, then its role's, then its own; each with
-    /// whether it is shared by all nodes of the role (`true`) or the node's own.
-    pub fn overlays_for(&self, node: &Node) -> Vec<(PathBuf, bool)> {
+    /// whether it is shared by all nodes of the role or the node's own.
+    pub fn overlays_for(&self, node: &Node) -> Vec<(PathBuf, crate::op::Scope)> {
         let role = match node.role {
             Role::Server => &self.overlays.server,
             Role::Agent => &self.overlays.agent,
@@ -467,8 +467,11 @@ impl Cluster {
             .all
             .iter()
             .chain(role)
-            .map(|p| (self.resolve(p), true));
-        let own = node.overlays.iter().map(|p| (self.resolve(p), false));
+            .map(|p| (self.resolve(p), crate::op::Scope::Role));
+        let own = node
+            .overlays
+            .iter()
+            .map(|p| (self.resolve(p), crate::op::Scope::Node));
         shared.chain(own).collect()
     }
 

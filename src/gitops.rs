@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Gitops;
+use crate::op::{Content, Op};
 
 /// Namespace Argo CD runs in.
 pub const NAMESPACE: &str = "argocd";
@@ -282,6 +283,31 @@ pub fn repo_secret(cluster: &str, g: &Gitops, creds: &RepoCredentials) -> Result
     });
     serde_saphyr::to_string(&secret)
         .map_err(|e| anyhow::anyhow!("cannot serialise the Secret: {e}"))
+}
+
+/// The first server's GitOps files in k3s's manifests directory: the namespaced install
+/// manifest, the root Application and, for a private repository, its Secret.
+pub fn ops(
+    cluster: &str,
+    g: &Gitops,
+    root: &str,
+    install: Content,
+    repo_secret: Option<Vec<u8>>,
+) -> Result<Vec<Op>> {
+    let dir = crate::k3s::MANIFESTS_DIR;
+    let mut ops = vec![
+        Op::write(root, &format!("{dir}/{INSTALL_FILE}"), install, 0o600),
+        Op::file(
+            root,
+            &format!("{dir}/{ROOT_APP_FILE}"),
+            root_application(cluster, g)?.into_bytes(),
+            0o600,
+        ),
+    ];
+    if let Some(secret) = repo_secret {
+        ops.push(Op::file(root, &format!("{dir}/{REPO_SECRET_FILE}"), secret, 0o600).secret());
+    }
+    Ok(ops)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
 use crate::config::{Cluster, Node};
+use crate::op::{Action, Op};
 
 /// A node's ed25519 host key pair in OpenSSH formats.
 #[derive(Clone)]
@@ -161,6 +162,31 @@ pub fn known_hosts(cluster: &Cluster, nodes: &[(Node, HostKey)]) -> Result<Strin
         ));
     }
     Ok(out)
+}
+
+/// The ops that give a node `key` as its only SSH host key: the image's own keys removed
+/// (the same for every node), the node's key written (its own).
+pub fn host_key_ops(root: &str, key: &HostKey) -> Vec<Op> {
+    let mut ops: Vec<Op> = IMAGE_HOST_KEYS
+        .iter()
+        .map(|path| Op::new(root, path, Action::Remove, 0o600).role_wide())
+        .collect();
+    ops.push(
+        Op::file(
+            root,
+            HOST_KEY_PATH,
+            key.private_openssh.clone().into_bytes(),
+            0o600,
+        )
+        .secret(),
+    );
+    ops.push(Op::file(
+        root,
+        &format!("{HOST_KEY_PATH}.pub"),
+        format!("{}\n", key.public_openssh).into_bytes(),
+        0o644,
+    ));
+    ops
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::boards::{Arch, Catalog};
 use crate::config::Cluster;
-use crate::plan::Content;
+use crate::op::{Content, Op};
 use crate::progress::Progress;
 use crate::registry::{ImageRef, Platform, Puller, RegistryOptions, ResolvedImage};
 use crate::source::{Cache, Fetcher};
@@ -214,6 +214,24 @@ pub fn update_images(
         None => crate::images::Lock::default().save(&cluster)?,
     };
     Ok((path, count))
+}
+
+/// File names of the preloaded image archives in k3s's images directory.
+pub const ROLE_IMAGES: &str = "pikube-role-images.tar.zst";
+pub const NODE_IMAGES: &str = "pikube-node-images.tar.zst";
+
+/// The ops that preload container images: the role's archive (the same for every node of
+/// the role) and the node's own.
+pub fn preload_ops(
+    root: &str,
+    role_images: Option<Content>,
+    node_images: Option<Content>,
+) -> Vec<Op> {
+    let dir = crate::k3s::IMAGES_DIR;
+    let role =
+        role_images.map(|c| Op::write(root, &format!("{dir}/{ROLE_IMAGES}"), c, 0o644).role_wide());
+    let node = node_images.map(|c| Op::write(root, &format!("{dir}/{NODE_IMAGES}"), c, 0o644));
+    role.into_iter().chain(node).collect()
 }
 
 #[cfg(test)]

@@ -7,11 +7,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::boot::raspi;
 use crate::decompress::{self, Compression};
 use crate::disk::{Disk, FsKind};
 use crate::fs::fat::{Fat, ReadOnly};
 use crate::progress::{Progress, human_bytes};
-use crate::raspi;
 
 #[derive(Debug, Serialize)]
 pub struct Report {

@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::boards::{Arch, Board};
 use crate::config::{Cluster, Node, Role};
+use crate::op::{Action, Content, Op};
 use crate::source::{Artifact, Checksum};
+use crate::systemd::{UNIT_DIR, Unit};
 
 /// Where k3s releases are published.
 pub const RELEASES: &str = "https://github.com/k3s-io/k3s/releases/download";
@@ -20,7 +22,6 @@ pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
 pub const REGISTRIES: &str = "/etc/rancher/k3s/registries.yaml";
 pub const IMAGES_DIR: &str = "/var/lib/rancher/k3s/agent/images";
 pub const MANIFESTS_DIR: &str = "/var/lib/rancher/k3s/server/manifests";
-pub const UNIT_DIR: &str = "/etc/systemd/system";
 /// Tools k3s provides under other names.
 pub const LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];
 
@@ -206,31 +207,6 @@ pub fn registries_yaml(cluster: &Cluster) -> Result<Option<String>> {
     }
 }
 
-/// A systemd unit file: sections of `key=value` lines, rendered in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unit {
-    pub sections: Vec<(&'static str, Vec<(&'static str, String)>)>,
-}
-
-impl Unit {
-    pub fn render(&self) -> Result<String> {
-        let mut out = String::new();
-        for (i, (name, entries)) in self.sections.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
-            }
-            out.push_str(&format!("[{name}]\n"));
-            for (k, v) in entries {
-                if v.contains('\n') || v.contains('\r') {
-                    bail!("unit value for {k} spans lines");
-                }
-                out.push_str(&format!("{k}={v}\n"));
-            }
-        }
-        Ok(out)
-    }
-}
-
 /// The k3s service unit for a role, started at boot with its config file.
 pub fn unit(role: Role) -> Unit {
     let name = unit_name(role);
@@ -284,6 +260,72 @@ pub fn unit(role: Role) -> Unit {
 /// exists so an operator has one place for proxies and the like.
 pub fn env_file() -> String {
     "# Environment for the k3s unit (e.g. HTTP_PROXY=..., NO_PROXY=...).\n# Settings belong in /etc/rancher/k3s/config.yaml.\n".to_string()
+}
+
+/// What a node needs to run k3s: the binary and its tool links, config, registries, the
+/// unit with its env file and enablement link, and the airgap images. Everything but
+/// config.yaml (node name, address) is the same for every node of the role.
+pub struct Payload<'a> {
+    pub binary: Content,
+    /// The airgap images tarball: file name and content.
+    pub airgap: Option<(String, Content)>,
+    pub token: &'a str,
+}
+
+/// The k3s ops of `node` on the root partition `root`.
+pub fn ops(
+    cluster: &Cluster,
+    node: &Node,
+    board: &Board,
+    root: &str,
+    p: Payload,
+) -> Result<Vec<Op>> {
+    let mut ops = vec![Op::write(root, BIN, p.binary, 0o755).role_wide()];
+    for link in LINKS {
+        ops.push(Op::symlink(root, &format!("/usr/local/bin/{link}"), "k3s").role_wide());
+    }
+    ops.push(Op::new(root, "/etc/rancher/k3s", Action::Mkdir, 0o755).role_wide());
+    ops.push(
+        Op::file(
+            root,
+            CONFIG,
+            config_yaml(cluster, node, board, p.token)?.into_bytes(),
+            0o600,
+        )
+        .secret(),
+    );
+    if let Some(reg) = registries_yaml(cluster)? {
+        ops.push(
+            Op::file(root, REGISTRIES, reg.into_bytes(), 0o600)
+                .secret()
+                .role_wide(),
+        );
+    }
+    let name = unit_name(node.role);
+    let unit_path = format!("{UNIT_DIR}/{name}");
+    ops.push(
+        Op::file(
+            root,
+            &unit_path,
+            unit(node.role).render()?.into_bytes(),
+            0o644,
+        )
+        .role_wide(),
+    );
+    ops.push(
+        Op::file(
+            root,
+            &format!("{unit_path}.env"),
+            env_file().into_bytes(),
+            0o600,
+        )
+        .role_wide(),
+    );
+    ops.push(crate::systemd::enable(root, name, &unit_path).role_wide());
+    if let Some((file, content)) = p.airgap {
+        ops.push(Op::write(root, &format!("{IMAGES_DIR}/{file}"), content, 0o644).role_wide());
+    }
+    Ok(ops)
 }
 
 #[cfg(test)]

@@ -5,16 +5,16 @@
 //! `disk` (partition tables, grow) -> `plan` (declarative file operations) ->
 //! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
 
+pub mod arch;
 pub mod boards;
+pub mod boot;
 pub mod build;
 pub mod cache_admin;
-pub mod cloudinit;
 pub mod config;
 pub mod decompress;
-pub mod direct;
 pub mod disk;
 pub mod emit;
-pub mod envfile;
+pub mod firstboot;
 pub mod formats;
 pub mod fs;
 pub mod gitops;
@@ -26,12 +26,13 @@ pub mod io;
 pub mod k3s;
 pub mod manifest;
 pub mod netconfig;
+pub mod op;
 pub mod overlay;
 pub mod plan;
 pub mod progress;
-pub mod raspi;
 pub mod registry;
 pub mod source;
+pub mod systemd;
 pub mod target;
 
 /// Timestamp for everything a build writes: `$SOURCE_DATE_EPOCH` when set (reproducible

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::io::sha256_reader;
-use crate::plan::{Action, Content, Op};
+use crate::op::{Action, Content, Op, Scope};
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/overlays.rs"));
@@ -19,7 +19,8 @@ mod embedded {
 /// Built-in overlays every node gets.
 pub const DEFAULT_BUILTINS: &[&str] = &["k3s"];
 
-/// The ops of a built-in overlay, onto the partition labelled `partition`.
+/// The ops of a built-in overlay, onto the partition labelled `partition`: the same for
+/// every node.
 pub fn builtin_ops(name: &str, partition: &str) -> Result<Vec<Op>> {
     let ops: Vec<Op> = embedded::OVERLAYS
         .iter()
@@ -31,6 +32,7 @@ pub fn builtin_ops(name: &str, partition: &str) -> Result<Vec<Op>> {
                 Action::Write(Content::Bytes(bytes.to_vec())),
                 *mode as u16,
             )
+            .role_wide()
         })
         .collect();
     if ops.is_empty() {
@@ -60,8 +62,9 @@ fn stays_inside(link_rel: &Path, target: &Path) -> bool {
 }
 
 /// The ops that copy the directory tree `root` into the root of `partition`, in a stable
-/// order (parents before children, names sorted), owned by root, modes as on disk.
-pub fn dir_ops(root: &Path, partition: &str) -> Result<Vec<Op>> {
+/// order (parents before children, names sorted), owned by root, modes as on disk, each with
+/// `scope`.
+pub fn dir_ops(root: &Path, partition: &str, scope: Scope) -> Result<Vec<Op>> {
     let meta = std::fs::metadata(root).with_context(|| {
         format!(
             "overlay directory {} does not exist: fix the path in cluster.yaml (relative paths start at cluster.yaml's directory)",
@@ -73,7 +76,7 @@ pub fn dir_ops(root: &Path, partition: &str) -> Result<Vec<Op>> {
     }
     let mut ops = Vec::new();
     walk(root, Path::new(""), partition, &mut ops)?;
-    Ok(ops)
+    Ok(ops.into_iter().map(|o| o.scoped(scope)).collect())
 }
 
 fn walk(root: &Path, rel: &Path, partition: &str, ops: &mut Vec<Op>) -> Result<()> {
@@ -172,7 +175,7 @@ mod tests {
         .unwrap();
         symlink("tool", r.join("usr/local/bin/alias")).unwrap();
         symlink("/etc/hostname", r.join("usr/local/abs")).unwrap();
-        let ops = dir_ops(r, "writable").unwrap();
+        let ops = dir_ops(r, "writable", Scope::Node).unwrap();
         let got: Vec<(String, &'static str, u16)> = ops
             .iter()
             .map(|o| (o.path.clone(), o.action.kind(), o.mode))
@@ -196,7 +199,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("etc")).unwrap();
         symlink("../../../home/me/.ssh/id_ed25519", d.path().join("etc/key")).unwrap();
-        let e = format!("{:#}", dir_ops(d.path(), "writable").unwrap_err());
+        let e = format!(
+            "{:#}",
+            dir_ops(d.path(), "writable", Scope::Node).unwrap_err()
+        );
         assert!(e.contains("escapes its overlay"), "{e}");
         assert!(stays_inside(Path::new("a/b/link"), Path::new("../c")));
         assert!(!stays_inside(Path::new("a/link"), Path::new("../../c")));
@@ -207,7 +213,7 @@ mod tests {
     fn missing_overlay_is_named() {
         let e = format!(
             "{:#}",
-            dir_ops(Path::new("/nonexistent/ov"), "w").unwrap_err()
+            dir_ops(Path::new("/nonexistent/ov"), "w", Scope::Node).unwrap_err()
         );
         assert!(
             e.contains("/nonexistent/ov") && e.contains("cluster.yaml"),

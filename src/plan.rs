@@ -1,133 +1,19 @@
-//! The plan: a pure, declarative list of file operations per partition, computed from the
-//! cluster inventory, the board and the node's role. It is printed by `--dry-run` and recorded in
-//! the output manifest; the `fs` stage applies it.
+//! The plan: a pure, declarative list of file operations per partition for one node,
+//! assembled from what each feature contributes (first boot, host keys, k3s, GitOps,
+//! container images, overlays, boot configuration). It is printed by `--dry-run` and
+//! recorded in the output manifest; the `fs` stage applies it.
 
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::boards::{Board, BootConfig, Firstboot, NetworkStack, OsImage};
-use crate::cloudinit;
+use crate::boards::{Board, OsImage};
 use crate::config::{Cluster, Node, Role};
-use crate::io::sha256_bytes;
-
-/// Bytes to write, kept in memory (seed files, configs) or streamed from a verified file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Content {
-    Bytes(Vec<u8>),
-    File {
-        path: std::path::PathBuf,
-        size: u64,
-        sha256: String,
-    },
-    /// Not downloaded yet (`--dry-run` plans): size and digest are unknown.
-    Download {
-        url: String,
-    },
-}
-
-impl Content {
-    pub fn size(&self) -> u64 {
-        match self {
-            Content::Bytes(b) => b.len() as u64,
-            Content::File { size, .. } => *size,
-            Content::Download { .. } => 0,
-        }
-    }
-
-    pub fn sha256(&self) -> String {
-        match self {
-            Content::Bytes(b) => sha256_bytes(b),
-            Content::File { sha256, .. } => sha256.clone(),
-            Content::Download { .. } => String::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Create or replace a regular file.
-    Write(Content),
-    /// Create a directory and its missing parents.
-    Mkdir,
-    /// Create a symbolic link pointing at `target`.
-    Symlink { target: String },
-    /// Remove a file or symlink if it exists.
-    Remove,
-    /// Append kernel arguments to the Raspberry Pi command line, each at most once. `path` is
-    /// config.txt; the command line file is found through its `cmdline=` and `os_prefix=`.
-    KernelArgs { args: Vec<String> },
-    /// Add words to the value of `key` in a `key=value` file (Armbian's armbianEnv.txt),
-    /// each at most once; the file must exist.
-    EditEnv { key: String, append: Vec<String> },
-}
-
-impl Action {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Action::Write(_) => "file",
-            Action::Mkdir => "dir",
-            Action::Symlink { .. } => "symlink",
-            Action::KernelArgs { .. } | Action::EditEnv { .. } => "edit",
-            Action::Remove => "remove",
-        }
-    }
-}
-
-/// One file operation on the partition with the given label.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Op {
-    pub partition: String,
-    pub path: String,
-    pub action: Action,
-    pub mode: u16,
-    pub uid: u32,
-    pub gid: u32,
-    /// Secret content: never printed, never hashed into the manifest.
-    pub secret: bool,
-    /// The same for every node of a role on the same base image (k3s, shared overlays,
-    /// kernel arguments): applied once to a prepared base that node images are derived from.
-    /// Node-specific ops are applied after the shared ones.
-    pub shared: bool,
-}
-
-impl Op {
-    fn file(partition: &str, path: &str, bytes: Vec<u8>, mode: u16) -> Op {
-        Op::write(partition, path, Content::Bytes(bytes), mode)
-    }
-
-    fn write(partition: &str, path: &str, content: Content, mode: u16) -> Op {
-        Op::new(partition, path, Action::Write(content), mode)
-    }
-
-    fn secret(mut self) -> Op {
-        self.secret = true;
-        self
-    }
-
-    fn shared(mut self) -> Op {
-        self.shared = true;
-        self
-    }
-
-    /// An op on an entry owned by root, neither secret nor shared.
-    pub(crate) fn new(partition: &str, path: &str, action: Action, mode: u16) -> Op {
-        Op {
-            partition: partition.into(),
-            path: path.into(),
-            action,
-            mode,
-            uid: 0,
-            gid: 0,
-            secret: false,
-            shared: false,
-        }
-    }
-}
+pub use crate::op::{Action, Content, Op, Scope};
 
 /// Everything a node's plan needs that comes from outside the inventory: downloads,
-/// secrets and generated keys, resolved by the pipeline before planning.
+/// secrets and generated keys, resolved before planning.
 #[derive(Debug, Clone, Default)]
 pub struct Payload {
     /// The k3s binary for the board's architecture.
@@ -148,10 +34,6 @@ pub struct Payload {
     pub node_images: Option<Content>,
 }
 
-/// File names of the preloaded image archives in k3s's images directory.
-pub const ROLE_IMAGES: &str = "pikube-role-images.tar.zst";
-pub const NODE_IMAGES: &str = "pikube-node-images.tar.zst";
-
 /// Everything the build does to one node's image.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -161,239 +43,6 @@ pub struct Plan {
     pub image: OsImage,
     pub instance_id: Option<String>,
     pub ops: Vec<Op>,
-}
-
-/// The k3s binary with its tool links, config, registries, unit, env file, enablement link
-/// and airgap images.
-fn k3s_ops(
-    cluster: &Cluster,
-    node: &Node,
-    board: &Board,
-    root: &str,
-    payload: &Payload,
-) -> Result<Vec<Op>> {
-    use crate::k3s;
-    let mut ops = Vec::new();
-    let binary = payload
-        .k3s_binary
-        .clone()
-        .context("the k3s binary was not resolved")?;
-    let token = payload
-        .token
-        .as_deref()
-        .context("the k3s join token was not resolved")?;
-    ops.push(Op::write(root, k3s::BIN, binary, 0o755));
-    for link in k3s::LINKS {
-        ops.push(Op::new(
-            root,
-            &format!("/usr/local/bin/{link}"),
-            Action::Symlink {
-                target: "k3s".into(),
-            },
-            0o777,
-        ));
-    }
-    ops.push(Op::new(root, "/etc/rancher/k3s", Action::Mkdir, 0o755));
-    ops.push(
-        Op::file(
-            root,
-            k3s::CONFIG,
-            k3s::config_yaml(cluster, node, board, token)?.into_bytes(),
-            0o600,
-        )
-        .secret(),
-    );
-    if let Some(reg) = k3s::registries_yaml(cluster)? {
-        ops.push(Op::file(root, k3s::REGISTRIES, reg.into_bytes(), 0o600).secret());
-    }
-    let unit = k3s::unit_name(node.role);
-    let unit_path = format!("{}/{unit}", k3s::UNIT_DIR);
-    ops.push(Op::file(
-        root,
-        &unit_path,
-        k3s::unit(node.role).render()?.into_bytes(),
-        0o644,
-    ));
-    ops.push(Op::file(
-        root,
-        &format!("{unit_path}.env"),
-        k3s::env_file().into_bytes(),
-        0o600,
-    ));
-    ops.push(Op::new(
-        root,
-        &format!("{}/multi-user.target.wants/{unit}", k3s::UNIT_DIR),
-        Action::Symlink {
-            target: unit_path.clone(),
-        },
-        0o777,
-    ));
-    if let Some((name, content)) = &payload.k3s_airgap {
-        ops.push(Op::write(
-            root,
-            &format!("{}/{name}", k3s::IMAGES_DIR),
-            content.clone(),
-            0o644,
-        ));
-    }
-    // Everything but config.yaml (node name, address) is the same for every node of a role.
-    Ok(ops
-        .into_iter()
-        .map(|o| if o.path == k3s::CONFIG { o } else { o.shared() })
-        .collect())
-}
-
-/// The identity of a node whose image has no cloud-init, written into the root filesystem:
-/// hostname, hosts, network, timezone, locale, sshd and sudo settings, and the first-boot
-/// unit that creates the admin user from the data files next to it.
-fn direct_ops(
-    cluster: &Cluster,
-    node: &Node,
-    root: &str,
-    network: NetworkStack,
-    image_interface: Option<&str>,
-    payload: &Payload,
-) -> Result<Vec<Op>> {
-    use crate::direct as d;
-    let mut ops = vec![
-        Op::file(root, "/etc/hostname", d::hostname(node).into_bytes(), 0o644),
-        Op::file(
-            root,
-            "/etc/hosts",
-            d::hosts(cluster, node).into_bytes(),
-            0o644,
-        ),
-    ];
-    let iface = crate::netconfig::interface(cluster, image_interface)?;
-    match network {
-        NetworkStack::Netplan => {
-            ops.push(Op::new(
-                root,
-                d::NETPLAN_ARMBIAN_DEFAULT,
-                Action::Remove,
-                0o600,
-            ));
-            // netplan warns about (and future versions refuse) files others can read.
-            ops.push(Op::file(
-                root,
-                d::NETPLAN_FILE,
-                d::netplan(cluster, node, &iface)?.into_bytes(),
-                0o600,
-            ));
-        }
-        NetworkStack::Networkd => ops.push(Op::file(
-            root,
-            d::NETWORKD_FILE,
-            d::networkd(cluster, node, &iface)?.into_bytes(),
-            0o644,
-        )),
-    }
-    ops.push(Op::file(
-        root,
-        "/etc/timezone",
-        d::timezone_file(&cluster.timezone)?.into_bytes(),
-        0o644,
-    ));
-    ops.push(Op::new(
-        root,
-        "/etc/localtime",
-        Action::Symlink {
-            target: d::localtime_target(&cluster.timezone)?,
-        },
-        0o777,
-    ));
-    ops.push(Op::file(
-        root,
-        "/etc/default/locale",
-        d::locale_file(&cluster.locale)?.into_bytes(),
-        0o644,
-    ));
-    ops.push(Op::new(root, d::DATA_DIR, Action::Mkdir, 0o700));
-    ops.push(Op::file(
-        root,
-        d::ADMIN_USER_FILE,
-        d::admin_user_file(&cluster.admin.user).into_bytes(),
-        0o644,
-    ));
-    ops.push(Op::file(
-        root,
-        d::AUTHORIZED_KEYS_FILE,
-        d::authorized_keys(&cluster.admin.ssh_authorized_keys).into_bytes(),
-        0o644,
-    ));
-    if let Some(key) = &payload.host_key {
-        // The OS's own first run may regenerate host keys; the first-boot script puts this
-        // copy back.
-        ops.push(
-            Op::file(
-                root,
-                d::HOST_KEY_COPY,
-                key.private_openssh.clone().into_bytes(),
-                0o600,
-            )
-            .secret(),
-        );
-        ops.push(Op::file(
-            root,
-            &format!("{}.pub", d::HOST_KEY_COPY),
-            format!("{}\n", key.public_openssh).into_bytes(),
-            0o644,
-        ));
-    }
-    ops.push(Op::file(
-        root,
-        d::SUDOERS_FILE,
-        d::sudoers(&cluster.admin.user).into_bytes(),
-        0o440,
-    ));
-    ops.push(Op::file(
-        root,
-        d::SSHD_DROPIN_FILE,
-        d::SSHD_DROPIN.as_bytes().to_vec(),
-        0o644,
-    ));
-    ops.push(Op::file(
-        root,
-        d::FIRSTBOOT_SCRIPT_PATH,
-        d::FIRSTBOOT_SCRIPT.as_bytes().to_vec(),
-        0o755,
-    ));
-    let unit_path = format!("{}/{}", crate::k3s::UNIT_DIR, d::FIRSTBOOT_UNIT_NAME);
-    ops.push(Op::file(
-        root,
-        &unit_path,
-        d::FIRSTBOOT_UNIT.as_bytes().to_vec(),
-        0o644,
-    ));
-    ops.push(Op::new(
-        root,
-        &format!(
-            "{}/multi-user.target.wants/{}",
-            crate::k3s::UNIT_DIR,
-            d::FIRSTBOOT_UNIT_NAME
-        ),
-        Action::Symlink { target: unit_path },
-        0o777,
-    ));
-    ops.push(Op::new(root, d::ARMBIAN_FIRST_LOGIN, Action::Remove, 0o644));
-    // What depends only on cluster-wide settings is the same for every node of the image and
-    // goes into the prepared base; the node's names, network and host key copy are its own.
-    let own = [
-        "/etc/hostname",
-        "/etc/hosts",
-        d::NETPLAN_FILE,
-        d::NETWORKD_FILE,
-    ];
-    Ok(ops
-        .into_iter()
-        .map(|o| {
-            if o.secret || own.contains(&o.path.as_str()) || o.path.starts_with(d::HOST_KEY_COPY) {
-                o
-            } else {
-                o.shared()
-            }
-        })
-        .collect())
 }
 
 /// Serialisable view of an op for `--dry-run --json` and the manifest.
@@ -423,12 +72,12 @@ pub struct PlanInputs<'a> {
 impl Plan {
     /// Ops shared by every node of the role (applied to the prepared base).
     pub fn shared_ops(&self) -> Vec<&Op> {
-        self.ops.iter().filter(|o| o.shared).collect()
+        self.ops.iter().filter(|o| o.is_role_wide()).collect()
     }
 
     /// Ops of this node only (applied to its copy of the prepared base).
     pub fn node_ops(&self) -> Vec<&Op> {
-        self.ops.iter().filter(|o| !o.shared).collect()
+        self.ops.iter().filter(|o| !o.is_role_wide()).collect()
     }
 
     /// Computes the plan for `node`. Pure: reads no files and touches no image.
@@ -439,162 +88,73 @@ impl Plan {
         image: &OsImage,
         inputs: &PlanInputs<'_>,
     ) -> Result<Plan> {
-        let mut ops = Vec::new();
-        let instance_id;
         let payload = inputs.payload;
         let root = &image.root.partition;
-        let host_keys = if payload.host_key.is_some() {
-            cloudinit::HostKeys::Provided
-        } else {
-            cloudinit::HostKeys::Generate
-        };
-        match &image.firstboot {
-            Firstboot::CloudInit { seed_partition } => {
-                let seed =
-                    cloudinit::seed(cluster, node, host_keys, &[inputs.base_sha256, &board.name])?;
-                instance_id = Some(seed.instance_id.clone());
-                ops.push(Op::file(
-                    seed_partition,
-                    "/meta-data",
-                    seed.meta_data.into_bytes(),
-                    0o644,
-                ));
-                ops.push(Op::file(
-                    seed_partition,
-                    "/user-data",
-                    seed.user_data.into_bytes(),
-                    0o644,
-                ));
-                ops.push(Op::file(
-                    seed_partition,
-                    "/network-config",
-                    seed.network_config.into_bytes(),
-                    0o644,
-                ));
-            }
-            Firstboot::Direct { network, interface } => {
-                instance_id = None;
-                ops.extend(direct_ops(
-                    cluster,
-                    node,
-                    root,
-                    *network,
-                    interface.as_deref(),
-                    payload,
-                )?);
-            }
-        }
-        if let Some(key) = &payload.host_key {
-            for path in crate::identity::IMAGE_HOST_KEYS {
-                ops.push(Op::new(root, path, Action::Remove, 0o600).shared());
-            }
-            let path = crate::identity::HOST_KEY_PATH;
-            ops.push(
-                Op::file(root, path, key.private_openssh.clone().into_bytes(), 0o600).secret(),
-            );
-            ops.push(Op::file(
-                root,
-                &format!("{path}.pub"),
-                format!("{}\n", key.public_openssh).into_bytes(),
-                0o644,
-            ));
+        let host_key = payload.host_key.as_ref();
+        let first = crate::firstboot::ops(
+            &image.firstboot,
+            cluster,
+            node,
+            root,
+            &[inputs.base_sha256, &board.name],
+            host_key,
+        )?;
+        let mut ops = first.ops;
+        if let Some(key) = host_key {
+            ops.extend(crate::identity::host_key_ops(root, key));
         }
         if cluster.k3s.install {
-            ops.extend(k3s_ops(cluster, node, board, root, payload)?);
+            let k3s = crate::k3s::Payload {
+                binary: payload
+                    .k3s_binary
+                    .clone()
+                    .context("the k3s binary was not resolved")?,
+                airgap: payload.k3s_airgap.clone(),
+                token: payload
+                    .token
+                    .as_deref()
+                    .context("the k3s join token was not resolved")?,
+            };
+            ops.extend(crate::k3s::ops(cluster, node, board, root, k3s)?);
         }
         let is_first_server = node.role == Role::Server
             && cluster.first_server().map(|n| n.name.as_str()) == Some(node.name.as_str());
         if let (Some(g), true) = (&cluster.gitops, is_first_server) {
-            let dir = crate::k3s::MANIFESTS_DIR;
             let install = payload
                 .argocd_install
                 .clone()
                 .context("the Argo CD install manifest was not resolved")?;
-            ops.push(Op::write(
+            ops.extend(crate::gitops::ops(
+                &cluster.cluster,
+                g,
                 root,
-                &format!("{dir}/{}", crate::gitops::INSTALL_FILE),
                 install,
-                0o600,
-            ));
-            ops.push(Op::file(
-                root,
-                &format!("{dir}/{}", crate::gitops::ROOT_APP_FILE),
-                crate::gitops::root_application(&cluster.cluster, g)?.into_bytes(),
-                0o600,
-            ));
-            if let Some(secret) = &payload.repo_secret {
-                ops.push(
-                    Op::file(
-                        root,
-                        &format!("{dir}/{}", crate::gitops::REPO_SECRET_FILE),
-                        secret.clone(),
-                        0o600,
-                    )
-                    .secret(),
-                );
-            }
+                payload.repo_secret.clone(),
+            )?);
         }
-        if let Some(c) = &payload.role_images {
-            let path = format!("{}/{ROLE_IMAGES}", crate::k3s::IMAGES_DIR);
-            ops.push(Op::write(root, &path, c.clone(), 0o644).shared());
-        }
-        if let Some(c) = &payload.node_images {
-            let path = format!("{}/{NODE_IMAGES}", crate::k3s::IMAGES_DIR);
-            ops.push(Op::write(root, &path, c.clone(), 0o644));
-        }
+        ops.extend(crate::images::preload_ops(
+            root,
+            payload.role_images.clone(),
+            payload.node_images.clone(),
+        ));
         for name in crate::overlay::DEFAULT_BUILTINS {
-            ops.extend(
-                crate::overlay::builtin_ops(name, root)?
-                    .into_iter()
-                    .map(Op::shared),
-            );
+            ops.extend(crate::overlay::builtin_ops(name, root)?);
         }
-        for (dir, shared) in cluster.overlays_for(node) {
-            let dir_ops = crate::overlay::dir_ops(&dir, root)
-                .with_context(|| format!("overlay of node '{}'", node.name))?;
+        for (dir, scope) in cluster.overlays_for(node) {
             ops.extend(
-                dir_ops
-                    .into_iter()
-                    .map(|o| if shared { o.shared() } else { o }),
+                crate::overlay::dir_ops(&dir, root, scope)
+                    .with_context(|| format!("overlay of node '{}'", node.name))?,
             );
         }
         if !board.kernel_args.is_empty() {
-            match &image.boot {
-                BootConfig::RaspiFirmware {
-                    partition,
-                    config_txt,
-                } => ops.push(Op {
-                    partition: partition.clone(),
-                    path: format!("/{}", config_txt.trim_start_matches('/')),
-                    action: Action::KernelArgs {
-                        args: board.kernel_args.clone(),
-                    },
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    secret: false,
-                    shared: true,
-                }),
-                BootConfig::ArmbianEnv { partition, path } => ops.push(
-                    Op::new(
-                        partition,
-                        &format!("/{}", path.trim_start_matches('/')),
-                        Action::EditEnv {
-                            key: "extraargs".into(),
-                            append: board.kernel_args.clone(),
-                        },
-                        0o644,
-                    )
-                    .shared(),
-                ),
-            }
+            ops.push(crate::boot::kernel_args(&image.boot, &board.kernel_args));
         }
         Ok(Plan {
             node: node.name.clone(),
             board: board.name.clone(),
             role: node.role,
             image: image.clone(),
-            instance_id,
+            instance_id: first.instance_id,
             ops,
         })
     }
@@ -612,19 +172,7 @@ impl Plan {
                     Action::Symlink { target } => {
                         (target.len() as u64, None, Some(format!("-> {target}")))
                     }
-                    Action::KernelArgs { args } => (
-                        0,
-                        None,
-                        Some(format!(
-                            "append to the kernel command line: {}",
-                            args.join(" ")
-                        )),
-                    ),
-                    Action::EditEnv { key, append } => (
-                        0,
-                        None,
-                        Some(format!("append to {key}=: {}", append.join(" "))),
-                    ),
+                    Action::Edit(edit) => (0, None, Some(edit.describe())),
                 };
                 OpView {
                     partition: op.partition.clone(),
@@ -637,7 +185,7 @@ impl Plan {
                     sha256,
                     detail,
                     secret: op.secret,
-                    shared: op.shared,
+                    shared: op.is_role_wide(),
                 }
             })
             .collect()
@@ -809,32 +357,35 @@ mod tests {
                 .any(|o| o.path == "/etc/systemd/system/k3s.service")
         );
         // The role payload is shared by every node; identity and config are the node's own.
-        assert!(find(&agent, "/usr/local/bin/k3s").shared);
-        assert!(find(&agent, "/etc/systemd/system/k3s-agent.service").shared);
-        assert!(!find(&agent, "/etc/rancher/k3s/config.yaml").shared);
-        assert!(!find(&agent, "/etc/ssh/ssh_host_ed25519_key").shared);
-        assert!(!find(&agent, "/user-data").shared);
-        assert!(find(&agent, "/config.txt").shared, "board kernel arguments");
+        assert!(find(&agent, "/usr/local/bin/k3s").is_role_wide());
+        assert!(find(&agent, "/etc/systemd/system/k3s-agent.service").is_role_wide());
+        assert!(!find(&agent, "/etc/rancher/k3s/config.yaml").is_role_wide());
+        assert!(!find(&agent, "/etc/ssh/ssh_host_ed25519_key").is_role_wide());
+        assert!(!find(&agent, "/user-data").is_role_wide());
+        assert!(
+            find(&agent, "/config.txt").is_role_wide(),
+            "board kernel arguments"
+        );
         assert!(
             find(
                 &agent,
                 "/var/lib/rancher/k3s/agent/images/pikube-role-images.tar.zst"
             )
-            .shared
+            .is_role_wide()
         );
         assert!(
             !find(
                 &agent,
                 "/var/lib/rancher/k3s/agent/images/pikube-node-images.tar.zst"
             )
-            .shared
+            .is_role_wide()
         );
         assert!(
             !find(
                 &server,
                 "/var/lib/rancher/k3s/server/manifests/pikube-argocd-install.yaml"
             )
-            .shared
+            .is_role_wide()
         );
         // Secrets never show their digest.
         assert!(
@@ -871,7 +422,9 @@ mod tests {
         assert!(paths.contains(&("writable", "/etc/modules-load.d/pikube-k3s.conf")));
         assert_eq!(paths.last(), Some(&("system-boot", "/config.txt")));
         let last = p.ops.last().unwrap();
-        assert!(matches!(&last.action, Action::KernelArgs { args } if args.len() == 2));
+        assert!(
+            matches!(&last.action, Action::Edit(e) if e.describe().starts_with("append to the kernel command line: "))
+        );
         let text = render_table(&p.views());
         assert!(text.contains("/user-data") && text.contains("cgroup_enable=memory"));
     }
@@ -970,10 +523,10 @@ mod tests {
         let env = find(&p, "/boot/armbianEnv.txt");
         assert_eq!(
             env.action,
-            Action::EditEnv {
+            Action::Edit(std::sync::Arc::new(crate::boot::armbian_env::AppendWords {
                 key: "extraargs".into(),
-                append: vec!["cgroup_enable=memory".into()]
-            }
+                words: vec!["cgroup_enable=memory".into()]
+            }))
         );
         assert!(render_table(&p.views()).contains("append to extraargs=: cgroup_enable=memory"));
         assert!(
@@ -989,7 +542,7 @@ mod tests {
             "/etc/pikube/ssh_host_ed25519_key",
             "/etc/pikube/ssh_host_ed25519_key.pub",
         ] {
-            assert!(!find(&p, own).shared, "{own} is the node's own");
+            assert!(!find(&p, own).is_role_wide(), "{own} is the node's own");
         }
         for shared in [
             "/etc/pikube",
@@ -1000,9 +553,9 @@ mod tests {
             "/root/.not_logged_in_yet",
             "/boot/armbianEnv.txt",
         ] {
-            assert!(find(&p, shared).shared, "{shared} is shared");
+            assert!(find(&p, shared).is_role_wide(), "{shared} is shared");
         }
-        assert!(p.ops.iter().filter(|o| o.secret).all(|o| !o.shared));
+        assert!(p.ops.iter().filter(|o| o.secret).all(|o| !o.is_role_wide()));
     }
 
     #[test]

@@ -232,7 +232,7 @@ fn armbian_nodes_get_their_identity_without_cloud_init() {
         assert!(sshd.lines().any(|l| l == want), "{want} in {sshd}");
     }
     let script = file(&fs, "/usr/local/sbin/pikube-firstboot", 0o755);
-    assert_eq!(script, pikube_image::direct::FIRSTBOOT_SCRIPT);
+    assert_eq!(script, pikube_image::firstboot::direct::FIRSTBOOT_SCRIPT);
     let unit = file(&fs, "/etc/systemd/system/pikube-firstboot.service", 0o644);
     assert!(unit.contains("ExecStart=/usr/local/sbin/pikube-firstboot\n"));
     assert_eq!(

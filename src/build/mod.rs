@@ -80,7 +80,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         let image = catalog
             .image_for(board, node.os.as_deref())
             .with_context(at)?;
-        let base = req.base.resolve(image);
+        let base = req.base.resolve(&image.url, &image.checksum);
         jobs.push((node, board, image, base));
     }
 

@@ -214,6 +214,48 @@ impl<S: Read + Write + Seek> Fat<S> {
     }
 }
 
+impl<S: Read + Write + Seek> crate::op::Tree for Fat<S> {
+    fn name(&self) -> &str {
+        &self.label
+    }
+
+    fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
+        Fat::read(self, path)
+    }
+
+    fn write(
+        &mut self,
+        path: &str,
+        data: &mut dyn Read,
+        _: u64,
+        _: &crate::op::Meta,
+    ) -> Result<u64> {
+        Fat::write(self, path, data)
+    }
+
+    fn mkdir(&mut self, path: &str, _: &crate::op::Meta) -> Result<()> {
+        self.refuse(path)
+    }
+
+    fn symlink(&mut self, path: &str, _: &str, _: &crate::op::Meta) -> Result<()> {
+        self.refuse(path)
+    }
+
+    fn remove(&mut self, path: &str) -> Result<bool> {
+        self.refuse(path)
+    }
+}
+
+impl<S: Read + Write + Seek> Fat<S> {
+    /// FAT holds no owners, modes or links: the plans write only regular files there.
+    fn refuse<T>(&self, path: &str) -> Result<T> {
+        bail!(
+            "{}:{path}: FAT partitions hold only regular files written by the plan",
+            self.label
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

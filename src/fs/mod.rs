@@ -1,6 +1,8 @@
 //! The `fs` stage: applies a plan's file operations to the partitions of an image file.
 
+pub mod ext4;
 pub mod fat;
+pub mod host;
 
 use std::fs::File;
 use std::io::Read;
@@ -11,10 +13,10 @@ use pikube_ext4::Storage;
 use anyhow::{Context, Result, bail};
 
 use crate::disk::{Disk, FsKind, Partition};
+use crate::io::cow::StorageStream;
 use crate::io::sha256_bytes;
 use crate::manifest::{FileRecord, format_mode};
-use crate::plan::{Action, Content, Op};
-use crate::raspi;
+use crate::op::{Action, Content, Op, Tree};
 
 /// Finds the partition an op names, with an error that lists what the image has.
 pub fn partition<'d>(disk: &'d Disk, label: &str) -> Result<&'d Partition> {
@@ -59,8 +61,17 @@ pub fn apply(image: &Image, disk: &Disk, ops: &[&Op]) -> Result<Vec<FileRecord>>
             .filter(|o| o.partition == label)
             .collect();
         match part.fs {
-            FsKind::Fat => apply_fat(image, part, label, &ops, &mut records)?,
-            FsKind::Ext4 => apply_ext4(image, part, label, &ops, &mut records)?,
+            FsKind::Fat => {
+                let stream = StorageStream::new(&**image, part.start + part.size);
+                let mut fat = fat::Fat::open(stream, part.start, part.size, label)?;
+                records.extend(apply_to(&mut fat, &ops)?);
+                fat.close()?;
+            }
+            FsKind::Ext4 => {
+                let mut tree = ext4::Ext4Tree::open(image, part, label, crate::build_timestamp())?;
+                records.extend(apply_to(&mut tree, &ops)?);
+                tree.close()?;
+            }
             other => bail!(
                 "partition '{label}' holds {other:?}, which this build cannot write to; expected FAT or ext4"
             ),
@@ -96,160 +107,38 @@ pub fn open_content(c: &Content) -> Result<Box<dyn Read + '_>> {
     })
 }
 
-fn apply_fat(
-    image: &Image,
-    part: &Partition,
-    label: &str,
-    ops: &[&Op],
-    records: &mut Vec<FileRecord>,
-) -> Result<()> {
-    let stream = crate::io::cow::StorageStream::new(&**image, part.start + part.size);
-    let fat = fat::Fat::open(stream, part.start, part.size, label)?;
+/// Applies `ops` to `tree` in order and returns what was written, for the manifest.
+pub fn apply_to(tree: &mut dyn Tree, ops: &[&Op]) -> Result<Vec<FileRecord>> {
+    let mut records = Vec::new();
     for op in ops {
+        let meta = op.meta();
         match &op.action {
             Action::Write(content) => {
-                let n = fat.write(&op.path, &mut open_content(content)?)?;
+                let n = tree.write(&op.path, &mut open_content(content)?, content.size(), &meta)?;
                 records.push(record(op, &op.path, "file", n, Some(content.sha256())));
             }
-            Action::KernelArgs { args } => {
-                let config = fat.read(&op.path)?.with_context(|| {
-                    format!(
-                        "{label}:{} not found: the board expects a Raspberry Pi boot partition",
-                        op.path
-                    )
-                })?;
-                let config = String::from_utf8_lossy(&config);
-                let cmdline_path = format!("/{}", raspi::cmdline_path(&config));
-                let cmdline = fat.read(&cmdline_path)?.with_context(|| {
-                    format!("{label}:{cmdline_path} (named by {}) not found", op.path)
-                })?;
-                let cmdline = String::from_utf8(cmdline)
-                    .with_context(|| format!("{label}:{cmdline_path} is not text"))?;
-                let new = raspi::append_kernel_args(&cmdline, args).unwrap_or(cmdline);
-                fat.write(&cmdline_path, &mut new.as_bytes())?;
-                records.push(record(
-                    op,
-                    &cmdline_path,
-                    "edit",
-                    new.len() as u64,
-                    Some(sha256_bytes(new.as_bytes())),
-                ));
-            }
-            Action::Mkdir | Action::Symlink { .. } | Action::Remove | Action::EditEnv { .. } => {
-                bail!(
-                    "{label}:{}: FAT partitions hold only regular files written by the plan",
-                    op.path
-                )
-            }
-        }
-    }
-    fat.close()
-}
-
-fn ext4_err(label: &str, path: &str) -> impl Fn(pikube_ext4::Error) -> anyhow::Error {
-    let at = format!("{label}:{path}");
-    move |e| anyhow::anyhow!("{at}: {e}")
-}
-
-fn parent(path: &str) -> &str {
-    match path.rfind('/') {
-        Some(0) | None => "/",
-        Some(i) => &path[..i],
-    }
-}
-
-fn apply_ext4(
-    image: &Image,
-    part: &Partition,
-    label: &str,
-    ops: &[&Op],
-    records: &mut Vec<FileRecord>,
-) -> Result<()> {
-    let mut fs = pikube_ext4::Ext4Fs::open(image.clone(), part.start, part.size)
-        .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
-    let mtime = crate::build_timestamp();
-    let dir_meta = pikube_ext4::Meta {
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime,
-    };
-    for op in ops {
-        let meta = pikube_ext4::Meta {
-            mode: op.mode,
-            uid: op.uid,
-            gid: op.gid,
-            mtime,
-        };
-        let err = ext4_err(label, &op.path);
-        match &op.action {
-            Action::Write(content) => {
-                fs.mkdir_p(parent(&op.path), &dir_meta).map_err(&err)?;
-                fs.write_file(&op.path, &mut open_content(content)?, content.size(), &meta)
-                    .map_err(&err)?;
-                records.push(record(
-                    op,
-                    &op.path,
-                    "file",
-                    content.size(),
-                    Some(content.sha256()),
-                ));
-            }
             Action::Mkdir => {
-                fs.mkdir_p(&op.path, &meta).map_err(&err)?;
+                tree.mkdir(&op.path, &meta)?;
                 records.push(record(op, &op.path, "dir", 0, None));
             }
             Action::Symlink { target } => {
-                fs.mkdir_p(parent(&op.path), &dir_meta).map_err(&err)?;
-                if fs.stat(&op.path).map_err(&err)?.is_some() {
-                    fs.remove(&op.path).map_err(&err)?;
-                }
-                fs.symlink(&op.path, target, &meta).map_err(&err)?;
+                tree.symlink(&op.path, target, &meta)?;
                 records.push(record(op, &op.path, "symlink", target.len() as u64, None));
             }
             Action::Remove => {
-                if fs.stat(&op.path).map_err(&err)?.is_some() {
-                    fs.remove(&op.path).map_err(&err)?;
+                if tree.remove(&op.path)? {
                     records.push(record(op, &op.path, "remove", 0, None));
                 }
             }
-            Action::EditEnv { key, append } => {
-                let old = match fs.stat(&op.path).map_err(&err)? {
-                    Some(_) => fs.read_file(&op.path).map_err(&err)?,
-                    None => bail!(
-                        "{label}:{} not found: the board expects an Armbian image, which keeps its boot settings there",
-                        op.path
-                    ),
-                };
-                let old = String::from_utf8(old)
-                    .with_context(|| format!("{label}:{} is not text", op.path))?;
-                let new = crate::envfile::append_words(&old, key, append)
-                    .with_context(|| format!("{label}:{}", op.path))?;
-                let text = match new {
-                    Some(new) => {
-                        fs.write_file(&op.path, &mut new.as_bytes(), new.len() as u64, &meta)
-                            .map_err(&err)?;
-                        new
-                    }
-                    None => old,
-                };
-                records.push(record(
-                    op,
-                    &op.path,
-                    "edit",
-                    text.len() as u64,
-                    Some(sha256_bytes(text.as_bytes())),
-                ));
+            Action::Edit(edit) => {
+                for (path, bytes) in edit.apply(tree, &op.path, &meta)? {
+                    let (n, sha) = (bytes.len() as u64, sha256_bytes(&bytes));
+                    records.push(record(op, &path, "edit", n, Some(sha)));
+                }
             }
-            Action::KernelArgs { .. } => bail!(
-                "{label}:{}: kernel arguments live on the boot partition, not on ext4",
-                op.path
-            ),
         }
     }
-    fs.close()
-        .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
-    Ok(())
+    Ok(records)
 }
 
 /// Bytes of free space each ext4 partition lacks for `ops` (empty when everything fits).

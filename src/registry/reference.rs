@@ -5,7 +5,7 @@ use std::fmt;
 
 use anyhow::{Result, bail};
 
-use crate::boards::Arch;
+use crate::arch::Arch;
 
 /// The registry short names (`redis`, `org/app`) resolve to.
 pub const DOCKER_HUB: &str = "docker.io";

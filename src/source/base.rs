@@ -3,9 +3,19 @@
 
 use std::path::PathBuf;
 
-use crate::boards::{ImageChecksum, OsImage};
+use serde::{Deserialize, Serialize};
 
 use super::{Artifact, Checksum};
+
+/// Where an image's published checksum comes from.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum ImageChecksum {
+    /// A checksum file beside the image (SHA256SUMS, `.sha256`, `.sha`); looked up by file name.
+    SumsUrl(String),
+    /// A pinned SHA-256.
+    Sha256(String),
+}
 
 /// The base image asked for on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,25 +54,26 @@ fn name_of(u: &str) -> String {
 }
 
 impl BaseSource {
-    /// The base image of a node whose catalog entry is `entry`.
-    pub fn resolve(&self, entry: &OsImage) -> BaseImage {
+    /// The base image of a node whose catalog image is at `entry_url`, with `entry_checksum`.
+    pub fn resolve(&self, entry_url: &str, entry_checksum: &ImageChecksum) -> BaseImage {
+        let entry_name = name_of(entry_url);
         match self {
             BaseSource::Catalog => {
-                let (checksum, content_id) = match &entry.checksum {
+                let (checksum, content_id) = match entry_checksum {
                     ImageChecksum::Sha256(h) => (Checksum::Sha256(h.clone()), h.clone()),
                     ImageChecksum::SumsUrl(u) => (
                         Checksum::SumsFile {
                             url: u.clone(),
-                            name: entry.file_name().to_string(),
+                            name: entry_name.clone(),
                         },
-                        entry.url.clone(),
+                        entry_url.to_string(),
                     ),
                 };
                 BaseImage {
-                    url: entry.url.clone(),
-                    file_name: entry.file_name().to_string(),
+                    url: entry_url.to_string(),
+                    file_name: entry_name.clone(),
                     origin: Origin::Download(Artifact {
-                        url: entry.url.clone(),
+                        url: entry_url.to_string(),
                         checksum,
                     }),
                     content_id,

@@ -1,7 +1,48 @@
 //! `key=value` boot environment files, like Armbian's `/boot/armbianEnv.txt` (imported by its
 //! U-Boot script with `env import -t`): adding words to one key's value, each at most once.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+
+use crate::op::{FileEdit, Meta, Tree};
+
+/// Adds words to the value of `key` in the `key=value` file the op names, each at most
+/// once; the file must exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendWords {
+    pub key: String,
+    pub words: Vec<String>,
+}
+
+impl FileEdit for AppendWords {
+    fn describe(&self) -> String {
+        format!("append to {}=: {}", self.key, self.words.join(" "))
+    }
+
+    fn apply(
+        &self,
+        tree: &mut dyn Tree,
+        path: &str,
+        meta: &Meta,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let label = tree.name().to_string();
+        let old = tree.read(path)?.with_context(|| {
+            format!(
+                "{label}:{path} not found: the board expects an Armbian image, which keeps its boot settings there"
+            )
+        })?;
+        let old = String::from_utf8(old).with_context(|| format!("{label}:{path} is not text"))?;
+        let new = append_words(&old, &self.key, &self.words)
+            .with_context(|| format!("{label}:{path}"))?;
+        let text = match new {
+            Some(new) => {
+                tree.write(path, &mut new.as_bytes(), new.len() as u64, meta)?;
+                new
+            }
+            None => old,
+        };
+        Ok(vec![(path.to_string(), text.into_bytes())])
+    }
+}
 
 /// Appends each of `words` that is not already among the space-separated words of `key`'s
 /// value. When the key appears more than once the last line wins (as `env import` does) and

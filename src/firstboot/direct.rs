@@ -7,13 +7,16 @@ use std::net::IpAddr;
 
 use anyhow::{Result, bail};
 
+use super::NetworkStack;
 use crate::config::{Cluster, Node};
-use crate::k3s::Unit;
+use crate::identity::HostKey;
 use crate::netconfig::{self, Ethernet, NetplanFile};
+use crate::op::{Action, Op};
+use crate::systemd::{UNIT_DIR, Unit};
 
 /// The first-boot unit and script, shipped as they are (no value is pasted into them).
-pub const FIRSTBOOT_UNIT: &str = include_str!("../firstboot/pikube-firstboot.service");
-pub const FIRSTBOOT_SCRIPT: &str = include_str!("../firstboot/pikube-firstboot.sh");
+pub const FIRSTBOOT_UNIT: &str = include_str!("../../firstboot/pikube-firstboot.service");
+pub const FIRSTBOOT_SCRIPT: &str = include_str!("../../firstboot/pikube-firstboot.sh");
 pub const FIRSTBOOT_UNIT_NAME: &str = "pikube-firstboot.service";
 pub const FIRSTBOOT_SCRIPT_PATH: &str = "/usr/local/sbin/pikube-firstboot";
 
@@ -176,6 +179,127 @@ pub fn admin_user_file(user: &str) -> String {
 /// `/etc/pikube/authorized_keys`: one key per line, each parsed from the inventory.
 pub fn authorized_keys(keys: &[crate::config::AuthorizedKey]) -> String {
     keys.iter().map(|k| format!("{}\n", k.as_str())).collect()
+}
+
+/// The identity of a node whose image has no cloud-init, written into the root filesystem:
+/// hostname, hosts, network, timezone, locale, sshd and sudo settings, and the first-boot
+/// unit that creates the admin user from the data files next to it. What depends only on
+/// cluster-wide settings is the same for every node of the image; the node's names, network
+/// and host key copy are its own.
+pub fn ops(
+    cluster: &Cluster,
+    node: &Node,
+    root: &str,
+    network: NetworkStack,
+    image_interface: Option<&str>,
+    host_key: Option<&HostKey>,
+) -> Result<Vec<Op>> {
+    let mut ops = vec![
+        Op::file(root, "/etc/hostname", hostname(node).into_bytes(), 0o644),
+        Op::file(root, "/etc/hosts", hosts(cluster, node).into_bytes(), 0o644),
+    ];
+    let iface = netconfig::interface(cluster, image_interface)?;
+    match network {
+        NetworkStack::Netplan => {
+            ops.push(Op::new(root, NETPLAN_ARMBIAN_DEFAULT, Action::Remove, 0o600).role_wide());
+            // netplan warns about (and future versions refuse) files others can read.
+            ops.push(Op::file(
+                root,
+                NETPLAN_FILE,
+                netplan(cluster, node, &iface)?.into_bytes(),
+                0o600,
+            ));
+        }
+        NetworkStack::Networkd => ops.push(Op::file(
+            root,
+            NETWORKD_FILE,
+            networkd(cluster, node, &iface)?.into_bytes(),
+            0o644,
+        )),
+    }
+    let tz = &cluster.timezone;
+    ops.push(
+        Op::file(
+            root,
+            "/etc/timezone",
+            timezone_file(tz)?.into_bytes(),
+            0o644,
+        )
+        .role_wide(),
+    );
+    ops.push(Op::symlink(root, "/etc/localtime", &localtime_target(tz)?).role_wide());
+    ops.push(
+        Op::file(
+            root,
+            "/etc/default/locale",
+            locale_file(&cluster.locale)?.into_bytes(),
+            0o644,
+        )
+        .role_wide(),
+    );
+    ops.push(Op::new(root, DATA_DIR, Action::Mkdir, 0o700).role_wide());
+    let user = &cluster.admin.user;
+    ops.push(
+        Op::file(
+            root,
+            ADMIN_USER_FILE,
+            admin_user_file(user).into_bytes(),
+            0o644,
+        )
+        .role_wide(),
+    );
+    ops.push(
+        Op::file(
+            root,
+            AUTHORIZED_KEYS_FILE,
+            authorized_keys(&cluster.admin.ssh_authorized_keys).into_bytes(),
+            0o644,
+        )
+        .role_wide(),
+    );
+    if let Some(key) = host_key {
+        // The OS's own first run may regenerate host keys; the first-boot script puts this
+        // copy back.
+        ops.push(
+            Op::file(
+                root,
+                HOST_KEY_COPY,
+                key.private_openssh.clone().into_bytes(),
+                0o600,
+            )
+            .secret(),
+        );
+        ops.push(Op::file(
+            root,
+            &format!("{HOST_KEY_COPY}.pub"),
+            format!("{}\n", key.public_openssh).into_bytes(),
+            0o644,
+        ));
+    }
+    ops.push(Op::file(root, SUDOERS_FILE, sudoers(user).into_bytes(), 0o440).role_wide());
+    ops.push(
+        Op::file(
+            root,
+            SSHD_DROPIN_FILE,
+            SSHD_DROPIN.as_bytes().to_vec(),
+            0o644,
+        )
+        .role_wide(),
+    );
+    ops.push(
+        Op::file(
+            root,
+            FIRSTBOOT_SCRIPT_PATH,
+            FIRSTBOOT_SCRIPT.as_bytes().to_vec(),
+            0o755,
+        )
+        .role_wide(),
+    );
+    let unit_path = format!("{UNIT_DIR}/{FIRSTBOOT_UNIT_NAME}");
+    ops.push(Op::file(root, &unit_path, FIRSTBOOT_UNIT.as_bytes().to_vec(), 0o644).role_wide());
+    ops.push(crate::systemd::enable(root, FIRSTBOOT_UNIT_NAME, &unit_path).role_wide());
+    ops.push(Op::new(root, ARMBIAN_FIRST_LOGIN, Action::Remove, 0o644).role_wide());
+    Ok(ops)
 }
 
 #[cfg(test)]

@@ -1,6 +1,47 @@
 //! Raspberry Pi firmware boot configuration: where the kernel command line lives and how to
 //! add arguments to it.
 
+use anyhow::{Context, Result};
+
+use crate::op::{FileEdit, Meta, Tree};
+
+/// Adds kernel arguments to the command line file that `config.txt` (the op's path) names,
+/// each at most once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelArgs {
+    pub args: Vec<String>,
+}
+
+impl FileEdit for KernelArgs {
+    fn describe(&self) -> String {
+        format!("append to the kernel command line: {}", self.args.join(" "))
+    }
+
+    fn apply(
+        &self,
+        tree: &mut dyn Tree,
+        config_path: &str,
+        meta: &Meta,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let label = tree.name().to_string();
+        let config = tree.read(config_path)?.with_context(|| {
+            format!(
+                "{label}:{config_path} not found: the board expects a Raspberry Pi boot partition"
+            )
+        })?;
+        let config = String::from_utf8_lossy(&config);
+        let cmdline_path = format!("/{}", cmdline_path(&config));
+        let cmdline = tree.read(&cmdline_path)?.with_context(|| {
+            format!("{label}:{cmdline_path} (named by {config_path}) not found")
+        })?;
+        let cmdline = String::from_utf8(cmdline)
+            .with_context(|| format!("{label}:{cmdline_path} is not text"))?;
+        let new = append_kernel_args(&cmdline, &self.args).unwrap_or(cmdline);
+        tree.write(&cmdline_path, &mut new.as_bytes(), new.len() as u64, meta)?;
+        Ok(vec![(cmdline_path, new.into_bytes())])
+    }
+}
+
 /// The command line file named by config.txt, relative to the root of the boot partition.
 ///
 /// Honours `cmdline=` (default `cmdline.txt`) and `os_prefix=` (prepended as is, as the firmware

@@ -6,6 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Cluster, Node};
+use crate::op::Op;
 
 /// The three seed files, ready to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +140,45 @@ fn user_data(cluster: &Cluster, node: &Node, host_keys: HostKeys) -> Result<Stri
 fn network_config(cluster: &Cluster, node: &Node) -> Result<String> {
     let iface = crate::netconfig::interface(cluster, None)?;
     yaml(&crate::netconfig::config(cluster, node, &iface, None)?)
+}
+
+/// The seed files of `node` on the FAT partition `seed_partition`, all the node's own.
+/// `host_key_provided`: the build writes the node's host key into the image.
+pub fn ops(
+    cluster: &Cluster,
+    node: &Node,
+    seed_partition: &str,
+    build_inputs: &[&str],
+    host_key_provided: bool,
+) -> Result<super::Contribution> {
+    let host_keys = match host_key_provided {
+        true => HostKeys::Provided,
+        false => HostKeys::Generate,
+    };
+    let seed = seed(cluster, node, host_keys, build_inputs)?;
+    Ok(super::Contribution {
+        ops: vec![
+            Op::file(
+                seed_partition,
+                "/meta-data",
+                seed.meta_data.into_bytes(),
+                0o644,
+            ),
+            Op::file(
+                seed_partition,
+                "/user-data",
+                seed.user_data.into_bytes(),
+                0o644,
+            ),
+            Op::file(
+                seed_partition,
+                "/network-config",
+                seed.network_config.into_bytes(),
+                0o644,
+            ),
+        ],
+        instance_id: Some(seed.instance_id),
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,75 @@
+//! Boot mechanisms: where each kind of OS image keeps its kernel command line, and the edit
+//! that adds the arguments a board needs. One module per mechanism; the catalog names the
+//! mechanism of each OS image (`boot: {kind: ...}`).
+
+pub mod armbian_env;
+pub mod raspi;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::op::{Action, Op};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum BootConfig {
+    /// Raspberry Pi firmware: `config.txt` on a FAT partition; the kernel command line is
+    /// `cmdline.txt` (or the file named by `cmdline=`) under `os_prefix`.
+    RaspiFirmware {
+        partition: String,
+        config_txt: String,
+    },
+    /// Armbian's U-Boot script reads `armbianEnv.txt` (`key=value` lines) from `/boot` on the
+    /// root partition; extra kernel arguments go into its `extraargs=` line.
+    ArmbianEnv {
+        partition: String,
+        #[serde(default = "default_armbian_env")]
+        path: String,
+    },
+}
+
+fn default_armbian_env() -> String {
+    "/boot/armbianEnv.txt".into()
+}
+
+impl BootConfig {
+    pub fn partition(&self) -> &str {
+        match self {
+            BootConfig::RaspiFirmware { partition, .. } => partition,
+            BootConfig::ArmbianEnv { partition, .. } => partition,
+        }
+    }
+}
+
+/// The role-wide op that adds `args` to the kernel command line of an image booted by
+/// `boot`, each at most once.
+pub fn kernel_args(boot: &BootConfig, args: &[String]) -> Op {
+    let (partition, path, edit): (&str, &str, Action) = match boot {
+        BootConfig::RaspiFirmware {
+            partition,
+            config_txt,
+        } => (
+            partition,
+            config_txt,
+            Action::Edit(Arc::new(raspi::KernelArgs {
+                args: args.to_vec(),
+            })),
+        ),
+        BootConfig::ArmbianEnv { partition, path } => (
+            partition,
+            path,
+            Action::Edit(Arc::new(armbian_env::AppendWords {
+                key: "extraargs".into(),
+                words: args.to_vec(),
+            })),
+        ),
+    };
+    Op::new(
+        partition,
+        &format!("/{}", path.trim_start_matches('/')),
+        edit,
+        0o644,
+    )
+    .role_wide()
+}

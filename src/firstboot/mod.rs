@@ -1,0 +1,82 @@
+//! First-boot kinds: how a node learns its identity (hostname, network, admin user, SSH
+//! keys) on its first start. One module per kind; the catalog names the kind of each OS
+//! image (`firstboot: {kind: ...}`).
+
+pub mod cloud_init;
+pub mod direct;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Cluster, Node};
+use crate::identity::HostKey;
+use crate::op::Op;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum Firstboot {
+    /// cloud-init with a NoCloud seed (`user-data`, `meta-data`, `network-config`) at the root
+    /// of the FAT partition with this label.
+    CloudInit { seed_partition: String },
+    /// No first-boot configuration tool in the image: the identity is written straight into
+    /// the root filesystem, plus a small first-boot unit for what needs the running system
+    /// (creating the admin user).
+    Direct {
+        /// The network stack the image configures its interfaces with.
+        network: NetworkStack,
+        /// Name of the wired interface in this image, when it is not `eth0`
+        /// (`network.interface` in cluster.yaml overrides it).
+        #[serde(default)]
+        interface: Option<String>,
+    },
+}
+
+/// How an image without cloud-init configures its network.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkStack {
+    /// netplan YAML under /etc/netplan, rendered for systemd-networkd.
+    Netplan,
+    /// systemd-networkd `.network` files under /etc/systemd/network.
+    Networkd,
+}
+
+/// What a first-boot kind contributes to a node's plan.
+pub struct Contribution {
+    pub ops: Vec<Op>,
+    /// cloud-init's instance-id, for kinds that have one.
+    pub instance_id: Option<String>,
+}
+
+/// The ops that give `node` its identity at first boot. `root` is the label of the root
+/// partition; `build_inputs` are digests of what else shapes the image (for cloud-init's
+/// instance-id); `host_key` is the node's SSH host key when the build provides one.
+pub fn ops(
+    kind: &Firstboot,
+    cluster: &Cluster,
+    node: &Node,
+    root: &str,
+    build_inputs: &[&str],
+    host_key: Option<&HostKey>,
+) -> Result<Contribution> {
+    match kind {
+        Firstboot::CloudInit { seed_partition } => cloud_init::ops(
+            cluster,
+            node,
+            seed_partition,
+            build_inputs,
+            host_key.is_some(),
+        ),
+        Firstboot::Direct { network, interface } => Ok(Contribution {
+            ops: direct::ops(
+                cluster,
+                node,
+                root,
+                *network,
+                interface.as_deref(),
+                host_key,
+            )?,
+            instance_id: None,
+        }),
+    }
+}
