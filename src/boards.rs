@@ -191,6 +191,28 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The table `pikube-image boards` prints.
+    pub fn render_table(&self) -> Result<String> {
+        let mut out = format!(
+            "{:<8} {:<6} {:<14} {:<24} DESCRIPTION\n",
+            "BOARD", "ARCH", "DEFAULT OS", "ALIASES"
+        );
+        for b in self.boards() {
+            let img = self.image_for(b, None)?;
+            out.push_str(&format!(
+                "{:<8} {:<6} {:<14} {:<24} {}\n",
+                b.name,
+                b.arch.as_str(),
+                img.name,
+                b.aliases.join(","),
+                b.description
+            ));
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,6 +187,29 @@ pub fn prune(root: &Path, older_than: Option<Duration>, now: SystemTime) -> Resu
     Ok(removed)
 }
 
+/// The listing `pikube-image cache list` prints: one line per entry with its age at `now`
+/// (seconds since the epoch), then the total.
+pub fn render_list(root: &Path, entries: &[Entry], now: u64) -> String {
+    let mut out = format!("{}\n", root.display());
+    let mut total = 0;
+    for e in entries {
+        total += e.disk_bytes;
+        out.push_str(&format!(
+            "{:<14} {:>10}  {:>4}d ago  {}\n",
+            e.kind,
+            crate::progress::human_bytes(e.disk_bytes),
+            now.saturating_sub(e.last_used) / 86_400,
+            e.name
+        ));
+    }
+    out.push_str(&format!(
+        "{} entries, {}\n",
+        entries.len(),
+        crate::progress::human_bytes(total)
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,39 @@ pub struct Report {
     pub placeholder: bool,
 }
 
+impl Report {
+    /// What `init` tells the user on standard error: each file, where the key came from or
+    /// that there was none, and the next step. `config` is the cluster.yaml written or kept.
+    pub fn render(&self, config: &Path) -> String {
+        let mut out = String::new();
+        for f in &self.files {
+            out.push_str(&match f {
+                Outcome::Wrote(p) => format!("wrote {}\n", p.display()),
+                Outcome::Kept(p) => format!("kept {} (already there)\n", p.display()),
+                Outcome::Extended(p) => format!("added secrets/ to {}\n", p.display()),
+            });
+        }
+        if let Some(k) = &self.key_from {
+            out.push_str(&format!(
+                "admin key: {} (in {})\n",
+                k.display(),
+                config.display()
+            ));
+        }
+        if self.placeholder {
+            out.push_str(&format!(
+                "warning: no public key found in ~/.ssh (id_ed25519.pub, id_ecdsa.pub, id_rsa.pub): {} holds the placeholder {PLACEHOLDER_KEY}; replace it with your key (make one with `ssh-keygen -t ed25519`), or build will refuse it\n",
+                config.display()
+            ));
+        }
+        out.push_str(&format!(
+            "next: edit {} (nodes, addresses), then run `pikube-image build --all`\n",
+            config.display()
+        ));
+        out
+    }
+}
+
 /// The token file an existing cluster.yaml names, read without validating the rest (it may
 /// still hold the placeholder key, or be half edited).
 fn token_file_of(config: &Path) -> Result<PathBuf> {

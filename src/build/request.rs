@@ -85,3 +85,36 @@ pub struct BuildSummary {
     pub dry_run: bool,
     pub nodes: Vec<NodeResult>,
 }
+
+impl BuildSummary {
+    /// What `build` prints on standard output without `--json`: the plan of each node for a
+    /// dry run, else each image's SHA-256 and path.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.dry_run {
+            for n in &self.nodes {
+                out.push_str(&format!(
+                    "node {} ({}, board {}) from {}\n",
+                    n.node, n.role, n.board, n.base_url
+                ));
+                if let Some(id) = &n.instance_id {
+                    out.push_str(&format!("  cloud-init instance-id: {id}\n"));
+                }
+                out.push_str(&crate::plan::render_table(&n.plan));
+            }
+            out.push_str("dry run: nothing was written\n");
+        } else {
+            for n in &self.nodes {
+                out.push_str(&format!(
+                    "{}  {}\n",
+                    n.sha256.as_deref().unwrap_or(""),
+                    n.image
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        out
+    }
+}

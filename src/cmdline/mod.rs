@@ -1,0 +1,207 @@
+//! The command line: clap types only. What each command does lives in the library.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use pikube_image::build::{self, AdHoc, BuildRequest, Selection};
+use pikube_image::config::Role;
+use pikube_image::source::base::BaseSource;
+
+/// Build flashable, per-node k3s images for Raspberry Pi and Orange Pi boards from stock OS
+/// downloads, without root.
+#[derive(Parser)]
+#[command(name = "pikube-image", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Write a commented cluster.yaml and a random k3s join token (secrets/k3s-token).
+    Init(InitArgs),
+    /// Build node images into the output directory (default: images/).
+    Build(BuildArgs),
+    /// List the supported boards and their default OS image.
+    Boards,
+    /// Show an image's partitions, filesystems, detected OS and cloud-init seed.
+    Inspect(InspectArgs),
+    /// Container images preloaded into the nodes.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// The download and build cache ($PIKUBE_CACHE_DIR, else ~/.cache/pikube-image).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// List what the cache holds: downloads, prepared bases, image archives and blobs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries not used for a while (--older-than 30d), or everything (--all).
+    Prune {
+        /// Age like 30d, 12h or 2w: entries last used before that are removed.
+        #[arg(long, value_name = "AGE", required_unless_present = "all")]
+        older_than: Option<String>,
+        /// Remove every entry.
+        #[arg(long, conflicts_with = "older_than")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImagesCommand {
+    /// Resolve every image tag of the inventory again, pull them into the cache and rewrite
+    /// images.lock (builds use the pinned digests until the next update).
+    Update {
+        /// Cluster inventory.
+        #[arg(long, default_value = "cluster.yaml")]
+        config: PathBuf,
+        /// Download mirror for the Argo CD manifest, as for `build`.
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Directory to write cluster.yaml and secrets/ into.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Cluster inventory.
+    #[arg(long, default_value = "cluster.yaml")]
+    pub config: PathBuf,
+    /// Build this node of the inventory (repeatable).
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+    /// Build every node of the inventory.
+    #[arg(long, conflicts_with_all = ["nodes", "board"])]
+    pub all: bool,
+    /// Build an ad-hoc node for this board (with --role), not listed in the inventory.
+    #[arg(long, requires = "role", conflicts_with = "nodes")]
+    pub board: Option<String>,
+    /// Role of the ad-hoc node: server, agent or worker.
+    #[arg(long, requires = "board")]
+    pub role: Option<Role>,
+    /// Hostname of the ad-hoc node (generated when absent).
+    #[arg(long, requires = "board")]
+    pub name: Option<String>,
+    /// Start from this local image file (.img, .img.xz, .img.gz, .img.zst) instead of the
+    /// board's download.
+    #[arg(long, conflicts_with = "image_url")]
+    pub image: Option<PathBuf>,
+    /// Start from this URL instead of the board's download.
+    #[arg(long)]
+    pub image_url: Option<String>,
+    /// Expected SHA-256 of --image-url (else looked up in SHA256SUMS beside it).
+    #[arg(long, requires = "image_url", value_name = "HEX")]
+    image_sha256: Option<String>,
+    /// Rewrite every download https://HOST/PATH to URL/HOST/PATH (local mirror, air-gapped CI).
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Output directory.
+    #[arg(long, default_value = "images")]
+    pub out: PathBuf,
+    /// Use only the download cache; fail naming anything missing.
+    #[arg(long)]
+    pub offline: bool,
+    /// When the root filesystem must grow to fit the payload, leave this much free space
+    /// beyond it (MiB).
+    #[arg(long, value_name = "MIB", default_value_t = build::DEFAULT_GROW_MARGIN >> 20)]
+    pub grow_margin: u64,
+    /// Build this many nodes in parallel.
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Build only share I of N of the selected nodes (inventory order, every N-th node from
+    /// the I-th), for CI matrices: --shard 2/4.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// Output formats, comma separated: raw (sparse .img), zst, xz (.img.zst/.img.xz, read by
+    /// any zstd/xz), bmap (for `bmaptool copy`). Default: raw, or `formats:` in cluster.yaml.
+    #[arg(long, value_name = "LIST")]
+    pub format: Option<String>,
+    /// Print the plan (every file, partition, size, mode) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Progress as JSON lines on stderr and a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Image file (raw, or compressed with xz, gzip or zstd).
+    pub image: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not I/N, e.g. 1/4"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{i}' is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{n}' is not a number"))?;
+    if n == 0 || i == 0 || i > n {
+        return Err(format!("shard {i}/{n}: I must be between 1 and N"));
+    }
+    Ok((i, n))
+}
+
+impl BuildArgs {
+    /// The build request these flags describe.
+    pub fn request(self) -> anyhow::Result<BuildRequest> {
+        let base = match (self.image, self.image_url) {
+            (Some(p), _) => BaseSource::File(p),
+            (None, Some(url)) => BaseSource::Url {
+                url,
+                sha256: self.image_sha256,
+            },
+            (None, None) => BaseSource::Catalog,
+        };
+        let select = match (self.all, self.board) {
+            (true, _) => Selection::All,
+            (false, Some(board)) => Selection::AdHoc(AdHoc {
+                board,
+                role: self.role.expect("clap requires --role with --board"),
+                name: self.name,
+            }),
+            (false, None) => Selection::Named(self.nodes),
+        };
+        Ok(BuildRequest {
+            config: self.config,
+            select,
+            base,
+            mirror: self.mirror,
+            out: self.out,
+            offline: self.offline,
+            dry_run: self.dry_run,
+            cache_dir: None,
+            grow_margin: self.grow_margin << 20,
+            jobs: self.jobs.max(1),
+            shard: self.shard,
+            formats: match &self.format {
+                Some(list) => pikube_image::formats::parse_formats(list)?,
+                None => Vec::new(),
+            },
+        })
+    }
+}
