@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::source::layout::Layout;
+
 /// One removable unit of the cache.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Entry {
@@ -73,10 +75,11 @@ pub fn list(root: &Path) -> Result<Vec<Entry>> {
     if !root.exists() {
         return Ok(Vec::new());
     }
+    let layout = Layout::new(root);
     let mut entries = Vec::new();
     let mut claimed = std::collections::BTreeSet::new();
     // Downloads: the URL index names what a blob is.
-    for idx in files(&root.join("urls")) {
+    for idx in files(&layout.urls()) {
         let Ok(text) = std::fs::read_to_string(&idx) else {
             continue;
         };
@@ -84,7 +87,7 @@ pub fn list(root: &Path) -> Result<Vec<Entry>> {
         let (Some(digest), Some(url)) = (lines.next(), lines.next()) else {
             continue;
         };
-        let blob = root.join("blobs/sha256").join(digest.trim());
+        let blob = layout.blobs().join(digest.trim());
         if !blob.exists() {
             continue;
         }
@@ -97,38 +100,35 @@ pub fn list(root: &Path) -> Result<Vec<Entry>> {
             paths: vec![blob, idx],
         });
     }
-    for dir in files(&root.join("prepared")) {
-        let meta = dir.join("prepared.json");
-        if !dir.is_dir() || !meta.exists() {
+    for dir in files(&layout.prepared()) {
+        let key = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let entry = layout.prepared_entry(&key);
+        if !dir.is_dir() || !entry.meta.exists() {
             continue;
         }
-        let lock = root.join("prepared").join(format!(
-            "{}.lock",
-            dir.file_name().unwrap_or_default().to_string_lossy()
-        ));
         entries.push(Entry {
             kind: "prepared".into(),
-            name: dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned(),
+            name: key,
             disk_bytes: disk_usage(&dir),
-            last_used: mtime(&meta),
-            paths: vec![dir, lock],
+            last_used: mtime(&entry.meta),
+            paths: vec![entry.dir, entry.lock],
         });
     }
-    for f in files(&root.join("oci/archives")) {
+    for f in files(&layout.image_archives()) {
         entries.push(file_entry("image-archive", String::new(), f));
     }
     // Remaining blobs are image manifests, configs and layers.
-    for blob in files(&root.join("blobs/sha256")) {
+    for blob in files(&layout.blobs()) {
         if claimed.contains(&blob) {
             continue;
         }
         entries.push(file_entry("oci-blob", "sha256:".into(), blob));
     }
-    for f in files(&root.join("partial")) {
+    for f in files(&layout.partial()) {
         entries.push(file_entry("partial", String::new(), f));
     }
     Ok(entries)

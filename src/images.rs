@@ -128,7 +128,7 @@ impl Preloader {
             "images": images.iter().map(|i| (i.reference.clone(), i.manifest_digest.clone())).collect::<Vec<_>>(),
         });
         let key = crate::io::sha256_bytes(key_material.to_string().as_bytes());
-        let dir = self.cache.root().join("oci").join("archives");
+        let dir = self.cache.layout().image_archives();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(format!("{key}.tar.zst"));

@@ -192,7 +192,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     // A prepared base is made (and cached) for fleet builds, where nodes share it now or in
     // the next build; one in the cache is always reused. A build of a single node writes its
     // image once, straight into the output file.
-    let store = PreparedStore::new(open_cache(&req.cache_dir)?.root().join("prepared"));
+    let store = PreparedStore::new(open_cache(&req.cache_dir)?.layout());
     let mut prepared: BTreeMap<String, Prepared> = BTreeMap::new();
     for w in &work {
         let key = w.key.clone();

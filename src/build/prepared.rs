@@ -13,9 +13,7 @@ use crate::formats::{Format, FrameIndex};
 use crate::manifest::{FileRecord, GrowthRecord};
 use crate::plan::{OpView, Plan};
 use crate::progress::Progress;
-
-const META: &str = "prepared.json";
-const IMAGE: &str = "base.img";
+use crate::source::layout::Layout;
 
 /// A decompressed base image with a role's shared ops applied, kept in the cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,38 +48,39 @@ pub fn key(plan: &Plan, base_sha256: &str, margin: u64) -> String {
     crate::io::sha256_bytes(material.to_string().as_bytes())
 }
 
-/// The prepared bases under one directory of the cache.
+/// The prepared bases of a cache.
 pub struct PreparedStore {
-    root: PathBuf,
+    layout: Layout,
 }
 
 impl PreparedStore {
-    pub fn new(root: PathBuf) -> PreparedStore {
-        PreparedStore { root }
-    }
-
-    fn dir(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+    pub fn new(layout: Layout) -> PreparedStore {
+        PreparedStore { layout }
     }
 
     /// Whether the store holds a complete prepared base for `key`.
     pub fn contains(&self, key: &str) -> bool {
-        self.dir(key).join(META).exists()
+        self.layout.prepared_entry(key).meta.exists()
     }
 
     /// Where the frames of `key`'s image in `format` are kept.
     pub fn frames_dir(&self, key: &str, format: Format) -> PathBuf {
-        self.dir(key).join(format!("frames-{}", format.name()))
+        let dir = self.layout.prepared_entry(key).dir;
+        dir.join(format!("frames-{}", format.name()))
     }
 
     fn load(&self, key: &str) -> Result<Prepared> {
-        let dir = self.dir(key);
-        let meta = dir.join(META);
-        let text = std::fs::read_to_string(&meta)
-            .with_context(|| format!("cannot read {}", meta.display()))?;
-        let mut p: Prepared = serde_json::from_str(&text)
-            .with_context(|| format!("{} is damaged: delete {}", meta.display(), dir.display()))?;
-        p.path = dir.join(IMAGE);
+        let entry = self.layout.prepared_entry(key);
+        let text = std::fs::read_to_string(&entry.meta)
+            .with_context(|| format!("cannot read {}", entry.meta.display()))?;
+        let mut p: Prepared = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged: delete {}",
+                entry.meta.display(),
+                entry.dir.display()
+            )
+        })?;
+        p.path = entry.image;
         p.from_cache = true;
         Ok(p)
     }
@@ -103,10 +102,11 @@ impl PreparedStore {
             ));
             return self.load(key);
         }
-        let root = &self.root;
+        let root = &self.layout.prepared();
+        let entry = self.layout.prepared_entry(key);
         std::fs::create_dir_all(root)
             .with_context(|| format!("cannot create {}", root.display()))?;
-        let lock_path = root.join(format!("{key}.lock"));
+        let lock_path = &entry.lock;
         let lock = std::fs::File::create(&lock_path)
             .with_context(|| format!("cannot create {}", lock_path.display()))?;
         lock.lock_exclusive()
@@ -121,7 +121,7 @@ impl PreparedStore {
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         let built = (|| -> Result<Prepared> {
-            let img = tmp.join(IMAGE);
+            let img = tmp.join(entry.image.file_name().expect("an image file name"));
             let (files, growth) = make(&img)?;
             // On disk before it enters the cache, where later builds trust it.
             super::derive::open_rw(&img)?
@@ -135,19 +135,19 @@ impl PreparedStore {
                 from_cache: false,
             };
             emit::write_atomic(
-                &tmp.join(META),
+                &tmp.join(entry.meta.file_name().expect("a metadata file name")),
                 serde_json::to_string_pretty(&p)?.as_bytes(),
             )?;
             Ok(p)
         })();
         emit::unregister_temporary(&tmp);
-        let dir = self.dir(key);
+        let dir = &entry.dir;
         match built {
             Ok(mut p) => {
-                std::fs::rename(&tmp, &dir).with_context(|| {
+                std::fs::rename(&tmp, dir).with_context(|| {
                     format!("cannot move {} to {}", tmp.display(), dir.display())
                 })?;
-                p.path = dir.join(IMAGE);
+                p.path = entry.image;
                 Ok(p)
             }
             Err(e) => {

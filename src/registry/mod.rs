@@ -331,7 +331,7 @@ impl Puller {
     }
 
     fn refs_dir(&self) -> PathBuf {
-        self.cache.root().join("oci").join("refs")
+        self.cache.layout().image_refs()
     }
 
     fn ref_key(image: &ImageRef) -> String {

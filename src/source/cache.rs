@@ -77,6 +77,11 @@ impl Cache {
         &self.root
     }
 
+    /// Where everything in this cache goes.
+    pub fn layout(&self) -> super::layout::Layout {
+        super::layout::Layout::new(&self.root)
+    }
+
     /// Where the blob with this digest lives (whether or not it exists).
     pub fn blob_path(&self, sha256: &str) -> PathBuf {
         self.blob_dir().join(sha256.to_ascii_lowercase())
@@ -247,23 +252,23 @@ impl Cache {
     }
 
     pub fn blob_dir(&self) -> PathBuf {
-        self.root.join("blobs").join("sha256")
+        self.layout().blobs()
     }
 
     pub fn partial_dir(&self) -> PathBuf {
-        self.root.join("partial")
+        self.layout().partial()
     }
 
     pub fn urls_dir(&self) -> PathBuf {
-        self.root.join("urls")
+        self.layout().urls()
     }
 
     fn locks_dir(&self) -> PathBuf {
-        self.root.join("locks")
+        self.layout().locks()
     }
 
     fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.layout().tmp()
     }
 
     fn url_index_path(&self, url: &str) -> PathBuf {

@@ -9,6 +9,7 @@
 pub mod base;
 mod cache;
 mod download;
+pub mod layout;
 mod mirror;
 mod sums;
 
