@@ -8,7 +8,8 @@
 //! prints facts after cloud-init's final stage and powers off.
 //!
 //! Runs with `cargo test --workspace`; skips with a printed reason when it cannot build or boot
-//! a guest here (not root, mmdebstrap or QEMU missing). `PIKUBE_BOOT_ARCH=arm64` boots an arm64
+//! a guest here (not root, mmdebstrap or QEMU missing), or fails under
+//! `PIKUBE_REQUIRE_ORACLES=1`. `PIKUBE_BOOT_ARCH=arm64` boots an arm64
 //! guest (qemu-system-aarch64 -M virt -cpu cortex-a72) instead of amd64.
 
 mod support;
@@ -17,6 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pikube_test_oracles::{require_tool, skip};
 use support::http::TestServer;
 use support::vm::{self, Boot, GuestArch};
 
@@ -53,7 +55,7 @@ fn built_images_boot_as_their_nodes() {
         Err(e) => panic!("{e}"),
     };
     if let Err(why) = vm::preflight(arch) {
-        eprintln!("SKIPPED end-to-end boot test ({arch}): {why}");
+        skip(format_args!("end-to-end boot test ({arch}): {why}"));
         return;
     }
     eprintln!(
@@ -216,7 +218,7 @@ fn boot_images_built_earlier() {
     };
     let arch = GuestArch::from_env().unwrap_or_else(|e| panic!("{e}"));
     if let Err(why) = vm::preflight(arch) {
-        eprintln!("SKIPPED boot of earlier images ({arch}): {why}");
+        skip(format_args!("boot of earlier images ({arch}): {why}"));
         return;
     }
     boot_and_check(Path::new(&dir), arch, arch.k3s_assets().2);
@@ -483,21 +485,21 @@ fn k3s_standin_release_layout() {
     let dir = tempfile::tempdir().unwrap();
     let tarball = dir.path().join("images.tar.zst");
     std::fs::write(&tarball, &r.airgap).unwrap();
-    let list = Command::new("tar")
+    if !require_tool("tar", "tar") {
+        return;
+    }
+    let o = Command::new("tar")
         .args(["--zstd", "-tvf"])
         .arg(&tarball)
-        .output();
-    match list {
-        Ok(o) if o.status.success() => {
-            let t = String::from_utf8_lossy(&o.stdout);
-            assert!(t.contains("oci-layout") && t.contains("index.json"), "{t}");
-        }
-        Ok(o) => panic!(
-            "tar --zstd -t rejects the airgap tarball: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => eprintln!("SKIPPED tar listing of the airgap tarball: {e}"),
-    }
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tar --zstd -t rejects the airgap tarball: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.contains("oci-layout") && t.contains("index.json"), "{t}");
 }
 
 /// A plain HTTP/1.1 GET against the test server; the body of a 200.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use pikube_image::decompress::Compression;
+use pikube_test_oracles::{require_root, require_tool, skip};
 use support::build_env::{
     K3S_VERSION, KEY, TOKEN, e2fsck_clean, extract, run_cli, serve_k3s, stderr, write_token,
 };
@@ -431,6 +432,9 @@ fn fixtures_file(f: &Fixture, path: &str) -> Vec<u8> {
 /// Runs Debian's `netplan generate` on a tree holding only our file, when netplan is
 /// installed, and checks the systemd-networkd file it renders.
 fn netplan_generate(env: &Env, yaml: &str, want: &[&str]) {
+    if !require_tool("netplan", "netplan.io") {
+        return;
+    }
     let tree = env.path("netplan-root");
     std::fs::create_dir_all(tree.join("etc/netplan")).unwrap();
     let f = tree.join("etc/netplan/20-pikube.yaml");
@@ -439,18 +443,12 @@ fn netplan_generate(env: &Env, yaml: &str, want: &[&str]) {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let o = match Command::new("netplan")
+    let o = Command::new("netplan")
         .arg("generate")
         .arg("--root-dir")
         .arg(&tree)
         .output()
-    {
-        Ok(o) => o,
-        Err(_) => {
-            eprintln!("netplan is not installed (package netplan.io): `netplan generate` not run");
-            return;
-        }
-    };
+        .unwrap();
     assert!(o.status.success(), "netplan generate: {}", stderr(&o));
     let rendered = tree.join("run/systemd/network/10-netplan-end0.network");
     let text = std::fs::read_to_string(&rendered)
@@ -463,7 +461,7 @@ fn netplan_generate(env: &Env, yaml: &str, want: &[&str]) {
 
 /// A minimal Debian root filesystem with passwd, sudo and openssh-server, made once with
 /// mmdebstrap and kept as a tarball (`$PIKUBE_TEST_ROOTFS_TAR`, else under /var/tmp).
-/// `None`, with the reason printed, when it cannot be had here.
+/// `None`, after [`skip`] said why, when it cannot be had here.
 fn debian_rootfs_tar() -> Option<PathBuf> {
     let path = std::env::var_os("PIKUBE_TEST_ROOTFS_TAR")
         .map(PathBuf::from)
@@ -475,7 +473,10 @@ fn debian_rootfs_tar() -> Option<PathBuf> {
     if path.exists() {
         return Some(path);
     }
-    std::fs::create_dir_all(path.parent().unwrap()).ok()?;
+    if !require_tool("mmdebstrap", "mmdebstrap") {
+        return None;
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let partial = path.with_extension("partial.tar");
     let o = Command::new("mmdebstrap")
         .args([
@@ -485,25 +486,18 @@ fn debian_rootfs_tar() -> Option<PathBuf> {
             "bookworm",
         ])
         .arg(&partial)
-        .output();
-    match o {
-        Ok(o) if o.status.success() => {
-            std::fs::rename(&partial, &path).unwrap();
-            Some(path)
-        }
-        Ok(o) => {
-            let _ = std::fs::remove_file(&partial);
-            eprintln!(
-                "SKIP: mmdebstrap could not make a Debian root filesystem: {}",
-                stderr(&o)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIP: mmdebstrap is not installed ({e}): apt-get install mmdebstrap");
-            None
-        }
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        skip(format_args!(
+            "mmdebstrap could not make a Debian root filesystem: {}",
+            stderr(&o)
+        ));
+        return None;
     }
+    std::fs::rename(&partial, &path).unwrap();
+    Some(path)
 }
 
 fn chroot(root: &Path, args: &[&str]) -> Output {
@@ -545,9 +539,7 @@ fn copy_out(fs: &ext4_view::Ext4, root: &Path, path: &str) {
 /// configurations their own tools accept.
 #[test]
 fn firstboot_script_creates_the_admin_in_a_debian_chroot() {
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("SKIP: chroot needs root");
+    if !require_root("chroot") {
         return;
     }
     let Some(tar) = debian_rootfs_tar() else {

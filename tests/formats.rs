@@ -18,6 +18,7 @@ use pikube_image::formats::{
 };
 use pikube_image::io::cow::CowImage;
 use pikube_image::progress::Progress;
+use pikube_test_oracles::{require_root, require_tool, skip};
 use sha2::{Digest, Sha256};
 use support::pseudo_random;
 
@@ -28,25 +29,6 @@ const BASE_SIZE: u64 = 96 * MIB + 12345;
 const BASE_DATA_CHUNKS: [u64; 7] = [0, 2, 3, 4, 10, 15, 24];
 /// Chunks the node changes (three data chunks and one that is a hole in the base).
 const NODE_CHANGED_CHUNKS: [u64; 4] = [3, 10, 20, 24];
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn tools_or_skip(tools: &[&str]) -> bool {
-    for t in tools {
-        if !have(t) {
-            eprintln!("skipping: {t} is not installed (apt-get install zstd xz-utils bmap-tools)");
-            return false;
-        }
-    }
-    true
-}
 
 /// Compressible bytes that look a little like a file system: words, numbers, some zeros.
 fn texty(len: usize, seed: u64) -> Vec<u8> {
@@ -212,8 +194,8 @@ fn fixture() -> Fixture {
     }
 }
 
-fn check_format(format: Format, tool: &str) {
-    if !tools_or_skip(&[tool]) {
+fn check_format(format: Format, tool: &str, package: &str) {
+    if !require_tool(tool, package) {
         return;
     }
     let fx = fixture();
@@ -351,17 +333,20 @@ fn check_format(format: Format, tool: &str) {
 
 #[test]
 fn zst_splice_equals_scratch_and_zstd_agrees() {
-    check_format(Format::Zst, "zstd");
+    check_format(Format::Zst, "zstd", "zstd");
 }
 
 #[test]
 fn xz_splice_equals_scratch_and_xz_agrees() {
-    check_format(Format::Xz, "xz");
+    check_format(Format::Xz, "xz", "xz-utils");
 }
 
 #[test]
 fn bmaptool_copies_and_verifies_our_bmap() {
-    if !tools_or_skip(&["bmaptool", "zstd", "xz"]) {
+    if !(require_tool("bmaptool", "bmap-tools")
+        && require_tool("zstd", "zstd")
+        && require_tool("xz", "xz-utils"))
+    {
         return;
     }
     let fx = fixture();
@@ -518,8 +503,7 @@ fn overlay_image_keeps_holes_here() {
 /// shares the base's data: writing it costs only the blocks the node changed.
 #[test]
 fn reflink_on_xfs_when_root() {
-    if euid() != 0 || !have("mkfs.xfs") {
-        eprintln!("skipping the reflink check: needs root and mkfs.xfs (apt-get install xfsprogs)");
+    if !(require_root("mounting an XFS loop device") && require_tool("mkfs.xfs", "xfsprogs")) {
         return;
     }
     let dir = tempfile::Builder::new()
@@ -542,7 +526,9 @@ fn reflink_on_xfs_when_root() {
         .status()
         .unwrap();
     if !st.success() {
-        eprintln!("skipping the reflink check: cannot loop-mount XFS here");
+        skip(format_args!(
+            "cannot loop-mount XFS here (mount exited with {st})"
+        ));
         return;
     }
     struct Unmount(PathBuf);
@@ -576,14 +562,6 @@ fn reflink_on_xfs_when_root() {
     assert!(grew < MIB, "the node took {grew} bytes: not a reflink");
     // The clone is independent: the base is unchanged by the node's edits.
     assert_eq!(sha_file(&base), base_sha);
-}
-
-fn euid() -> u32 {
-    let out = Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(1)
 }
 
 /// Fills `len` bytes with the content of files under `/usr` (binaries, libraries, text):

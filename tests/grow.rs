@@ -10,6 +10,7 @@ mod support;
 
 use pikube_ext4::grow::grow_fs;
 use pikube_image::disk::grow::grow_last_partition;
+use pikube_test_oracles::{require_package, require_root, require_tool, skip};
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -24,26 +25,13 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const SECTOR: u64 = 512;
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-}
-
 fn tools_or_skip() -> bool {
-    for t in [
-        "sfdisk",
-        "sgdisk",
-        "mkfs.ext4",
-        "e2fsck",
-        "resize2fs",
-        "dumpe2fs",
-        "debugfs",
-    ] {
-        if !have(t) {
-            eprintln!("skipping: {t} is not installed (apt-get install fdisk gdisk e2fsprogs)");
-            return false;
-        }
-    }
-    true
+    require_tool("sfdisk", "fdisk")
+        && require_tool("sgdisk", "gdisk")
+        && require_package(
+            "e2fsprogs",
+            &["mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "debugfs"],
+        )
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -248,16 +236,12 @@ fn big_file(dir: &Path) -> PathBuf {
     p
 }
 
-fn is_root() -> bool {
-    run(Command::new("id").arg("-u")).stdout == b"0\n"
-}
-
 /// Writes 900 MiB into the grown filesystem through the kernel (loop device) when possible,
 /// otherwise with debugfs; then e2fsck must still be clean.
 fn write_900m(b: &Built, new_size: u64) {
     let spec = format!("{}?offset={}", b.img.display(), b.root_start);
     let mut via_kernel = false;
-    if is_root() {
+    if require_root("writing through the kernel (a loop mount) instead of debugfs") {
         let out = run(Command::new("losetup")
             .args(["--find", "--show"])
             .arg(format!("--offset={}", b.root_start))
@@ -289,13 +273,11 @@ fn write_900m(b: &Built, new_size: u64) {
                 );
             }
         } else {
-            eprintln!(
+            skip(format_args!(
                 "no loop device ({}); writing with debugfs instead of the kernel",
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            ));
         }
-    } else {
-        eprintln!("not root: skipping the kernel mount, writing with debugfs instead");
     }
     if !via_kernel {
         run_checked(

@@ -3,7 +3,7 @@
 //! `containerd` (`ctr images import`) when it can run.
 //!
 //! Needs the Debian packages `docker-registry skopeo containerd zstd`; tests that lack one
-//! print why and skip.
+//! print why and skip (fail under `PIKUBE_REQUIRE_ORACLES=1`).
 
 mod support;
 
@@ -18,9 +18,8 @@ use pikube_image::registry::{
     ImageRef, Platform, Puller, RegistryOptions, ResolvedImage, summary, write_oci_archive,
 };
 use pikube_image::source::Cache;
-use support::registry::{
-    FakeRegistry, Registry, TestImage, build_layout, have_tool, make_image, run,
-};
+use pikube_test_oracles::{require_package, require_root, require_tool, skip};
+use support::registry::{FakeRegistry, Registry, TestImage, build_layout, make_image, run};
 use support::sha256_hex;
 
 fn platform(s: &str) -> Platform {
@@ -68,16 +67,6 @@ fn registry_layers(reg: &Registry, repo: &str, digest: &str) -> Vec<String> {
         .collect()
 }
 
-fn start_registry() -> Option<Registry> {
-    match Registry::start() {
-        Ok(r) => Some(r),
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            None
-        }
-    }
-}
-
 const THREE: [&str; 3] = ["linux/amd64", "linux/arm64", "linux/arm/v7"];
 
 fn push_multi(reg: &Registry, repo_tag: &str, platforms: &[&str], seed: u64) {
@@ -90,7 +79,7 @@ fn push_multi(reg: &Registry, repo_tag: &str, platforms: &[&str], seed: u64) {
 
 #[test]
 fn multi_platform_pull_writes_an_archive_skopeo_reads() {
-    let Some(reg) = start_registry() else { return };
+    let Some(reg) = Registry::start() else { return };
     push_multi(&reg, "test/multi:1", &THREE, 1);
     let index = reg.inspect_raw("test/multi:1");
     let arm64_entry = index["manifests"]
@@ -319,8 +308,7 @@ fn multi_platform_pull_writes_an_archive_skopeo_reads() {
 
 /// `zstd -lv` reports the window of every frame; k3s needs at most 32 MiB.
 fn check_zstd_window(path: &Path) {
-    if !have_tool("zstd") {
-        eprintln!("SKIP window check: zstd is not installed");
+    if !require_tool("zstd", "zstd") {
         return;
     }
     let out = run(Command::new("zstd").arg("-lv").arg(path)).unwrap();
@@ -344,7 +332,7 @@ fn check_zstd_window(path: &Path) {
 
 #[test]
 fn unknown_tag_missing_platform_and_plain_http_fail_clearly() {
-    let Some(reg) = start_registry() else { return };
+    let Some(reg) = Registry::start() else { return };
     push_multi(&reg, "test/twoarch:1", &["linux/amd64", "linux/arm64"], 2);
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = Cache::open(cache_dir.path()).unwrap();
@@ -565,13 +553,15 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start() -> Result<Containerd, String> {
-        if !have_tool("containerd") || !have_tool("ctr") {
-            return Err("containerd is not installed (apt-get install containerd)".into());
+    /// Starts containerd; `None` when it cannot, after [`skip`] said why.
+    fn start() -> Option<Containerd> {
+        if !(require_package("containerd", &["containerd", "ctr"]) && require_root("containerd")) {
+            return None;
         }
-        if unsafe { libc_geteuid() } != 0 {
-            return Err("containerd needs root".into());
-        }
+        Self::serve().map_err(skip).ok()
+    }
+
+    fn serve() -> Result<Containerd, String> {
         let dir = tempfile::Builder::new()
             .prefix("ctrd-")
             .tempdir_in("/tmp")
@@ -627,11 +617,6 @@ impl Drop for Containerd {
     }
 }
 
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
 fn import(c: &Containerd, ns: &str, tar: &Path) -> Result<Duration, String> {
     let t = Instant::now();
     c.ctr(&[
@@ -649,13 +634,9 @@ fn import(c: &Containerd, ns: &str, tar: &Path) -> Result<Duration, String> {
 
 #[test]
 fn containerd_imports_the_archive_by_name() {
-    let Some(reg) = start_registry() else { return };
-    let ctrd = match Containerd::start() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("SKIP: {why}");
-            return;
-        }
+    let Some(reg) = Registry::start() else { return };
+    let Some(ctrd) = Containerd::start() else {
+        return;
     };
     // Three images of 4 MiB, as a role's set; `PIKUBE_IMPORT_BENCH=COUNT,MIB` measures
     // another size.
@@ -813,7 +794,7 @@ fn transient_blob_failures_are_retried_and_client_errors_are_not() {
 
 #[test]
 fn docker_schema2_images_pull_and_archive() {
-    let Some(reg) = start_registry() else { return };
+    let Some(reg) = Registry::start() else { return };
     let layout = tempfile::tempdir().unwrap();
     let imgs: Vec<TestImage> = THREE.iter().map(|p| TestImage::new(p, 7)).collect();
     build_layout(layout.path(), "1", &imgs);
@@ -876,28 +857,25 @@ fn docker_schema2_images_pull_and_archive() {
         .collect();
     assert_eq!(archive_layers, want);
     // containerd (what k3s runs) takes Docker media types in an OCI layout.
-    match Containerd::start() {
-        Ok(c) => {
-            c.ctr(&[
-                "-n",
-                "k8s.io",
-                "images",
-                "import",
-                "--no-unpack",
-                "--platform",
-                "linux/arm/v7",
-                tar.to_str().unwrap(),
-            ])
-            .unwrap();
-            let list = c.ctr(&["-n", "k8s.io", "images", "ls"]).unwrap();
-            let line = list
-                .lines()
-                .find(|l| l.starts_with(&got.reference))
-                .unwrap_or_else(|| panic!("{} not imported:\n{list}", got.reference));
-            assert!(line.contains(&got.manifest_digest), "{line}");
-            assert!(line.contains("linux/arm/v7"), "{line}");
-        }
-        Err(why) => eprintln!("SKIP containerd import: {why}"),
+    if let Some(c) = Containerd::start() {
+        c.ctr(&[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            "--no-unpack",
+            "--platform",
+            "linux/arm/v7",
+            tar.to_str().unwrap(),
+        ])
+        .unwrap();
+        let list = c.ctr(&["-n", "k8s.io", "images", "ls"]).unwrap();
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&got.reference))
+            .unwrap_or_else(|| panic!("{} not imported:\n{list}", got.reference));
+        assert!(line.contains(&got.manifest_digest), "{line}");
+        assert!(line.contains("linux/arm/v7"), "{line}");
     }
 }
 

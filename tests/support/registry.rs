@@ -1,7 +1,7 @@
 //! Container registries for integration tests.
 //!
 //! ```ignore
-//! let reg = match Registry::start() { Ok(r) => r, Err(why) => { eprintln!("SKIP: {why}"); return } };
+//! let Some(reg) = Registry::start() else { return };              // skipped, or failed, and said why
 //! let layout = tempdir; build_layout(layout.path(), "1", &[TestImage::new("linux/arm64", 1)]);
 //! reg.push_layout(layout.path(), "1", "test/multi:1").unwrap();  // skopeo copy --all
 //! let raw = reg.inspect_raw("test/multi:1");                     // skopeo inspect --raw
@@ -23,16 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::sha256_hex;
-
-/// Whether `name` runs (`name --version` or `name --help` exits).
-pub fn have_tool(name: &str) -> bool {
-    Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
+use pikube_test_oracles::{require_tool, skip};
 
 /// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
 pub fn free_port() -> u16 {
@@ -66,15 +57,17 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Starts a registry, or explains why it cannot (missing packages).
-    pub fn start() -> Result<Registry, String> {
-        for tool in ["docker-registry", "skopeo"] {
-            if !have_tool(tool) {
-                return Err(format!(
-                    "{tool} is not installed (apt-get install docker-registry skopeo)"
-                ));
-            }
+    /// Starts a registry; `None` when it cannot, after [`pikube_test_oracles::skip`] said
+    /// why (missing packages, or the registry did not come up).
+    pub fn start() -> Option<Registry> {
+        if !(require_tool("docker-registry", "docker-registry") && require_tool("skopeo", "skopeo"))
+        {
+            return None;
         }
+        Self::serve().map_err(skip).ok()
+    }
+
+    fn serve() -> Result<Registry, String> {
         let dir = tempfile::Builder::new()
             .prefix("pikube-registry-")
             .tempdir_in(std::env::temp_dir())

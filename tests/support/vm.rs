@@ -2,7 +2,7 @@
 //!
 //! ```ignore
 //! let arch = GuestArch::from_env()?;                 // amd64, or arm64 with PIKUBE_BOOT_ARCH=arm64
-//! vm::preflight(arch)?;                              // Err(reason) means: skip, and say why
+//! vm::preflight(arch)?;                              // Err(reason): pikube_test_oracles::skip
 //! let base = vm::base_image(arch)?;                  // cached Debian image in raspi layout (.img.xz)
 //! vm::serve_base_image(&srv, arch, &base);           // at the test board's catalog URL
 //! let k3s = vm::serve_k3s_standin(&srv, "v1.31.4+k3s1", arch); // release assets, stand-in binary
@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::http::TestServer;
 use super::sha256_hex;
+use pikube_test_oracles::{have_tool, is_root};
 
 /// Architecture of the guest (and of the test board it is built for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,23 +143,8 @@ apt-get install -y mmdebstrap mtools dosfstools e2fsprogs fdisk xz-utils zstd &&
 apt-get install -y -t bookworm-backports qemu-system-x86 qemu-utils \
 (arm64 also: qemu-system-arm qemu-user-static); .ci/run does all of this";
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Checks that this machine can build and boot the guest. `Err` holds the reason to skip.
+/// Checks that this machine can build and boot the guest. `Err` holds the reason to skip
+/// (or, under `PIKUBE_REQUIRE_ORACLES=1`, to fail).
 pub fn preflight(arch: GuestArch) -> Result<(), String> {
     if !is_root() {
         return Err(
@@ -181,7 +167,7 @@ pub fn preflight(arch: GuestArch) -> Result<(), String> {
     if !cached_image_path(arch).exists() {
         tools.push("mmdebstrap");
     }
-    let missing: Vec<&str> = tools.into_iter().filter(|t| !have(t)).collect();
+    let missing: Vec<&str> = tools.into_iter().filter(|t| !have_tool(t)).collect();
     if !missing.is_empty() {
         return Err(format!(
             "missing {}; install with: {APT_HINT}",

@@ -17,18 +17,11 @@ use std::process::Command;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-fn tool_available(name: &str) -> bool {
-    Command::new(name).arg("-V").output().is_ok()
-}
-
 fn tools_or_skip() -> bool {
-    for t in ["mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "debugfs"] {
-        if !tool_available(t) {
-            eprintln!("skipping: {t} is not installed (apt-get install e2fsprogs)");
-            return false;
-        }
-    }
-    true
+    pikube_test_oracles::require_package(
+        "e2fsprogs",
+        &["mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "debugfs"],
+    )
 }
 
 fn tempdir() -> tempfile::TempDir {

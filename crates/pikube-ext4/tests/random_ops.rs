@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use pikube_ext4::{Error, Ext4Fs, Kind, Meta};
+use pikube_test_oracles::{require_root, require_tool, skip};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
@@ -453,8 +454,7 @@ fn verify(fx: &Fixture, model: &Model) {
 }
 
 fn kernel_check(fx: &Fixture, model: &Model) {
-    if !is_root() || !tool_available("mount") {
-        println!("skipping loop-mount check: not running as root");
+    if !(require_root("the loop-mount check") && require_tool("mount", "mount")) {
         return;
     }
     let mnt = fx.dir.path().join("mnt");
@@ -465,7 +465,7 @@ fn kernel_check(fx: &Fixture, model: &Model) {
         .arg(&fx.img)
         .arg(&mnt));
     if rc != 0 {
-        println!("skipping loop-mount check: mount failed: {out}");
+        skip(format_args!("the loop-mount check: mount failed: {out}"));
         return;
     }
     let mut checked = 0;

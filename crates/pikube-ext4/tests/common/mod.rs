@@ -37,15 +37,6 @@ pub fn run(cmd: &mut Command) -> (i32, String) {
     (out.status.code().unwrap_or(-1), s)
 }
 
-pub fn tool_available(name: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 /// Builds a fixture: populated source tree, mkfs.ext4, e2fsck -fyD, then the
 /// filesystem copied into a larger MBR-partitioned image at `offset_mib`.
 pub fn make(spec: &Spec) -> Fixture {
@@ -95,7 +86,8 @@ pub fn make(spec: &Spec) -> Fixture {
     let len = spec.size_mib * MIB;
     let total = offset + len + MIB;
     File::create(&img).unwrap().set_len(total).unwrap();
-    if tool_available("sfdisk") {
+    // Without sfdisk the filesystem still sits at its offset, behind no partition table.
+    if pikube_test_oracles::require_tool("sfdisk", "fdisk") {
         let script = format!(
             "label: dos\nstart={}, size={}, type=83\n",
             offset / 512,
@@ -216,14 +208,6 @@ impl ext4_view::Ext4Read for OffsetReader {
         self.file.read_exact_at(dst, self.offset + start_byte)?;
         Ok(())
     }
-}
-
-pub fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 pub fn path_exists(p: &Path) -> bool {
