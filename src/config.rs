@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::registry::ImageRef;
+
 /// The default file name looked up in the current directory.
 pub const DEFAULT_CONFIG: &str = "cluster.yaml";
 
@@ -40,8 +42,8 @@ pub struct Cluster {
     #[serde(default)]
     pub images: ImageSets,
     /// Default output formats of `build` (raw, zst, xz, bmap); `--format` overrides.
-    #[serde(default)]
-    pub formats: Vec<String>,
+    #[serde(default, deserialize_with = "formats_list")]
+    pub formats: Vec<crate::formats::Format>,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// Directory that relative paths in the file are resolved against (the file's own).
@@ -68,11 +70,11 @@ pub enum ArgocdImages {
 #[serde(deny_unknown_fields)]
 pub struct ImageSets {
     #[serde(default)]
-    pub all: Vec<String>,
+    pub all: Vec<ImageRef>,
     #[serde(default)]
-    pub server: Vec<String>,
+    pub server: Vec<ImageRef>,
     #[serde(default)]
-    pub agent: Vec<String>,
+    pub agent: Vec<ImageRef>,
     /// Registries (`host[:port]`) that may be reached over plain HTTP.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
@@ -386,10 +388,10 @@ pub struct Node {
     pub role: Role,
     /// Static address, `192.168.1.10` or `192.168.1.10/24`; DHCP when absent.
     #[serde(default)]
-    pub ip: Option<String>,
+    pub ip: Option<NodeAddress>,
     /// MAC address of the wired interface; the network config matches on it when set.
     #[serde(default)]
-    pub mac: Option<String>,
+    pub mac: Option<MacAddr>,
     /// Extra Kubernetes node labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -398,7 +400,91 @@ pub struct Node {
     pub overlays: Vec<PathBuf>,
     /// Container images preloaded on this node only.
     #[serde(default)]
-    pub images: Vec<String>,
+    pub images: Vec<ImageRef>,
+}
+
+/// The output formats in the inventory: sorted, without duplicates.
+fn formats_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<crate::formats::Format>, D::Error> {
+    let mut v = Vec::<crate::formats::Format>::deserialize(d)?;
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// A node's `ip:` as written: an address, with a prefix length or without one (then the
+/// cluster's `network.prefix` applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeAddress {
+    pub ip: IpAddr,
+    pub prefix: Option<u8>,
+}
+
+impl TryFrom<String> for NodeAddress {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<NodeAddress, String> {
+        if s.contains('/') {
+            let net: IpNet = s
+                .parse()
+                .map_err(|_| format!("'{s}' is not an address like 192.168.1.10/24"))?;
+            Ok(NodeAddress {
+                ip: net.addr(),
+                prefix: Some(net.prefix_len()),
+            })
+        } else {
+            let ip = s
+                .parse()
+                .map_err(|_| format!("'{s}' is not an IP address like 192.168.1.10"))?;
+            Ok(NodeAddress { ip, prefix: None })
+        }
+    }
+}
+
+impl From<NodeAddress> for String {
+    fn from(a: NodeAddress) -> String {
+        match a.prefix {
+            Some(p) => format!("{}/{p}", a.ip),
+            None => a.ip.to_string(),
+        }
+    }
+}
+
+/// A MAC address (`dc:a6:32:01:02:03`), kept as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(String);
+
+impl MacAddr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+
+    fn try_from(mac: String) -> std::result::Result<MacAddr, String> {
+        let parts: Vec<&str> = mac.split(':').collect();
+        if parts.len() != 6
+            || parts
+                .iter()
+                .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(format!(
+                "'{mac}' is not a MAC address like dc:a6:32:01:02:03"
+            ));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.0
+    }
 }
 
 /// A node's static address with its prefix.
@@ -437,7 +523,7 @@ impl Cluster {
     }
 
     /// Images preloaded on `node` through its role (shared by the role) and its own.
-    pub fn images_for(&self, node: &Node) -> (Vec<String>, Vec<String>) {
+    pub fn images_for(&self, node: &Node) -> (Vec<ImageRef>, Vec<ImageRef>) {
         let role = match node.role {
             Role::Server => &self.images.server,
             Role::Agent => &self.images.agent,
@@ -509,10 +595,6 @@ impl Cluster {
             check_url(gw).context("k3s.api must be a URL like https://192.168.1.10:6443")?;
         }
         check_k3s_version(&self.k3s.version)?;
-        if !self.formats.is_empty() {
-            crate::formats::parse_formats(&self.formats.join(","))
-                .context("formats: in cluster.yaml")?;
-        }
         if let Some(m) = &self.mirror {
             check_url(m).context("mirror must be a URL like http://127.0.0.1:8080")?;
         }
@@ -538,10 +620,17 @@ impl Cluster {
                     node.name
                 );
             }
-            self.static_addr(node)
-                .with_context(|| format!("node '{}': bad ip", node.name))?;
-            if let Some(mac) = &node.mac {
-                check_mac(mac).with_context(|| format!("node '{}'", node.name))?;
+            if let Some(a) = self.static_addr(node) {
+                let max = if a.ip.is_ipv4() { 32 } else { 128 };
+                if a.prefix > max {
+                    bail!(
+                        "node '{}': prefix /{} is too long for {}: set network.prefix or write the node's ip as {}/24",
+                        node.name,
+                        a.prefix,
+                        a.ip,
+                        a.ip
+                    );
+                }
             }
             for (k, v) in &node.labels {
                 check_label(k, v).with_context(|| format!("node '{}'", node.name))?;
@@ -549,7 +638,7 @@ impl Cluster {
         }
         let mut ips = BTreeMap::new();
         for node in &self.nodes {
-            if let Some(a) = self.static_addr(node)? {
+            if let Some(a) = self.static_addr(node) {
                 if let Some(other) = ips.insert(a.ip, &node.name) {
                     bail!(
                         "nodes '{other}' and '{}' have the same ip {}",
@@ -558,24 +647,6 @@ impl Cluster {
                     );
                 }
             }
-        }
-        let refs = self
-            .images
-            .all
-            .iter()
-            .chain(&self.images.server)
-            .chain(&self.images.agent)
-            .map(|r| (r, None))
-            .chain(
-                self.nodes
-                    .iter()
-                    .flat_map(|n| n.images.iter().map(move |r| (r, Some(&n.name)))),
-            );
-        for (r, node) in refs {
-            crate::registry::ImageRef::parse(r).with_context(|| match node {
-                Some(n) => format!("node '{n}': image '{r}'"),
-                None => format!("images: '{r}'"),
-            })?;
         }
         let servers = self.nodes.iter().filter(|n| n.role == Role::Server).count();
         let agents = self.nodes.len() - servers;
@@ -596,31 +667,16 @@ impl Cluster {
         self.nodes.iter().find(|n| n.role == Role::Server)
     }
 
-    /// A node's static address, with the cluster's default prefix when the node gives none.
-    pub fn static_addr(&self, node: &Node) -> Result<Option<StaticAddr>> {
-        let Some(ip) = &node.ip else { return Ok(None) };
-        if ip.contains('/') {
-            let net: IpNet = ip
-                .parse()
-                .with_context(|| format!("'{ip}' is not an address like 192.168.1.10/24"))?;
-            Ok(Some(StaticAddr {
-                ip: net.addr(),
-                prefix: net.prefix_len(),
-            }))
-        } else {
-            let addr: IpAddr = ip
-                .parse()
-                .with_context(|| format!("'{ip}' is not an IP address like 192.168.1.10"))?;
-            let prefix = self
-                .network
+    /// A node's static address, with the cluster's default prefix when the node gives none
+    /// (checked against the address family when the inventory is read).
+    pub fn static_addr(&self, node: &Node) -> Option<StaticAddr> {
+        let a = node.ip?;
+        let prefix = a.prefix.unwrap_or_else(|| {
+            self.network
                 .prefix
-                .unwrap_or(if addr.is_ipv4() { 24 } else { 64 });
-            let max = if addr.is_ipv4() { 32 } else { 128 };
-            if prefix > max {
-                bail!("prefix /{prefix} is too long for {addr}");
-            }
-            Ok(Some(StaticAddr { ip: addr, prefix }))
-        }
+                .unwrap_or(if a.ip.is_ipv4() { 24 } else { 64 })
+        });
+        Some(StaticAddr { ip: a.ip, prefix })
     }
 
     /// Directory that relative paths in the file are resolved against.
@@ -661,18 +717,6 @@ fn check_url(s: &str) -> Result<()> {
     let u = url::Url::parse(s).with_context(|| format!("'{s}' is not a URL"))?;
     if u.host_str().is_none_or(str::is_empty) {
         bail!("'{s}' has no host");
-    }
-    Ok(())
-}
-
-fn check_mac(mac: &str) -> Result<()> {
-    let parts: Vec<&str> = mac.split(':').collect();
-    if parts.len() != 6
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
-    {
-        bail!("'{mac}' is not a MAC address like dc:a6:32:01:02:03");
     }
     Ok(())
 }
@@ -743,11 +787,11 @@ nodes:
         assert_eq!(c.nodes.len(), 3);
         assert_eq!(c.nodes[1].role, Role::Agent, "worker is an agent");
         assert_eq!(c.timezone, "Etc/UTC");
-        let a = c.static_addr(&c.nodes[0]).unwrap().unwrap();
+        let a = c.static_addr(&c.nodes[0]).unwrap();
         assert_eq!(a.cidr(), "192.168.1.10/24");
-        let b = c.static_addr(&c.nodes[1]).unwrap().unwrap();
+        let b = c.static_addr(&c.nodes[1]).unwrap();
         assert_eq!(b.cidr(), "192.168.1.21/16");
-        assert!(c.static_addr(&c.nodes[2]).unwrap().is_none());
+        assert!(c.static_addr(&c.nodes[2]).is_none());
         assert_eq!(c.first_server().unwrap().name, "cp1");
         assert_eq!(c.fqdn("cp1").unwrap(), "cp1.home.arpa");
         assert_eq!(
@@ -766,10 +810,14 @@ nodes:
         );
         let c = Cluster::parse(&text).unwrap();
         let (shared, own) = c.images_for(c.node("w1").unwrap());
-        assert_eq!(shared, ["redis:7-alpine", "ghcr.io/org/app:1"]);
+        let names = |v: Vec<ImageRef>| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(shared),
+            ["docker.io/library/redis:7-alpine", "ghcr.io/org/app:1"]
+        );
         assert!(own.is_empty());
         let (shared, _) = c.images_for(c.node("cp1").unwrap());
-        assert_eq!(shared, ["redis:7-alpine"]);
+        assert_eq!(names(shared), ["docker.io/library/redis:7-alpine"]);
         let e = err(&GOOD.replace("nodes:", "images: { all: [\"Bad Ref!\"] }\nnodes:"));
         assert!(e.contains("Bad Ref!"), "{e}");
     }
@@ -794,7 +842,7 @@ nodes:
     #[test]
     fn bad_ip_is_named() {
         let e = err(&GOOD.replace("192.168.1.10", "192.168.1.300"));
-        assert!(e.contains("cp1") && e.contains("192.168.1.300"), "{e}");
+        assert!(e.contains("line 20") && e.contains("192.168.1.300"), "{e}");
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn namespaced_install(install_yaml: &str) -> Result<String> {
 
 /// Every container image the install manifest runs (containers and init containers), sorted
 /// and de-duplicated: what a first server needs preloaded to start Argo CD without a registry.
-pub fn install_images(install_yaml: &str) -> Result<Vec<String>> {
+pub fn install_images(install_yaml: &str) -> Result<Vec<crate::registry::ImageRef>> {
     fn walk(v: &Value, out: &mut std::collections::BTreeSet<String>) {
         match v {
             Value::Object(m) => {
@@ -118,7 +118,12 @@ pub fn install_images(install_yaml: &str) -> Result<Vec<String>> {
     for doc in parse_docs(install_yaml)? {
         walk(&doc, &mut out);
     }
-    Ok(out.into_iter().collect())
+    out.iter()
+        .map(|r| {
+            crate::registry::ImageRef::parse(r)
+                .with_context(|| format!("image {r:?} in the manifest"))
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -404,12 +409,17 @@ metadata:
     #[test]
     fn images_of_the_install_manifest() {
         let yaml = "kind: Deployment\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      initContainers: [{name: copy, image: quay.io/argoproj/argocd:v2.13.3}]\n      containers:\n      - {name: s, image: quay.io/argoproj/argocd:v2.13.3}\n      - {name: d, image: ghcr.io/dexidp/dex:v2.41.1}\n---\nkind: StatefulSet\nmetadata: {name: r}\nspec: {template: {spec: {containers: [{name: r, image: \"redis:7.0.15-alpine\"}]}}}\n";
+        let names: Vec<String> = install_images(yaml)
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
         assert_eq!(
-            install_images(yaml).unwrap(),
+            names,
             [
                 "ghcr.io/dexidp/dex:v2.41.1",
                 "quay.io/argoproj/argocd:v2.13.3",
-                "redis:7.0.15-alpine"
+                "docker.io/library/redis:7.0.15-alpine"
             ]
         );
     }

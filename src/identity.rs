@@ -140,7 +140,7 @@ pub fn host_names(cluster: &Cluster, node: &Node) -> Result<Vec<String>> {
     if let Some(f) = cluster.fqdn(&node.name) {
         names.push(f);
     }
-    if let Some(a) = cluster.static_addr(node)? {
+    if let Some(a) = cluster.static_addr(node) {
         names.push(a.ip.to_string());
     }
     Ok(names)

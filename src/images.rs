@@ -96,12 +96,8 @@ impl Preloader {
     }
 
     /// Pulls `refs` for `arch`, recording what tags resolved to.
-    pub fn resolve(&mut self, refs: &[String], arch: Arch) -> Result<Vec<ResolvedImage>> {
-        let parsed: Vec<ImageRef> = refs
-            .iter()
-            .map(|r| ImageRef::parse(r))
-            .collect::<Result<_>>()?;
-        let images = self.puller.pull_all(&parsed, &Platform::for_arch(arch))?;
+    pub fn resolve(&mut self, refs: &[ImageRef], arch: Arch) -> Result<Vec<ResolvedImage>> {
+        let images = self.puller.pull_all(refs, &Platform::for_arch(arch))?;
         for (k, v) in crate::registry::lock_entries(&images) {
             if self.lock.images.get(&k) != Some(&v) {
                 self.added.insert(k, v);
@@ -114,7 +110,7 @@ impl Preloader {
     /// archived before. `None` for an empty list.
     pub fn archive(
         &mut self,
-        refs: &[String],
+        refs: &[ImageRef],
         arch: Arch,
         progress: &Progress,
     ) -> Result<Option<Content>> {

@@ -82,7 +82,7 @@ pub fn api_url(cluster: &Cluster) -> Result<String> {
     let first = cluster
         .first_server()
         .context("no server in the inventory: add a node with `role: server`, or set k3s.api")?;
-    let host = match cluster.static_addr(first)? {
+    let host = match cluster.static_addr(first) {
         Some(a) if a.ip.is_ipv6() => format!("[{}]", a.ip),
         Some(a) => a.ip.to_string(),
         None => cluster
@@ -125,7 +125,7 @@ pub fn config_yaml(cluster: &Cluster, node: &Node, board: &Board, token: &str) -
     let first = cluster.first_server().map(|n| n.name.as_str());
     let is_first =
         node.role == Role::Server && first == Some(node.name.as_str()) && cluster.k3s.api.is_none();
-    let addr = cluster.static_addr(node)?;
+    let addr = cluster.static_addr(node);
     let mut labels = vec![
         format!("pikube.io/board={}", board.name),
         format!("pikube.io/role={}", node.role),

@@ -104,11 +104,11 @@ pub fn ethernet(cluster: &Cluster, node: &Node, iface: &str) -> Result<Ethernet>
     };
     if let Some(mac) = &node.mac {
         eth.matching = Some(Match {
-            macaddress: mac.to_ascii_lowercase(),
+            macaddress: mac.as_str().to_ascii_lowercase(),
         });
         eth.set_name = Some(iface.to_string());
     }
-    match cluster.static_addr(node)? {
+    match cluster.static_addr(node) {
         None => eth.dhcp4 = true,
         Some(addr) => {
             eth.dhcp4 = false;

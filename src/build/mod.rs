@@ -54,7 +54,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     let formats = if !req.formats.is_empty() {
         req.formats.clone()
     } else if !cluster.formats.is_empty() {
-        crate::formats::parse_formats(&cluster.formats.join(","))?
+        cluster.formats.clone()
     } else {
         vec![Format::Raw]
     };

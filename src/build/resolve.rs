@@ -12,6 +12,7 @@ use crate::config::{Cluster, Node, Role};
 use crate::emit;
 use crate::plan::{Content, Payload};
 use crate::progress::Progress;
+use crate::registry::ImageRef;
 use crate::source::{Artifact, Checksum, Fetcher};
 
 /// Resolves what plans need from outside the inventory, once per build: the join token,
@@ -24,7 +25,7 @@ pub struct Resolver<'a> {
     secrets: PathBuf,
     token: Option<String>,
     k3s: BTreeMap<&'static str, (Content, Option<(String, Content)>)>,
-    argocd: Option<(Content, Vec<String>)>,
+    argocd: Option<(Content, Vec<ImageRef>)>,
     repo_secret: Option<Vec<u8>>,
     preloader: Option<crate::images::Preloader>,
     role_images: BTreeMap<(Role, &'static str), Option<Content>>,
@@ -211,7 +212,7 @@ impl<'a> Resolver<'a> {
 
     fn image_archive(
         &mut self,
-        refs: &[String],
+        refs: &[ImageRef],
         arch: crate::boards::Arch,
     ) -> Result<Option<Content>> {
         if refs.is_empty() {
@@ -219,7 +220,13 @@ impl<'a> Resolver<'a> {
         }
         match &mut self.preloader {
             None => Ok(Some(Content::Download {
-                url: format!("registries: {}", refs.join(", ")),
+                url: format!(
+                    "registries: {}",
+                    refs.iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             })),
             Some(p) => p
                 .archive(refs, arch, self.progress)
@@ -239,7 +246,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// The namespaced install manifest and the images it runs.
-    fn argocd(&mut self, g: &crate::config::Gitops) -> Result<(Content, Vec<String>)> {
+    fn argocd(&mut self, g: &crate::config::Gitops) -> Result<(Content, Vec<ImageRef>)> {
         if let Some(c) = &self.argocd {
             return Ok(c.clone());
         }

@@ -112,6 +112,19 @@ impl ImageRef {
     }
 }
 
+impl serde::Serialize for ImageRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.full_name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImageRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<ImageRef, D::Error> {
+        let s = String::deserialize(d)?;
+        ImageRef::parse(&s).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+    }
+}
+
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.full_name())
