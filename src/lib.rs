@@ -18,7 +18,7 @@ pub mod firstboot;
 pub mod formats;
 pub mod fs;
 pub mod gitops;
-pub mod identity;
+pub mod host_keys;
 pub mod images;
 pub mod init;
 pub mod inspect;

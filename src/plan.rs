@@ -23,7 +23,7 @@ pub struct Payload {
     /// The cluster's join token.
     pub token: Option<String>,
     /// The node's SSH host key.
-    pub host_key: Option<crate::identity::HostKey>,
+    pub host_key: Option<crate::host_keys::HostKey>,
     /// Argo CD's install manifest, already namespaced (first server only).
     pub argocd_install: Option<Content>,
     /// Repository Secret for a private GitOps repository (first server only).
@@ -101,7 +101,7 @@ impl Plan {
         )?;
         let mut ops = first.ops;
         if let Some(key) = host_key {
-            ops.extend(crate::identity::host_key_ops(root, key));
+            ops.extend(crate::host_keys::host_key_ops(root, key));
         }
         if cluster.k3s.install {
             let k3s = crate::k3s::Payload {
@@ -263,7 +263,7 @@ mod tests {
                 Content::Bytes(b"zst".to_vec()),
             )),
             token: Some("tok".into()),
-            host_key: Some(crate::identity::HostKey {
+            host_key: Some(crate::host_keys::HostKey {
                 private_openssh: "PRIVATE".into(),
                 public_openssh: "ssh-ed25519 AAAA".into(),
             }),

@@ -138,9 +138,9 @@ impl<'a> Resolver<'a> {
     pub fn for_node(&mut self, node: &Node, board: &Board) -> Result<Payload> {
         let c = self.cluster;
         let host_key = Some(if self.dry_run {
-            crate::identity::host_key_preview(&self.secrets, &node.name)?
+            crate::host_keys::host_key_preview(&self.secrets, &node.name)?
         } else {
-            crate::identity::host_key(&self.secrets, &node.name)?
+            crate::host_keys::host_key(&self.secrets, &node.name)?
         });
         let (k3s_binary, k3s_airgap) = if c.k3s.install {
             let arch = board.arch.as_str();
@@ -295,10 +295,10 @@ impl<'a> Resolver<'a> {
         for n in &self.cluster.nodes {
             pairs.push((
                 n.clone(),
-                crate::identity::host_key(&self.secrets, &n.name)?,
+                crate::host_keys::host_key(&self.secrets, &n.name)?,
             ));
         }
-        let text = crate::identity::known_hosts(self.cluster, &pairs)?;
+        let text = crate::host_keys::known_hosts(self.cluster, &pairs)?;
         emit::write_atomic(&out.join("known_hosts"), text.as_bytes())?;
         Ok(())
     }

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 
 use super::NetworkStack;
 use crate::config::{Cluster, Node};
-use crate::identity::HostKey;
+use crate::host_keys::HostKey;
 use crate::netconfig::{self, Ethernet, NetplanFile};
 use crate::op::{Action, Op};
 use crate::systemd::{UNIT_DIR, Unit};

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Cluster, Node};
-use crate::identity::HostKey;
+use crate::host_keys::HostKey;
 use crate::op::Op;
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
