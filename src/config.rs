@@ -379,7 +379,7 @@ impl std::str::FromStr for Role {
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// Hostname (RFC 1123 label), unique in the cluster.
-    pub name: String,
+    pub name: Hostname,
     /// Board name or alias from `pikube-image boards`.
     pub board: String,
     /// OS image key of the board; the board's default when absent.
@@ -401,6 +401,66 @@ pub struct Node {
     /// Container images preloaded on this node only.
     #[serde(default)]
     pub images: Vec<ImageRef>,
+}
+
+/// A host name: one DNS label (RFC 1123: 1 to 63 of `a-z`, `0-9` and `-`, not starting or
+/// ending with `-`), checked when the inventory is read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Hostname(String);
+
+impl Hostname {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Hostname {
+    type Error = String;
+
+    fn try_from(name: String) -> std::result::Result<Hostname, String> {
+        check_hostname(&name).map_err(|e| {
+            format!("{e:#}: a node name must be a hostname (RFC 1123: letters, digits and '-', at most 63 characters, not starting or ending with '-')")
+        })?;
+        Ok(Hostname(name))
+    }
+}
+
+impl From<Hostname> for String {
+    fn from(h: Hostname) -> String {
+        h.0
+    }
+}
+
+impl std::ops::Deref for Hostname {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Hostname {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Hostname {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Hostname {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Hostname {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
 }
 
 /// The output formats in the inventory: sorted, without duplicates.
@@ -608,12 +668,6 @@ impl Cluster {
         }
         let mut seen = BTreeSet::new();
         for node in &self.nodes {
-            check_hostname(&node.name).with_context(|| {
-                format!(
-                    "node '{}': name must be a hostname (RFC 1123: letters, digits and '-', at most 63 characters, not starting or ending with '-')",
-                    node.name
-                )
-            })?;
             if !seen.insert(node.name.to_ascii_lowercase()) {
                 bail!(
                     "duplicate hostname '{}': every node needs its own name",

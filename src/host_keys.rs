@@ -136,7 +136,7 @@ pub fn host_key(secrets: &Path, node: &str) -> Result<HostKey> {
 
 /// Names a node answers to in `known_hosts`: hostname, fqdn, static address.
 pub fn host_names(cluster: &Cluster, node: &Node) -> Result<Vec<String>> {
-    let mut names = vec![node.name.clone()];
+    let mut names = vec![node.name.to_string()];
     if let Some(f) = cluster.fqdn(&node.name) {
         names.push(f);
     }

@@ -87,7 +87,7 @@ pub fn api_url(cluster: &Cluster) -> Result<String> {
         Some(a) => a.ip.to_string(),
         None => cluster
             .fqdn(&first.name)
-            .unwrap_or_else(|| first.name.clone()),
+            .unwrap_or_else(|| first.name.to_string()),
     };
     Ok(format!("https://{host}:6443"))
 }
@@ -133,7 +133,7 @@ pub fn config_yaml(cluster: &Cluster, node: &Node, board: &Board, token: &str) -
     labels.extend(node.labels.iter().map(|(k, v)| format!("{k}={v}")));
     let mut tls_san = Vec::new();
     if node.role == Role::Server {
-        tls_san.push(node.name.clone());
+        tls_san.push(node.name.to_string());
         if let Some(f) = cluster.fqdn(&node.name) {
             tls_san.push(f);
         }

@@ -150,7 +150,7 @@ impl Plan {
             ops.push(crate::boot::kernel_args(&image.boot, &board.kernel_args));
         }
         Ok(Plan {
-            node: node.name.clone(),
+            node: node.name.to_string(),
             board: board.name.clone(),
             role: node.role,
             image: image.clone(),

@@ -145,7 +145,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             },
         )?;
         results.push(NodeResult {
-            node: node.name.clone(),
+            node: node.name.to_string(),
             board: board.name.clone(),
             role: node.role.to_string(),
             image: None,

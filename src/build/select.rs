@@ -26,6 +26,8 @@ pub fn select_nodes(cluster: &mut Cluster, select: &Selection, config: &Path) ->
                     config.display()
                 );
             }
+            let name = crate::config::Hostname::try_from(name)
+                .map_err(|e| anyhow::anyhow!("--name: {e}"))?;
             let node = Node {
                 name,
                 board: adhoc.board.clone(),

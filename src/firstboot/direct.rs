@@ -49,7 +49,7 @@ pub fn hostname(node: &Node) -> String {
 pub fn hosts(cluster: &Cluster, node: &Node) -> String {
     let own = match cluster.fqdn(&node.name) {
         Some(fqdn) => format!("{fqdn} {}", node.name),
-        None => node.name.clone(),
+        None => node.name.to_string(),
     };
     format!(
         "127.0.0.1\tlocalhost\n127.0.1.1\t{own}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
