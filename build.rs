@@ -67,7 +67,39 @@ fn overlay_files(root: &Path) -> Vec<(String, String, u32, String)> {
     out
 }
 
+/// Output of a command run in the source tree, when it runs and succeeds.
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let o = std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&o.stdout).trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// `--version`: the version, the git commit built from and the build date (the day of
+/// `$SOURCE_DATE_EPOCH` when set, so reproducible builds stay reproducible).
+fn version_info() {
+    let git = Path::new(env!("CARGO_MANIFEST_DIR")).join(".git");
+    for f in ["HEAD", "refs", "packed-refs"] {
+        println!("cargo:rerun-if-changed={}", git.join(f).display());
+    }
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let commit = output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or("unknown".into());
+    let date = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(epoch) => output("date", &["-u", "-d", &format!("@{epoch}"), "+%Y-%m-%d"]),
+        Err(_) => output("date", &["-u", "+%Y-%m-%d"]),
+    }
+    .unwrap_or("unknown".into());
+    println!(
+        "cargo:rustc-env=PIKUBE_LONG_VERSION={} (commit {commit}, built {date})",
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
 fn main() {
+    version_info();
     let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays");
     println!("cargo:rerun-if-changed={}", overlays.display());
     let mut code = String::from(

@@ -199,3 +199,33 @@ fn init_fills_in_a_missing_token_for_an_existing_inventory() {
         64
     );
 }
+
+#[test]
+fn version_names_the_commit_and_build_date() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let v = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        v.starts_with(&format!("pikube-image {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(h) => assert!(v.contains(&format!("commit {h},")), "{v} names {h}"),
+        None => assert!(v.contains("commit unknown,"), "{v}"),
+    }
+    let date = v.split("built ").nth(1).unwrap().trim().trim_end_matches(')');
+    assert!(
+        date.len() == 10 && date.chars().filter(|c| *c == '-').count() == 2,
+        "a YYYY-MM-DD date: {v}"
+    );
+}

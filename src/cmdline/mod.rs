@@ -11,7 +11,7 @@ use pikube_image::source::base::BaseSource;
 /// Build flashable, per-node k3s images for Raspberry Pi and Orange Pi boards from stock OS
 /// downloads, without root.
 #[derive(Parser)]
-#[command(name = "pikube-image", version, about, long_about = None)]
+#[command(name = "pikube-image", version = env!("PIKUBE_LONG_VERSION"), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
