@@ -1364,3 +1364,35 @@ fn fleet_outputs_are_reproducible_and_flashable() {
         assert_eq!(changed, expect_change, "{name}");
     }
 }
+
+#[test]
+fn overlapping_partition_entries_stop_the_build_before_any_write() {
+    let env = Env::new(FixtureOpts {
+        seed: 91,
+        ..FixtureOpts::default()
+    });
+    // Stretch the FAT entry over the start of the ext4 partition.
+    let img = env.fixture.image.clone();
+    let mut bytes = std::fs::read(&img).unwrap();
+    let root = env.fixture.part("writable").clone();
+    let boot = env.fixture.part("system-boot").clone();
+    let sectors = ((root.start - boot.start) / 512 + 2048) as u32;
+    bytes[446 + 12..446 + 16].copy_from_slice(&sectors.to_le_bytes());
+    std::fs::write(&img, &bytes).unwrap();
+    let out = env.run(&[
+        "build",
+        "--node",
+        "cp1",
+        "--image",
+        img.to_str().unwrap(),
+        "--mirror",
+        &env.server.url(),
+        "--out",
+        "out",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("overlap") && err.contains("partition table is damaged"), "{err}");
+    assert_eq!(std::fs::read(&img).unwrap(), bytes, "the input is unchanged");
+    assert!(!env.path("out/cp1.img").exists());
+}

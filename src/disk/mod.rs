@@ -139,6 +139,9 @@ fn read_disk(f: &mut File, path: &Path) -> Result<Disk> {
                 p.end()
             );
         }
+    }
+    check_overlaps(&parts)?;
+    for p in &mut parts {
         probe(f, p).with_context(|| format!("cannot probe partition {}", p.number))?;
     }
     Ok(Disk {
@@ -147,6 +150,37 @@ fn read_disk(f: &mut File, path: &Path) -> Result<Disk> {
         disk_id,
         partitions: parts,
     })
+}
+
+/// Refuses a table whose entries share bytes (or that starts a partition inside the table
+/// itself): writing one partition's files would then damage another's.
+fn check_overlaps(parts: &[Partition]) -> Result<()> {
+    let mut by_start: Vec<&Partition> = parts.iter().collect();
+    by_start.sort_by_key(|p| p.start);
+    if let Some(first) = by_start.first()
+        && first.start < SECTOR
+    {
+        bail!(
+            "partition {} starts at byte {}, inside the partition table: the table is damaged",
+            first.number,
+            first.start
+        );
+    }
+    for w in by_start.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if b.start < a.end() {
+            bail!(
+                "partitions {} (bytes {}..{}) and {} (bytes {}..{}) overlap: the partition table is damaged, and writing either would corrupt the other; fix the table (sfdisk, gdisk) or use another image",
+                a.number,
+                a.start,
+                a.end(),
+                b.number,
+                b.start,
+                b.end()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn blank(number: u32, start: u64, size: u64) -> Partition {
@@ -413,6 +447,31 @@ mod tests {
         bs[511] = 0xAA;
         bs[0] = 0xEB;
         assert!(Bpb::parse(&bs).is_none(), "zero BPB must be rejected");
+    }
+
+    #[test]
+    fn overlapping_entries_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.img");
+        let mut img = vec![0u8; 8 << 20];
+        img[510] = 0x55;
+        img[511] = 0xAA;
+        // Two entries: sectors 2048..10240 and 8192..16384 share 2048 sectors.
+        for (i, (start, len)) in [(2048u32, 8192u32), (8192, 8192)].into_iter().enumerate() {
+            let e = 446 + i * 16;
+            img[e + 4] = 0x83;
+            img[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+            img[e + 12..e + 16].copy_from_slice(&len.to_le_bytes());
+        }
+        std::fs::write(&p, &img).unwrap();
+        let e = format!("{:#}", Disk::read(&p).unwrap_err());
+        assert!(e.contains("partitions 1") && e.contains("overlap"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), img, "the image is left as it was");
+        // Apart, they are accepted.
+        img[446 + 16 + 8..446 + 16 + 12].copy_from_slice(&10240u32.to_le_bytes());
+        img[446 + 16 + 12..446 + 16 + 16].copy_from_slice(&4096u32.to_le_bytes());
+        std::fs::write(&p, &img).unwrap();
+        assert_eq!(Disk::read(&p).unwrap().partitions.len(), 2);
     }
 
     #[test]
