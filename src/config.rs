@@ -788,8 +788,12 @@ fn check_label(k: &str, v: &str) -> Result<()> {
             && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
     };
-    if !ok_name(name) || prefix.is_some_and(|p| p.is_empty() || p.len() > 253) {
-        bail!("label key '{k}' is not a valid Kubernetes label key");
+    // A prefix is a DNS subdomain: dot-separated RFC 1123 labels, 253 characters at most.
+    let ok_prefix = |p: &str| p.len() <= 253 && p.split('.').all(|l| check_hostname(l).is_ok());
+    if !ok_name(name) || prefix.is_some_and(|p| !ok_prefix(p)) {
+        bail!(
+            "label key '{k}' is not a valid Kubernetes label key: an optional DNS prefix and '/', then 1 to 63 of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        );
     }
     if !v.is_empty() && !ok_name(v) {
         bail!("label '{k}': value '{v}' is not a valid Kubernetes label value");
@@ -970,6 +974,9 @@ nodes:
     fn label_rules() {
         check_label("zone", "a").unwrap();
         check_label("example.com/tier", "edge-1").unwrap();
+        for bad in ["a,b=c,evil.io/zone", "Evil.io/zone", "a..b/x", "-a.io/x", "/x", "a b/x"] {
+            assert!(check_label(bad, "v").is_err(), "{bad}");
+        }
         assert!(check_label("zone", "bad value").is_err());
         assert!(check_label("-x", "a").is_err());
     }
