@@ -22,9 +22,10 @@ pub struct Cluster {
     #[serde(default)]
     pub domain: Option<String>,
     #[serde(default = "default_timezone")]
-    pub timezone: String,
-    #[serde(default = "default_locale")]
-    pub locale: String,
+    pub timezone: Timezone,
+    /// The nodes' locale; the OS image's own when absent.
+    #[serde(default)]
+    pub locale: Option<Locale>,
     pub admin: Admin,
     #[serde(default)]
     pub network: Network,
@@ -94,12 +95,120 @@ pub struct OverlaySets {
     pub agent: Vec<PathBuf>,
 }
 
-fn default_timezone() -> String {
-    "Etc/UTC".into()
+fn default_timezone() -> Timezone {
+    Timezone("Etc/UTC".into())
 }
 
-fn default_locale() -> String {
-    "en_US.UTF-8".into()
+/// The tz database names (zones and links) a timezone may be.
+const TIMEZONES: &str = include_str!("timezones.txt");
+
+/// A time zone of the tz database (`Europe/Berlin`, `Etc/UTC`), checked against its names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Timezone(String);
+
+impl Timezone {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Timezone {
+    type Error = String;
+
+    fn try_from(tz: String) -> std::result::Result<Timezone, String> {
+        let names = || TIMEZONES.lines().filter(|l| !l.starts_with('#'));
+        if names().any(|n| n == tz) {
+            return Ok(Timezone(tz));
+        }
+        let hint = names()
+            .map(|n| {
+                (
+                    edit_distance(&n.to_ascii_lowercase(), &tz.to_ascii_lowercase()),
+                    n,
+                )
+            })
+            .min()
+            .filter(|(d, _)| *d <= 3)
+            .map(|(_, n)| format!(" (did you mean {n}?)"))
+            .unwrap_or_default();
+        Err(format!(
+            "unknown timezone {tz:?}{hint}: use a tz database name like Europe/Berlin or Etc/UTC (`timedatectl list-timezones` lists them)"
+        ))
+    }
+}
+
+impl From<Timezone> for String {
+    fn from(t: Timezone) -> String {
+        t.0
+    }
+}
+
+impl std::fmt::Display for Timezone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// A locale name like `en_US.UTF-8`, `C.UTF-8` or `de_DE@euro`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Locale(String);
+
+impl Locale {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Locale {
+    type Error = String;
+
+    fn try_from(locale: String) -> std::result::Result<Locale, String> {
+        let ok = !locale.is_empty()
+            && locale.len() <= 64
+            && locale
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && locale
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'));
+        if !ok {
+            return Err(format!(
+                "locale {locale:?} is not a locale name like en_US.UTF-8 or C.UTF-8; leave `locale` out to keep the OS image's own"
+            ));
+        }
+        Ok(Locale(locale))
+    }
+}
+
+impl From<Locale> for String {
+    fn from(l: Locale) -> String {
+        l.0
+    }
+}
+
+impl std::fmt::Display for Locale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -844,7 +953,8 @@ nodes:
         let c = Cluster::parse(GOOD).unwrap();
         assert_eq!(c.nodes.len(), 3);
         assert_eq!(c.nodes[1].role, Role::Agent, "worker is an agent");
-        assert_eq!(c.timezone, "Etc/UTC");
+        assert_eq!(c.timezone.as_str(), "Etc/UTC");
+        assert_eq!(c.locale, None, "the image's own locale");
         let a = c.static_addr(&c.nodes[0]).unwrap();
         assert_eq!(a.cidr(), "192.168.1.10/24");
         let b = c.static_addr(&c.nodes[1]).unwrap();
@@ -971,10 +1081,60 @@ nodes:
     }
 
     #[test]
+    fn timezones_are_tz_database_names() {
+        for ok in [
+            "Etc/GMT+5",
+            "Etc/GMT-14",
+            "UTC",
+            "America/Port-au-Prince",
+            "Europe/Berlin",
+        ] {
+            Timezone::try_from(ok.to_string()).unwrap();
+        }
+        let e = Timezone::try_from("Europe/Berln".to_string()).unwrap_err();
+        assert!(e.contains("did you mean Europe/Berlin?"), "{e}");
+        for bad in [
+            "",
+            "../etc/shadow",
+            "Europe/../../x",
+            "Europe/Berlin\n",
+            "Mars/Olympus",
+        ] {
+            let e = Timezone::try_from(bad.to_string()).unwrap_err();
+            assert!(e.contains("tz database"), "{bad:?}: {e}");
+        }
+        let e = err(&GOOD.replace(
+            "domain: home.arpa",
+            "domain: home.arpa\ntimezone: Europe/Berln",
+        ));
+        assert!(
+            e.contains("line 4") && e.contains("Europe/Berlin"),
+            "names line and fix: {e}"
+        );
+    }
+
+    #[test]
+    fn locales_are_names() {
+        for ok in ["C.UTF-8", "de_DE@euro", "POSIX"] {
+            Locale::try_from(ok.to_string()).unwrap();
+        }
+        for bad in ["", "en_US.UTF-8\nLC_ALL=x", "en US", "$(reboot)", ".UTF-8"] {
+            assert!(Locale::try_from(bad.to_string()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn label_rules() {
         check_label("zone", "a").unwrap();
         check_label("example.com/tier", "edge-1").unwrap();
-        for bad in ["a,b=c,evil.io/zone", "Evil.io/zone", "a..b/x", "-a.io/x", "/x", "a b/x"] {
+        for bad in [
+            "a,b=c,evil.io/zone",
+            "Evil.io/zone",
+            "a..b/x",
+            "-a.io/x",
+            "/x",
+            "a b/x",
+        ] {
             assert!(check_label(bad, "v").is_err(), "{bad}");
         }
         assert!(check_label("zone", "bad value").is_err());

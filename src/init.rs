@@ -281,7 +281,15 @@ mod tests {
             e.contains(PLACEHOLDER_KEY) && e.contains("ssh-keygen"),
             "{e}"
         );
-        assert!(e.contains("line 20"), "names the key's position: {e}");
+        let line = EXAMPLE
+            .lines()
+            .position(|l| l.contains(PLACEHOLDER_KEY))
+            .unwrap()
+            + 1;
+        assert!(
+            e.contains(&format!("line {line} ")),
+            "names the key's position: {e}"
+        );
     }
 
     #[test]

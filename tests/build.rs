@@ -1392,7 +1392,14 @@ fn overlapping_partition_entries_stop_the_build_before_any_write() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("overlap") && err.contains("partition table is damaged"), "{err}");
-    assert_eq!(std::fs::read(&img).unwrap(), bytes, "the input is unchanged");
+    assert!(
+        err.contains("overlap") && err.contains("partition table is damaged"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        bytes,
+        "the input is unchanged"
+    );
     assert!(!env.path("out/cp1.img").exists());
 }

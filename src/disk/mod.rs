@@ -466,7 +466,11 @@ mod tests {
         std::fs::write(&p, &img).unwrap();
         let e = format!("{:#}", Disk::read(&p).unwrap_err());
         assert!(e.contains("partitions 1") && e.contains("overlap"), "{e}");
-        assert_eq!(std::fs::read(&p).unwrap(), img, "the image is left as it was");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            img,
+            "the image is left as it was"
+        );
         // Apart, they are accepted.
         img[446 + 16 + 8..446 + 16 + 12].copy_from_slice(&10240u32.to_le_bytes());
         img[446 + 16 + 12..446 + 16 + 16].copy_from_slice(&4096u32.to_le_bytes());

@@ -41,7 +41,10 @@ struct CloudConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     ssh_genkeytypes: Option<Vec<&'static str>>,
     timezone: &'a str,
-    locale: &'a str,
+    /// Only when the inventory sets one: cloud-init's locale module fails on an image where
+    /// the locale is not generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locale: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -131,8 +134,8 @@ fn user_data(cluster: &Cluster, node: &Node, host_keys: HostKeys) -> Result<Stri
         // cloud-init generates a key type only when its file is missing: ours is present.
         // (An empty list would be simpler but the schema requires at least one entry.)
         ssh_genkeytypes: (host_keys == HostKeys::Provided).then(|| vec!["ed25519"]),
-        timezone: &cluster.timezone,
-        locale: &cluster.locale,
+        timezone: cluster.timezone.as_str(),
+        locale: cluster.locale.as_ref().map(|l| l.as_str()),
     };
     Ok(format!("#cloud-config\n{}", yaml(&cfg)?))
 }
