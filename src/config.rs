@@ -681,7 +681,7 @@ impl Cluster {
         }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut c = Cluster::parse(&text)
+        let mut c = Cluster::parse_named(&text, &path.display().to_string())
             .with_context(|| format!("invalid cluster file {}", path.display()))?;
         c.base_dir = path
             .parent()
@@ -731,7 +731,18 @@ impl Cluster {
     }
 
     pub fn parse(text: &str) -> Result<Cluster> {
-        let cluster: Cluster = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Cluster::parse_named(text, "cluster.yaml")
+    }
+
+    /// Parses `text`, naming it `name` (its path) where a syntax error or a bad value is
+    /// shown.
+    pub fn parse_named(text: &str, name: &str) -> Result<Cluster> {
+        let cluster: Cluster = serde_saphyr::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.render_with_options(serde_saphyr::render_options! { source_name: Some(name) })
+            )
+        })?;
         cluster.validate()?;
         Ok(cluster)
     }

@@ -62,7 +62,7 @@ pub enum ImagesCommand {
         #[arg(long, default_value = "cluster.yaml")]
         config: PathBuf,
         /// Download mirror for the Argo CD manifest, as for `build`.
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", value_parser = parse_mirror)]
         mirror: Option<String>,
     },
 }
@@ -108,7 +108,7 @@ pub struct BuildArgs {
     #[arg(long, requires = "image_url", value_name = "HEX")]
     image_sha256: Option<String>,
     /// Rewrite every download https://HOST/PATH to URL/HOST/PATH (local mirror, air-gapped CI).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_mirror)]
     pub mirror: Option<String>,
     /// Output directory.
     #[arg(long, default_value = "images")]
@@ -118,10 +118,11 @@ pub struct BuildArgs {
     pub offline: bool,
     /// When the root filesystem must grow to fit the payload, leave this much free space
     /// beyond it (MiB).
-    #[arg(long, value_name = "MIB", default_value_t = build::DEFAULT_GROW_MARGIN >> 20)]
+    #[arg(long, value_name = "MIB", default_value_t = build::DEFAULT_GROW_MARGIN >> 20,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_GROW_MARGIN_MIB))]
     pub grow_margin: u64,
-    /// Build this many nodes in parallel.
-    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    /// Build this many nodes in parallel (at least 1).
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N", value_parser = parse_jobs)]
     pub jobs: usize,
     /// Build only share I of N of the selected nodes (inventory order, every N-th node from
     /// the I-th), for CI matrices: --shard 2/4.
@@ -129,8 +130,8 @@ pub struct BuildArgs {
     pub shard: Option<(usize, usize)>,
     /// Output formats, comma separated: raw (sparse .img), zst, xz (.img.zst/.img.xz, read by
     /// any zstd/xz), bmap (for `bmaptool copy`). Default: raw, or `formats:` in cluster.yaml.
-    #[arg(long, value_name = "LIST")]
-    pub format: Option<String>,
+    #[arg(long, value_name = "LIST", value_parser = parse_formats)]
+    pub format: Option<FormatList>,
     /// Print the plan (every file, partition, size, mode) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -146,6 +147,39 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The largest `--grow-margin`: 1 TiB, far beyond any SD card.
+const MAX_GROW_MARGIN_MIB: u64 = 1 << 20;
+
+/// The formats of `--format` (one value, so clap does not take it for repeated flags).
+#[derive(Clone, Debug)]
+pub struct FormatList(Vec<pikube_image::formats::Format>);
+
+fn parse_formats(s: &str) -> Result<FormatList, String> {
+    pikube_image::formats::parse_formats(s)
+        .map(FormatList)
+        .map_err(|e| format!("{e:#}"))
+}
+
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("0 builds nothing: give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a number of nodes to build at once")),
+    }
+}
+
+fn parse_mirror(s: &str) -> Result<String, String> {
+    let u = url::Url::parse(s).map_err(|e| {
+        format!("'{s}' is not a URL ({e}): give the mirror's base URL, like http://127.0.0.1:8080")
+    })?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "'{s}' is not an http:// or https:// URL with a host, like http://127.0.0.1:8080"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {
@@ -196,12 +230,9 @@ impl BuildArgs {
             dry_run: self.dry_run,
             cache_dir: None,
             grow_margin: self.grow_margin << 20,
-            jobs: self.jobs.max(1),
+            jobs: self.jobs,
             shard: self.shard,
-            formats: match &self.format {
-                Some(list) => pikube_image::formats::parse_formats(list)?,
-                None => Vec::new(),
-            },
+            formats: self.format.map(|f| f.0).unwrap_or_default(),
         })
     }
 }

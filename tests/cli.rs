@@ -1,0 +1,78 @@
+//! What the command line refuses before any work starts: usage errors exit 2 and name the
+//! flag and the fix; a bad value in cluster.yaml names the file, its line and the fix.
+
+use std::process::Command;
+
+fn run(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(args)
+        .current_dir(dir)
+        .env("PIKUBE_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn usage_errors_exit_2_naming_the_flag_and_the_fix() {
+    let d = tempfile::tempdir().unwrap();
+    for (args, flag, fix) in [
+        (
+            &["--format", "raw,tgz"][..],
+            "--format",
+            "raw, zst, xz, bmap",
+        ),
+        (&["--jobs", "0"], "--jobs", "1 or more"),
+        (
+            &["--mirror", "mirror.lan"],
+            "--mirror",
+            "http://127.0.0.1:8080",
+        ),
+        (&["--mirror", "ftp://mirror.lan"], "--mirror", "http://"),
+        (&["--shard", "3/2"], "--shard", "between 1 and N"),
+        (
+            &["--grow-margin", "17592186044416"],
+            "--grow-margin",
+            "0..=1048576",
+        ),
+    ] {
+        let mut all = vec!["build", "--all"];
+        all.extend_from_slice(args);
+        let (code, err) = run(d.path(), &all);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(fix), "{args:?}: {err}");
+    }
+    assert!(!d.path().join("cache").exists(), "nothing was started");
+}
+
+#[test]
+fn a_bad_value_in_cluster_yaml_names_the_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me";
+    let cases = [
+        ("ip: 10.0.0.300", "line 5", "not an IP address"),
+        ("mac: dc:a6:32", "line 5", "like dc:a6:32:01:02:03"),
+        ("name: Bad_Name", "line 4", "hostname"),
+    ];
+    for (field, line, why) in cases {
+        let text = format!(
+            "cluster: lab\nadmin: {{ssh_authorized_keys: [\"{key}\"]}}\nnodes:\n  - name: cp1\n    {field}\n    board: rpi4\n    role: server\n"
+        )
+        .replace("  - name: cp1\n    name: Bad_Name\n", "  - name: Bad_Name\n    ip: 10.0.0.1\n");
+        let path = d.path().join("my-cluster.yaml");
+        std::fs::write(&path, text).unwrap();
+        let (code, err) = run(
+            d.path(),
+            &["build", "--all", "--dry-run", "--config", "my-cluster.yaml"],
+        );
+        assert_eq!(code, Some(1), "{field}: {err}");
+        assert!(
+            err.contains("my-cluster.yaml:") && err.contains(line) && err.contains(why),
+            "{field}: {err}"
+        );
+        assert!(!err.contains("<input>"), "{err}");
+    }
+}
