@@ -810,6 +810,11 @@ impl Cluster {
                 check_label(k, v).with_context(|| format!("node '{}'", node.name))?;
             }
         }
+        for node in &self.nodes {
+            if let Some(a) = self.static_addr(node) {
+                check_address(&node.name, a, self.network.gateway)?;
+            }
+        }
         let mut ips = BTreeMap::new();
         for node in &self.nodes {
             if let Some(a) = self.static_addr(node) {
@@ -830,6 +835,25 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+
+    /// What is allowed but likely to go wrong, for the user to read before building.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(first) = self.first_server()
+            && first.ip.is_none()
+            && self.k3s.api.is_none()
+            && self.nodes.len() > 1
+        {
+            let name = self
+                .fqdn(&first.name)
+                .unwrap_or_else(|| first.name.to_string());
+            out.push(format!(
+                "server '{}' has no ip: the other nodes will join https://{name}:6443, which works only if your DNS resolves that name to its DHCP lease; give it an ip in cluster.yaml, or set k3s.api",
+                first.name
+            ));
+        }
+        out
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -857,6 +881,47 @@ impl Cluster {
     pub fn fqdn(&self, node: &str) -> Option<String> {
         self.domain.as_ref().map(|d| format!("{node}.{d}"))
     }
+}
+
+/// A node's static address must be usable on its subnet: in the gateway's subnet, not the
+/// gateway itself, not the subnet's network or broadcast address.
+fn check_address(node: &str, a: StaticAddr, gateway: Option<IpAddr>) -> Result<()> {
+    let Ok(net) = IpNet::new(a.ip, a.prefix) else {
+        return Ok(()); // a prefix too long for the family is reported with its own message
+    };
+    let net = net.trunc();
+    if let Some(gw) = gateway {
+        if gw == a.ip {
+            bail!(
+                "node '{node}': ip {} is network.gateway's address: give the node an address of its own",
+                a.ip
+            );
+        }
+        if gw.is_ipv4() == a.ip.is_ipv4() && !net.contains(&gw) {
+            bail!(
+                "node '{node}': ip {} is not in the subnet of network.gateway {gw} ({net} holds the node, not the gateway): fix the address, the gateway, or the prefix (network.prefix, or ip: ADDRESS/PREFIX)",
+                a.cidr()
+            );
+        }
+    }
+    if let IpNet::V4(v4) = net
+        && a.prefix < 31
+    {
+        let what = if a.ip == IpAddr::V4(v4.network()) {
+            Some("network")
+        } else if a.ip == IpAddr::V4(v4.broadcast()) {
+            Some("broadcast")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            bail!(
+                "node '{node}': ip {} is the {what} address of {net}, which no host can use: pick another address",
+                a.cidr()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// RFC 1123 label: 1-63 of [a-z0-9-], not starting or ending with '-'.
@@ -1132,6 +1197,34 @@ nodes:
         for bad in ["", "en_US.UTF-8\nLC_ALL=x", "en US", "$(reboot)", ".UTF-8"] {
             assert!(Locale::try_from(bad.to_string()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn addresses_must_fit_the_gateways_subnet() {
+        for (ip, want) in [
+            ("192.168.2.10", "not in the subnet of network.gateway"),
+            ("192.168.1.1", "network.gateway's address"),
+            ("192.168.1.0", "the network address"),
+            ("192.168.1.255", "the broadcast address"),
+            ("10.1.2.3/8", "not in the subnet"),
+        ] {
+            let e = err(&GOOD.replace("ip: 192.168.1.10", &format!("ip: {ip}")));
+            assert!(e.contains("cp1") && e.contains(want), "{ip}: {e}");
+        }
+        // /16 holds the gateway: fine.
+        Cluster::parse(&GOOD.replace("ip: 192.168.1.10", "ip: 192.168.7.10/16")).unwrap();
+    }
+
+    #[test]
+    fn a_server_on_dhcp_is_warned_about() {
+        let c = Cluster::parse(GOOD).unwrap();
+        assert!(c.warnings().is_empty());
+        let c = Cluster::parse(&GOOD.replace("    ip: 192.168.1.10\n", "")).unwrap();
+        let w = c.warnings();
+        assert!(
+            w.len() == 1 && w[0].contains("cp1.home.arpa") && w[0].contains("k3s.api"),
+            "{w:?}"
+        );
     }
 
     #[test]

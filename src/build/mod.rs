@@ -51,6 +51,9 @@ fn open_cache(dir: &Option<PathBuf>) -> Result<Cache> {
 
 pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     let mut cluster = crate::config::Cluster::load(&req.config)?;
+    for w in cluster.warnings() {
+        progress.message(&format!("warning: {w}"));
+    }
     let formats = if !req.formats.is_empty() {
         req.formats.clone()
     } else if !cluster.formats.is_empty() {
