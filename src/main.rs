@@ -73,10 +73,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Build(a) => {
             let json = a.json;
             let progress = Progress::new(Mode::detect(json));
-            let summary = build::build(&a.request()?, &progress)?;
+            let request = a.request()?;
+            let started = std::time::Instant::now();
+            let summary = build::build(&request, &progress)?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&summary)?),
                 false => print!("{}", summary.render()),
+            }
+            if !json && !summary.dry_run && !summary.nodes.is_empty() {
+                let seconds = started.elapsed().as_secs_f64();
+                eprint!("{}", summary.render_closing(&request.out, seconds));
             }
         }
     }

@@ -87,6 +87,63 @@ pub struct BuildSummary {
 }
 
 impl BuildSummary {
+    /// The closing lines on standard error after a build that wrote images: what was made
+    /// (nodes, files, sizes, time) and how to put each node on a card. `out` is the output
+    /// directory.
+    pub fn render_closing(&self, out: &std::path::Path, seconds: f64) -> String {
+        use crate::progress::human_bytes;
+        let files: Vec<&OutputRecord> = self.nodes.iter().flat_map(|n| &n.outputs).collect();
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        let mut s = format!(
+            "built {} node{} in {seconds:.1} s: {} files, {} in {}\n",
+            self.nodes.len(),
+            if self.nodes.len() == 1 { "" } else { "s" },
+            files.len(),
+            human_bytes(total),
+            out.display()
+        );
+        for n in &self.nodes {
+            let names: Vec<String> = n
+                .outputs
+                .iter()
+                .map(|o| format!("{} ({})", o.file, human_bytes(o.size)))
+                .collect();
+            s.push_str(&format!(
+                "  {} ({}): {}\n",
+                n.node,
+                n.role,
+                names.join(", ")
+            ));
+        }
+        s.push_str("next: write each image to its card (check the device with lsblk first; it is overwritten):\n");
+        for n in &self.nodes {
+            let has = |suffix: &str| n.outputs.iter().find(|o| o.file.ends_with(suffix));
+            let path = |o: &OutputRecord| out.join(&o.file).display().to_string();
+            let cmd = match (has(".img"), has(".bmap"), has(".img.zst"), has(".img.xz")) {
+                (Some(img), Some(bmap), _, _) => format!(
+                    "sudo bmaptool copy --bmap {} {} /dev/sdX",
+                    path(bmap),
+                    path(img)
+                ),
+                (Some(img), None, _, _) => format!(
+                    "sudo dd if={} of=/dev/sdX bs=4M conv=fsync status=progress",
+                    path(img)
+                ),
+                (None, _, Some(zst), _) => format!(
+                    "zstd -dc {} | sudo dd of=/dev/sdX bs=4M conv=fsync status=progress",
+                    path(zst)
+                ),
+                (None, _, None, Some(xz)) => format!(
+                    "xz -dc {} | sudo dd of=/dev/sdX bs=4M conv=fsync status=progress",
+                    path(xz)
+                ),
+                _ => continue,
+            };
+            s.push_str(&format!("  {}: {cmd}\n", n.node));
+        }
+        s
+    }
+
     /// What `build` prints on standard output without `--json`: the plan of each node for a
     /// dry run, else each image's SHA-256 and path.
     pub fn render(&self) -> String {
@@ -116,5 +173,63 @@ impl BuildSummary {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, files: &[(&str, u64)]) -> NodeResult {
+        NodeResult {
+            node: name.into(),
+            board: "rpi4".into(),
+            role: "server".into(),
+            image: None,
+            sha256: None,
+            size: None,
+            manifest: None,
+            instance_id: None,
+            base_url: String::new(),
+            plan: Vec::new(),
+            outputs: files
+                .iter()
+                .map(|(f, size)| OutputRecord {
+                    file: f.to_string(),
+                    size: *size,
+                    sha256: String::new(),
+                })
+                .collect(),
+            prepared_from_cache: None,
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_closing_lines_say_what_was_made_and_how_to_flash_it() {
+        let s = BuildSummary {
+            dry_run: false,
+            nodes: vec![
+                node("cp1", &[("cp1.img", 4 << 30), ("cp1.bmap", 1000)]),
+                node("w1", &[("w1.img.zst", 600 << 20)]),
+            ],
+        };
+        let text = s.render_closing(std::path::Path::new("images"), 12.34);
+        assert!(
+            text.starts_with("built 2 nodes in 12.3 s: 3 files"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  cp1 (server): cp1.img (4.0 GiB), cp1.bmap"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cp1: sudo bmaptool copy --bmap images/cp1.bmap images/cp1.img /dev/sdX"),
+            "{text}"
+        );
+        assert!(
+            text.contains("w1: zstd -dc images/w1.img.zst | sudo dd of=/dev/sdX"),
+            "{text}"
+        );
     }
 }
