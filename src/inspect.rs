@@ -37,6 +37,8 @@ pub struct PartReport {
     pub hostname: Option<String>,
     /// Kernel command line (Raspberry Pi boot partitions).
     pub cmdline: Option<String>,
+    /// The node the image was built for (`/etc/pikube/node.json` in the root filesystem).
+    pub node: Option<crate::nodeinfo::NodeInfo>,
     pub error: Option<String>,
 }
 
@@ -91,6 +93,7 @@ pub fn inspect(path: &Path, progress: &Progress) -> Result<Report> {
             instance_id: None,
             hostname: None,
             cmdline: None,
+            node: None,
             error: None,
         };
         let res: Result<()> = (|| {
@@ -101,6 +104,15 @@ pub fn inspect(path: &Path, progress: &Progress) -> Result<Report> {
                         r.os = os_release(&text);
                     } else if let Ok(text) = fs.read_to_string("/usr/lib/os-release") {
                         r.os = os_release(&text);
+                    }
+                    if let Ok(text) = fs.read_to_string(crate::nodeinfo::PATH) {
+                        r.node = Some(serde_json::from_str(&text).with_context(|| {
+                            format!(
+                                "{} in partition {} is damaged",
+                                crate::nodeinfo::PATH,
+                                p.number
+                            )
+                        })?);
                     }
                 }
                 FsKind::Fat => {
@@ -149,6 +161,9 @@ pub fn inspect(path: &Path, progress: &Progress) -> Result<Report> {
 impl Report {
     pub fn render(&self) -> String {
         let mut s = String::new();
+        for n in self.partitions.iter().filter_map(|p| p.node.as_ref()) {
+            s.push_str(&n.render());
+        }
         let _ = writeln!(
             s,
             "{}: {} partition table, disk id {}, {}",

@@ -119,12 +119,17 @@ struct ConfigFile<'a> {
     write_kubeconfig_mode: Option<&'a str>,
 }
 
+/// Whether `node` initialises the cluster: the first server, unless k3s.api names an
+/// existing one.
+pub fn initialises_cluster(cluster: &Cluster, node: &Node) -> bool {
+    let first = cluster.first_server().map(|n| n.name.as_str());
+    node.role == Role::Server && first == Some(node.name.as_str()) && cluster.k3s.api.is_none()
+}
+
 /// `/etc/rancher/k3s/config.yaml` for `node`. The first server initialises the cluster
 /// (`cluster-init`); every other node joins the API URL with the token.
 pub fn config_yaml(cluster: &Cluster, node: &Node, board: &Board, token: &str) -> Result<String> {
-    let first = cluster.first_server().map(|n| n.name.as_str());
-    let is_first =
-        node.role == Role::Server && first == Some(node.name.as_str()) && cluster.k3s.api.is_none();
+    let is_first = initialises_cluster(cluster, node);
     let addr = cluster.static_addr(node);
     let mut labels = vec![
         format!("pikube.io/board={}", board.name),

@@ -26,6 +26,7 @@ pub mod io;
 pub mod k3s;
 pub mod manifest;
 pub mod netconfig;
+pub mod nodeinfo;
 pub mod op;
 pub mod overlay;
 pub mod plan;

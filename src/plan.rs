@@ -67,6 +67,8 @@ pub struct OpView {
 pub struct PlanInputs<'a> {
     pub base_sha256: &'a str,
     pub payload: &'a Payload,
+    /// When the image is built (seconds since the epoch), recorded in it.
+    pub built: i64,
 }
 
 impl Plan {
@@ -103,6 +105,9 @@ impl Plan {
         if let Some(key) = host_key {
             ops.extend(crate::host_keys::host_key_ops(root, key));
         }
+        ops.push(
+            crate::nodeinfo::NodeInfo::new(cluster, node, board, image, inputs.built)?.op(root)?,
+        );
         if cluster.k3s.install {
             let k3s = crate::k3s::Payload {
                 binary: payload
@@ -246,6 +251,7 @@ mod tests {
             &PlanInputs {
                 base_sha256: "00ff",
                 payload,
+                built: 1_700_000_000,
             },
         )
     }
@@ -281,6 +287,32 @@ mod tests {
             .rev()
             .find(|o| o.path == path)
             .unwrap_or_else(|| panic!("{path} not in plan"))
+    }
+
+    #[test]
+    fn every_node_records_who_it_is() {
+        let text = INVENTORY.replace("nodes:", "domain: home.arpa\nnodes:");
+        for (name, role, server) in [
+            ("cp1", "server", None),
+            ("w1", "agent", Some("https://10.0.0.10:6443")),
+        ] {
+            let p = plan_with(&text, name, &payload()).unwrap();
+            let op = find(&p, crate::nodeinfo::PATH);
+            assert!(!op.is_role_wide() && !op.secret && op.mode == 0o644);
+            let info: crate::nodeinfo::NodeInfo = serde_json::from_str(&text_of(op)).unwrap();
+            assert_eq!((info.node.as_str(), info.role.as_str()), (name, role));
+            assert_eq!(info.k3s.as_ref().unwrap().server.as_deref(), server);
+            assert_eq!(info.built, 1_700_000_000);
+            let shown = info.render();
+            assert!(shown.contains("built: 2023-11-14 22:13:20 UTC"), "{shown}");
+        }
+    }
+
+    fn text_of(op: &Op) -> String {
+        match &op.action {
+            Action::Write(Content::Bytes(b)) => String::from_utf8(b.clone()).unwrap(),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -463,6 +495,7 @@ mod tests {
             &PlanInputs {
                 base_sha256: "00ff",
                 payload: &payload(),
+                built: 1_700_000_000,
             },
         )
         .unwrap()

@@ -1335,6 +1335,17 @@ fn fleet_outputs_are_reproducible_and_flashable() {
             "{ext} content"
         );
     }
+    // inspect tells the cards apart, from the compressed image.
+    let o = env.run(&["inspect", "out/w1.img.zst"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains("node w1 (agent) of cluster lab, board rpi4")
+            && shown.contains("k3s: v1.31.4+k3s1, joins https://192.168.50.10:6443")
+            && shown.contains("admin user: ops")
+            && shown.contains("address: DHCP"),
+        "{shown}"
+    );
     // bmaptool flashes the image onto a file with the same content.
     let target = env.path("card.bin");
     let o = Command::new("bmaptool")

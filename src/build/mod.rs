@@ -145,6 +145,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             &PlanInputs {
                 base_sha256: &base.content_id,
                 payload: &payload,
+                built: crate::build_timestamp(),
             },
         )?;
         results.push(NodeResult {
