@@ -163,22 +163,6 @@ fn bad_feature(bits: u32, known: &[(u32, &str)]) -> String {
     names.join(", ")
 }
 
-/// The time stamped on changed metadata (ctime, directory mtimes, inode generations, the
-/// superblock's write time): `$SOURCE_DATE_EPOCH` when set, so that the same inputs give a
-/// byte-identical filesystem, else the current time.
-pub(crate) fn unix_now() -> i64 {
-    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<i64>().ok())
-    {
-        return t;
-    }
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Compares a bitmap's checksum with the one its group descriptor stores at `(lo, hi)`
 /// (the high half only with 64-byte descriptors). Nothing to check without metadata_csum.
 fn check_bitmap_csum(
@@ -214,7 +198,16 @@ impl Ext4Fs {
     /// (a [`std::fs::File`] opened read + write, or any other [`Storage`]). Every
     /// precondition is checked before anything is written; on error the image
     /// is unchanged.
-    pub fn open(storage: impl Storage + 'static, offset: u64, len: u64) -> Result<Ext4Fs> {
+    ///
+    /// `now` (Unix seconds) is the time stamped on changed metadata: ctime, directory
+    /// mtimes, new inodes, the superblock's write time; it also seeds inode generations.
+    /// The caller decides it (a fixed time gives a byte-identical filesystem).
+    pub fn open(
+        storage: impl Storage + 'static,
+        offset: u64,
+        len: u64,
+        now: i64,
+    ) -> Result<Ext4Fs> {
         let dev = Dev {
             file: Box::new(storage),
             offset,
@@ -437,7 +430,7 @@ impl Ext4Fs {
             alloc_cursor: first_data_block,
             free_blocks,
             free_inodes,
-            now: unix_now(),
+            now,
             gen_state: 0,
             iobuf: Vec::new(),
         };
@@ -1045,7 +1038,7 @@ impl Ext4Fs {
             put32(sb, 0x158, (self.free_blocks >> 32) as u32);
         }
         put32(sb, 0x10, self.free_inodes as u32);
-        let now = unix_now();
+        let now = self.now;
         put32(sb, 0x30, now as u32);
         sb[0x274] = ((now >> 32) & 0xFF) as u8;
         if self.geo.csum() {

@@ -763,13 +763,19 @@ struct Write {
 }
 
 /// Grows the ext4 filesystem stored at byte `offset` of `file` so that it fills `new_len` bytes.
+/// `now` (Unix seconds) becomes the superblock's write time.
 ///
 /// The size is rounded down to whole blocks, and a trailing partial group too small for its own
 /// metadata is dropped the way resize2fs drops it. Growing to the current size is a no-op.
 /// Every precondition (clean state and journal, no orphans, known features, valid checksums,
 /// enough reserved descriptor blocks) is checked before anything is written; on refusal the file
 /// is unchanged.
-pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<FsGrowth, GrowError> {
+pub fn grow_fs(
+    file: &File,
+    offset: u64,
+    new_len: u64,
+    now: i64,
+) -> std::result::Result<FsGrowth, GrowError> {
     let mut sb = read_exact(file, offset + 1024, 1024, "reading the ext4 superblock")?;
     let l = parse_superblock(&sb, offset)?;
     if l.metadata_csum() && le32(&sb, SB_CHECKSUM) != sb_checksum(&sb) {
@@ -1145,7 +1151,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     put32(&mut sb, SB_BACKUP_BGS + 4, nl.backup_bgs[1]);
     // The kernel recomputes the overhead when this is zero, as it is after resize2fs.
     put32(&mut sb, SB_OVERHEAD_CLUSTERS, 0);
-    let now = write_time();
+    let now = now.max(0) as u64;
     put32(&mut sb, SB_WTIME, now as u32);
     sb[SB_WTIME_HI] = (now >> 32) as u8;
 
@@ -1231,11 +1237,6 @@ fn write_zeros(file: &File, pos: u64, len: u64) -> Result<()> {
         done += n as u64;
     }
     Ok(())
-}
-
-/// Seconds since the epoch for `s_wtime`; `SOURCE_DATE_EPOCH` wins for reproducible images.
-fn write_time() -> u64 {
-    crate::fs::unix_now().max(0) as u64
 }
 
 #[cfg(test)]

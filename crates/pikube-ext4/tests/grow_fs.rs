@@ -16,6 +16,8 @@ use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+/// The clock handed to the grow: the superblock's write time.
+const NOW: i64 = 1_700_000_000;
 
 fn tool_available(name: &str) -> bool {
     Command::new(name).arg("-V").output().is_ok()
@@ -252,7 +254,7 @@ fn grow_and_compare(args: &[&str], size: u64, grow: u64, offset: u64, write_big:
         .write(true)
         .open(&img)
         .unwrap();
-    let g = grow_fs(&f, offset, size + grow).expect("grow_fs");
+    let g = grow_fs(&f, offset, size + grow, NOW).expect("grow_fs");
     drop(f);
 
     let ours = spec(&img, offset);
@@ -506,7 +508,7 @@ fn refused(args: &[&str], size: u64, grow: u64, damage: &dyn Fn(&Path)) -> GrowE
         .write(true)
         .open(&img)
         .unwrap();
-    let err = grow_fs(&f, 0, size + grow).expect_err("grow_fs must refuse");
+    let err = grow_fs(&f, 0, size + grow, NOW).expect_err("grow_fs must refuse");
     drop(f);
     assert_eq!(before, sha256(&img), "refusal changed the image");
     eprintln!("refused as expected: {err}");
@@ -645,10 +647,10 @@ fn refuses_to_shrink() {
         .write(true)
         .open(&img)
         .unwrap();
-    let e = grow_fs(&f, 0, 32 * MIB).expect_err("must refuse to shrink");
+    let e = grow_fs(&f, 0, 32 * MIB, NOW).expect_err("must refuse to shrink");
     assert!(matches!(e, GrowError::Shrink { .. }), "{e}");
     // Same size: nothing to do, nothing written.
-    let g = grow_fs(&f, 0, 64 * MIB).unwrap();
+    let g = grow_fs(&f, 0, 64 * MIB, NOW).unwrap();
     assert_eq!(g.old_blocks, g.new_blocks);
     drop(f);
     assert_eq!(before, sha256(&img));
@@ -666,7 +668,7 @@ fn refuses_non_ext4() {
         .open(&img)
         .unwrap();
     f.set_len(8 * MIB).unwrap();
-    let e = grow_fs(&f, MIB, 4 * MIB).expect_err("no filesystem there");
+    let e = grow_fs(&f, MIB, 4 * MIB, NOW).expect_err("no filesystem there");
     assert!(matches!(e, GrowError::NotExt4(_)), "{e}");
 }
 
@@ -695,7 +697,7 @@ fn mutated_superblocks_never_panic() {
         let p = dir.path().join("mutant.img");
         std::fs::write(&p, &img).unwrap();
         let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
-        let r = std::panic::catch_unwind(|| grow_fs(&f, 0, 64 * MIB));
+        let r = std::panic::catch_unwind(|| grow_fs(&f, 0, 64 * MIB, NOW));
         match r {
             Ok(Ok(_)) => ok += 1,
             Ok(Err(_)) => refused += 1,

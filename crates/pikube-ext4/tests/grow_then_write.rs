@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Spec, make};
+use common::{NOW, Spec, make};
 use pikube_ext4::{Ext4Fs, Meta};
 
 const MIB: u64 = 1 << 20;
@@ -22,7 +22,7 @@ fn grow_then_fill(spec: Spec) {
         for m in 0..(grown - fx.len) / MIB {
             f.write_all_at(&junk, fx.offset + fx.len + m * MIB).unwrap();
         }
-        let g = pikube_ext4::grow::grow_fs(&f, fx.offset, grown).unwrap();
+        let g = pikube_ext4::grow::grow_fs(&f, fx.offset, grown, NOW).unwrap();
         assert!(g.new_groups > g.old_groups, "{g:?}");
     }
     let (ok, out) = fx.fsck();
@@ -34,7 +34,7 @@ fn grow_then_fill(spec: Spec) {
         gid: 0,
         mtime: 1_700_000_000,
     };
-    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, grown).unwrap();
+    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, grown, NOW).unwrap();
     let inodes_before = fs.free_bytes();
     let mut expected = Vec::new();
     for d in 0..40 {
