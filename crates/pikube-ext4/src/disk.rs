@@ -68,7 +68,7 @@ impl Dev {
         self.file
             .fetch_at(buf, self.offset + pos)
             .map_err(|source| Error::Io {
-                op: "reading",
+                op: "reading the ext4 filesystem",
                 offset: self.offset + pos,
                 source,
             })
@@ -88,7 +88,7 @@ impl Dev {
         self.file
             .store_at(buf, self.offset + pos)
             .map_err(|source| Error::Io {
-                op: "writing",
+                op: "writing the ext4 filesystem",
                 offset: self.offset + pos,
                 source,
             })

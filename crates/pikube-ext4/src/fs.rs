@@ -155,7 +155,7 @@ fn bad_feature(bits: u32, known: &[(u32, &str)]) -> String {
         let bit = 1u32 << i;
         if bits & bit != 0 {
             match known.iter().find(|(b, _)| *b == bit) {
-                Some((_, n)) => names.push((*n).to_string()),
+                Some((_, n)) => names.push(format!("`{n}`")),
                 None => names.push(format!("unknown feature bit {bit:#x}")),
             }
         }
@@ -223,7 +223,7 @@ impl Ext4Fs {
         }
         if le32(&sb, 0x4C) < 1 {
             return Err(Error::Unsupported {
-                feature: "revision 0 (original ext2) superblock".into(),
+                feature: "a revision 0 (original ext2) superblock".into(),
             });
         }
         let compat = le32(&sb, 0x5C);
@@ -243,7 +243,7 @@ impl Ext4Fs {
         }
         if incompat & INCOMPAT_EXTENTS == 0 {
             return Err(Error::Unsupported {
-                feature: "a filesystem without the `extent` feature (ext2/ext3)".into(),
+                feature: "no `extent` feature (an ext2/ext3 layout)".into(),
             });
         }
         let csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
@@ -278,7 +278,7 @@ impl Ext4Fs {
         let log_bs = le32(&sb, 0x18);
         if log_bs > 2 {
             return Err(Error::Unsupported {
-                feature: format!("block size {} bytes", 1024u64 << log_bs.min(20)),
+                feature: format!("a block size of {} bytes", 1024u64 << log_bs.min(20)),
             });
         }
         let bs = 1024u64 << log_bs;
@@ -1047,7 +1047,7 @@ impl Ext4Fs {
         }
         self.dev.write_at(1024, &self.sb)?;
         self.dev.file.sync().map_err(|source| Error::Io {
-            op: "syncing",
+            op: "syncing the ext4 filesystem",
             offset: self.dev.offset,
             source,
         })?;

@@ -33,43 +33,6 @@ pub struct FsGrowth {
     pub free_blocks_after: u64,
 }
 
-/// Why a filesystem could not be grown. Nothing has been written when one of these is returned,
-/// except for [`GrowError::Io`] raised while writing.
-#[derive(Debug, thiserror::Error)]
-pub enum GrowError {
-    #[error("I/O error while {what} at byte {pos} of the image: {source}")]
-    Io {
-        what: &'static str,
-        pos: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "no ext4 filesystem at byte offset {0} of the image (bad superblock magic); check the partition offset"
-    )]
-    NotExt4(u64),
-    #[error(
-        "the ext4 filesystem is not clean: {0}; run `e2fsck -f` on it (or boot and shut down the system once), then retry"
-    )]
-    NotClean(String),
-    #[error(
-        "checksum mismatch in {0}; the filesystem is damaged, repair it with `e2fsck -f` first"
-    )]
-    Checksum(String),
-    #[error("the ext4 filesystem is inconsistent: {0}; repair it with `e2fsck -f` first")]
-    Corrupt(String),
-    #[error("unsupported ext4 filesystem: {0}")]
-    Unsupported(String),
-    #[error(
-        "cannot shrink the ext4 filesystem: it has {current} blocks but only {requested} fit in the requested size; pass a size of at least {current} blocks"
-    )]
-    Shrink { current: u64, requested: u64 },
-    #[error("cannot grow the ext4 filesystem offline: {0}")]
-    CannotGrow(String),
-}
-
-type Result<T> = std::result::Result<T, GrowError>;
-
 /// Feature bits this module knows how to carry through a grow unchanged.
 const COMPAT_OK: u32 = COMPAT_DIR_PREALLOC
     | COMPAT_IMAGIC_INODES
@@ -129,18 +92,26 @@ fn be32(b: &[u8], o: usize) -> u32 {
 
 use crate::csum::{crc16, crc32c_raw};
 use crate::disk::{le16, le32, put16, put32};
+use crate::error::{Error, Result, corrupt};
 use crate::sb::*;
 
 fn read_exact(file: &File, pos: u64, len: usize, what: &'static str) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, pos)
-        .map_err(|source| GrowError::Io { what, pos, source })?;
+        .map_err(|source| Error::Io {
+            op: what,
+            offset: pos,
+            source,
+        })?;
     Ok(buf)
 }
 
 fn write_all(file: &File, pos: u64, data: &[u8], what: &'static str) -> Result<()> {
-    file.write_all_at(data, pos)
-        .map_err(|source| GrowError::Io { what, pos, source })
+    file.write_all_at(data, pos).map_err(|source| Error::Io {
+        op: what,
+        offset: pos,
+        source,
+    })
 }
 
 /// Everything about the filesystem this module needs, decoded from the primary superblock.
@@ -251,12 +222,12 @@ impl Layout {
 
 fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
     if le16(sb, SB_MAGIC) != 0xEF53 {
-        return Err(GrowError::NotExt4(offset));
+        return Err(Error::NotExt4 { offset });
     }
     if le32(sb, SB_REV_LEVEL) < 1 {
-        return Err(GrowError::Unsupported(
-            "revision 0 (original ext2) filesystems have no feature flags to grow with".into(),
-        ));
+        return Err(Error::Unsupported {
+            feature: "a revision 0 (original ext2) superblock".into(),
+        });
     }
     let compat = le32(sb, SB_FEATURE_COMPAT);
     let incompat = le32(sb, SB_FEATURE_INCOMPAT);
@@ -264,26 +235,20 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
 
     // State checks come first: a dirty journal is the most common reason to refuse.
     if incompat & INCOMPAT_RECOVER != 0 {
-        return Err(GrowError::NotClean(
-            "the journal needs recovery (needs_recovery is set)".into(),
-        ));
+        return Err(Error::NeedsRecovery);
     }
     if ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0 {
-        return Err(GrowError::NotClean(
-            "orphan inodes are pending in the orphan file (orphan_present is set)".into(),
-        ));
+        return Err(Error::OrphansPending);
     }
     if le32(sb, SB_LAST_ORPHAN) != 0 {
-        return Err(GrowError::NotClean(format!(
-            "orphan inode list is not empty (s_last_orphan = {})",
-            le32(sb, SB_LAST_ORPHAN)
-        )));
+        return Err(Error::OrphansPending);
     }
     let state = le16(sb, SB_STATE);
-    if state & STATE_VALID == 0 || state & STATE_ERROR != 0 {
-        return Err(GrowError::NotClean(format!(
-            "superblock state is {state:#x} (not cleanly unmounted or errors recorded)"
-        )));
+    if state & STATE_ERROR != 0 {
+        return Err(corrupt("the superblock records filesystem errors"));
+    }
+    if state & STATE_VALID == 0 {
+        return Err(Error::NeedsRecovery);
     }
 
     let named = [
@@ -299,9 +264,9 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
     ];
     for (bits, bit, name) in named {
         if bits & bit != 0 {
-            return Err(GrowError::Unsupported(format!(
-                "feature `{name}` is not supported by the offline grow; grow this filesystem with resize2fs instead"
-            )));
+            return Err(Error::Unsupported {
+                feature: format!("`{name}`"),
+            });
         }
     }
     let unknown = [
@@ -311,15 +276,15 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
     ];
     for (kind, bits) in unknown {
         if bits != 0 {
-            return Err(GrowError::Unsupported(format!(
-                "unknown {kind} feature bits {bits:#x}; this filesystem was made by a newer mkfs than the offline grow understands"
-            )));
+            return Err(Error::Unsupported {
+                feature: format!("unknown {kind} feature bits {bits:#x} (a newer mkfs made it)"),
+            });
         }
     }
 
     let log_bs = le32(sb, SB_LOG_BLOCK_SIZE);
     if log_bs > 6 {
-        return Err(GrowError::Corrupt(format!(
+        return Err(corrupt(format!(
             "block size 2^(10+{log_bs}) is out of range"
         )));
     }
@@ -327,31 +292,25 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
     if le32(sb, SB_LOG_CLUSTER_SIZE) != log_bs
         || le32(sb, SB_CLUSTERS_PER_GROUP) != le32(sb, SB_BLOCKS_PER_GROUP)
     {
-        return Err(GrowError::Unsupported(
-            "cluster size differs from block size (bigalloc)".into(),
-        ));
+        return Err(Error::Unsupported {
+            feature: "a cluster size that differs from the block size (bigalloc)".into(),
+        });
     }
     let bpg = u64::from(le32(sb, SB_BLOCKS_PER_GROUP));
     let ipg = u64::from(le32(sb, SB_INODES_PER_GROUP));
     if bpg == 0 || bpg > bs * 8 || bpg % 8 != 0 {
-        return Err(GrowError::Corrupt(format!(
-            "blocks per group {bpg} is invalid"
-        )));
+        return Err(corrupt(format!("blocks per group {bpg} is invalid")));
     }
     if ipg == 0 || ipg > bs * 8 || ipg % 8 != 0 {
-        return Err(GrowError::Corrupt(format!(
-            "inodes per group {ipg} is invalid"
-        )));
+        return Err(corrupt(format!("inodes per group {ipg} is invalid")));
     }
     let inode_size = usize::from(le16(sb, SB_INODE_SIZE));
     if inode_size < 128 || !inode_size.is_power_of_two() || inode_size as u64 > bs {
-        return Err(GrowError::Corrupt(format!(
-            "inode size {inode_size} is invalid"
-        )));
+        return Err(corrupt(format!("inode size {inode_size} is invalid")));
     }
     let fdb = u64::from(le32(sb, SB_FIRST_DATA_BLOCK));
     if fdb != u64::from(bs == 1024) {
-        return Err(GrowError::Corrupt(format!(
+        return Err(corrupt(format!(
             "first data block {fdb} does not match block size {bs}"
         )));
     }
@@ -362,47 +321,45 @@ fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
         32
     };
     if ds < 32 || !ds.is_power_of_two() || ds as u64 > bs || (is64 && ds < 64) {
-        return Err(GrowError::Corrupt(format!(
-            "group descriptor size {ds} is invalid"
-        )));
+        return Err(corrupt(format!("group descriptor size {ds} is invalid")));
     }
     let mut blocks = u64::from(le32(sb, SB_BLOCKS_COUNT_LO));
     if is64 {
         blocks |= u64::from(le32(sb, SB_BLOCKS_COUNT_HI)) << 32;
     }
     if blocks <= fdb {
-        return Err(GrowError::Corrupt(format!(
-            "block count {blocks} is invalid"
-        )));
+        return Err(corrupt(format!("block count {blocks} is invalid")));
     }
     let groups = (blocks - fdb).div_ceil(bpg);
     let gdt_blocks = groups.div_ceil(bs / ds as u64);
     let reserved_gdt = u64::from(le16(sb, SB_RESERVED_GDT_BLOCKS));
     if u64::from(le32(sb, SB_INODES_COUNT)) != groups * ipg {
-        return Err(GrowError::Corrupt(format!(
+        return Err(corrupt(format!(
             "inode count {} is not {groups} groups x {ipg} inodes",
             le32(sb, SB_INODES_COUNT)
         )));
     }
     let metadata_csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
     if metadata_csum && sb[SB_CHECKSUM_TYPE] != 1 {
-        return Err(GrowError::Unsupported(format!(
-            "metadata checksum type {} (only crc32c is known)",
-            sb[SB_CHECKSUM_TYPE]
-        )));
+        return Err(Error::Unsupported {
+            feature: format!(
+                "metadata checksum type {} (only crc32c is known)",
+                sb[SB_CHECKSUM_TYPE]
+            ),
+        });
     }
     let meta_bg = incompat & INCOMPAT_META_BG != 0;
     let first_meta_bg = u64::from(le32(sb, SB_FIRST_META_BG));
     if meta_bg {
         if first_meta_bg > gdt_blocks {
-            return Err(GrowError::Corrupt(format!(
+            return Err(corrupt(format!(
                 "first meta block group {first_meta_bg} is beyond the {gdt_blocks} descriptor blocks"
             )));
         }
         if compat & (COMPAT_RESIZE_INODE | COMPAT_SPARSE_SUPER2) != 0 {
-            return Err(GrowError::Unsupported(
-                "meta_bg combined with resize_inode or sparse_super2".into(),
-            ));
+            return Err(Error::Unsupported {
+                feature: "`meta_bg` together with `resize_inode` or `sparse_super2`".into(),
+            });
         }
     }
     let csum_seed = crate::sb::csum_seed(sb);
@@ -611,9 +568,7 @@ fn inode_pos(l: &Layout, gdt: &Gdt, offset: u64, ino: u32) -> Result<u64> {
     let idx = u64::from(ino - 1);
     let g = idx / l.ipg;
     if g >= l.groups {
-        return Err(GrowError::Corrupt(format!(
-            "inode {ino} lies beyond the last group"
-        )));
+        return Err(corrupt(format!("inode {ino} lies beyond the last group")));
     }
     Ok(offset + gdt.inode_table(g) * l.bs + (idx % l.ipg) * l.inode_size as u64)
 }
@@ -633,21 +588,19 @@ fn first_physical_block(
     let mut node = inode[I_BLOCK..I_BLOCK + 60].to_vec();
     for _ in 0..8 {
         if le16(&node, 0) != 0xF30A || le16(&node, 2) == 0 {
-            return Err(GrowError::Corrupt(format!("bad extent header in {what}")));
+            return Err(corrupt(format!("bad extent header in {what}")));
         }
         let depth = le16(&node, 6);
         let first_entry = &node[12..24];
         if le32(first_entry, 0) != 0 {
-            return Err(GrowError::Corrupt(format!(
-                "{what} has no block at logical offset 0"
-            )));
+            return Err(corrupt(format!("{what} has no block at logical offset 0")));
         }
         if depth == 0 {
             return Ok(u64::from(le32(first_entry, 8)) | (u64::from(le16(first_entry, 6)) << 32));
         }
         let child = u64::from(le32(first_entry, 4)) | (u64::from(le16(first_entry, 8)) << 32);
         if child >= l.blocks {
-            return Err(GrowError::Corrupt(format!(
+            return Err(corrupt(format!(
                 "extent index of {what} points outside the filesystem"
             )));
         }
@@ -658,9 +611,7 @@ fn first_physical_block(
             "reading an extent tree block",
         )?;
     }
-    Err(GrowError::Corrupt(format!(
-        "extent tree of {what} is too deep"
-    )))
+    Err(corrupt(format!("extent tree of {what} is too deep")))
 }
 
 fn check_journal(file: &File, offset: u64, l: &Layout, gdt: &Gdt, sb: &[u8]) -> Result<()> {
@@ -669,22 +620,18 @@ fn check_journal(file: &File, offset: u64, l: &Layout, gdt: &Gdt, sb: &[u8]) -> 
     }
     let ino = le32(sb, SB_JOURNAL_INUM);
     if ino == 0 {
-        return Err(GrowError::Unsupported(
-            "the journal is on an external device; grow this filesystem with resize2fs".into(),
-        ));
+        return Err(Error::Unsupported {
+            feature: "an external journal device".into(),
+        });
     }
     if u64::from(ino) > l.groups * l.ipg {
-        return Err(GrowError::Corrupt(format!(
-            "journal inode number {ino} is invalid"
-        )));
+        return Err(corrupt(format!("journal inode number {ino} is invalid")));
     }
     let pos = inode_pos(l, gdt, offset, ino)?;
     let inode = read_exact(file, pos, l.inode_size, "reading the journal inode")?;
     let blk = first_physical_block(file, offset, l, &inode, "the journal inode")?;
     if blk == 0 || blk >= l.blocks {
-        return Err(GrowError::Corrupt(
-            "journal superblock lies outside the filesystem".into(),
-        ));
+        return Err(corrupt("journal superblock lies outside the filesystem"));
     }
     let jsb = read_exact(
         file,
@@ -693,14 +640,10 @@ fn check_journal(file: &File, offset: u64, l: &Layout, gdt: &Gdt, sb: &[u8]) -> 
         "reading the journal superblock",
     )?;
     if be32(&jsb, 0) != 0xC03B_3998 {
-        return Err(GrowError::Corrupt(
-            "journal superblock has a bad magic".into(),
-        ));
+        return Err(corrupt("journal superblock has a bad magic"));
     }
     if be32(&jsb, 0x1C) != 0 {
-        return Err(GrowError::NotClean(
-            "the journal holds transactions that were never replayed (s_start != 0)".into(),
-        ));
+        return Err(Error::NeedsRecovery);
     }
     Ok(())
 }
@@ -712,7 +655,9 @@ fn plan_blocks(l: &Layout, requested: u64) -> Result<u64> {
     let mut blocks = requested;
     loop {
         if blocks <= l.fdb {
-            return Err(GrowError::CannotGrow("requested size is too small".into()));
+            return Err(Error::CannotGrow {
+                why: "requested size is too small".into(),
+            });
         }
         let groups = (blocks - l.fdb).div_ceil(l.bpg);
         let desc_blocks = groups.div_ceil(l.descs_per_block());
@@ -732,9 +677,9 @@ fn plan_blocks(l: &Layout, requested: u64) -> Result<u64> {
         }
         let rem = (blocks - l.fdb) % l.bpg;
         if groups == 1 && rem != 0 && rem < overhead {
-            return Err(GrowError::CannotGrow(
-                "the filesystem would be too small to hold its own metadata".into(),
-            ));
+            return Err(Error::CannotGrow {
+                why: "the filesystem would be too small to hold its own metadata".into(),
+            });
         }
         if groups > 1 && rem != 0 && rem < overhead + 50 {
             blocks -= rem;
@@ -743,10 +688,9 @@ fn plan_blocks(l: &Layout, requested: u64) -> Result<u64> {
         if groups * l.ipg > u64::from(u32::MAX) {
             let fewer = l.bpg * (groups - 1) + l.fdb;
             if (groups - 1) * l.ipg > u64::from(u32::MAX) {
-                return Err(GrowError::CannotGrow(format!(
-                    "{groups} groups of {} inodes exceed 2^32 inodes",
-                    l.ipg
-                )));
+                return Err(Error::CannotGrow {
+                    why: format!("{groups} groups of {} inodes exceed 2^32 inodes", l.ipg),
+                });
             }
             blocks = fewer;
             continue;
@@ -770,22 +714,17 @@ struct Write {
 /// Every precondition (clean state and journal, no orphans, known features, valid checksums,
 /// enough reserved descriptor blocks) is checked before anything is written; on refusal the file
 /// is unchanged.
-pub fn grow_fs(
-    file: &File,
-    offset: u64,
-    new_len: u64,
-    now: i64,
-) -> std::result::Result<FsGrowth, GrowError> {
+pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGrowth> {
     let mut sb = read_exact(file, offset + 1024, 1024, "reading the ext4 superblock")?;
     let l = parse_superblock(&sb, offset)?;
     if l.metadata_csum() && le32(&sb, SB_CHECKSUM) != sb_checksum(&sb) {
-        return Err(GrowError::Checksum("the primary superblock".into()));
+        return Err(corrupt("superblock checksum mismatch"));
     }
     // Checked before the descriptors are read: it also bounds how much a corrupt block
     // count could make us read.
     let requested = new_len / l.bs;
     if requested < l.blocks {
-        return Err(GrowError::Shrink {
+        return Err(Error::Shrink {
             current: l.blocks,
             requested,
         });
@@ -794,7 +733,7 @@ pub fn grow_fs(
     for i in 0..l.gdt_blocks {
         let blk = l.primary_gdt_block(i);
         if blk >= l.blocks {
-            return Err(GrowError::Corrupt(format!(
+            return Err(corrupt(format!(
                 "descriptor block {i} lies outside the filesystem"
             )));
         }
@@ -812,7 +751,7 @@ pub fn grow_fs(
     };
     for g in 0..l.groups {
         if l.group_csum() && le16(gdt.desc(g), BG_CHECKSUM) != desc_checksum(&l, g, gdt.desc(g)) {
-            return Err(GrowError::Checksum(format!("group descriptor {g}")));
+            return Err(corrupt(format!("group descriptor {g} checksum mismatch")));
         }
         let it = gdt.inode_table(g);
         for (name, b, n) in [
@@ -821,7 +760,7 @@ pub fn grow_fs(
             ("inode table", it, l.itable_blocks),
         ] {
             if b < l.fdb || b.saturating_add(n) > l.blocks {
-                return Err(GrowError::Corrupt(format!(
+                return Err(corrupt(format!(
                     "the {name} of group {g} lies outside the filesystem"
                 )));
             }
@@ -837,10 +776,12 @@ pub fn grow_fs(
     };
     let requested = if requested > max_blocks {
         if !l.is_64bit() {
-            return Err(GrowError::CannotGrow(format!(
-                "{requested} blocks do not fit in 32 bits and the filesystem lacks the 64bit feature; request at most {} bytes",
-                max_blocks * l.bs
-            )));
+            return Err(Error::CannotGrow {
+                why: format!(
+                    "{requested} blocks do not fit in 32 bits and the filesystem lacks the 64bit feature; request at most {} bytes",
+                    max_blocks * l.bs
+                ),
+            });
         }
         max_blocks
     } else {
@@ -869,16 +810,18 @@ pub fn grow_fs(
             l.gdt_blocks * l.descs_per_block()
         };
         let reachable = (l.fdb + reachable_groups * l.bpg) * l.bs;
-        return Err(GrowError::CannotGrow(format!(
-            "{new_groups} groups need {new_gdt} group descriptor blocks, but there are {} plus {} reserved{}; the largest size reachable without moving data is {reachable} bytes (grow to at most that, or use resize2fs)",
-            l.gdt_blocks,
-            if has_resize_inode { l.reserved_gdt } else { 0 },
-            if has_resize_inode {
-                ""
-            } else {
-                " (no resize_inode feature)"
-            }
-        )));
+        return Err(Error::CannotGrow {
+            why: format!(
+                "{new_groups} groups need {new_gdt} group descriptor blocks, but there are {} plus {} reserved{}; the largest size reachable without moving data is {reachable} bytes (grow to at most that, or use resize2fs)",
+                l.gdt_blocks,
+                if has_resize_inode { l.reserved_gdt } else { 0 },
+                if has_resize_inode {
+                    ""
+                } else {
+                    " (no resize_inode feature)"
+                }
+            ),
+        });
     }
     let new_reserved = if has_resize_inode {
         l.reserved_gdt - extra_gdt
@@ -896,7 +839,7 @@ pub fn grow_fs(
         if l.metadata_csum()
             && stored_inode_checksum(&l, &inode) != inode_checksum(&l, RESIZE_INO, &inode)
         {
-            return Err(GrowError::Checksum("the resize inode (inode 7)".into()));
+            return Err(corrupt("the resize inode (inode 7) checksum mismatch"));
         }
         let dind = u64::from(le32(&inode, I_BLOCK + 4 * DIND_BLOCK_INDEX));
         let others_zero = (0..N_BLOCKS)
@@ -907,14 +850,12 @@ pub fn grow_fs(
             || dind < l.fdb
             || dind >= l.blocks
         {
-            return Err(GrowError::Corrupt(
-                "the resize inode (inode 7) is not valid".into(),
-            ));
+            return Err(corrupt("the resize inode (inode 7) is not valid"));
         }
         if le32(&inode, I_FLAGS) & INODE_FL_HUGE_FILE != 0 {
-            return Err(GrowError::Unsupported(
-                "the resize inode carries the huge_file flag".into(),
-            ));
+            return Err(Error::Unsupported {
+                feature: "a resize inode with the huge_file flag".into(),
+            });
         }
         Some((pos, inode, dind))
     } else {
@@ -983,15 +924,15 @@ pub fn grow_fs(
             if l.metadata_csum()
                 && stored_block_bitmap_csum(&l, &gdt, g) != block_bitmap_csum(&l, &b)
             {
-                return Err(GrowError::Checksum(format!(
-                    "the block bitmap of group {g}"
+                return Err(corrupt(format!(
+                    "block bitmap of group {g} checksum mismatch"
                 )));
             }
             b
         };
         let free_in_bitmap = (0..old_n).filter(|&i| !test_bit(&bitmap, i)).count() as u64;
         if free_in_bitmap != gdt.free_blocks(g) {
-            return Err(GrowError::Corrupt(format!(
+            return Err(corrupt(format!(
                 "group {g} counts {} free blocks but its bitmap has {free_in_bitmap}",
                 gdt.free_blocks(g)
             )));
@@ -1005,7 +946,7 @@ pub fn grow_fs(
         if dropped_backup == Some(g) {
             for i in 0..l.base_meta_blocks(g, l.gdt_blocks, l.reserved_gdt) {
                 if !test_bit(&bitmap, i) {
-                    return Err(GrowError::Corrupt(format!(
+                    return Err(corrupt(format!(
                         "backup superblock area of group {g} is marked free"
                     )));
                 }
@@ -1035,9 +976,11 @@ pub fn grow_fs(
         let it = bb + 2;
         let used = base + 2 + l.itable_blocks;
         if used > n {
-            return Err(GrowError::CannotGrow(format!(
-                "group {g} would have {n} blocks, fewer than its {used} metadata blocks"
-            )));
+            return Err(Error::CannotGrow {
+                why: format!(
+                    "group {g} would have {n} blocks, fewer than its {used} metadata blocks"
+                ),
+            });
         }
         let mut bbm = vec![0u8; l.bs as usize];
         for i in (0..used).chain(n..l.bs * 8) {
@@ -1085,9 +1028,9 @@ pub fn grow_fs(
         let apb = l.bs / 4;
         let backups: Vec<u64> = (1..new_groups).filter(|&g| nl.has_super(g)).collect();
         if backups.len() as u64 > apb {
-            return Err(GrowError::CannotGrow(
-                "too many backup groups for the resize inode".into(),
-            ));
+            return Err(Error::CannotGrow {
+                why: "too many backup groups for the resize inode".into(),
+            });
         }
         let mut dind_buf = vec![0u8; l.bs as usize];
         for j in 0..new_reserved {
@@ -1098,9 +1041,7 @@ pub fn grow_fs(
             for (k, &grp) in backups.iter().enumerate() {
                 let expect = pblk + grp * l.bpg;
                 if expect > u64::from(u32::MAX) {
-                    return Err(GrowError::CannotGrow(
-                        "reserved GDT backups beyond block 2^32 cannot be described by the resize inode".into(),
-                    ));
+                    return Err(Error::CannotGrow { why: "reserved GDT backups beyond block 2^32 cannot be described by the resize inode".into() });
                 }
                 put32(&mut ind, k * 4, expect as u32);
             }
@@ -1212,9 +1153,9 @@ pub fn grow_fs(
         write_all(file, w.pos, &w.data, w.what)?;
     }
     write_all(file, offset + 1024, &sb, "writing the superblock")?;
-    file.sync_data().map_err(|source| GrowError::Io {
-        what: "flushing the grown filesystem",
-        pos: offset,
+    file.sync_data().map_err(|source| Error::Io {
+        op: "flushing the grown filesystem",
+        offset,
         source,
     })?;
 
@@ -1276,7 +1217,7 @@ mod tests {
         let mut sb = vec![0u8; 1024];
         assert!(matches!(
             parse_superblock(&sb, 7),
-            Err(GrowError::NotExt4(7))
+            Err(Error::NotExt4 { offset: 7 })
         ));
         put16(&mut sb, SB_MAGIC, 0xEF53);
         put32(&mut sb, SB_REV_LEVEL, 1);
@@ -1284,12 +1225,12 @@ mod tests {
         put32(&mut sb, SB_FEATURE_INCOMPAT, INCOMPAT_RECOVER);
         assert!(matches!(
             parse_superblock(&sb, 0),
-            Err(GrowError::NotClean(_))
+            Err(Error::NeedsRecovery)
         ));
         put32(&mut sb, SB_FEATURE_INCOMPAT, 0x8000_0000);
         assert!(matches!(
             parse_superblock(&sb, 0),
-            Err(GrowError::Unsupported(_))
+            Err(Error::Unsupported { .. })
         ));
     }
 }
