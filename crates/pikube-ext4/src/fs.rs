@@ -132,7 +132,7 @@ pub(crate) struct Bitmap {
 
 /// An open ext4 filesystem inside a byte range of an image file.
 pub struct Ext4Fs {
-    pub(crate) dev: Dev,
+    pub(crate) dev: Dev<'static>,
     pub(crate) sb: Vec<u8>,
     pub(crate) geo: Geo,
     pub(crate) groups: Vec<Group>,
@@ -213,8 +213,7 @@ impl Ext4Fs {
             offset,
             len,
         };
-        let mut sb = vec![0u8; 1024];
-        dev.read_at(1024, &mut sb)?;
+        let sb = dev.read_vec(1024, 1024, "reading the superblock")?;
         if le16(&sb, 0x38) != 0xEF53 {
             return Err(corrupt(format!(
                 "no ext4 superblock magic at byte {} of the image (is the partition offset right?)",
@@ -361,8 +360,11 @@ impl Ext4Fs {
             uuid: sb[0x68..0x78].try_into().expect("16 bytes"),
         };
         let gdt_start = first_data_block + 1;
-        let mut gdt_raw = vec![0u8; (gdt_blocks * bs) as usize];
-        dev.read_at(gdt_start * bs, &mut gdt_raw)?;
+        let gdt_raw = dev.read_vec(
+            gdt_start * bs,
+            (gdt_blocks * bs) as usize,
+            "reading the group descriptors",
+        )?;
         let mut groups_v = Vec::with_capacity(groups as usize);
         for g in 0..groups {
             let raw = gdt_raw[g as usize * desc_size..(g as usize + 1) * desc_size].to_vec();
@@ -456,8 +458,11 @@ impl Ext4Fs {
             .iter()
             .find(|e| e.logical == 0)
             .ok_or_else(|| corrupt("the journal inode has no first block"))?;
-        let mut jsb = vec![0u8; 1024];
-        self.dev.read_at(first.phys * self.geo.bs, &mut jsb)?;
+        let jsb = self.dev.read_vec(
+            first.phys * self.geo.bs,
+            1024,
+            "reading the journal superblock",
+        )?;
         let be32 = |o: usize| u32::from_be_bytes([jsb[o], jsb[o + 1], jsb[o + 2], jsb[o + 3]]);
         if be32(0) != 0xC03B_3998 {
             return Err(corrupt("the journal superblock has a bad magic number"));
@@ -537,7 +542,8 @@ impl Ext4Fs {
         }
         if !self.cache.contains_key(&b) {
             let mut buf = vec![0u8; self.geo.bs as usize];
-            self.dev.read_at(b * self.geo.bs, &mut buf)?;
+            self.dev
+                .read_at(b * self.geo.bs, &mut buf, "reading a metadata block")?;
             self.cache.insert(b, buf);
         }
         Ok(())
@@ -615,7 +621,8 @@ impl Ext4Fs {
         at: (usize, usize),
         what: &str,
     ) -> Result<()> {
-        self.dev.read_at(loc * self.geo.bs, bits)?;
+        self.dev
+            .read_at(loc * self.geo.bs, bits, "reading a bitmap")?;
         check_bitmap_csum(
             &self.geo,
             &self.groups[g as usize].raw,
@@ -987,7 +994,7 @@ impl Ext4Fs {
                 let Some(bm) = bm.filter(|b| b.dirty) else {
                     continue;
                 };
-                self.dev.write_at(loc * bs, &bm.bits)?;
+                self.dev.write_at(loc * bs, &bm.bits, "writing a bitmap")?;
                 bm.dirty = false;
                 store_bitmap_csum(&self.geo, &mut grp.raw, &bm.bits, nbytes as usize, at);
                 grp.dirty = true;
@@ -998,7 +1005,8 @@ impl Ext4Fs {
         blocks.sort_unstable();
         for b in blocks {
             let data = &self.cache[&b];
-            self.dev.write_at(b * bs, data)?;
+            self.dev
+                .write_at(b * bs, data, "writing a metadata block")?;
         }
         // Group descriptors.
         let mut any = false;
@@ -1029,7 +1037,8 @@ impl Ext4Fs {
         }
         if any {
             let start = self.geo.first_data_block + 1;
-            self.dev.write_at(start * bs, &self.gdt_raw)?;
+            self.dev
+                .write_at(start * bs, &self.gdt_raw, "writing the group descriptors")?;
         }
         // Superblock.
         let sb = &mut self.sb;
@@ -1045,12 +1054,9 @@ impl Ext4Fs {
             let c = crc32c_raw(!0, &sb[..0x3FC]);
             put32(sb, 0x3FC, c);
         }
-        self.dev.write_at(1024, &self.sb)?;
-        self.dev.file.sync().map_err(|source| Error::Io {
-            op: "syncing the ext4 filesystem",
-            offset: self.dev.offset,
-            source,
-        })?;
+        self.dev
+            .write_at(1024, &self.sb, "writing the superblock")?;
+        self.dev.sync("syncing the ext4 filesystem")?;
         Ok(())
     }
 

@@ -14,13 +14,10 @@
 //! tables are zeroed.
 //!
 //! Every precondition is checked and every new structure is computed in memory before the first
-//! byte is written, so a refusal leaves the file untouched.
+//! byte is written, so a refusal leaves the image untouched.
 //!
 //! This module is self-contained: it reads the superblock, group descriptors, bitmaps and the
 //! few inodes it needs on its own.
-
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 /// What [`grow_fs`] changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,28 +88,9 @@ fn be32(b: &[u8], o: usize) -> u32 {
 }
 
 use crate::csum::{crc16, crc32c_raw};
-use crate::disk::{le16, le32, put16, put32};
+use crate::disk::{Dev, Storage, le16, le32, put16, put32};
 use crate::error::{Error, Result, corrupt};
 use crate::sb::*;
-
-fn read_exact(file: &File, pos: u64, len: usize, what: &'static str) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, pos)
-        .map_err(|source| Error::Io {
-            op: what,
-            offset: pos,
-            source,
-        })?;
-    Ok(buf)
-}
-
-fn write_all(file: &File, pos: u64, data: &[u8], what: &'static str) -> Result<()> {
-    file.write_all_at(data, pos).map_err(|source| Error::Io {
-        op: what,
-        offset: pos,
-        source,
-    })
-}
 
 /// Everything about the filesystem this module needs, decoded from the primary superblock.
 #[derive(Debug, Clone)]
@@ -564,23 +542,17 @@ fn set_inode_checksum(l: &Layout, ino: u32, inode: &mut [u8]) {
     }
 }
 
-fn inode_pos(l: &Layout, gdt: &Gdt, offset: u64, ino: u32) -> Result<u64> {
+fn inode_pos(l: &Layout, gdt: &Gdt, ino: u32) -> Result<u64> {
     let idx = u64::from(ino - 1);
     let g = idx / l.ipg;
     if g >= l.groups {
         return Err(corrupt(format!("inode {ino} lies beyond the last group")));
     }
-    Ok(offset + gdt.inode_table(g) * l.bs + (idx % l.ipg) * l.inode_size as u64)
+    Ok(gdt.inode_table(g) * l.bs + (idx % l.ipg) * l.inode_size as u64)
 }
 
 /// Physical block holding logical block 0 of an inode (extent tree or block map).
-fn first_physical_block(
-    file: &File,
-    offset: u64,
-    l: &Layout,
-    inode: &[u8],
-    what: &str,
-) -> Result<u64> {
+fn first_physical_block(dev: &Dev, l: &Layout, inode: &[u8], what: &str) -> Result<u64> {
     let flags = le32(inode, I_FLAGS);
     if flags & INODE_FL_EXTENTS == 0 {
         return Ok(u64::from(le32(inode, I_BLOCK)));
@@ -604,17 +576,12 @@ fn first_physical_block(
                 "extent index of {what} points outside the filesystem"
             )));
         }
-        node = read_exact(
-            file,
-            offset + child * l.bs,
-            l.bs as usize,
-            "reading an extent tree block",
-        )?;
+        node = dev.read_vec(child * l.bs, l.bs as usize, "reading an extent tree block")?;
     }
     Err(corrupt(format!("extent tree of {what} is too deep")))
 }
 
-fn check_journal(file: &File, offset: u64, l: &Layout, gdt: &Gdt, sb: &[u8]) -> Result<()> {
+fn check_journal(dev: &Dev, l: &Layout, gdt: &Gdt, sb: &[u8]) -> Result<()> {
     if l.compat & COMPAT_HAS_JOURNAL == 0 {
         return Ok(());
     }
@@ -627,18 +594,13 @@ fn check_journal(file: &File, offset: u64, l: &Layout, gdt: &Gdt, sb: &[u8]) -> 
     if u64::from(ino) > l.groups * l.ipg {
         return Err(corrupt(format!("journal inode number {ino} is invalid")));
     }
-    let pos = inode_pos(l, gdt, offset, ino)?;
-    let inode = read_exact(file, pos, l.inode_size, "reading the journal inode")?;
-    let blk = first_physical_block(file, offset, l, &inode, "the journal inode")?;
+    let pos = inode_pos(l, gdt, ino)?;
+    let inode = dev.read_vec(pos, l.inode_size, "reading the journal inode")?;
+    let blk = first_physical_block(dev, l, &inode, "the journal inode")?;
     if blk == 0 || blk >= l.blocks {
         return Err(corrupt("journal superblock lies outside the filesystem"));
     }
-    let jsb = read_exact(
-        file,
-        offset + blk * l.bs,
-        1024,
-        "reading the journal superblock",
-    )?;
+    let jsb = dev.read_vec(blk * l.bs, 1024, "reading the journal superblock")?;
     if be32(&jsb, 0) != 0xC03B_3998 {
         return Err(corrupt("journal superblock has a bad magic"));
     }
@@ -706,16 +668,22 @@ struct Write {
     what: &'static str,
 }
 
-/// Grows the ext4 filesystem stored at byte `offset` of `file` so that it fills `new_len` bytes.
+/// Grows the ext4 filesystem stored at byte `offset` of `storage` (a [`std::fs::File`] opened
+/// read + write, or any other [`Storage`]) so that it fills `new_len` bytes.
 /// `now` (Unix seconds) becomes the superblock's write time.
 ///
 /// The size is rounded down to whole blocks, and a trailing partial group too small for its own
 /// metadata is dropped the way resize2fs drops it. Growing to the current size is a no-op.
 /// Every precondition (clean state and journal, no orphans, known features, valid checksums,
-/// enough reserved descriptor blocks) is checked before anything is written; on refusal the file
-/// is unchanged.
-pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGrowth> {
-    let mut sb = read_exact(file, offset + 1024, 1024, "reading the ext4 superblock")?;
+/// enough reserved descriptor blocks) is checked before anything is written; on refusal the
+/// storage is unchanged.
+pub fn grow_fs(storage: impl Storage, offset: u64, new_len: u64, now: i64) -> Result<FsGrowth> {
+    let dev = Dev {
+        file: Box::new(storage),
+        offset,
+        len: new_len,
+    };
+    let mut sb = dev.read_vec(1024, 1024, "reading the ext4 superblock")?;
     let l = parse_superblock(&sb, offset)?;
     if l.metadata_csum() && le32(&sb, SB_CHECKSUM) != sb_checksum(&sb) {
         return Err(corrupt("superblock checksum mismatch"));
@@ -737,12 +705,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
                 "descriptor block {i} lies outside the filesystem"
             )));
         }
-        old_gdt.extend(read_exact(
-            file,
-            offset + blk * l.bs,
-            l.bs as usize,
-            "reading the group descriptors",
-        )?);
+        old_gdt.extend(dev.read_vec(blk * l.bs, l.bs as usize, "reading the group descriptors")?);
     }
     let mut gdt = Gdt {
         buf: old_gdt,
@@ -766,7 +729,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
             }
         }
     }
-    check_journal(file, offset, &l, &gdt, &sb)?;
+    check_journal(&dev, &l, &gdt, &sb)?;
 
     let free_before: u64 = (0..l.groups).map(|g| gdt.free_blocks(g)).sum();
     let max_blocks = if l.is_64bit() {
@@ -834,8 +797,8 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
 
     // The resize inode: validated now, rebuilt below.
     let resize = if has_resize_inode {
-        let pos = inode_pos(&l, &gdt, offset, RESIZE_INO)?;
-        let inode = read_exact(file, pos, l.inode_size, "reading the resize inode")?;
+        let pos = inode_pos(&l, &gdt, RESIZE_INO)?;
+        let inode = dev.read_vec(pos, l.inode_size, "reading the resize inode")?;
         if l.metadata_csum()
             && stored_inode_checksum(&l, &inode) != inode_checksum(&l, RESIZE_INO, &inode)
         {
@@ -915,12 +878,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
             }
             b
         } else {
-            let b = read_exact(
-                file,
-                offset + bb * l.bs,
-                l.bs as usize,
-                "reading a block bitmap",
-            )?;
+            let b = dev.read_vec(bb * l.bs, l.bs as usize, "reading a block bitmap")?;
             if l.metadata_csum()
                 && stored_block_bitmap_csum(&l, &gdt, g) != block_bitmap_csum(&l, &b)
             {
@@ -959,7 +917,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
         set_bitmap_csum(&l, &mut gdt, g, &bitmap, l.bpg / 8, BLOCK_BITMAP_CSUM);
         set_desc_checksum(&l, &mut gdt, g);
         writes.push(Write {
-            pos: offset + bb * l.bs,
+            pos: bb * l.bs,
             data: bitmap,
             what: "writing a block bitmap",
         });
@@ -1004,17 +962,17 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
             gdt.set_flags(g, flags);
             gdt.set(g, BG_ITABLE_UNUSED_LO, BG_ITABLE_UNUSED_HI, false, l.ipg);
         } else {
-            zero_ranges.push((offset + it * l.bs, l.itable_blocks * l.bs));
+            zero_ranges.push((it * l.bs, l.itable_blocks * l.bs));
         }
         set_bitmap_csum(&l, &mut gdt, g, &bbm, l.bpg / 8, BLOCK_BITMAP_CSUM);
         set_bitmap_csum(&l, &mut gdt, g, &ibm, l.ipg / 8, INODE_BITMAP_CSUM);
         writes.push(Write {
-            pos: offset + bb * l.bs,
+            pos: bb * l.bs,
             data: bbm,
             what: "writing a block bitmap",
         });
         writes.push(Write {
-            pos: offset + ib * l.bs,
+            pos: ib * l.bs,
             data: ibm,
             what: "writing an inode bitmap",
         });
@@ -1046,13 +1004,13 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
                 put32(&mut ind, k * 4, expect as u32);
             }
             writes.push(Write {
-                pos: offset + pblk * l.bs,
+                pos: pblk * l.bs,
                 data: ind,
                 what: "writing a resize inode block",
             });
         }
         writes.push(Write {
-            pos: offset + dind * l.bs,
+            pos: dind * l.bs,
             data: dind_buf,
             what: "writing the resize inode's double-indirect block",
         });
@@ -1111,7 +1069,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
             put32(&mut copy, SB_CHECKSUM, c);
         }
         writes.push(Write {
-            pos: offset + start * l.bs,
+            pos: start * l.bs,
             data: copy,
             what: "writing a backup superblock",
         });
@@ -1126,7 +1084,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
             .enumerate()
         {
             let w = Write {
-                pos: offset + loc * l.bs,
+                pos: loc * l.bs,
                 data: block.to_vec(),
                 what: "writing group descriptors",
             };
@@ -1144,20 +1102,16 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
         put32(&mut sb, SB_CHECKSUM, c);
     }
     for (pos, len) in zero_ranges {
-        write_zeros(file, pos, len)?;
+        write_zeros(&dev, pos, len)?;
     }
     for w in &writes {
-        write_all(file, w.pos, &w.data, w.what)?;
+        dev.write_at(w.pos, &w.data, w.what)?;
     }
     for w in &primary {
-        write_all(file, w.pos, &w.data, w.what)?;
+        dev.write_at(w.pos, &w.data, w.what)?;
     }
-    write_all(file, offset + 1024, &sb, "writing the superblock")?;
-    file.sync_data().map_err(|source| Error::Io {
-        op: "flushing the grown filesystem",
-        offset,
-        source,
-    })?;
+    dev.write_at(1024, &sb, "writing the superblock")?;
+    dev.sync("flushing the grown filesystem")?;
 
     Ok(FsGrowth {
         old_blocks: l.blocks,
@@ -1169,12 +1123,12 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64, now: i64) -> Result<FsGro
     })
 }
 
-fn write_zeros(file: &File, pos: u64, len: u64) -> Result<()> {
+fn write_zeros(dev: &Dev, pos: u64, len: u64) -> Result<()> {
     let chunk = vec![0u8; 1 << 20];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(chunk.len() as u64) as usize;
-        write_all(file, pos + done, &chunk[..n], "zeroing an inode table")?;
+        dev.write_at(pos + done, &chunk[..n], "zeroing an inode table")?;
         done += n as u64;
     }
     Ok(())

@@ -577,8 +577,11 @@ impl Ext4Fs {
                         run_end = end.min(run_end + bs);
                     }
                     let ppos = pb * bs + pos % bs;
-                    self.dev
-                        .read_at(ppos, &mut out[pos as usize..run_end as usize])?;
+                    self.dev.read_at(
+                        ppos,
+                        &mut out[pos as usize..run_end as usize],
+                        "reading file data",
+                    )?;
                     pos = run_end;
                 }
             }
@@ -804,7 +807,10 @@ impl Ext4Fs {
                 }
                 let padded = (n as u64).div_ceil(bs) * bs;
                 buf[n..padded as usize].fill(0);
-                if let Err(e) = self.dev.write_at(pos, &buf[..padded as usize]) {
+                if let Err(e) = self
+                    .dev
+                    .write_at(pos, &buf[..padded as usize], "writing file data")
+                {
                     result = Err(std::io::Error::other(e.to_string()));
                     break 'outer;
                 }
@@ -871,7 +877,8 @@ impl Ext4Fs {
             let mut buf = vec![0u8; bs as usize];
             buf[..target.len()].copy_from_slice(target.as_bytes());
             self.forget_block(b);
-            self.dev.write_at(b * bs, &buf)?;
+            self.dev
+                .write_at(b * bs, &buf, "writing a symlink target")?;
             self.map_single_block(ino, &mut inode, b)?;
         }
         self.write_inode(ino, &mut inode)?;

@@ -637,14 +637,21 @@ fn refuses_growth_needing_gdt_blocks_without_resize_inode() {
     assert!(matches!(e, Error::CannotGrow { .. }), "{e}");
 }
 
+/// A populated 4 KiB-block filesystem of `size` bytes, alone in the file `disk.img` of the
+/// returned directory.
+fn plain_fs(size: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempdir();
+    let img = dir.path().join("disk.img");
+    mkfs(dir.path(), &img, size, &["-t", "ext4", "-b", "4096"]);
+    (dir, img)
+}
+
 #[test]
 fn refuses_to_shrink() {
     if !tools_or_skip() {
         return;
     }
-    let dir = tempdir();
-    let img = dir.path().join("disk.img");
-    mkfs(dir.path(), &img, 64 * MIB, &["-t", "ext4", "-b", "4096"]);
+    let (_dir, img) = plain_fs(64 * MIB);
     let before = sha256(&img);
     let f = OpenOptions::new()
         .read(true)
@@ -658,6 +665,60 @@ fn refuses_to_shrink() {
     assert_eq!(g.old_blocks, g.new_blocks);
     drop(f);
     assert_eq!(before, sha256(&img));
+}
+
+/// The image held somewhere other than a file: grow_fs works through `Storage` alone.
+struct InMemory(std::sync::Mutex<Vec<u8>>);
+
+impl InMemory {
+    /// The bytes `[offset, offset + n)`, which must exist.
+    fn range(img: &[u8], offset: u64, n: usize) -> std::io::Result<std::ops::Range<usize>> {
+        let at = offset as usize;
+        match img.get(at..at + n) {
+            Some(_) => Ok(at..at + n),
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+}
+
+impl pikube_ext4::Storage for InMemory {
+    fn fetch_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let img = self.0.lock().unwrap();
+        buf.copy_from_slice(&img[Self::range(&img, offset, buf.len())?]);
+        Ok(())
+    }
+    fn store_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let mut img = self.0.lock().unwrap();
+        let r = Self::range(&img, offset, buf.len())?;
+        img[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn grows_a_filesystem_held_in_memory() {
+    if !tools_or_skip() {
+        return;
+    }
+    let (_dir, img) = plain_fs(64 * MIB);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes.resize((MIB + 192 * MIB) as usize, 0);
+    // Behind a partition offset, as in an image.
+    bytes.rotate_right(MIB as usize);
+    let mem = InMemory(std::sync::Mutex::new(bytes));
+    let g = grow_fs(&mem, MIB, 192 * MIB, NOW).expect("grow_fs");
+    assert!(g.new_groups > g.old_groups, "{g:?}");
+    let bytes = mem.0.into_inner().unwrap();
+    assert!(
+        bytes[..MIB as usize].iter().all(|&b| b == 0),
+        "bytes before the filesystem changed"
+    );
+    std::fs::write(&img, &bytes[MIB as usize..]).unwrap();
+    fsck_clean(&spec(&img, 0));
+    assert_eq!(num(&header(&spec(&img, 0)), "Block count"), g.new_blocks);
 }
 
 #[test]
