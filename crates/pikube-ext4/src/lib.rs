@@ -32,7 +32,7 @@ mod fs;
 pub mod grow;
 mod hash;
 mod inode;
-mod sb;
+mod layout;
 
 pub use disk::Storage;
 pub use error::{Error, Result};
