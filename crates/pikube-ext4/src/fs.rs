@@ -1,65 +1,11 @@
 //! Filesystem handle: superblock, group descriptors, bitmaps, block cache,
 //! allocation and the public operations.
 
-use crate::disk::{Dev, Storage, le16, le32, put16, put32};
+use crate::disk::{Dev, Storage, le16, put16, put32};
 use crate::error::{Error, Result, corrupt};
 use crate::layout::*;
 use crate::{Kind, Meta, Stat};
 use std::collections::{HashMap, HashSet};
-
-const KNOWN_INCOMPAT: &[(u32, &str)] = &[
-    (0x1, "compression"),
-    (0x2, "filetype"),
-    (0x4, "needs_recovery"),
-    (0x8, "journal_dev"),
-    (0x10, "meta_bg"),
-    (0x40, "extent"),
-    (0x80, "64bit"),
-    (0x100, "mmp"),
-    (0x200, "flex_bg"),
-    (0x400, "ea_inode"),
-    (0x1000, "dirdata"),
-    (0x2000, "metadata_csum_seed"),
-    (0x4000, "large_dir"),
-    (0x8000, "inline_data"),
-    (0x10000, "encrypt"),
-    (0x20000, "casefold"),
-];
-const SUPPORTED_INCOMPAT: u32 = INCOMPAT_FILETYPE
-    | INCOMPAT_RECOVER
-    | INCOMPAT_EXTENTS
-    | INCOMPAT_64BIT
-    | INCOMPAT_FLEX_BG
-    | INCOMPAT_CSUM_SEED
-    | INCOMPAT_LARGEDIR;
-const KNOWN_RO: &[(u32, &str)] = &[
-    (0x1, "sparse_super"),
-    (0x2, "large_file"),
-    (0x4, "btree_dir"),
-    (0x8, "huge_file"),
-    (0x10, "uninit_bg (gdt_csum)"),
-    (0x20, "dir_nlink"),
-    (0x40, "extra_isize"),
-    (0x80, "snapshot"),
-    (0x100, "quota"),
-    (0x200, "bigalloc"),
-    (0x400, "metadata_csum"),
-    (0x800, "replica"),
-    (0x1000, "read-only"),
-    (0x2000, "project"),
-    (0x4000, "shared_blocks"),
-    (0x8000, "verity"),
-    (0x10000, "orphan_present"),
-];
-const SUPPORTED_RO: u32 = RO_COMPAT_SPARSE_SUPER
-    | RO_COMPAT_LARGE_FILE
-    | RO_COMPAT_BTREE_DIR
-    | RO_COMPAT_HUGE_FILE
-    | RO_COMPAT_GDT_CSUM
-    | RO_COMPAT_DIR_NLINK
-    | RO_COMPAT_EXTRA_ISIZE
-    | RO_COMPAT_METADATA_CSUM
-    | RO_COMPAT_ORPHAN_PRESENT;
 
 pub(crate) struct Group {
     pub(crate) raw: Vec<u8>,
@@ -98,20 +44,6 @@ pub struct Ext4Fs {
     pub(crate) iobuf: Vec<u8>,
 }
 
-fn bad_feature(bits: u32, known: &[(u32, &str)]) -> String {
-    let mut names = Vec::new();
-    for i in 0..32 {
-        let bit = 1u32 << i;
-        if bits & bit != 0 {
-            match known.iter().find(|(b, _)| *b == bit) {
-                Some((_, n)) => names.push(format!("`{n}`")),
-                None => names.push(format!("unknown feature bit {bit:#x}")),
-            }
-        }
-    }
-    names.join(", ")
-}
-
 impl Ext4Fs {
     /// Opens the filesystem stored in `[offset, offset + len)` of `storage`
     /// (a [`std::fs::File`] opened read + write, or any other [`Storage`]). Every
@@ -133,33 +65,7 @@ impl Ext4Fs {
             len,
         };
         let sb = dev.read_vec(SB_OFFSET, SB_SIZE, "reading the superblock")?;
-        let incompat = le32(&sb, SB_FEATURE_INCOMPAT);
-        let ro_compat = le32(&sb, SB_FEATURE_RO_COMPAT);
-        if le16(&sb, SB_MAGIC) == EXT4_MAGIC && le32(&sb, SB_REV_LEVEL) >= 1 {
-            let bad_in = incompat & !SUPPORTED_INCOMPAT;
-            if bad_in != 0 {
-                return Err(Error::Unsupported {
-                    feature: bad_feature(bad_in, KNOWN_INCOMPAT),
-                });
-            }
-            let bad_ro = ro_compat & !SUPPORTED_RO;
-            if bad_ro != 0 {
-                return Err(Error::Unsupported {
-                    feature: bad_feature(bad_ro, KNOWN_RO),
-                });
-            }
-            if incompat & INCOMPAT_EXTENTS == 0 {
-                return Err(Error::Unsupported {
-                    feature: "no `extent` feature (an ext2/ext3 layout)".into(),
-                });
-            }
-        }
         let geo = Geo::parse(&sb, offset)?;
-        if geo.bs > 4096 {
-            return Err(Error::Unsupported {
-                feature: format!("a block size of {} bytes", geo.bs),
-            });
-        }
         let bs = geo.bs;
         if geo.blocks_count.saturating_mul(bs) > len {
             return Err(corrupt(format!(

@@ -16,8 +16,8 @@
 //! Every precondition is checked and every new structure is computed in memory before the first
 //! byte is written, so a refusal leaves the image untouched.
 //!
-//! The filesystem is read and checked through [`crate::layout`], the same code that opens it
-//! for the writer: the same geometry, checksums, state checks and feature policy.
+//! The filesystem is read and checked by the crate's `layout` module, the same code that opens
+//! it for the writer: the same geometry, checksums, state checks and feature policy.
 
 /// What [`grow_fs`] changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,81 +35,6 @@ use crate::error::{Error, Result, corrupt};
 use crate::fs::{clear_bit, get_bit, set_bit};
 use crate::layout::desc::{self, Field};
 use crate::layout::*;
-
-/// Feature bits this module knows how to carry through a grow unchanged.
-const COMPAT_OK: u32 = COMPAT_DIR_PREALLOC
-    | COMPAT_IMAGIC_INODES
-    | COMPAT_HAS_JOURNAL
-    | COMPAT_EXT_ATTR
-    | COMPAT_RESIZE_INODE
-    | COMPAT_DIR_INDEX
-    | COMPAT_LAZY_BG
-    | COMPAT_FAST_COMMIT
-    | COMPAT_STABLE_INODES
-    | COMPAT_ORPHAN_FILE
-    | COMPAT_SPARSE_SUPER2;
-const INCOMPAT_OK: u32 = INCOMPAT_FILETYPE
-    | INCOMPAT_EXTENTS
-    | INCOMPAT_64BIT
-    | INCOMPAT_FLEX_BG
-    | INCOMPAT_EA_INODE
-    | INCOMPAT_DIRDATA
-    | INCOMPAT_CSUM_SEED
-    | INCOMPAT_LARGEDIR
-    | INCOMPAT_INLINE_DATA
-    | INCOMPAT_ENCRYPT
-    | INCOMPAT_CASEFOLD
-    | INCOMPAT_META_BG;
-const RO_COMPAT_OK: u32 = RO_COMPAT_SPARSE_SUPER
-    | RO_COMPAT_LARGE_FILE
-    | RO_COMPAT_BTREE_DIR
-    | RO_COMPAT_HUGE_FILE
-    | RO_COMPAT_GDT_CSUM
-    | RO_COMPAT_DIR_NLINK
-    | RO_COMPAT_EXTRA_ISIZE
-    | RO_COMPAT_QUOTA
-    | RO_COMPAT_METADATA_CSUM
-    | RO_COMPAT_PROJECT
-    | RO_COMPAT_VERITY;
-
-/// Refuses features the grow does not carry through (`needs_recovery` and `orphan_present` are
-/// left to the state checks of [`Geo::parse`]).
-fn check_features(sb: &[u8]) -> Result<()> {
-    let compat = le32(sb, SB_FEATURE_COMPAT);
-    let incompat = le32(sb, SB_FEATURE_INCOMPAT) & !INCOMPAT_RECOVER;
-    let ro_compat = le32(sb, SB_FEATURE_RO_COMPAT) & !RO_COMPAT_ORPHAN_PRESENT;
-    let named = [
-        (incompat, INCOMPAT_COMPRESSION, "compression"),
-        (incompat, INCOMPAT_JOURNAL_DEV, "journal_dev"),
-        (incompat, INCOMPAT_MMP, "mmp"),
-        (ro_compat, RO_COMPAT_BIGALLOC, "bigalloc"),
-        (ro_compat, RO_COMPAT_HAS_SNAPSHOT, "snapshot"),
-        (ro_compat, RO_COMPAT_REPLICA, "replica"),
-        (ro_compat, RO_COMPAT_READONLY, "read-only"),
-        (ro_compat, RO_COMPAT_SHARED_BLOCKS, "shared_blocks"),
-        (compat, COMPAT_EXCLUDE_BITMAP, "exclude_bitmap"),
-    ];
-    for (bits, bit, name) in named {
-        if bits & bit != 0 {
-            return Err(Error::Unsupported {
-                feature: format!("`{name}`"),
-            });
-        }
-    }
-    let unknown = [
-        ("compat", compat & !COMPAT_OK),
-        ("incompat", incompat & !INCOMPAT_OK),
-        ("ro_compat", ro_compat & !RO_COMPAT_OK),
-    ];
-    for (kind, bits) in unknown {
-        if bits != 0 {
-            return Err(Error::Unsupported {
-                feature: format!("unknown {kind} feature bits {bits:#x} (a newer mkfs made it)"),
-            });
-        }
-    }
-    Ok(())
-}
 
 /// The group descriptor table in memory: one `ds`-byte descriptor per group.
 struct Gdt {
@@ -214,9 +139,6 @@ pub fn grow_fs(storage: impl Storage, offset: u64, new_len: u64, now: i64) -> Re
         len: new_len,
     };
     let mut sb = dev.read_vec(SB_OFFSET, SB_SIZE, "reading the ext4 superblock")?;
-    if le16(&sb, SB_MAGIC) == EXT4_MAGIC && le32(&sb, SB_REV_LEVEL) >= 1 {
-        check_features(&sb)?;
-    }
     let l = Geo::parse(&sb, offset)?;
     // Checked before the descriptors are read: it also bounds how much a corrupt block
     // count could make us read.
@@ -622,19 +544,4 @@ fn write_zeros(dev: &Dev, pos: u64, len: u64) -> Result<()> {
         done += n as u64;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refuses_unknown_features() {
-        let mut sb = vec![0u8; SB_SIZE];
-        put32(&mut sb, SB_FEATURE_INCOMPAT, 0x8000_0000);
-        assert!(matches!(
-            check_features(&sb),
-            Err(Error::Unsupported { .. })
-        ));
-    }
 }

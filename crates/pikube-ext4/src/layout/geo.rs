@@ -37,8 +37,8 @@ pub(crate) struct Geo {
 impl Geo {
     /// Decodes the primary superblock `sb` of the filesystem at byte `offset` of the image and
     /// checks everything both the writer and the grow rely on: magic and revision, the
-    /// superblock checksum, a clean state (no journal recovery, no orphans, no recorded errors)
-    /// and a consistent geometry.
+    /// superblock checksum, a clean state (no journal recovery, no orphans, no recorded errors),
+    /// the feature policy ([`check_features`]) and a consistent geometry.
     pub(crate) fn parse(sb: &[u8], offset: u64) -> Result<Geo> {
         if le16(sb, SB_MAGIC) != EXT4_MAGIC {
             return Err(Error::NotExt4 { offset });
@@ -67,6 +67,7 @@ impl Geo {
             }
         }
         check_state(sb, incompat, ro_compat)?;
+        check_features(compat, incompat, ro_compat)?;
 
         let geom_err = |what: String| corrupt(format!("invalid superblock geometry: {what}"));
         let log_bs = le32(sb, SB_LOG_BLOCK_SIZE);
@@ -74,6 +75,11 @@ impl Geo {
             return Err(geom_err(format!("block size 2^(10+{log_bs})")));
         }
         let bs = 1024u64 << log_bs;
+        if bs > MAX_BLOCK_SIZE {
+            return Err(Error::Unsupported {
+                feature: format!("a block size of {bs} bytes"),
+            });
+        }
         let is64 = incompat & INCOMPAT_64BIT != 0;
         let mut blocks_count = u64::from(le32(sb, SB_BLOCKS_COUNT_LO));
         let mut r_blocks = u64::from(le32(sb, SB_R_BLOCKS_COUNT_LO));
@@ -404,5 +410,8 @@ mod tests {
         put16(&mut sb, SB_STATE, 0);
         put32(&mut sb, SB_FEATURE_INCOMPAT, INCOMPAT_EXTENTS);
         assert!(matches!(Geo::parse(&sb, 0), Err(Error::NeedsRecovery)));
+        put16(&mut sb, SB_STATE, STATE_VALID);
+        put32(&mut sb, SB_FEATURE_INCOMPAT, INCOMPAT_EXTENTS | 0x8000_0000);
+        assert!(matches!(Geo::parse(&sb, 0), Err(Error::Unsupported { .. })));
     }
 }
