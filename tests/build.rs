@@ -908,7 +908,8 @@ fn a_payload_that_does_not_fit_grows_the_root_partition() {
         pikube_image::io::sha256_bytes(&fs.read("/opt/big.bin").unwrap()),
         pikube_image::io::sha256_bytes(&big)
     );
-    let ext = pikube_ext4::Ext4Fs::open(file.try_clone().unwrap(), part.start, part.size).unwrap();
+    let ext =
+        pikube_ext4::Ext4Fs::open(file.try_clone().unwrap(), part.start, part.size, 0).unwrap();
     let free = ext.free_bytes();
     assert!(
         free > 40 << 20 && free < 200 << 20,

@@ -351,7 +351,7 @@ fn grow_image(fx: Fixture, grow: u64, write_big: bool) {
         .write(true)
         .open(&b.img)
         .unwrap();
-    let g = grow_fs(&f, part.old_start, part.new_size).expect("grow fs");
+    let g = grow_fs(&f, part.old_start, part.new_size, 1_700_000_000).expect("grow fs");
     drop(f);
     let spec = format!("{}?offset={}", b.img.display(), part.old_start);
     fsck_clean(&spec);

@@ -153,7 +153,8 @@ fn make_room(
         .len();
     let new_len = old_len.div_ceil(MIB) * MIB + grow_by;
     let part = crate::disk::grow::grow_last_partition(path, new_len, number)?;
-    let fs = pikube_ext4::grow::grow_fs(file, part.old_start, part.new_size).map_err(|e| {
+    let now = crate::build_timestamp();
+    let fs = pikube_ext4::grow::grow_fs(file, part.old_start, part.new_size, now).map_err(|e| {
         anyhow::anyhow!("cannot grow the ext4 filesystem of partition {number}: {e}")
     })?;
     progress.message(&format!(

@@ -25,7 +25,7 @@ fn parent(path: &str) -> &str {
 impl Ext4Tree {
     /// Opens the ext4 filesystem of `part` (labelled `label`) in `image`; entries get `mtime`.
     pub fn open(image: &Image, part: &Partition, label: &str, mtime: i64) -> Result<Ext4Tree> {
-        let fs = pikube_ext4::Ext4Fs::open(image.clone(), part.start, part.size)
+        let fs = pikube_ext4::Ext4Fs::open(image.clone(), part.start, part.size, mtime)
             .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
         Ok(Ext4Tree {
             fs,

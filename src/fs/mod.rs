@@ -154,7 +154,8 @@ pub fn ext4_shortfall(image: &Image, disk: &Disk, ops: &[&Op]) -> Result<Vec<(u3
         if part.fs != FsKind::Ext4 {
             continue;
         }
-        let fs = pikube_ext4::Ext4Fs::open(image.clone(), part.start, part.size)
+        let now = crate::build_timestamp();
+        let fs = pikube_ext4::Ext4Fs::open(image.clone(), part.start, part.size, now)
             .map_err(|e| anyhow::anyhow!("ext4 partition '{label}': {e}"))?;
         let bs = fs.block_size();
         let sizes: Vec<u64> = ops

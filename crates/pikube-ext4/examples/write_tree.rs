@@ -70,7 +70,10 @@ fn main() {
             std::process::exit(1)
         });
     let result = (|| -> Result<(u64, u64), String> {
-        let mut fs = Ext4Fs::open(file, offset, len).map_err(|e| e.to_string())?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut fs = Ext4Fs::open(file, offset, len, now).map_err(|e| e.to_string())?;
         let root_meta = Meta {
             mode: 0o755,
             uid: 0,

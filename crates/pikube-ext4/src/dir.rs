@@ -8,8 +8,10 @@ use crate::disk::{le16, le32, put16, put32};
 use crate::error::{Error, Result, corrupt};
 use crate::fs::{Ext4Fs, split_path};
 use crate::hash::dx_hash;
-use crate::inode::{Ext, INDEX_FL, Inode, Map, ROOT_INO};
-use crate::sb::{COMPAT_DIR_INDEX, INCOMPAT_FILETYPE, INCOMPAT_LARGEDIR};
+use crate::inode::{Ext, Inode, Map};
+use crate::layout::{
+    COMPAT_DIR_INDEX, INCOMPAT_FILETYPE, INCOMPAT_LARGEDIR, INDEX_FL, ROOT_INO, inode_seed,
+};
 use std::collections::VecDeque;
 
 pub(crate) fn rec_len_for(name_len: usize) -> usize {
@@ -172,7 +174,7 @@ impl Ext4Fs {
     /// Entries of the first block of an indexed directory (`.` and `..`).
     fn all_entries(&mut self, dir: u32) -> Result<Vec<Dirent>> {
         let (inode, map) = self.dir_inode(dir)?;
-        let seed = self.inode_seed(dir, inode.generation());
+        let seed = inode_seed(&self.geo, dir, inode.generation());
         let mut out = Vec::new();
         for pb in self.leaf_blocks(&inode, &map)? {
             out.extend(self.leaf_entries(pb, seed)?.0);
@@ -209,7 +211,7 @@ impl Ext4Fs {
             let e = if n == b"." { &ents[0] } else { &ents[1] };
             return Ok(Some((e.ino, Kind::Dir)));
         }
-        let seed = self.inode_seed(dir, inode.generation());
+        let seed = inode_seed(&self.geo, dir, inode.generation());
         for pb in self.leaf_blocks(&inode, &map)? {
             let (ents, _) = self.leaf_entries(pb, seed)?;
             if let Some(e) = ents.iter().find(|e| e.ino != 0 && e.name == n) {
@@ -327,7 +329,7 @@ impl Ext4Fs {
             self.write_inode(dir, &mut inode)?;
             return self.htree_add(dir, name.as_bytes(), ino, ft);
         }
-        let seed = self.inode_seed(dir, inode.generation());
+        let seed = inode_seed(&self.geo, dir, inode.generation());
         for pb in self.leaf_blocks(&inode, &map)? {
             if self.leaf_try_insert(pb, seed, name.as_bytes(), ino, ft)? {
                 return self.write_inode(dir, &mut inode);
@@ -412,7 +414,7 @@ impl Ext4Fs {
 
     pub(crate) fn remove_entry(&mut self, dir: u32, name: &str) -> Result<()> {
         let (mut inode, map) = self.dir_inode(dir)?;
-        let seed = self.inode_seed(dir, inode.generation());
+        let seed = inode_seed(&self.geo, dir, inode.generation());
         let n = name.as_bytes();
         for pb in self.leaf_blocks(&inode, &map)? {
             let (ents, _) = self.leaf_entries(pb, seed)?;
@@ -487,7 +489,7 @@ impl Ext4Fs {
     fn htree_add(&mut self, dir: u32, name: &[u8], ino: u32, ft: u8) -> Result<()> {
         let bs = self.geo.bs as usize;
         let (inode, map) = self.dir_inode(dir)?;
-        let seed = self.inode_seed(dir, inode.generation());
+        let seed = inode_seed(&self.geo, dir, inode.generation());
         let root_pb = map
             .phys_of(0)
             .ok_or_else(|| corrupt("indexed directory without block 0"))?;

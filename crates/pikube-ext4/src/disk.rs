@@ -47,14 +47,17 @@ macro_rules! forward_storage {
 }
 forward_storage!(&T, Arc<T>);
 
-pub(crate) struct Dev {
-    pub(crate) file: Box<dyn Storage>,
+/// The partition's byte range `[offset, offset + len)` of the storage: positions are
+/// relative to the partition, and nothing outside it is read or written.
+pub(crate) struct Dev<'a> {
+    pub(crate) file: Box<dyn Storage + 'a>,
     pub(crate) offset: u64,
     pub(crate) len: u64,
 }
 
-impl Dev {
-    pub(crate) fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+impl Dev<'_> {
+    /// Fills `buf` from `pos`; `what` ("reading the superblock") names the read in errors.
+    pub(crate) fn read_at(&self, pos: u64, buf: &mut [u8], what: &'static str) -> Result<()> {
         if pos
             .checked_add(buf.len() as u64)
             .is_none_or(|end| end > self.len)
@@ -68,13 +71,21 @@ impl Dev {
         self.file
             .fetch_at(buf, self.offset + pos)
             .map_err(|source| Error::Io {
-                op: "reading",
+                op: what,
                 offset: self.offset + pos,
                 source,
             })
     }
 
-    pub(crate) fn write_at(&self, pos: u64, buf: &[u8]) -> Result<()> {
+    /// `len` bytes read from `pos`.
+    pub(crate) fn read_vec(&self, pos: u64, len: usize, what: &'static str) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_at(pos, &mut buf, what)?;
+        Ok(buf)
+    }
+
+    /// Writes `buf` at `pos`; `what` names the write in errors.
+    pub(crate) fn write_at(&self, pos: u64, buf: &[u8], what: &'static str) -> Result<()> {
         if pos
             .checked_add(buf.len() as u64)
             .is_none_or(|end| end > self.len)
@@ -88,10 +99,19 @@ impl Dev {
         self.file
             .store_at(buf, self.offset + pos)
             .map_err(|source| Error::Io {
-                op: "writing",
+                op: what,
                 offset: self.offset + pos,
                 source,
             })
+    }
+
+    /// Makes everything written durable.
+    pub(crate) fn sync(&self, what: &'static str) -> Result<()> {
+        self.file.sync().map_err(|source| Error::Io {
+            op: what,
+            offset: self.offset,
+            source,
+        })
     }
 }
 

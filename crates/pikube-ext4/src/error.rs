@@ -1,11 +1,12 @@
-//! Errors of the ext4 writer. Every message says what is wrong and what the
-//! user can do about it.
+//! Errors of the ext4 writer and of the offline grow. Every message says what is wrong and
+//! what the user can do about it.
 
-/// Everything that can go wrong while opening or modifying an ext4 filesystem.
+/// Everything that can go wrong while opening, modifying or growing an ext4 filesystem.
+/// Unless the variant is [`Error::Io`] raised while writing, nothing has been written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "I/O error {op} the ext4 filesystem image at byte {offset}: {source}; check that the image file is readable, writable and not truncated"
+        "I/O error while {op} at byte {offset} of the image: {source}; check that the image file is readable, writable and not truncated"
     )]
     Io {
         op: &'static str,
@@ -14,7 +15,11 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
-        "the ext4 filesystem uses `{feature}`, which this offline writer does not support; nothing was written. Use an image without this feature, or edit it with the kernel (loop mount) instead"
+        "no ext4 filesystem at byte offset {offset} of the image (bad superblock magic); check the partition offset"
+    )]
+    NotExt4 { offset: u64 },
+    #[error(
+        "the ext4 filesystem uses {feature}, which cannot be edited or grown offline here; nothing was written. Use an image without it, or edit it with the kernel (loop mount) or grow it with resize2fs instead"
     )]
     Unsupported { feature: String },
     #[error(
@@ -62,6 +67,12 @@ pub enum Error {
         "the directory index (htree) of `{path}` is full; this writer cannot add another index level. Run `e2fsck -fD` on the partition or use fewer entries"
     )]
     DirIndexFull { path: String },
+    #[error(
+        "cannot shrink the ext4 filesystem: it has {current} blocks but only {requested} fit in the requested size; pass a size of at least {current} blocks"
+    )]
+    Shrink { current: u64, requested: u64 },
+    #[error("cannot grow the ext4 filesystem offline: {why}")]
+    CannotGrow { why: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,116 +1,11 @@
 //! Filesystem handle: superblock, group descriptors, bitmaps, block cache,
 //! allocation and the public operations.
 
-use crate::csum::{crc16, crc32c_raw};
-use crate::disk::{Dev, Storage, le16, le32, put16, put32};
+use crate::disk::{Dev, Storage, le16, put16, put32};
 use crate::error::{Error, Result, corrupt};
-use crate::sb::*;
+use crate::layout::*;
 use crate::{Kind, Meta, Stat};
 use std::collections::{HashMap, HashSet};
-
-const KNOWN_INCOMPAT: &[(u32, &str)] = &[
-    (0x1, "compression"),
-    (0x2, "filetype"),
-    (0x4, "needs_recovery"),
-    (0x8, "journal_dev"),
-    (0x10, "meta_bg"),
-    (0x40, "extent"),
-    (0x80, "64bit"),
-    (0x100, "mmp"),
-    (0x200, "flex_bg"),
-    (0x400, "ea_inode"),
-    (0x1000, "dirdata"),
-    (0x2000, "metadata_csum_seed"),
-    (0x4000, "large_dir"),
-    (0x8000, "inline_data"),
-    (0x10000, "encrypt"),
-    (0x20000, "casefold"),
-];
-const SUPPORTED_INCOMPAT: u32 = INCOMPAT_FILETYPE
-    | INCOMPAT_RECOVER
-    | INCOMPAT_EXTENTS
-    | INCOMPAT_64BIT
-    | INCOMPAT_FLEX_BG
-    | INCOMPAT_CSUM_SEED
-    | INCOMPAT_LARGEDIR;
-const KNOWN_RO: &[(u32, &str)] = &[
-    (0x1, "sparse_super"),
-    (0x2, "large_file"),
-    (0x4, "btree_dir"),
-    (0x8, "huge_file"),
-    (0x10, "uninit_bg (gdt_csum)"),
-    (0x20, "dir_nlink"),
-    (0x40, "extra_isize"),
-    (0x80, "snapshot"),
-    (0x100, "quota"),
-    (0x200, "bigalloc"),
-    (0x400, "metadata_csum"),
-    (0x800, "replica"),
-    (0x1000, "read-only"),
-    (0x2000, "project"),
-    (0x4000, "shared_blocks"),
-    (0x8000, "verity"),
-    (0x10000, "orphan_present"),
-];
-const SUPPORTED_RO: u32 = RO_COMPAT_SPARSE_SUPER
-    | RO_COMPAT_LARGE_FILE
-    | RO_COMPAT_BTREE_DIR
-    | RO_COMPAT_HUGE_FILE
-    | RO_COMPAT_GDT_CSUM
-    | RO_COMPAT_DIR_NLINK
-    | RO_COMPAT_EXTRA_ISIZE
-    | RO_COMPAT_METADATA_CSUM
-    | RO_COMPAT_ORPHAN_PRESENT;
-
-/// Filesystem geometry and feature summary, immutable after open.
-pub(crate) struct Geo {
-    pub(crate) bs: u64,
-    pub(crate) blocks_count: u64,
-    pub(crate) r_blocks: u64,
-    pub(crate) first_data_block: u64,
-    pub(crate) bpg: u64,
-    pub(crate) ipg: u32,
-    pub(crate) inode_size: usize,
-    pub(crate) groups: u32,
-    pub(crate) desc_size: usize,
-    pub(crate) gdt_blocks: u64,
-    pub(crate) reserved_gdt: u64,
-    pub(crate) first_ino: u32,
-    pub(crate) incompat: u32,
-    pub(crate) ro_compat: u32,
-    pub(crate) compat: u32,
-    pub(crate) seed: u32,
-    pub(crate) hash_seed: [u32; 4],
-    pub(crate) hash_unsigned: bool,
-    pub(crate) want_extra_isize: u16,
-    pub(crate) backup_bgs: [u32; 2],
-    pub(crate) uuid: [u8; 16],
-}
-
-impl Geo {
-    pub(crate) fn csum(&self) -> bool {
-        self.ro_compat & RO_COMPAT_METADATA_CSUM != 0
-    }
-    pub(crate) fn gdt_csum(&self) -> bool {
-        self.ro_compat & RO_COMPAT_GDT_CSUM != 0
-    }
-    pub(crate) fn is64(&self) -> bool {
-        self.incompat & INCOMPAT_64BIT != 0
-    }
-    pub(crate) fn group_of(&self, block: u64) -> u32 {
-        ((block - self.first_data_block) / self.bpg) as u32
-    }
-    pub(crate) fn group_first(&self, g: u32) -> u64 {
-        self.first_data_block + g as u64 * self.bpg
-    }
-    pub(crate) fn blocks_in_group(&self, g: u32) -> u64 {
-        let first = self.group_first(g);
-        (self.blocks_count - first).min(self.bpg)
-    }
-    pub(crate) fn has_super(&self, g: u32) -> bool {
-        crate::sb::has_super(g.into(), self.compat, self.ro_compat, self.backup_bgs)
-    }
-}
 
 pub(crate) struct Group {
     pub(crate) raw: Vec<u8>,
@@ -132,7 +27,7 @@ pub(crate) struct Bitmap {
 
 /// An open ext4 filesystem inside a byte range of an image file.
 pub struct Ext4Fs {
-    pub(crate) dev: Dev,
+    pub(crate) dev: Dev<'static>,
     pub(crate) sb: Vec<u8>,
     pub(crate) geo: Geo,
     pub(crate) groups: Vec<Group>,
@@ -149,281 +44,58 @@ pub struct Ext4Fs {
     pub(crate) iobuf: Vec<u8>,
 }
 
-fn bad_feature(bits: u32, known: &[(u32, &str)]) -> String {
-    let mut names = Vec::new();
-    for i in 0..32 {
-        let bit = 1u32 << i;
-        if bits & bit != 0 {
-            match known.iter().find(|(b, _)| *b == bit) {
-                Some((_, n)) => names.push((*n).to_string()),
-                None => names.push(format!("unknown feature bit {bit:#x}")),
-            }
-        }
-    }
-    names.join(", ")
-}
-
-/// The time stamped on changed metadata (ctime, directory mtimes, inode generations, the
-/// superblock's write time): `$SOURCE_DATE_EPOCH` when set, so that the same inputs give a
-/// byte-identical filesystem, else the current time.
-pub(crate) fn unix_now() -> i64 {
-    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse::<i64>().ok())
-    {
-        return t;
-    }
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Compares a bitmap's checksum with the one its group descriptor stores at `(lo, hi)`
-/// (the high half only with 64-byte descriptors). Nothing to check without metadata_csum.
-fn check_bitmap_csum(
-    geo: &Geo,
-    desc: &[u8],
-    bits: &[u8],
-    nbytes: usize,
-    (lo, hi): (usize, usize),
-) -> std::result::Result<(), ()> {
-    if !geo.csum() {
-        return Ok(());
-    }
-    let mut stored = le16(desc, lo) as u32;
-    let mut want = crc32c_raw(geo.seed, &bits[..nbytes]);
-    if geo.desc_size >= 64 {
-        stored |= (le16(desc, hi) as u32) << 16;
-    } else {
-        want &= 0xFFFF;
-    }
-    if want == stored { Ok(()) } else { Err(()) }
-}
-
-/// Stores a bitmap's checksum in its group descriptor at `(lo, hi)`, the counterpart of
-/// [`check_bitmap_csum`].
-fn store_bitmap_csum(geo: &Geo, desc: &mut [u8], bits: &[u8], nbytes: usize, at: (usize, usize)) {
-    if geo.csum() {
-        crate::sb::store_bitmap_csum(geo.seed, desc, bits, nbytes, at);
-    }
-}
-
 impl Ext4Fs {
     /// Opens the filesystem stored in `[offset, offset + len)` of `storage`
     /// (a [`std::fs::File`] opened read + write, or any other [`Storage`]). Every
     /// precondition is checked before anything is written; on error the image
     /// is unchanged.
-    pub fn open(storage: impl Storage + 'static, offset: u64, len: u64) -> Result<Ext4Fs> {
+    ///
+    /// `now` (Unix seconds) is the time stamped on changed metadata: ctime, directory
+    /// mtimes, new inodes, the superblock's write time; it also seeds inode generations.
+    /// The caller decides it (a fixed time gives a byte-identical filesystem).
+    pub fn open(
+        storage: impl Storage + 'static,
+        offset: u64,
+        len: u64,
+        now: i64,
+    ) -> Result<Ext4Fs> {
         let dev = Dev {
             file: Box::new(storage),
             offset,
             len,
         };
-        let mut sb = vec![0u8; 1024];
-        dev.read_at(1024, &mut sb)?;
-        if le16(&sb, 0x38) != 0xEF53 {
-            return Err(corrupt(format!(
-                "no ext4 superblock magic at byte {} of the image (is the partition offset right?)",
-                offset + 1024 + 0x38
-            )));
-        }
-        if le32(&sb, 0x4C) < 1 {
-            return Err(Error::Unsupported {
-                feature: "revision 0 (original ext2) superblock".into(),
-            });
-        }
-        let compat = le32(&sb, 0x5C);
-        let incompat = le32(&sb, 0x60);
-        let ro_compat = le32(&sb, 0x64);
-        let bad_in = incompat & !SUPPORTED_INCOMPAT;
-        if bad_in != 0 {
-            return Err(Error::Unsupported {
-                feature: bad_feature(bad_in, KNOWN_INCOMPAT),
-            });
-        }
-        let bad_ro = ro_compat & !SUPPORTED_RO;
-        if bad_ro != 0 {
-            return Err(Error::Unsupported {
-                feature: bad_feature(bad_ro, KNOWN_RO),
-            });
-        }
-        if incompat & INCOMPAT_EXTENTS == 0 {
-            return Err(Error::Unsupported {
-                feature: "a filesystem without the `extent` feature (ext2/ext3)".into(),
-            });
-        }
-        let csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
-        if csum {
-            if sb[0x175] != 1 {
-                return Err(corrupt(format!(
-                    "unknown metadata checksum type {}",
-                    sb[0x175]
-                )));
-            }
-            let want = crc32c_raw(!0, &sb[..0x3FC]);
-            if want != le32(&sb, 0x3FC) {
-                return Err(corrupt(format!(
-                    "superblock checksum mismatch (stored {:#010x}, computed {want:#010x})",
-                    le32(&sb, 0x3FC)
-                )));
-            }
-        }
-        if incompat & INCOMPAT_RECOVER != 0 {
-            return Err(Error::NeedsRecovery);
-        }
-        let state = le16(&sb, 0x3A);
-        if state & 0x2 != 0 {
-            return Err(corrupt("the superblock records filesystem errors"));
-        }
-        if state & 0x1 == 0 {
-            return Err(Error::NeedsRecovery);
-        }
-        if le32(&sb, 0xE8) != 0 || ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0 {
-            return Err(Error::OrphansPending);
-        }
-        let log_bs = le32(&sb, 0x18);
-        if log_bs > 2 {
-            return Err(Error::Unsupported {
-                feature: format!("block size {} bytes", 1024u64 << log_bs.min(20)),
-            });
-        }
-        let bs = 1024u64 << log_bs;
-        let is64 = incompat & INCOMPAT_64BIT != 0;
-        let mut blocks_count = le32(&sb, 0x4) as u64;
-        let mut r_blocks = le32(&sb, 0x8) as u64;
-        if is64 {
-            blocks_count |= (le32(&sb, 0x150) as u64) << 32;
-            r_blocks |= (le32(&sb, 0x154) as u64) << 32;
-        }
-        let first_data_block = le32(&sb, 0x14) as u64;
-        let bpg = le32(&sb, 0x20) as u64;
-        let cpg = le32(&sb, 0x24) as u64;
-        let ipg = le32(&sb, 0x28);
-        let inodes_count = le32(&sb, 0x0);
-        let inode_size = le16(&sb, 0x58) as usize;
-        let desc_size = if is64 { le16(&sb, 0xFE) as usize } else { 32 };
-        let geom_err = |what: &str| corrupt(format!("invalid superblock geometry: {what}"));
-        if bpg == 0 || bpg > bs * 8 || !bpg.is_multiple_of(8) || cpg != bpg {
-            return Err(geom_err("blocks per group"));
-        }
-        if ipg == 0 || ipg as u64 > bs * 8 || !ipg.is_multiple_of(8) {
-            return Err(geom_err("inodes per group"));
-        }
-        if !(128..=bs as usize).contains(&inode_size) || !inode_size.is_power_of_two() {
-            return Err(geom_err("inode size"));
-        }
-        if (bs == 1024) != (first_data_block == 1) || first_data_block > 1 {
-            return Err(geom_err("first data block"));
-        }
-        if is64 && (!(64..=1024).contains(&desc_size) || !desc_size.is_power_of_two()) {
-            return Err(geom_err("group descriptor size"));
-        }
-        if blocks_count <= first_data_block {
-            return Err(geom_err("block count"));
-        }
-        if blocks_count.saturating_mul(bs) > len {
+        let sb = dev.read_vec(SB_OFFSET, SB_SIZE, "reading the superblock")?;
+        let geo = Geo::parse(&sb, offset)?;
+        let bs = geo.bs;
+        if geo.blocks_count.saturating_mul(bs) > len {
             return Err(corrupt(format!(
                 "the filesystem ({} bytes) is larger than its partition ({len} bytes)",
-                blocks_count.saturating_mul(bs)
+                geo.blocks_count.saturating_mul(bs)
             )));
         }
-        let groups64 = (blocks_count - first_data_block).div_ceil(bpg);
-        if groups64 > u32::MAX as u64 || groups64 * ipg as u64 != inodes_count as u64 {
-            return Err(geom_err("group count does not match the inode count"));
-        }
-        let groups = groups64 as u32;
-        let gdt_blocks = (groups as u64 * desc_size as u64).div_ceil(bs);
-        let seed = crate::sb::csum_seed(&sb);
-        let first_ino = le32(&sb, 0x54);
-        if first_ino < 11 || first_ino > inodes_count {
-            return Err(geom_err("first inode"));
-        }
-        let geo = Geo {
-            bs,
-            blocks_count,
-            r_blocks,
-            first_data_block,
-            bpg,
-            ipg,
-            inode_size,
-            groups,
-            desc_size,
-            gdt_blocks,
-            reserved_gdt: le16(&sb, 0xCE) as u64,
-            first_ino,
-            incompat,
-            ro_compat,
-            compat,
-            seed,
-            hash_seed: [
-                le32(&sb, 0xEC),
-                le32(&sb, 0xF0),
-                le32(&sb, 0xF4),
-                le32(&sb, 0xF8),
-            ],
-            hash_unsigned: le32(&sb, 0x160) & 0x2 != 0,
-            want_extra_isize: le16(&sb, 0x15E),
-            backup_bgs: [le32(&sb, 0x24C), le32(&sb, 0x250)],
-            uuid: sb[0x68..0x78].try_into().expect("16 bytes"),
-        };
-        let gdt_start = first_data_block + 1;
-        let mut gdt_raw = vec![0u8; (gdt_blocks * bs) as usize];
-        dev.read_at(gdt_start * bs, &mut gdt_raw)?;
-        let mut groups_v = Vec::with_capacity(groups as usize);
-        for g in 0..groups {
-            let raw = gdt_raw[g as usize * desc_size..(g as usize + 1) * desc_size].to_vec();
-            let stored = le16(&raw, 0x1E);
-            if let Some(want) = desc_checksum(&geo, g, &raw)
-                && want != stored
-            {
-                return Err(corrupt(format!(
-                    "group descriptor {g} checksum mismatch (stored {stored:#06x}, computed {want:#06x})"
-                )));
-            }
-            let hi = |o: usize| -> u64 {
-                if desc_size >= 64 {
-                    le32(&raw, o) as u64
-                } else {
-                    0
-                }
-            };
-            let hi16 = |o: usize| -> u32 {
-                if desc_size >= 64 {
-                    le16(&raw, o) as u32
-                } else {
-                    0
-                }
-            };
-            let grp = Group {
-                block_bitmap: le32(&raw, 0x0) as u64 | hi(0x20) << 32,
-                inode_bitmap: le32(&raw, 0x4) as u64 | hi(0x24) << 32,
-                inode_table: le32(&raw, 0x8) as u64 | hi(0x28) << 32,
-                free_blocks: le16(&raw, 0xC) as u32 | hi16(0x2C) << 16,
-                free_inodes: le16(&raw, 0xE) as u32 | hi16(0x2E) << 16,
-                used_dirs: le16(&raw, 0x10) as u32 | hi16(0x30) << 16,
-                flags: le16(&raw, 0x12),
-                itable_unused: le16(&raw, 0x1C) as u32 | hi16(0x32) << 16,
-                raw,
+        let gdt_raw = read_gdt(&dev, &geo)?;
+        check_journal(&dev, &geo, &sb, &gdt_raw)?;
+        let ds = geo.desc_size;
+        let groups_v: Vec<Group> = gdt_raw
+            .chunks_exact(ds)
+            .take(geo.groups as usize)
+            .map(|raw| Group {
+                block_bitmap: desc::get(raw, BG_BLOCK_BITMAP),
+                inode_bitmap: desc::get(raw, BG_INODE_BITMAP),
+                inode_table: desc::get(raw, BG_INODE_TABLE),
+                free_blocks: desc::get(raw, BG_FREE_BLOCKS) as u32,
+                free_inodes: desc::get(raw, BG_FREE_INODES) as u32,
+                used_dirs: desc::get(raw, BG_USED_DIRS) as u32,
+                flags: le16(raw, BG_FLAGS),
+                itable_unused: desc::get(raw, BG_ITABLE_UNUSED) as u32,
+                raw: raw.to_vec(),
                 dirty: false,
-            };
-            let itable_blocks = (ipg as u64 * inode_size as u64).div_ceil(bs);
-            let inside = |b: u64, n: u64| b >= first_data_block && b + n <= blocks_count;
-            if !inside(grp.block_bitmap, 1)
-                || !inside(grp.inode_bitmap, 1)
-                || !inside(grp.inode_table, itable_blocks)
-                || grp.free_blocks as u64 > bpg
-                || grp.free_inodes > ipg
-                || grp.itable_unused > ipg
-            {
-                return Err(corrupt(format!(
-                    "group descriptor {g} points outside the filesystem or has impossible counts"
-                )));
-            }
-            groups_v.push(grp);
-        }
+            })
+            .collect();
         let free_blocks = groups_v.iter().map(|g| g.free_blocks as u64).sum();
         let free_inodes = groups_v.iter().map(|g| g.free_inodes as u64).sum();
+        let groups = geo.groups;
+        let alloc_cursor = geo.first_data_block;
         let mut fs = Ext4Fs {
             dev,
             sb,
@@ -434,45 +106,15 @@ impl Ext4Fs {
             ibm: (0..groups).map(|_| None).collect(),
             cache: HashMap::new(),
             dirty: HashSet::new(),
-            alloc_cursor: first_data_block,
+            alloc_cursor,
             free_blocks,
             free_inodes,
-            now: unix_now(),
+            now,
             gen_state: 0,
             iobuf: Vec::new(),
         };
         fs.gen_state = (fs.now as u64) ^ (fs.geo.seed as u64) << 17 ^ 0x9E37_79B9_7F4A_7C15;
-        fs.check_journal()?;
         Ok(fs)
-    }
-
-    fn check_journal(&mut self) -> Result<()> {
-        if self.geo.compat & COMPAT_HAS_JOURNAL == 0 {
-            return Ok(());
-        }
-        let jino = le32(&self.sb, 0xE0);
-        if jino == 0 {
-            return Err(Error::Unsupported {
-                feature: "an external journal device".into(),
-            });
-        }
-        let inode = self.read_inode(jino)?;
-        let map = self.inode_map(jino, &inode)?;
-        let first = map
-            .extents
-            .iter()
-            .find(|e| e.logical == 0)
-            .ok_or_else(|| corrupt("the journal inode has no first block"))?;
-        let mut jsb = vec![0u8; 1024];
-        self.dev.read_at(first.phys * self.geo.bs, &mut jsb)?;
-        let be32 = |o: usize| u32::from_be_bytes([jsb[o], jsb[o + 1], jsb[o + 2], jsb[o + 3]]);
-        if be32(0) != 0xC03B_3998 {
-            return Err(corrupt("the journal superblock has a bad magic number"));
-        }
-        if be32(0x1C) != 0 {
-            return Err(Error::NeedsRecovery);
-        }
-        Ok(())
     }
 
     /// Block size in bytes.
@@ -544,7 +186,8 @@ impl Ext4Fs {
         }
         if !self.cache.contains_key(&b) {
             let mut buf = vec![0u8; self.geo.bs as usize];
-            self.dev.read_at(b * self.geo.bs, &mut buf)?;
+            self.dev
+                .read_at(b * self.geo.bs, &mut buf, "reading a metadata block")?;
             self.cache.insert(b, buf);
         }
         Ok(())
@@ -557,14 +200,6 @@ impl Ext4Fs {
 
     // ---------- bitmaps ----------
 
-    fn group_meta_blocks(&self, g: u32) -> u64 {
-        if self.geo.has_super(g) {
-            1 + self.geo.gdt_blocks + self.geo.reserved_gdt
-        } else {
-            0
-        }
-    }
-
     pub(crate) fn load_bbm(&mut self, g: u32) -> Result<()> {
         if self.bbm[g as usize].is_some() {
             return Ok(());
@@ -573,15 +208,14 @@ impl Ext4Fs {
         let bs = geo.bs as usize;
         let grp = &self.groups[g as usize];
         let mut bits = vec![0u8; bs];
-        let csum_on = geo.csum() || geo.gdt_csum();
-        if csum_on && grp.flags & BG_BLOCK_UNINIT != 0 {
-            let first = geo.group_first(g);
-            let n = geo.blocks_in_group(g);
-            for i in 0..self.group_meta_blocks(g).min(n) {
+        if geo.group_csum() && grp.flags & BG_BLOCK_UNINIT != 0 {
+            let first = geo.group_first(g.into());
+            let n = geo.blocks_in_group(g.into());
+            for i in 0..geo.base_meta_blocks(g.into()).min(n) {
                 set_bit(&mut bits, i as usize);
             }
+            let itb = geo.itable_blocks();
             for og in &self.groups {
-                let itb = (geo.ipg as u64 * geo.inode_size as u64).div_ceil(geo.bs);
                 for (b, cnt) in [
                     (og.block_bitmap, 1),
                     (og.inode_bitmap, 1),
@@ -603,7 +237,7 @@ impl Ext4Fs {
                 &mut bits,
                 grp.block_bitmap,
                 geo.bpg / 8,
-                BLOCK_BITMAP_CSUM,
+                BG_BLOCK_BITMAP_CSUM,
                 "block",
             )?;
         }
@@ -619,18 +253,19 @@ impl Ext4Fs {
         bits: &mut [u8],
         loc: u64,
         nbytes: u64,
-        at: (usize, usize),
+        at: desc::Field,
         what: &str,
     ) -> Result<()> {
-        self.dev.read_at(loc * self.geo.bs, bits)?;
-        check_bitmap_csum(
-            &self.geo,
-            &self.groups[g as usize].raw,
-            bits,
-            nbytes as usize,
-            at,
-        )
-        .map_err(|()| corrupt(format!("{what} bitmap of group {g} checksum mismatch")))
+        self.dev
+            .read_at(loc * self.geo.bs, bits, "reading a bitmap")?;
+        let desc = &self.groups[g as usize].raw;
+        if bitmap_csum_ok(&self.geo, desc, bits, nbytes as usize, at) {
+            Ok(())
+        } else {
+            Err(corrupt(format!(
+                "{what} bitmap of group {g} checksum mismatch"
+            )))
+        }
     }
 
     pub(crate) fn load_ibm(&mut self, g: u32) -> Result<()> {
@@ -641,8 +276,7 @@ impl Ext4Fs {
         let bs = geo.bs as usize;
         let grp = &self.groups[g as usize];
         let mut bits = vec![0u8; bs];
-        let csum_on = geo.csum() || geo.gdt_csum();
-        if csum_on && grp.flags & BG_INODE_UNINIT != 0 {
+        if geo.group_csum() && grp.flags & BG_INODE_UNINIT != 0 {
             for i in geo.ipg as usize..bs * 8 {
                 set_bit(&mut bits, i);
             }
@@ -653,7 +287,7 @@ impl Ext4Fs {
                 &mut bits,
                 grp.inode_bitmap,
                 nbytes,
-                INODE_BITMAP_CSUM,
+                BG_INODE_BITMAP_CSUM,
                 "inode",
             )?;
         }
@@ -667,8 +301,8 @@ impl Ext4Fs {
         while b < start + len {
             let g = self.geo.group_of(b);
             self.load_bbm(g)?;
-            let gfirst = self.geo.group_first(g);
-            let gend = (gfirst + self.geo.blocks_in_group(g)).min(start + len);
+            let gfirst = self.geo.group_first(g.into());
+            let gend = (gfirst + self.geo.blocks_in_group(g.into())).min(start + len);
             let bm = self.bbm[g as usize].as_mut().expect("loaded");
             let mut changed = 0u32;
             for x in b..gend {
@@ -798,8 +432,8 @@ impl Ext4Fs {
             }
             let g = self.geo.group_of(b);
             self.load_bbm(g)?;
-            let gfirst = self.geo.group_first(g);
-            let n = self.geo.blocks_in_group(g);
+            let gfirst = self.geo.group_first(g.into());
+            let n = self.geo.blocks_in_group(g.into());
             let bits = &self.bbm[g as usize].as_ref().expect("loaded").bits;
             let mut i = (b - gfirst) as usize;
             let mut found = None;
@@ -827,8 +461,8 @@ impl Ext4Fs {
         while len < max && b < end {
             let g = self.geo.group_of(b);
             self.load_bbm(g)?;
-            let gfirst = self.geo.group_first(g);
-            let n = self.geo.blocks_in_group(g);
+            let gfirst = self.geo.group_first(g.into());
+            let n = self.geo.blocks_in_group(g.into());
             let bits = &self.bbm[g as usize].as_ref().expect("loaded").bits;
             let mut i = (b - gfirst) as usize;
             let mut stop = false;
@@ -913,7 +547,7 @@ impl Ext4Fs {
             };
             set_bit(&mut bm.bits, i);
             bm.dirty = true;
-            let csum_on = self.geo.csum() || self.geo.gdt_csum();
+            let csum_on = self.geo.group_csum();
             let was_uninit = self.groups[g as usize].flags & BG_INODE_UNINIT != 0;
             let grp = &mut self.groups[g as usize];
             grp.flags &= !BG_INODE_UNINIT;
@@ -981,20 +615,20 @@ impl Ext4Fs {
                     self.bbm[g].as_mut(),
                     grp.block_bitmap,
                     self.geo.bpg / 8,
-                    BLOCK_BITMAP_CSUM,
+                    BG_BLOCK_BITMAP_CSUM,
                 ),
                 (
                     self.ibm[g].as_mut(),
                     grp.inode_bitmap,
                     u64::from(self.geo.ipg / 8),
-                    INODE_BITMAP_CSUM,
+                    BG_INODE_BITMAP_CSUM,
                 ),
             ];
             for (bm, loc, nbytes, at) in kinds {
                 let Some(bm) = bm.filter(|b| b.dirty) else {
                     continue;
                 };
-                self.dev.write_at(loc * bs, &bm.bits)?;
+                self.dev.write_at(loc * bs, &bm.bits, "writing a bitmap")?;
                 bm.dirty = false;
                 store_bitmap_csum(&self.geo, &mut grp.raw, &bm.bits, nbytes as usize, at);
                 grp.dirty = true;
@@ -1005,7 +639,8 @@ impl Ext4Fs {
         blocks.sort_unstable();
         for b in blocks {
             let data = &self.cache[&b];
-            self.dev.write_at(b * bs, data)?;
+            self.dev
+                .write_at(b * bs, data, "writing a metadata block")?;
         }
         // Group descriptors.
         let mut any = false;
@@ -1017,47 +652,37 @@ impl Ext4Fs {
             any = true;
             let grp = &mut self.groups[g];
             let r = &mut grp.raw;
-            put16(r, 0xC, grp.free_blocks as u16);
-            put16(r, 0xE, grp.free_inodes as u16);
-            put16(r, 0x10, grp.used_dirs as u16);
-            put16(r, 0x12, grp.flags);
-            put16(r, 0x1C, grp.itable_unused as u16);
-            if ds >= 64 {
-                put16(r, 0x2C, (grp.free_blocks >> 16) as u16);
-                put16(r, 0x2E, (grp.free_inodes >> 16) as u16);
-                put16(r, 0x30, (grp.used_dirs >> 16) as u16);
-                put16(r, 0x32, (grp.itable_unused >> 16) as u16);
-            }
-            if let Some(c) = desc_checksum(&self.geo, g as u32, r) {
-                put16(r, 0x1E, c);
-            }
+            desc::set(r, BG_FREE_BLOCKS, grp.free_blocks.into());
+            desc::set(r, BG_FREE_INODES, grp.free_inodes.into());
+            desc::set(r, BG_USED_DIRS, grp.used_dirs.into());
+            put16(r, BG_FLAGS, grp.flags);
+            desc::set(r, BG_ITABLE_UNUSED, grp.itable_unused.into());
+            set_desc_checksum(&self.geo, g as u32, r);
             self.gdt_raw[g * ds..(g + 1) * ds].copy_from_slice(r);
             grp.dirty = false;
         }
         if any {
-            let start = self.geo.first_data_block + 1;
-            self.dev.write_at(start * bs, &self.gdt_raw)?;
+            // Each descriptor block to its primary copy (with meta_bg, in its meta group).
+            for (i, block) in self.gdt_raw.chunks_exact(bs as usize).enumerate() {
+                let at = self.geo.primary_gdt_block(i as u64);
+                self.dev
+                    .write_at(at * bs, block, "writing the group descriptors")?;
+            }
         }
         // Superblock.
         let sb = &mut self.sb;
-        put32(sb, 0xC, self.free_blocks as u32);
+        put32(sb, SB_FREE_BLOCKS_LO, self.free_blocks as u32);
         if self.geo.is64() {
-            put32(sb, 0x158, (self.free_blocks >> 32) as u32);
+            put32(sb, SB_FREE_BLOCKS_HI, (self.free_blocks >> 32) as u32);
         }
-        put32(sb, 0x10, self.free_inodes as u32);
-        let now = unix_now();
-        put32(sb, 0x30, now as u32);
-        sb[0x274] = ((now >> 32) & 0xFF) as u8;
+        put32(sb, SB_FREE_INODES, self.free_inodes as u32);
+        set_write_time(sb, self.now as u64);
         if self.geo.csum() {
-            let c = crc32c_raw(!0, &sb[..0x3FC]);
-            put32(sb, 0x3FC, c);
+            set_sb_checksum(sb);
         }
-        self.dev.write_at(1024, &self.sb)?;
-        self.dev.file.sync().map_err(|source| Error::Io {
-            op: "syncing",
-            offset: self.dev.offset,
-            source,
-        })?;
+        self.dev
+            .write_at(SB_OFFSET, &self.sb, "writing the superblock")?;
+        self.dev.sync("syncing the ext4 filesystem")?;
         Ok(())
     }
 
@@ -1073,7 +698,7 @@ impl Ext4Fs {
     /// Existing directories are left as they are.
     pub fn mkdir_p(&mut self, path: &str, meta: &Meta) -> Result<()> {
         let comps = split_path(path)?;
-        let mut cur = crate::inode::ROOT_INO;
+        let mut cur = ROOT_INO;
         for (i, name) in comps.iter().enumerate() {
             let sub = comps[..=i].join("/");
             match self.lookup_follow(cur, name, path, 0)? {
@@ -1145,28 +770,6 @@ impl Ext4Fs {
         };
         let inode = self.read_inode(ino)?;
         Ok(Some(inode.stat()))
-    }
-}
-
-pub(crate) fn desc_checksum(geo: &Geo, g: u32, raw: &[u8]) -> Option<u16> {
-    if geo.csum() {
-        let mut c = crc32c_raw(geo.seed, &g.to_le_bytes());
-        c = crc32c_raw(c, &raw[..0x1E]);
-        c = crc32c_raw(c, &[0, 0]);
-        if raw.len() > 0x20 {
-            c = crc32c_raw(c, &raw[0x20..]);
-        }
-        Some(c as u16)
-    } else if geo.gdt_csum() {
-        let mut c = crc16(!0, &geo.uuid);
-        c = crc16(c, &g.to_le_bytes());
-        c = crc16(c, &raw[..0x1E]);
-        if raw.len() > 0x20 {
-            c = crc16(c, &raw[0x20..]);
-        }
-        Some(c)
-    } else {
-        None
     }
 }
 

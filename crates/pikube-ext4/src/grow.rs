@@ -14,13 +14,10 @@
 //! tables are zeroed.
 //!
 //! Every precondition is checked and every new structure is computed in memory before the first
-//! byte is written, so a refusal leaves the file untouched.
+//! byte is written, so a refusal leaves the image untouched.
 //!
-//! This module is self-contained: it reads the superblock, group descriptors, bitmaps and the
-//! few inodes it needs on its own.
-
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+//! The filesystem is read and checked by the crate's `layout` module, the same code that opens
+//! it for the writer: the same geometry, checksums, state checks and feature policy.
 
 /// What [`grow_fs`] changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,411 +30,16 @@ pub struct FsGrowth {
     pub free_blocks_after: u64,
 }
 
-/// Why a filesystem could not be grown. Nothing has been written when one of these is returned,
-/// except for [`GrowError::Io`] raised while writing.
-#[derive(Debug, thiserror::Error)]
-pub enum GrowError {
-    #[error("I/O error while {what} at byte {pos} of the image: {source}")]
-    Io {
-        what: &'static str,
-        pos: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "no ext4 filesystem at byte offset {0} of the image (bad superblock magic); check the partition offset"
-    )]
-    NotExt4(u64),
-    #[error(
-        "the ext4 filesystem is not clean: {0}; run `e2fsck -f` on it (or boot and shut down the system once), then retry"
-    )]
-    NotClean(String),
-    #[error(
-        "checksum mismatch in {0}; the filesystem is damaged, repair it with `e2fsck -f` first"
-    )]
-    Checksum(String),
-    #[error("the ext4 filesystem is inconsistent: {0}; repair it with `e2fsck -f` first")]
-    Corrupt(String),
-    #[error("unsupported ext4 filesystem: {0}")]
-    Unsupported(String),
-    #[error(
-        "cannot shrink the ext4 filesystem: it has {current} blocks but only {requested} fit in the requested size; pass a size of at least {current} blocks"
-    )]
-    Shrink { current: u64, requested: u64 },
-    #[error("cannot grow the ext4 filesystem offline: {0}")]
-    CannotGrow(String),
-}
+use crate::disk::{Dev, Storage, le16, le32, put16, put32};
+use crate::error::{Error, Result, corrupt};
+use crate::fs::{clear_bit, get_bit, set_bit};
+use crate::layout::desc::{self, Field};
+use crate::layout::*;
 
-type Result<T> = std::result::Result<T, GrowError>;
-
-/// Feature bits this module knows how to carry through a grow unchanged.
-const COMPAT_OK: u32 = COMPAT_DIR_PREALLOC
-    | COMPAT_IMAGIC_INODES
-    | COMPAT_HAS_JOURNAL
-    | COMPAT_EXT_ATTR
-    | COMPAT_RESIZE_INODE
-    | COMPAT_DIR_INDEX
-    | COMPAT_LAZY_BG
-    | COMPAT_FAST_COMMIT
-    | COMPAT_STABLE_INODES
-    | COMPAT_ORPHAN_FILE
-    | COMPAT_SPARSE_SUPER2;
-const INCOMPAT_OK: u32 = INCOMPAT_FILETYPE
-    | INCOMPAT_EXTENTS
-    | INCOMPAT_64BIT
-    | INCOMPAT_FLEX_BG
-    | INCOMPAT_EA_INODE
-    | INCOMPAT_DIRDATA
-    | INCOMPAT_CSUM_SEED
-    | INCOMPAT_LARGEDIR
-    | INCOMPAT_INLINE_DATA
-    | INCOMPAT_ENCRYPT
-    | INCOMPAT_CASEFOLD
-    | INCOMPAT_META_BG;
-const RO_COMPAT_OK: u32 = RO_COMPAT_SPARSE_SUPER
-    | RO_COMPAT_LARGE_FILE
-    | RO_COMPAT_BTREE_DIR
-    | RO_COMPAT_HUGE_FILE
-    | RO_COMPAT_GDT_CSUM
-    | RO_COMPAT_DIR_NLINK
-    | RO_COMPAT_EXTRA_ISIZE
-    | RO_COMPAT_QUOTA
-    | RO_COMPAT_METADATA_CSUM
-    | RO_COMPAT_PROJECT
-    | RO_COMPAT_VERITY;
-
-// Inode field offsets.
-const I_MODE: usize = 0x00;
-const I_BLOCKS_LO: usize = 0x1C;
-const I_FLAGS: usize = 0x20;
-const I_BLOCK: usize = 0x28;
-const I_GENERATION: usize = 0x64;
-const I_BLOCKS_HI: usize = 0x74;
-const I_CHECKSUM_LO: usize = 0x7C;
-const I_EXTRA_ISIZE: usize = 0x80;
-const I_CHECKSUM_HI: usize = 0x82;
-
-const INODE_FL_EXTENTS: u32 = 0x80000;
-const INODE_FL_HUGE_FILE: u32 = 0x40000;
-const RESIZE_INO: u32 = 7;
-const DIND_BLOCK_INDEX: usize = 13;
-const N_BLOCKS: usize = 15;
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-use crate::csum::{crc16, crc32c_raw};
-use crate::disk::{le16, le32, put16, put32};
-use crate::sb::*;
-
-fn read_exact(file: &File, pos: u64, len: usize, what: &'static str) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, pos)
-        .map_err(|source| GrowError::Io { what, pos, source })?;
-    Ok(buf)
-}
-
-fn write_all(file: &File, pos: u64, data: &[u8], what: &'static str) -> Result<()> {
-    file.write_all_at(data, pos)
-        .map_err(|source| GrowError::Io { what, pos, source })
-}
-
-/// Everything about the filesystem this module needs, decoded from the primary superblock.
-#[derive(Debug, Clone)]
-struct Layout {
-    bs: u64,
-    fdb: u64,
-    bpg: u64,
-    ipg: u64,
-    inode_size: usize,
-    ds: usize,
-    blocks: u64,
-    groups: u64,
-    gdt_blocks: u64,
-    reserved_gdt: u64,
-    itable_blocks: u64,
-    compat: u32,
-    incompat: u32,
-    ro_compat: u32,
-    csum_seed: u32,
-    meta_bg: bool,
-    first_meta_bg: u64,
-    uuid_bytes: [u8; 16],
-    backup_bgs: [u32; 2],
-}
-
-impl Layout {
-    fn metadata_csum(&self) -> bool {
-        self.ro_compat & RO_COMPAT_METADATA_CSUM != 0
-    }
-    fn group_csum(&self) -> bool {
-        self.ro_compat & (RO_COMPAT_METADATA_CSUM | RO_COMPAT_GDT_CSUM) != 0
-    }
-    fn is_64bit(&self) -> bool {
-        self.incompat & INCOMPAT_64BIT != 0
-    }
-    fn descs_per_block(&self) -> u64 {
-        self.bs / self.ds as u64
-    }
-    fn group_first_block(&self, g: u64) -> u64 {
-        self.fdb + g * self.bpg
-    }
-    /// Does group `g` hold a superblock (and GDT) backup?
-    fn has_super(&self, g: u64) -> bool {
-        crate::sb::has_super(g, self.compat, self.ro_compat, self.backup_bgs)
-    }
-    /// Is descriptor block `i` stored after the superblock copies (rather than in its meta group)?
-    fn old_style_desc_block(&self, i: u64) -> bool {
-        !self.meta_bg || i < self.first_meta_bg
-    }
-    /// Does group `g` carry the old-style descriptor blocks when it has a superblock copy?
-    fn old_style_group(&self, g: u64) -> bool {
-        !self.meta_bg || g / self.descs_per_block() < self.first_meta_bg
-    }
-    /// With meta_bg: is `g` one of the three groups holding its meta group's descriptor block?
-    fn meta_desc_group(&self, g: u64) -> bool {
-        let dpb = self.descs_per_block();
-        !self.old_style_group(g) && (g % dpb <= 1 || g % dpb == dpb - 1)
-    }
-    /// Blocks taken at the start of group `g` by the superblock, descriptor and reserved GDT
-    /// blocks, for a filesystem with `gdt_blocks` descriptor blocks and `reserved` reserved ones.
-    fn base_meta_blocks(&self, g: u64, gdt_blocks: u64, reserved: u64) -> u64 {
-        let sup = u64::from(self.has_super(g));
-        if self.old_style_group(g) {
-            if sup == 0 {
-                return 0;
-            }
-            let old_style = if self.meta_bg {
-                self.first_meta_bg
-            } else {
-                gdt_blocks
-            };
-            1 + old_style + reserved
-        } else {
-            sup + u64::from(self.meta_desc_group(g))
-        }
-    }
-    /// Block holding the primary copy of descriptor block `i`.
-    fn primary_gdt_block(&self, i: u64) -> u64 {
-        if self.old_style_desc_block(i) {
-            self.fdb + 1 + i
-        } else {
-            let g = i * self.descs_per_block();
-            self.group_first_block(g) + u64::from(self.has_super(g))
-        }
-    }
-    /// Every block holding a copy of descriptor block `i` in a filesystem of `groups` groups,
-    /// the primary first.
-    fn gdt_block_locations(&self, i: u64, groups: u64) -> Vec<u64> {
-        if self.old_style_desc_block(i) {
-            (0..groups)
-                .filter(|&g| self.has_super(g) && self.old_style_group(g))
-                .map(|g| self.group_first_block(g) + 1 + i)
-                .collect()
-        } else {
-            let dpb = self.descs_per_block();
-            let mut v: Vec<u64> = Vec::with_capacity(3);
-            for g in [i * dpb, i * dpb + 1, i * dpb + dpb - 1] {
-                let loc = self.group_first_block(g) + u64::from(self.has_super(g));
-                if g < groups && !v.contains(&loc) {
-                    v.push(loc);
-                }
-            }
-            v
-        }
-    }
-}
-
-fn parse_superblock(sb: &[u8], offset: u64) -> Result<Layout> {
-    if le16(sb, SB_MAGIC) != 0xEF53 {
-        return Err(GrowError::NotExt4(offset));
-    }
-    if le32(sb, SB_REV_LEVEL) < 1 {
-        return Err(GrowError::Unsupported(
-            "revision 0 (original ext2) filesystems have no feature flags to grow with".into(),
-        ));
-    }
-    let compat = le32(sb, SB_FEATURE_COMPAT);
-    let incompat = le32(sb, SB_FEATURE_INCOMPAT);
-    let ro_compat = le32(sb, SB_FEATURE_RO_COMPAT);
-
-    // State checks come first: a dirty journal is the most common reason to refuse.
-    if incompat & INCOMPAT_RECOVER != 0 {
-        return Err(GrowError::NotClean(
-            "the journal needs recovery (needs_recovery is set)".into(),
-        ));
-    }
-    if ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0 {
-        return Err(GrowError::NotClean(
-            "orphan inodes are pending in the orphan file (orphan_present is set)".into(),
-        ));
-    }
-    if le32(sb, SB_LAST_ORPHAN) != 0 {
-        return Err(GrowError::NotClean(format!(
-            "orphan inode list is not empty (s_last_orphan = {})",
-            le32(sb, SB_LAST_ORPHAN)
-        )));
-    }
-    let state = le16(sb, SB_STATE);
-    if state & STATE_VALID == 0 || state & STATE_ERROR != 0 {
-        return Err(GrowError::NotClean(format!(
-            "superblock state is {state:#x} (not cleanly unmounted or errors recorded)"
-        )));
-    }
-
-    let named = [
-        (incompat, INCOMPAT_COMPRESSION, "compression"),
-        (incompat, INCOMPAT_JOURNAL_DEV, "journal_dev"),
-        (incompat, INCOMPAT_MMP, "mmp"),
-        (ro_compat, RO_COMPAT_BIGALLOC, "bigalloc"),
-        (ro_compat, RO_COMPAT_HAS_SNAPSHOT, "snapshot"),
-        (ro_compat, RO_COMPAT_REPLICA, "replica"),
-        (ro_compat, RO_COMPAT_READONLY, "read-only"),
-        (ro_compat, RO_COMPAT_SHARED_BLOCKS, "shared_blocks"),
-        (compat, COMPAT_EXCLUDE_BITMAP, "exclude_bitmap"),
-    ];
-    for (bits, bit, name) in named {
-        if bits & bit != 0 {
-            return Err(GrowError::Unsupported(format!(
-                "feature `{name}` is not supported by the offline grow; grow this filesystem with resize2fs instead"
-            )));
-        }
-    }
-    let unknown = [
-        ("compat", compat & !COMPAT_OK),
-        ("incompat", incompat & !INCOMPAT_OK),
-        ("ro_compat", ro_compat & !RO_COMPAT_OK),
-    ];
-    for (kind, bits) in unknown {
-        if bits != 0 {
-            return Err(GrowError::Unsupported(format!(
-                "unknown {kind} feature bits {bits:#x}; this filesystem was made by a newer mkfs than the offline grow understands"
-            )));
-        }
-    }
-
-    let log_bs = le32(sb, SB_LOG_BLOCK_SIZE);
-    if log_bs > 6 {
-        return Err(GrowError::Corrupt(format!(
-            "block size 2^(10+{log_bs}) is out of range"
-        )));
-    }
-    let bs = 1024u64 << log_bs;
-    if le32(sb, SB_LOG_CLUSTER_SIZE) != log_bs
-        || le32(sb, SB_CLUSTERS_PER_GROUP) != le32(sb, SB_BLOCKS_PER_GROUP)
-    {
-        return Err(GrowError::Unsupported(
-            "cluster size differs from block size (bigalloc)".into(),
-        ));
-    }
-    let bpg = u64::from(le32(sb, SB_BLOCKS_PER_GROUP));
-    let ipg = u64::from(le32(sb, SB_INODES_PER_GROUP));
-    if bpg == 0 || bpg > bs * 8 || bpg % 8 != 0 {
-        return Err(GrowError::Corrupt(format!(
-            "blocks per group {bpg} is invalid"
-        )));
-    }
-    if ipg == 0 || ipg > bs * 8 || ipg % 8 != 0 {
-        return Err(GrowError::Corrupt(format!(
-            "inodes per group {ipg} is invalid"
-        )));
-    }
-    let inode_size = usize::from(le16(sb, SB_INODE_SIZE));
-    if inode_size < 128 || !inode_size.is_power_of_two() || inode_size as u64 > bs {
-        return Err(GrowError::Corrupt(format!(
-            "inode size {inode_size} is invalid"
-        )));
-    }
-    let fdb = u64::from(le32(sb, SB_FIRST_DATA_BLOCK));
-    if fdb != u64::from(bs == 1024) {
-        return Err(GrowError::Corrupt(format!(
-            "first data block {fdb} does not match block size {bs}"
-        )));
-    }
-    let is64 = incompat & INCOMPAT_64BIT != 0;
-    let ds = if is64 {
-        usize::from(le16(sb, SB_DESC_SIZE))
-    } else {
-        32
-    };
-    if ds < 32 || !ds.is_power_of_two() || ds as u64 > bs || (is64 && ds < 64) {
-        return Err(GrowError::Corrupt(format!(
-            "group descriptor size {ds} is invalid"
-        )));
-    }
-    let mut blocks = u64::from(le32(sb, SB_BLOCKS_COUNT_LO));
-    if is64 {
-        blocks |= u64::from(le32(sb, SB_BLOCKS_COUNT_HI)) << 32;
-    }
-    if blocks <= fdb {
-        return Err(GrowError::Corrupt(format!(
-            "block count {blocks} is invalid"
-        )));
-    }
-    let groups = (blocks - fdb).div_ceil(bpg);
-    let gdt_blocks = groups.div_ceil(bs / ds as u64);
-    let reserved_gdt = u64::from(le16(sb, SB_RESERVED_GDT_BLOCKS));
-    if u64::from(le32(sb, SB_INODES_COUNT)) != groups * ipg {
-        return Err(GrowError::Corrupt(format!(
-            "inode count {} is not {groups} groups x {ipg} inodes",
-            le32(sb, SB_INODES_COUNT)
-        )));
-    }
-    let metadata_csum = ro_compat & RO_COMPAT_METADATA_CSUM != 0;
-    if metadata_csum && sb[SB_CHECKSUM_TYPE] != 1 {
-        return Err(GrowError::Unsupported(format!(
-            "metadata checksum type {} (only crc32c is known)",
-            sb[SB_CHECKSUM_TYPE]
-        )));
-    }
-    let meta_bg = incompat & INCOMPAT_META_BG != 0;
-    let first_meta_bg = u64::from(le32(sb, SB_FIRST_META_BG));
-    if meta_bg {
-        if first_meta_bg > gdt_blocks {
-            return Err(GrowError::Corrupt(format!(
-                "first meta block group {first_meta_bg} is beyond the {gdt_blocks} descriptor blocks"
-            )));
-        }
-        if compat & (COMPAT_RESIZE_INODE | COMPAT_SPARSE_SUPER2) != 0 {
-            return Err(GrowError::Unsupported(
-                "meta_bg combined with resize_inode or sparse_super2".into(),
-            ));
-        }
-    }
-    let csum_seed = crate::sb::csum_seed(sb);
-    Ok(Layout {
-        bs,
-        fdb,
-        bpg,
-        ipg,
-        inode_size,
-        ds,
-        blocks,
-        groups,
-        gdt_blocks,
-        reserved_gdt,
-        itable_blocks: (ipg * inode_size as u64).div_ceil(bs),
-        compat,
-        incompat,
-        ro_compat,
-        csum_seed,
-        meta_bg,
-        first_meta_bg,
-        uuid_bytes: sb[SB_UUID..SB_UUID + 16].try_into().expect("16 bytes"),
-        backup_bgs: [le32(sb, SB_BACKUP_BGS), le32(sb, SB_BACKUP_BGS + 4)],
-    })
-}
-
-fn sb_checksum(sb: &[u8]) -> u32 {
-    crc32c_raw(!0, &sb[..SB_CHECKSUM])
-}
-
-/// Accessors for one group descriptor inside the GDT buffer.
+/// The group descriptor table in memory: one `ds`-byte descriptor per group.
 struct Gdt {
     buf: Vec<u8>,
     ds: usize,
-    is64: bool,
 }
 
 impl Gdt {
@@ -449,51 +51,11 @@ impl Gdt {
         let o = g as usize * self.ds;
         &mut self.buf[o..o + self.ds]
     }
-    fn get(&self, g: u64, lo: usize, hi: usize, wide: bool) -> u64 {
-        let d = self.desc(g);
-        if wide {
-            let mut v = u64::from(le32(d, lo));
-            if self.is64 {
-                v |= u64::from(le32(d, hi)) << 32;
-            }
-            v
-        } else {
-            let mut v = u64::from(le16(d, lo));
-            if self.is64 {
-                v |= u64::from(le16(d, hi)) << 16;
-            }
-            v
-        }
+    fn get(&self, g: u64, f: Field) -> u64 {
+        desc::get(self.desc(g), f)
     }
-    fn set(&mut self, g: u64, lo: usize, hi: usize, wide: bool, v: u64) {
-        let is64 = self.is64;
-        let d = self.desc_mut(g);
-        if wide {
-            put32(d, lo, v as u32);
-            if is64 {
-                put32(d, hi, (v >> 32) as u32);
-            }
-        } else {
-            put16(d, lo, v as u16);
-            if is64 {
-                put16(d, hi, (v >> 16) as u16);
-            }
-        }
-    }
-    fn block_bitmap(&self, g: u64) -> u64 {
-        self.get(g, BG_BLOCK_BITMAP_LO, BG_BLOCK_BITMAP_HI, true)
-    }
-    fn inode_bitmap(&self, g: u64) -> u64 {
-        self.get(g, BG_INODE_BITMAP_LO, BG_INODE_BITMAP_HI, true)
-    }
-    fn inode_table(&self, g: u64) -> u64 {
-        self.get(g, BG_INODE_TABLE_LO, BG_INODE_TABLE_HI, true)
-    }
-    fn free_blocks(&self, g: u64) -> u64 {
-        self.get(g, BG_FREE_BLOCKS_LO, BG_FREE_BLOCKS_HI, false)
-    }
-    fn free_inodes(&self, g: u64) -> u64 {
-        self.get(g, BG_FREE_INODES_LO, BG_FREE_INODES_HI, false)
+    fn set(&mut self, g: u64, f: Field, v: u64) {
+        desc::set(self.desc_mut(g), f, v);
     }
     fn flags(&self, g: u64) -> u16 {
         le16(self.desc(g), BG_FLAGS)
@@ -503,220 +65,20 @@ impl Gdt {
     }
 }
 
-fn desc_checksum(l: &Layout, g: u64, desc: &[u8]) -> u16 {
-    let group = (g as u32).to_le_bytes();
-    if l.metadata_csum() {
-        let mut d = desc.to_vec();
-        put16(&mut d, BG_CHECKSUM, 0);
-        let crc = crc32c_raw(l.csum_seed, &group);
-        (crc32c_raw(crc, &d) & 0xFFFF) as u16
-    } else {
-        // gdt_csum: crc16 over uuid, group number, descriptor without the checksum field.
-        let mut crc = crc16(!0, &l.uuid_bytes);
-        crc = crc16(crc, &group);
-        crc = crc16(crc, &desc[..BG_CHECKSUM]);
-        if desc.len() > BG_CHECKSUM + 2 {
-            crc = crc16(crc, &desc[BG_CHECKSUM + 2..]);
-        }
-        crc
-    }
-}
-
-fn set_desc_checksum(l: &Layout, gdt: &mut Gdt, g: u64) {
-    if l.group_csum() {
-        let c = desc_checksum(l, g, gdt.desc(g));
-        put16(gdt.desc_mut(g), BG_CHECKSUM, c);
-    }
-}
-
-/// Block bitmap checksum as stored: the high half only exists in 64-byte descriptors.
-fn block_bitmap_csum(l: &Layout, bitmap: &[u8]) -> u32 {
-    let c = crc32c_raw(l.csum_seed, &bitmap[..(l.bpg / 8) as usize]);
-    if l.ds >= BG_BLOCK_BITMAP_CSUM_HI + 2 {
-        c
-    } else {
-        c & 0xFFFF
-    }
-}
-
-fn stored_block_bitmap_csum(l: &Layout, gdt: &Gdt, g: u64) -> u32 {
-    let d = gdt.desc(g);
-    let mut v = u32::from(le16(d, BG_BLOCK_BITMAP_CSUM_LO));
-    if l.ds >= BG_BLOCK_BITMAP_CSUM_HI + 2 {
-        v |= u32::from(le16(d, BG_BLOCK_BITMAP_CSUM_HI)) << 16;
-    }
-    v
-}
-
-/// Stores the checksum of a bitmap of group `g` in its descriptor: the block bitmap
-/// (bpg / 8 bytes, at [`BLOCK_BITMAP_CSUM`]) or the inode bitmap (ipg / 8 bytes, at
-/// [`INODE_BITMAP_CSUM`]).
-fn set_bitmap_csum(
-    l: &Layout,
-    gdt: &mut Gdt,
-    g: u64,
-    bitmap: &[u8],
-    nbytes: u64,
-    at: (usize, usize),
-) {
-    if l.metadata_csum() {
-        crate::sb::store_bitmap_csum(l.csum_seed, gdt.desc_mut(g), bitmap, nbytes as usize, at);
-    }
-}
-
-fn set_bit(b: &mut [u8], i: u64) {
-    b[(i / 8) as usize] |= 1 << (i % 8);
-}
-fn clear_bit(b: &mut [u8], i: u64) {
-    b[(i / 8) as usize] &= !(1 << (i % 8));
-}
-fn test_bit(b: &[u8], i: u64) -> bool {
-    b[(i / 8) as usize] & (1 << (i % 8)) != 0
-}
-
-fn inode_checksum(l: &Layout, ino: u32, inode: &[u8]) -> u32 {
-    let mut buf = inode.to_vec();
-    let has_hi = l.inode_size > 128 && usize::from(le16(&buf, I_EXTRA_ISIZE)) >= 4;
-    put16(&mut buf, I_CHECKSUM_LO, 0);
-    if has_hi {
-        put16(&mut buf, I_CHECKSUM_HI, 0);
-    }
-    let mut crc = crc32c_raw(l.csum_seed, &ino.to_le_bytes());
-    crc = crc32c_raw(crc, &buf[I_GENERATION..I_GENERATION + 4]);
-    crc = crc32c_raw(crc, &buf);
-    if has_hi { crc } else { crc & 0xFFFF }
-}
-
-fn stored_inode_checksum(l: &Layout, inode: &[u8]) -> u32 {
-    let has_hi = l.inode_size > 128 && usize::from(le16(inode, I_EXTRA_ISIZE)) >= 4;
-    let mut v = u32::from(le16(inode, I_CHECKSUM_LO));
-    if has_hi {
-        v |= u32::from(le16(inode, I_CHECKSUM_HI)) << 16;
-    }
-    v
-}
-
-fn set_inode_checksum(l: &Layout, ino: u32, inode: &mut [u8]) {
-    if !l.metadata_csum() {
-        return;
-    }
-    let c = inode_checksum(l, ino, inode);
-    put16(inode, I_CHECKSUM_LO, c as u16);
-    if l.inode_size > 128 && usize::from(le16(inode, I_EXTRA_ISIZE)) >= 4 {
-        put16(inode, I_CHECKSUM_HI, (c >> 16) as u16);
-    }
-}
-
-fn inode_pos(l: &Layout, gdt: &Gdt, offset: u64, ino: u32) -> Result<u64> {
-    let idx = u64::from(ino - 1);
-    let g = idx / l.ipg;
-    if g >= l.groups {
-        return Err(GrowError::Corrupt(format!(
-            "inode {ino} lies beyond the last group"
-        )));
-    }
-    Ok(offset + gdt.inode_table(g) * l.bs + (idx % l.ipg) * l.inode_size as u64)
-}
-
-/// Physical block holding logical block 0 of an inode (extent tree or block map).
-fn first_physical_block(
-    file: &File,
-    offset: u64,
-    l: &Layout,
-    inode: &[u8],
-    what: &str,
-) -> Result<u64> {
-    let flags = le32(inode, I_FLAGS);
-    if flags & INODE_FL_EXTENTS == 0 {
-        return Ok(u64::from(le32(inode, I_BLOCK)));
-    }
-    let mut node = inode[I_BLOCK..I_BLOCK + 60].to_vec();
-    for _ in 0..8 {
-        if le16(&node, 0) != 0xF30A || le16(&node, 2) == 0 {
-            return Err(GrowError::Corrupt(format!("bad extent header in {what}")));
-        }
-        let depth = le16(&node, 6);
-        let first_entry = &node[12..24];
-        if le32(first_entry, 0) != 0 {
-            return Err(GrowError::Corrupt(format!(
-                "{what} has no block at logical offset 0"
-            )));
-        }
-        if depth == 0 {
-            return Ok(u64::from(le32(first_entry, 8)) | (u64::from(le16(first_entry, 6)) << 32));
-        }
-        let child = u64::from(le32(first_entry, 4)) | (u64::from(le16(first_entry, 8)) << 32);
-        if child >= l.blocks {
-            return Err(GrowError::Corrupt(format!(
-                "extent index of {what} points outside the filesystem"
-            )));
-        }
-        node = read_exact(
-            file,
-            offset + child * l.bs,
-            l.bs as usize,
-            "reading an extent tree block",
-        )?;
-    }
-    Err(GrowError::Corrupt(format!(
-        "extent tree of {what} is too deep"
-    )))
-}
-
-fn check_journal(file: &File, offset: u64, l: &Layout, gdt: &Gdt, sb: &[u8]) -> Result<()> {
-    if l.compat & COMPAT_HAS_JOURNAL == 0 {
-        return Ok(());
-    }
-    let ino = le32(sb, SB_JOURNAL_INUM);
-    if ino == 0 {
-        return Err(GrowError::Unsupported(
-            "the journal is on an external device; grow this filesystem with resize2fs".into(),
-        ));
-    }
-    if u64::from(ino) > l.groups * l.ipg {
-        return Err(GrowError::Corrupt(format!(
-            "journal inode number {ino} is invalid"
-        )));
-    }
-    let pos = inode_pos(l, gdt, offset, ino)?;
-    let inode = read_exact(file, pos, l.inode_size, "reading the journal inode")?;
-    let blk = first_physical_block(file, offset, l, &inode, "the journal inode")?;
-    if blk == 0 || blk >= l.blocks {
-        return Err(GrowError::Corrupt(
-            "journal superblock lies outside the filesystem".into(),
-        ));
-    }
-    let jsb = read_exact(
-        file,
-        offset + blk * l.bs,
-        1024,
-        "reading the journal superblock",
-    )?;
-    if be32(&jsb, 0) != 0xC03B_3998 {
-        return Err(GrowError::Corrupt(
-            "journal superblock has a bad magic".into(),
-        ));
-    }
-    if be32(&jsb, 0x1C) != 0 {
-        return Err(GrowError::NotClean(
-            "the journal holds transactions that were never replayed (s_start != 0)".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Applies resize2fs's sizing rules to a requested block count: a trailing partial group too
 /// small to hold its own metadata (plus 50 blocks of slack) is dropped, and the inode count must
 /// fit in 32 bits.
-fn plan_blocks(l: &Layout, requested: u64) -> Result<u64> {
+fn plan_blocks(l: &Geo, requested: u64) -> Result<u64> {
     let mut blocks = requested;
     loop {
-        if blocks <= l.fdb {
-            return Err(GrowError::CannotGrow("requested size is too small".into()));
+        if blocks <= l.first_data_block {
+            return Err(Error::CannotGrow {
+                why: "requested size is too small".into(),
+            });
         }
-        let groups = (blocks - l.fdb).div_ceil(l.bpg);
+        let groups = (blocks - l.first_data_block).div_ceil(l.bpg);
         let desc_blocks = groups.div_ceil(l.descs_per_block());
-        let mut overhead = 2 + l.itable_blocks;
+        let mut overhead = 2 + l.itable_blocks();
         let has_bg = if l.compat & COMPAT_SPARSE_SUPER2 != 0 {
             // The backup that will move to the new last group.
             if groups == 2 {
@@ -730,23 +92,22 @@ fn plan_blocks(l: &Layout, requested: u64) -> Result<u64> {
         if has_bg {
             overhead += 1 + desc_blocks + l.reserved_gdt;
         }
-        let rem = (blocks - l.fdb) % l.bpg;
+        let rem = (blocks - l.first_data_block) % l.bpg;
         if groups == 1 && rem != 0 && rem < overhead {
-            return Err(GrowError::CannotGrow(
-                "the filesystem would be too small to hold its own metadata".into(),
-            ));
+            return Err(Error::CannotGrow {
+                why: "the filesystem would be too small to hold its own metadata".into(),
+            });
         }
         if groups > 1 && rem != 0 && rem < overhead + 50 {
             blocks -= rem;
             continue;
         }
-        if groups * l.ipg > u64::from(u32::MAX) {
-            let fewer = l.bpg * (groups - 1) + l.fdb;
-            if (groups - 1) * l.ipg > u64::from(u32::MAX) {
-                return Err(GrowError::CannotGrow(format!(
-                    "{groups} groups of {} inodes exceed 2^32 inodes",
-                    l.ipg
-                )));
+        if groups * u64::from(l.ipg) > u64::from(u32::MAX) {
+            let fewer = l.bpg * (groups - 1) + l.first_data_block;
+            if (groups - 1) * u64::from(l.ipg) > u64::from(u32::MAX) {
+                return Err(Error::CannotGrow {
+                    why: format!("{groups} groups of {} inodes exceed 2^32 inodes", l.ipg),
+                });
             }
             blocks = fewer;
             continue;
@@ -762,79 +123,53 @@ struct Write {
     what: &'static str,
 }
 
-/// Grows the ext4 filesystem stored at byte `offset` of `file` so that it fills `new_len` bytes.
+/// Grows the ext4 filesystem stored at byte `offset` of `storage` (a [`std::fs::File`] opened
+/// read + write, or any other [`Storage`]) so that it fills `new_len` bytes.
+/// `now` (Unix seconds) becomes the superblock's write time.
 ///
 /// The size is rounded down to whole blocks, and a trailing partial group too small for its own
 /// metadata is dropped the way resize2fs drops it. Growing to the current size is a no-op.
 /// Every precondition (clean state and journal, no orphans, known features, valid checksums,
-/// enough reserved descriptor blocks) is checked before anything is written; on refusal the file
-/// is unchanged.
-pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<FsGrowth, GrowError> {
-    let mut sb = read_exact(file, offset + 1024, 1024, "reading the ext4 superblock")?;
-    let l = parse_superblock(&sb, offset)?;
-    if l.metadata_csum() && le32(&sb, SB_CHECKSUM) != sb_checksum(&sb) {
-        return Err(GrowError::Checksum("the primary superblock".into()));
-    }
+/// enough reserved descriptor blocks) is checked before anything is written; on refusal the
+/// storage is unchanged.
+pub fn grow_fs(storage: impl Storage, offset: u64, new_len: u64, now: i64) -> Result<FsGrowth> {
+    let dev = Dev {
+        file: Box::new(storage),
+        offset,
+        len: new_len,
+    };
+    let mut sb = dev.read_vec(SB_OFFSET, SB_SIZE, "reading the ext4 superblock")?;
+    let l = Geo::parse(&sb, offset)?;
     // Checked before the descriptors are read: it also bounds how much a corrupt block
     // count could make us read.
     let requested = new_len / l.bs;
-    if requested < l.blocks {
-        return Err(GrowError::Shrink {
-            current: l.blocks,
+    if requested < l.blocks_count {
+        return Err(Error::Shrink {
+            current: l.blocks_count,
             requested,
         });
     }
-    let mut old_gdt = Vec::with_capacity((l.gdt_blocks * l.bs) as usize);
-    for i in 0..l.gdt_blocks {
-        let blk = l.primary_gdt_block(i);
-        if blk >= l.blocks {
-            return Err(GrowError::Corrupt(format!(
-                "descriptor block {i} lies outside the filesystem"
-            )));
-        }
-        old_gdt.extend(read_exact(
-            file,
-            offset + blk * l.bs,
-            l.bs as usize,
-            "reading the group descriptors",
-        )?);
-    }
     let mut gdt = Gdt {
-        buf: old_gdt,
-        ds: l.ds,
-        is64: l.is_64bit(),
+        buf: read_gdt(&dev, &l)?,
+        ds: l.desc_size,
     };
-    for g in 0..l.groups {
-        if l.group_csum() && le16(gdt.desc(g), BG_CHECKSUM) != desc_checksum(&l, g, gdt.desc(g)) {
-            return Err(GrowError::Checksum(format!("group descriptor {g}")));
-        }
-        let it = gdt.inode_table(g);
-        for (name, b, n) in [
-            ("block bitmap", gdt.block_bitmap(g), 1),
-            ("inode bitmap", gdt.inode_bitmap(g), 1),
-            ("inode table", it, l.itable_blocks),
-        ] {
-            if b < l.fdb || b.saturating_add(n) > l.blocks {
-                return Err(GrowError::Corrupt(format!(
-                    "the {name} of group {g} lies outside the filesystem"
-                )));
-            }
-        }
-    }
-    check_journal(file, offset, &l, &gdt, &sb)?;
+    check_journal(&dev, &l, &sb, &gdt.buf)?;
+    let old_groups = u64::from(l.groups);
 
-    let free_before: u64 = (0..l.groups).map(|g| gdt.free_blocks(g)).sum();
-    let max_blocks = if l.is_64bit() {
+    let free_before: u64 = (0..old_groups).map(|g| gdt.get(g, BG_FREE_BLOCKS)).sum();
+    let max_blocks = if l.is64() {
         1u64 << 48
     } else {
         u64::from(u32::MAX)
     };
     let requested = if requested > max_blocks {
-        if !l.is_64bit() {
-            return Err(GrowError::CannotGrow(format!(
-                "{requested} blocks do not fit in 32 bits and the filesystem lacks the 64bit feature; request at most {} bytes",
-                max_blocks * l.bs
-            )));
+        if !l.is64() {
+            return Err(Error::CannotGrow {
+                why: format!(
+                    "{requested} blocks do not fit in 32 bits and the filesystem lacks the 64bit feature; request at most {} bytes",
+                    max_blocks * l.bs
+                ),
+            });
         }
         max_blocks
     } else {
@@ -842,73 +177,69 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     };
     let new_blocks = plan_blocks(&l, requested)?;
     let unchanged = FsGrowth {
-        old_blocks: l.blocks,
-        new_blocks: l.blocks,
-        old_groups: l.groups as u32,
-        new_groups: l.groups as u32,
+        old_blocks: l.blocks_count,
+        new_blocks: l.blocks_count,
+        old_groups: l.groups,
+        new_groups: l.groups,
         free_blocks_before: free_before,
         free_blocks_after: free_before,
     };
-    if new_blocks <= l.blocks {
+    if new_blocks <= l.blocks_count {
         return Ok(unchanged);
     }
-    let new_groups = (new_blocks - l.fdb).div_ceil(l.bpg);
+    let new_groups = (new_blocks - l.first_data_block).div_ceil(l.bpg);
     let new_gdt = new_groups.div_ceil(l.descs_per_block());
     let extra_gdt = new_gdt - l.gdt_blocks;
     let has_resize_inode = l.compat & COMPAT_RESIZE_INODE != 0;
-    if extra_gdt > 0 && !l.meta_bg && (!has_resize_inode || l.reserved_gdt < extra_gdt) {
+    if extra_gdt > 0 && !l.meta_bg() && (!has_resize_inode || l.reserved_gdt < extra_gdt) {
         let reachable_groups = if has_resize_inode {
             (l.gdt_blocks + l.reserved_gdt) * l.descs_per_block()
         } else {
             l.gdt_blocks * l.descs_per_block()
         };
-        let reachable = (l.fdb + reachable_groups * l.bpg) * l.bs;
-        return Err(GrowError::CannotGrow(format!(
-            "{new_groups} groups need {new_gdt} group descriptor blocks, but there are {} plus {} reserved{}; the largest size reachable without moving data is {reachable} bytes (grow to at most that, or use resize2fs)",
-            l.gdt_blocks,
-            if has_resize_inode { l.reserved_gdt } else { 0 },
-            if has_resize_inode {
-                ""
-            } else {
-                " (no resize_inode feature)"
-            }
-        )));
+        let reachable = (l.first_data_block + reachable_groups * l.bpg) * l.bs;
+        return Err(Error::CannotGrow {
+            why: format!(
+                "{new_groups} groups need {new_gdt} group descriptor blocks, but there are {} plus {} reserved{}; the largest size reachable without moving data is {reachable} bytes (grow to at most that, or use resize2fs)",
+                l.gdt_blocks,
+                if has_resize_inode { l.reserved_gdt } else { 0 },
+                if has_resize_inode {
+                    ""
+                } else {
+                    " (no resize_inode feature)"
+                }
+            ),
+        });
     }
     let new_reserved = if has_resize_inode {
         l.reserved_gdt - extra_gdt
     } else {
         l.reserved_gdt
     };
-    let old_groups = l.groups;
     let mut writes: Vec<Write> = Vec::new();
     let mut zero_ranges: Vec<(u64, u64)> = Vec::new();
 
     // The resize inode: validated now, rebuilt below.
     let resize = if has_resize_inode {
-        let pos = inode_pos(&l, &gdt, offset, RESIZE_INO)?;
-        let inode = read_exact(file, pos, l.inode_size, "reading the resize inode")?;
-        if l.metadata_csum()
-            && stored_inode_checksum(&l, &inode) != inode_checksum(&l, RESIZE_INO, &inode)
-        {
-            return Err(GrowError::Checksum("the resize inode (inode 7)".into()));
-        }
-        let dind = u64::from(le32(&inode, I_BLOCK + 4 * DIND_BLOCK_INDEX));
+        let (g, at) = l.inode_slot(RESIZE_INO)?;
+        let pos = gdt.get(g.into(), BG_INODE_TABLE) * l.bs + at;
+        let inode = dev.read_vec(pos, l.inode_size, "reading the resize inode")?;
+        check_inode(&l, RESIZE_INO, &inode)?;
+        let dind = u64::from(le32(&inode, I_BLOCK + 4 * DIND_BLOCK));
         let others_zero = (0..N_BLOCKS)
-            .filter(|&i| i != DIND_BLOCK_INDEX)
+            .filter(|&i| i != DIND_BLOCK)
             .all(|i| le32(&inode, I_BLOCK + 4 * i) == 0);
-        if le16(&inode, I_MODE) & 0xF000 != 0x8000
+        if le16(&inode, I_MODE) & S_IFMT != S_IFREG
             || !others_zero
-            || dind < l.fdb
-            || dind >= l.blocks
+            || dind < l.first_data_block
+            || dind >= l.blocks_count
         {
-            return Err(GrowError::Corrupt(
-                "the resize inode (inode 7) is not valid".into(),
-            ));
+            return Err(corrupt("the resize inode (inode 7) is not valid"));
         }
-        if le32(&inode, I_FLAGS) & INODE_FL_HUGE_FILE != 0 {
-            return Err(GrowError::Unsupported(
-                "the resize inode carries the huge_file flag".into(),
-            ));
+        if le32(&inode, I_FLAGS) & HUGE_FILE_FL != 0 {
+            return Err(Error::Unsupported {
+                feature: "a resize inode with the huge_file flag".into(),
+            });
         }
         Some((pos, inode, dind))
     } else {
@@ -916,7 +247,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     };
 
     // With sparse_super2 the second backup follows the last group, as resize2fs moves it.
-    let mut nl = l.clone();
+    let mut nl = l.resized(new_blocks, new_reserved);
     if l.compat & COMPAT_SPARSE_SUPER2 != 0 {
         if old_groups == 1 {
             nl.backup_bgs[0] = 1;
@@ -929,13 +260,6 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     let dropped_backup: Option<u64> = (1..old_groups).find(|&g| l.has_super(g) && !nl.has_super(g));
 
     // 1. Extend the old last group (and free a dropped backup).
-    let blocks_in_group = |blocks: u64, g: u64, groups: u64| -> u64 {
-        if g + 1 < groups {
-            l.bpg
-        } else {
-            blocks - l.group_first_block(g)
-        }
-    };
     let mut changed_groups = vec![old_groups - 1];
     if let Some(g) = dropped_backup
         && g != old_groups - 1
@@ -943,76 +267,76 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         changed_groups.push(g);
     }
     for g in changed_groups {
-        let old_n = blocks_in_group(l.blocks, g, old_groups);
-        let new_n = blocks_in_group(new_blocks, g, new_groups);
+        let old_n = l.blocks_in_group(g);
+        let new_n = nl.blocks_in_group(g);
         let flags = gdt.flags(g);
-        let bb = gdt.block_bitmap(g);
+        let bb = gdt.get(g, BG_BLOCK_BITMAP);
         let mut bitmap = if l.group_csum() && flags & BG_BLOCK_UNINIT != 0 {
             // Materialise what an uninitialised bitmap stands for.
             let mut b = vec![0u8; l.bs as usize];
-            let start = l.group_first_block(g);
-            let base = l.base_meta_blocks(g, l.gdt_blocks, l.reserved_gdt);
+            let start = l.group_first(g);
+            let base = l.base_meta_blocks(g);
             for i in 0..base {
-                set_bit(&mut b, i);
+                set_bit(&mut b, i as usize);
             }
-            let own = [gdt.block_bitmap(g), gdt.inode_bitmap(g)]
+            let it = gdt.get(g, BG_INODE_TABLE);
+            let own = [gdt.get(g, BG_BLOCK_BITMAP), gdt.get(g, BG_INODE_BITMAP)]
                 .into_iter()
-                .chain(gdt.inode_table(g)..gdt.inode_table(g) + l.itable_blocks);
+                .chain(it..it + l.itable_blocks());
             for blk in own {
                 if blk >= start && blk < start + old_n {
-                    set_bit(&mut b, blk - start);
+                    set_bit(&mut b, (blk - start) as usize);
                 }
             }
             for i in old_n..l.bs * 8 {
-                set_bit(&mut b, i);
+                set_bit(&mut b, i as usize);
             }
             b
         } else {
-            let b = read_exact(
-                file,
-                offset + bb * l.bs,
-                l.bs as usize,
-                "reading a block bitmap",
-            )?;
-            if l.metadata_csum()
-                && stored_block_bitmap_csum(&l, &gdt, g) != block_bitmap_csum(&l, &b)
-            {
-                return Err(GrowError::Checksum(format!(
-                    "the block bitmap of group {g}"
+            let b = dev.read_vec(bb * l.bs, l.bs as usize, "reading a block bitmap")?;
+            let nbytes = (l.bpg / 8) as usize;
+            if !bitmap_csum_ok(&l, gdt.desc(g), &b, nbytes, BG_BLOCK_BITMAP_CSUM) {
+                return Err(corrupt(format!(
+                    "block bitmap of group {g} checksum mismatch"
                 )));
             }
             b
         };
-        let free_in_bitmap = (0..old_n).filter(|&i| !test_bit(&bitmap, i)).count() as u64;
-        if free_in_bitmap != gdt.free_blocks(g) {
-            return Err(GrowError::Corrupt(format!(
+        let free_in_bitmap = (0..old_n)
+            .filter(|&i| !get_bit(&bitmap, i as usize))
+            .count() as u64;
+        if free_in_bitmap != gdt.get(g, BG_FREE_BLOCKS) {
+            return Err(corrupt(format!(
                 "group {g} counts {} free blocks but its bitmap has {free_in_bitmap}",
-                gdt.free_blocks(g)
+                gdt.get(g, BG_FREE_BLOCKS)
             )));
         }
         for i in old_n..new_n {
-            clear_bit(&mut bitmap, i);
+            clear_bit(&mut bitmap, i as usize);
         }
         for i in new_n..l.bs * 8 {
-            set_bit(&mut bitmap, i);
+            set_bit(&mut bitmap, i as usize);
         }
         if dropped_backup == Some(g) {
-            for i in 0..l.base_meta_blocks(g, l.gdt_blocks, l.reserved_gdt) {
-                if !test_bit(&bitmap, i) {
-                    return Err(GrowError::Corrupt(format!(
+            for i in 0..l.base_meta_blocks(g) {
+                if !get_bit(&bitmap, i as usize) {
+                    return Err(corrupt(format!(
                         "backup superblock area of group {g} is marked free"
                     )));
                 }
-                clear_bit(&mut bitmap, i);
+                clear_bit(&mut bitmap, i as usize);
             }
         }
-        let free = (0..new_n).filter(|&i| !test_bit(&bitmap, i)).count() as u64;
-        gdt.set(g, BG_FREE_BLOCKS_LO, BG_FREE_BLOCKS_HI, false, free);
+        let free = (0..new_n)
+            .filter(|&i| !get_bit(&bitmap, i as usize))
+            .count() as u64;
+        gdt.set(g, BG_FREE_BLOCKS, free);
         gdt.set_flags(g, flags & !BG_BLOCK_UNINIT);
-        set_bitmap_csum(&l, &mut gdt, g, &bitmap, l.bpg / 8, BLOCK_BITMAP_CSUM);
-        set_desc_checksum(&l, &mut gdt, g);
+        let nbytes = (l.bpg / 8) as usize;
+        store_bitmap_csum(&l, gdt.desc_mut(g), &bitmap, nbytes, BG_BLOCK_BITMAP_CSUM);
+        set_desc_checksum(&l, g as u32, gdt.desc_mut(g));
         writes.push(Write {
-            pos: offset + bb * l.bs,
+            pos: bb * l.bs,
             data: bitmap,
             what: "writing a block bitmap",
         });
@@ -1021,31 +345,33 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     // 2. New groups, each with its bitmaps and inode table inside itself.
     gdt.buf.resize((new_gdt * l.bs) as usize, 0);
     for g in old_groups..new_groups {
-        let start = l.group_first_block(g);
-        let n = blocks_in_group(new_blocks, g, new_groups);
-        let base = nl.base_meta_blocks(g, new_gdt, new_reserved);
+        let start = l.group_first(g);
+        let n = nl.blocks_in_group(g);
+        let base = nl.base_meta_blocks(g);
         let bb = start + base;
         let ib = bb + 1;
         let it = bb + 2;
-        let used = base + 2 + l.itable_blocks;
+        let used = base + 2 + l.itable_blocks();
         if used > n {
-            return Err(GrowError::CannotGrow(format!(
-                "group {g} would have {n} blocks, fewer than its {used} metadata blocks"
-            )));
+            return Err(Error::CannotGrow {
+                why: format!(
+                    "group {g} would have {n} blocks, fewer than its {used} metadata blocks"
+                ),
+            });
         }
         let mut bbm = vec![0u8; l.bs as usize];
         for i in (0..used).chain(n..l.bs * 8) {
-            set_bit(&mut bbm, i);
+            set_bit(&mut bbm, i as usize);
         }
         let mut ibm = vec![0xFFu8; l.bs as usize];
         ibm[..(l.ipg / 8) as usize].fill(0);
         gdt.desc_mut(g).fill(0);
-        gdt.set(g, BG_BLOCK_BITMAP_LO, BG_BLOCK_BITMAP_HI, true, bb);
-        gdt.set(g, BG_INODE_BITMAP_LO, BG_INODE_BITMAP_HI, true, ib);
-        gdt.set(g, BG_INODE_TABLE_LO, BG_INODE_TABLE_HI, true, it);
-        gdt.set(g, BG_FREE_BLOCKS_LO, BG_FREE_BLOCKS_HI, false, n - used);
-        gdt.set(g, BG_FREE_INODES_LO, BG_FREE_INODES_HI, false, l.ipg);
-        gdt.set(g, BG_USED_DIRS_LO, BG_USED_DIRS_HI, false, 0);
+        gdt.set(g, BG_BLOCK_BITMAP, bb);
+        gdt.set(g, BG_INODE_BITMAP, ib);
+        gdt.set(g, BG_INODE_TABLE, it);
+        gdt.set(g, BG_FREE_BLOCKS, n - used);
+        gdt.set(g, BG_FREE_INODES, u64::from(l.ipg));
+        gdt.set(g, BG_USED_DIRS, 0);
         if l.group_csum() {
             // Inode table left for lazy initialisation: ITABLE_ZEROED stays clear.
             let mut flags = BG_INODE_UNINIT;
@@ -1053,25 +379,26 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
                 flags |= BG_BLOCK_UNINIT;
             }
             gdt.set_flags(g, flags);
-            gdt.set(g, BG_ITABLE_UNUSED_LO, BG_ITABLE_UNUSED_HI, false, l.ipg);
+            gdt.set(g, BG_ITABLE_UNUSED, u64::from(l.ipg));
         } else {
-            zero_ranges.push((offset + it * l.bs, l.itable_blocks * l.bs));
+            zero_ranges.push((it * l.bs, l.itable_blocks() * l.bs));
         }
-        set_bitmap_csum(&l, &mut gdt, g, &bbm, l.bpg / 8, BLOCK_BITMAP_CSUM);
-        set_bitmap_csum(&l, &mut gdt, g, &ibm, l.ipg / 8, INODE_BITMAP_CSUM);
+        let d = gdt.desc_mut(g);
+        store_bitmap_csum(&l, d, &bbm, (l.bpg / 8) as usize, BG_BLOCK_BITMAP_CSUM);
+        store_bitmap_csum(&l, d, &ibm, (l.ipg / 8) as usize, BG_INODE_BITMAP_CSUM);
         writes.push(Write {
-            pos: offset + bb * l.bs,
+            pos: bb * l.bs,
             data: bbm,
             what: "writing a block bitmap",
         });
         writes.push(Write {
-            pos: offset + ib * l.bs,
+            pos: ib * l.bs,
             data: ibm,
             what: "writing an inode bitmap",
         });
     }
     for g in old_groups..new_groups {
-        set_desc_checksum(&l, &mut gdt, g);
+        set_desc_checksum(&l, g as u32, gdt.desc_mut(g));
     }
 
     // 3. The resize inode: re-describe the remaining reserved GDT blocks and all their backups.
@@ -1079,33 +406,31 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         let apb = l.bs / 4;
         let backups: Vec<u64> = (1..new_groups).filter(|&g| nl.has_super(g)).collect();
         if backups.len() as u64 > apb {
-            return Err(GrowError::CannotGrow(
-                "too many backup groups for the resize inode".into(),
-            ));
+            return Err(Error::CannotGrow {
+                why: "too many backup groups for the resize inode".into(),
+            });
         }
         let mut dind_buf = vec![0u8; l.bs as usize];
         for j in 0..new_reserved {
-            let pblk = l.fdb + 1 + new_gdt + j;
+            let pblk = l.first_data_block + 1 + new_gdt + j;
             let slot = ((new_gdt + j) % apb) as usize;
             put32(&mut dind_buf, slot * 4, pblk as u32);
             let mut ind = vec![0u8; l.bs as usize];
             for (k, &grp) in backups.iter().enumerate() {
                 let expect = pblk + grp * l.bpg;
                 if expect > u64::from(u32::MAX) {
-                    return Err(GrowError::CannotGrow(
-                        "reserved GDT backups beyond block 2^32 cannot be described by the resize inode".into(),
-                    ));
+                    return Err(Error::CannotGrow { why: "reserved GDT backups beyond block 2^32 cannot be described by the resize inode".into() });
                 }
                 put32(&mut ind, k * 4, expect as u32);
             }
             writes.push(Write {
-                pos: offset + pblk * l.bs,
+                pos: pblk * l.bs,
                 data: ind,
                 what: "writing a resize inode block",
             });
         }
         writes.push(Write {
-            pos: offset + dind * l.bs,
+            pos: dind * l.bs,
             data: dind_buf,
             what: "writing the resize inode's double-indirect block",
         });
@@ -1113,7 +438,7 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
         let sectors = nblocks * (l.bs / 512);
         put32(&mut inode, I_BLOCKS_LO, sectors as u32);
         put16(&mut inode, I_BLOCKS_HI, (sectors >> 32) as u16);
-        set_inode_checksum(&l, RESIZE_INO, &mut inode);
+        set_inode_csum(&l, RESIZE_INO, &mut inode);
         writes.push(Write {
             pos,
             data: inode,
@@ -1122,49 +447,46 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     }
 
     // 4. Superblock counts.
-    let free_after: u64 = (0..new_groups).map(|g| gdt.free_blocks(g)).sum();
-    let free_inodes: u64 = (0..new_groups).map(|g| gdt.free_inodes(g)).sum();
-    let mut old_r = u64::from(le32(&sb, SB_R_BLOCKS_COUNT_LO));
-    if l.is_64bit() {
-        old_r |= u64::from(le32(&sb, SB_R_BLOCKS_COUNT_HI)) << 32;
-    }
-    let percent = (old_r as f64 * 100.0) / l.blocks as f64;
+    let free_after: u64 = (0..new_groups).map(|g| gdt.get(g, BG_FREE_BLOCKS)).sum();
+    let free_inodes: u64 = (0..new_groups).map(|g| gdt.get(g, BG_FREE_INODES)).sum();
+    let percent = (l.r_blocks as f64 * 100.0) / l.blocks_count as f64;
     let new_r = (percent * new_blocks as f64 / 100.0) as u64;
     put32(&mut sb, SB_BLOCKS_COUNT_LO, new_blocks as u32);
     put32(&mut sb, SB_R_BLOCKS_COUNT_LO, new_r as u32);
     put32(&mut sb, SB_FREE_BLOCKS_LO, free_after as u32);
-    if l.is_64bit() {
+    if l.is64() {
         put32(&mut sb, SB_BLOCKS_COUNT_HI, (new_blocks >> 32) as u32);
         put32(&mut sb, SB_R_BLOCKS_COUNT_HI, (new_r >> 32) as u32);
         put32(&mut sb, SB_FREE_BLOCKS_HI, (free_after >> 32) as u32);
     }
-    put32(&mut sb, SB_INODES_COUNT, (new_groups * l.ipg) as u32);
+    put32(
+        &mut sb,
+        SB_INODES_COUNT,
+        (new_groups * u64::from(l.ipg)) as u32,
+    );
     put32(&mut sb, SB_FREE_INODES, free_inodes as u32);
     put16(&mut sb, SB_RESERVED_GDT_BLOCKS, new_reserved as u16);
     put32(&mut sb, SB_BACKUP_BGS, nl.backup_bgs[0]);
     put32(&mut sb, SB_BACKUP_BGS + 4, nl.backup_bgs[1]);
     // The kernel recomputes the overhead when this is zero, as it is after resize2fs.
     put32(&mut sb, SB_OVERHEAD_CLUSTERS, 0);
-    let now = write_time();
-    put32(&mut sb, SB_WTIME, now as u32);
-    sb[SB_WTIME_HI] = (now >> 32) as u8;
+    set_write_time(&mut sb, now.max(0) as u64);
 
     // 5. Backups of the superblock and the descriptor blocks.
     for g in 1..new_groups {
         if !nl.has_super(g) {
             continue;
         }
-        let start = l.group_first_block(g);
+        let start = l.group_first(g);
         let mut copy = sb.clone();
         put16(&mut copy, SB_BLOCK_GROUP_NR, g as u16);
         let state = le16(&copy, SB_STATE);
         put16(&mut copy, SB_STATE, state & !STATE_VALID);
-        if l.metadata_csum() {
-            let c = sb_checksum(&copy);
-            put32(&mut copy, SB_CHECKSUM, c);
+        if l.csum() {
+            set_sb_checksum(&mut copy);
         }
         writes.push(Write {
-            pos: offset + start * l.bs,
+            pos: start * l.bs,
             data: copy,
             what: "writing a backup superblock",
         });
@@ -1173,13 +495,9 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     let mut primary = Vec::new();
     for i in 0..new_gdt {
         let block = &gdt.buf[(i * l.bs) as usize..((i + 1) * l.bs) as usize];
-        for (k, loc) in nl
-            .gdt_block_locations(i, new_groups)
-            .into_iter()
-            .enumerate()
-        {
+        for (k, loc) in nl.gdt_block_locations(i).into_iter().enumerate() {
             let w = Write {
-                pos: offset + loc * l.bs,
+                pos: loc * l.bs,
                 data: block.to_vec(),
                 what: "writing group descriptors",
             };
@@ -1192,103 +510,38 @@ pub fn grow_fs(file: &File, offset: u64, new_len: u64) -> std::result::Result<Fs
     }
 
     // 6. Everything new is in place: publish it through the primary GDT, then the superblock.
-    if l.metadata_csum() {
-        let c = sb_checksum(&sb);
-        put32(&mut sb, SB_CHECKSUM, c);
+    if l.csum() {
+        set_sb_checksum(&mut sb);
     }
     for (pos, len) in zero_ranges {
-        write_zeros(file, pos, len)?;
+        write_zeros(&dev, pos, len)?;
     }
     for w in &writes {
-        write_all(file, w.pos, &w.data, w.what)?;
+        dev.write_at(w.pos, &w.data, w.what)?;
     }
     for w in &primary {
-        write_all(file, w.pos, &w.data, w.what)?;
+        dev.write_at(w.pos, &w.data, w.what)?;
     }
-    write_all(file, offset + 1024, &sb, "writing the superblock")?;
-    file.sync_data().map_err(|source| GrowError::Io {
-        what: "flushing the grown filesystem",
-        pos: offset,
-        source,
-    })?;
+    dev.write_at(SB_OFFSET, &sb, "writing the superblock")?;
+    dev.sync("flushing the grown filesystem")?;
 
     Ok(FsGrowth {
-        old_blocks: l.blocks,
+        old_blocks: l.blocks_count,
         new_blocks,
-        old_groups: old_groups as u32,
-        new_groups: new_groups as u32,
+        old_groups: l.groups,
+        new_groups: nl.groups,
         free_blocks_before: free_before,
         free_blocks_after: free_after,
     })
 }
 
-fn write_zeros(file: &File, pos: u64, len: u64) -> Result<()> {
+fn write_zeros(dev: &Dev, pos: u64, len: u64) -> Result<()> {
     let chunk = vec![0u8; 1 << 20];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(chunk.len() as u64) as usize;
-        write_all(file, pos + done, &chunk[..n], "zeroing an inode table")?;
+        dev.write_at(pos + done, &chunk[..n], "zeroing an inode table")?;
         done += n as u64;
     }
     Ok(())
-}
-
-/// Seconds since the epoch for `s_wtime`; `SOURCE_DATE_EPOCH` wins for reproducible images.
-fn write_time() -> u64 {
-    crate::fs::unix_now().max(0) as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sparse_super_backup_groups() {
-        let sb = {
-            let mut b = vec![0u8; 1024];
-            put16(&mut b, SB_MAGIC, 0xEF53);
-            put32(&mut b, SB_REV_LEVEL, 1);
-            put16(&mut b, SB_STATE, 1);
-            put32(&mut b, SB_LOG_BLOCK_SIZE, 2);
-            put32(&mut b, SB_LOG_CLUSTER_SIZE, 2);
-            put32(&mut b, SB_BLOCKS_PER_GROUP, 32768);
-            put32(&mut b, SB_CLUSTERS_PER_GROUP, 32768);
-            put32(&mut b, SB_INODES_PER_GROUP, 8192);
-            put16(&mut b, SB_INODE_SIZE, 256);
-            put32(&mut b, SB_BLOCKS_COUNT_LO, 32768 * 100);
-            put32(&mut b, SB_INODES_COUNT, 8192 * 100);
-            put32(&mut b, SB_FEATURE_RO_COMPAT, RO_COMPAT_SPARSE_SUPER);
-            b
-        };
-        let l = parse_superblock(&sb, 0).unwrap();
-        let backups: Vec<u64> = (0..400).filter(|&g| l.has_super(g)).collect();
-        assert_eq!(
-            backups,
-            vec![0, 1, 3, 5, 7, 9, 25, 27, 49, 81, 125, 243, 343]
-        );
-        assert_eq!(l.groups, 100);
-        assert_eq!(l.gdt_blocks, 1);
-    }
-
-    #[test]
-    fn refuses_unknown_and_dirty_superblocks() {
-        let mut sb = vec![0u8; 1024];
-        assert!(matches!(
-            parse_superblock(&sb, 7),
-            Err(GrowError::NotExt4(7))
-        ));
-        put16(&mut sb, SB_MAGIC, 0xEF53);
-        put32(&mut sb, SB_REV_LEVEL, 1);
-        put16(&mut sb, SB_STATE, 1);
-        put32(&mut sb, SB_FEATURE_INCOMPAT, INCOMPAT_RECOVER);
-        assert!(matches!(
-            parse_superblock(&sb, 0),
-            Err(GrowError::NotClean(_))
-        ));
-        put32(&mut sb, SB_FEATURE_INCOMPAT, 0x8000_0000);
-        assert!(matches!(
-            parse_superblock(&sb, 0),
-            Err(GrowError::Unsupported(_))
-        ));
-    }
 }

@@ -6,16 +6,10 @@ use crate::csum::crc32c_raw;
 use crate::disk::{le16, le32, put16, put32};
 use crate::error::{Error, Result, corrupt};
 use crate::fs::Ext4Fs;
-use crate::sb::RO_COMPAT_DIR_NLINK;
+use crate::layout::*;
 use crate::{Kind, Meta, Stat};
 
-pub(crate) const ROOT_INO: u32 = 2;
-pub(crate) const EXTENTS_FL: u32 = 0x80000;
-pub(crate) const INDEX_FL: u32 = 0x1000;
-pub(crate) const HUGE_FILE_FL: u32 = 0x40000;
-pub(crate) const INLINE_DATA_FL: u32 = 0x1000_0000;
 const MAX_EXTENT_LEN: u64 = 32768;
-const EXT_MAGIC: u16 = 0xF30A;
 
 #[derive(Clone)]
 pub(crate) struct Inode {
@@ -24,44 +18,44 @@ pub(crate) struct Inode {
 
 impl Inode {
     pub(crate) fn mode(&self) -> u16 {
-        le16(&self.raw, 0)
+        le16(&self.raw, I_MODE)
     }
     pub(crate) fn kind(&self) -> Kind {
-        match self.mode() & 0xF000 {
-            0x8000 => Kind::File,
-            0x4000 => Kind::Dir,
-            0xA000 => Kind::Symlink,
+        match self.mode() & S_IFMT {
+            S_IFREG => Kind::File,
+            S_IFDIR => Kind::Dir,
+            S_IFLNK => Kind::Symlink,
             _ => Kind::Other,
         }
     }
     pub(crate) fn size(&self) -> u64 {
-        le32(&self.raw, 0x4) as u64 | (le32(&self.raw, 0x6C) as u64) << 32
+        le32(&self.raw, I_SIZE_LO) as u64 | (le32(&self.raw, I_SIZE_HI) as u64) << 32
     }
     pub(crate) fn set_size(&mut self, s: u64) {
-        put32(&mut self.raw, 0x4, s as u32);
-        put32(&mut self.raw, 0x6C, (s >> 32) as u32);
+        put32(&mut self.raw, I_SIZE_LO, s as u32);
+        put32(&mut self.raw, I_SIZE_HI, (s >> 32) as u32);
     }
     pub(crate) fn links(&self) -> u16 {
-        le16(&self.raw, 0x1A)
+        le16(&self.raw, I_LINKS_COUNT)
     }
     pub(crate) fn set_links(&mut self, n: u16) {
-        put16(&mut self.raw, 0x1A, n);
+        put16(&mut self.raw, I_LINKS_COUNT, n);
     }
     pub(crate) fn flags(&self) -> u32 {
-        le32(&self.raw, 0x20)
+        le32(&self.raw, I_FLAGS)
     }
     pub(crate) fn set_flags(&mut self, f: u32) {
-        put32(&mut self.raw, 0x20, f);
+        put32(&mut self.raw, I_FLAGS, f);
     }
     pub(crate) fn generation(&self) -> u32 {
-        le32(&self.raw, 0x64)
+        le32(&self.raw, I_GENERATION)
     }
     pub(crate) fn file_acl(&self) -> u64 {
-        le32(&self.raw, 0x68) as u64 | (le16(&self.raw, 0x76) as u64) << 32
+        le32(&self.raw, I_FILE_ACL_LO) as u64 | (le16(&self.raw, I_FILE_ACL_HI) as u64) << 32
     }
     pub(crate) fn extra_isize(&self) -> usize {
-        if self.raw.len() > 128 {
-            le16(&self.raw, 0x80) as usize
+        if self.raw.len() > GOOD_OLD_INODE_SIZE {
+            le16(&self.raw, I_EXTRA_ISIZE) as usize
         } else {
             0
         }
@@ -69,8 +63,8 @@ impl Inode {
     fn set_time(&mut self, lo: usize, extra: Option<usize>, secs: i64) {
         put32(&mut self.raw, lo, secs as u32);
         if let Some(x) = extra
-            && self.raw.len() > 128
-            && 128 + self.extra_isize() >= x + 4
+            && self.raw.len() > GOOD_OLD_INODE_SIZE
+            && GOOD_OLD_INODE_SIZE + self.extra_isize() >= x + 4
         {
             let epoch = ((secs - (secs as i32 as i64)) >> 32) as u32 & 3;
             put32(&mut self.raw, x, epoch);
@@ -78,33 +72,35 @@ impl Inode {
     }
     fn get_time(&self, lo: usize, extra: usize) -> i64 {
         let base = le32(&self.raw, lo) as i32 as i64;
-        if self.raw.len() > 128 && 128 + self.extra_isize() >= extra + 4 {
+        if self.raw.len() > GOOD_OLD_INODE_SIZE
+            && GOOD_OLD_INODE_SIZE + self.extra_isize() >= extra + 4
+        {
             base + (((le32(&self.raw, extra) & 3) as i64) << 32)
         } else {
             base
         }
     }
     pub(crate) fn set_mtime(&mut self, t: i64) {
-        self.set_time(0x10, Some(0x88), t);
+        self.set_time(I_MTIME, Some(I_MTIME_EXTRA), t);
     }
     pub(crate) fn set_ctime(&mut self, t: i64) {
-        self.set_time(0xC, Some(0x84), t);
+        self.set_time(I_CTIME, Some(I_CTIME_EXTRA), t);
     }
     pub(crate) fn set_atime(&mut self, t: i64) {
-        self.set_time(0x8, Some(0x8C), t);
+        self.set_time(I_ATIME, Some(I_ATIME_EXTRA), t);
     }
     pub(crate) fn set_owner(&mut self, meta: &Meta, type_bits: u16) {
-        put16(&mut self.raw, 0, type_bits | (meta.mode & 0o7777));
-        put16(&mut self.raw, 0x2, meta.uid as u16);
-        put16(&mut self.raw, 0x78, (meta.uid >> 16) as u16);
-        put16(&mut self.raw, 0x18, meta.gid as u16);
-        put16(&mut self.raw, 0x7A, (meta.gid >> 16) as u16);
+        put16(&mut self.raw, I_MODE, type_bits | (meta.mode & 0o7777));
+        put16(&mut self.raw, I_UID, meta.uid as u16);
+        put16(&mut self.raw, I_UID_HI, (meta.uid >> 16) as u16);
+        put16(&mut self.raw, I_GID, meta.gid as u16);
+        put16(&mut self.raw, I_GID_HI, (meta.gid >> 16) as u16);
         self.set_mtime(meta.mtime);
     }
     pub(crate) fn set_iblocks(&mut self, fs_blocks: u64, bs: u64) {
         let sectors = fs_blocks * (bs / 512);
-        put32(&mut self.raw, 0x1C, sectors as u32);
-        put16(&mut self.raw, 0x74, (sectors >> 32) as u16);
+        put32(&mut self.raw, I_BLOCKS_LO, sectors as u32);
+        put16(&mut self.raw, I_BLOCKS_HI, (sectors >> 32) as u16);
         let f = self.flags() & !HUGE_FILE_FL;
         self.set_flags(f);
     }
@@ -112,21 +108,23 @@ impl Inode {
         Stat {
             kind: self.kind(),
             mode: self.mode() & 0o7777,
-            uid: le16(&self.raw, 0x2) as u32 | (le16(&self.raw, 0x78) as u32) << 16,
-            gid: le16(&self.raw, 0x18) as u32 | (le16(&self.raw, 0x7A) as u32) << 16,
+            uid: le16(&self.raw, I_UID) as u32 | (le16(&self.raw, I_UID_HI) as u32) << 16,
+            gid: le16(&self.raw, I_GID) as u32 | (le16(&self.raw, I_GID_HI) as u32) << 16,
             size: self.size(),
-            mtime: self.get_time(0x10, 0x88),
+            mtime: self.get_time(I_MTIME, I_MTIME_EXTRA),
             links: self.links(),
         }
     }
     pub(crate) fn iblock(&self) -> &[u8] {
-        &self.raw[0x28..0x28 + 60]
+        &self.raw[I_BLOCK..I_BLOCK + I_BLOCK_LEN]
     }
     pub(crate) fn iblock_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[0x28..0x28 + 60]
+        &mut self.raw[I_BLOCK..I_BLOCK + I_BLOCK_LEN]
     }
     pub(crate) fn is_fast_symlink(&self) -> bool {
-        self.kind() == Kind::Symlink && self.size() < 60 && self.flags() & EXTENTS_FL == 0
+        self.kind() == Kind::Symlink
+            && self.size() < I_BLOCK_LEN as u64
+            && self.flags() & EXTENTS_FL == 0
     }
 }
 
@@ -179,70 +177,21 @@ pub(crate) fn tree_blocks_for(n: u64, bs: u64) -> u64 {
 
 impl Ext4Fs {
     fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
-        if ino == 0 || ino as u64 > self.geo.groups as u64 * self.geo.ipg as u64 {
-            return Err(corrupt(format!(
-                "a reference to inode {ino}, which does not exist"
-            )));
-        }
-        let g = (ino - 1) / self.geo.ipg;
-        let idx = ((ino - 1) % self.geo.ipg) as u64;
-        let byte = idx * self.geo.inode_size as u64;
+        let (g, byte) = self.geo.inode_slot(ino)?;
         let blk = self.groups[g as usize].inode_table + byte / self.geo.bs;
         Ok((blk, (byte % self.geo.bs) as usize))
-    }
-
-    pub(crate) fn inode_seed(&self, ino: u32, generation: u32) -> u32 {
-        let c = crc32c_raw(self.geo.seed, &ino.to_le_bytes());
-        crc32c_raw(c, &generation.to_le_bytes())
-    }
-
-    fn inode_csum(&self, ino: u32, raw: &[u8]) -> u32 {
-        let mut c = self.inode_seed(ino, le32(raw, 0x64));
-        c = crc32c_raw(c, &raw[..0x7C]);
-        c = crc32c_raw(c, &[0, 0]);
-        c = crc32c_raw(c, &raw[0x7E..0x80]);
-        if raw.len() > 128 {
-            c = crc32c_raw(c, &raw[0x80..0x82]);
-            if le16(raw, 0x80) >= 4 {
-                c = crc32c_raw(c, &[0, 0]);
-                c = crc32c_raw(c, &raw[0x84..]);
-            } else {
-                c = crc32c_raw(c, &raw[0x82..]);
-            }
-        }
-        c
     }
 
     pub(crate) fn read_inode(&mut self, ino: u32) -> Result<Inode> {
         let (blk, off) = self.inode_loc(ino)?;
         let isz = self.geo.inode_size;
         let raw = self.block(blk)?[off..off + isz].to_vec();
-        if raw.len() > 128 && 128 + le16(&raw, 0x80) as usize > isz {
-            return Err(corrupt(format!("inode {ino} has an invalid extra size")));
-        }
-        if self.geo.csum() && raw.iter().any(|&b| b != 0) {
-            let c = self.inode_csum(ino, &raw);
-            let mut stored = le16(&raw, 0x7C) as u32;
-            let mut want = c & 0xFFFF;
-            if raw.len() > 128 && le16(&raw, 0x80) >= 4 {
-                stored |= (le16(&raw, 0x82) as u32) << 16;
-                want = c;
-            }
-            if stored != want {
-                return Err(corrupt(format!("inode {ino} checksum mismatch")));
-            }
-        }
+        check_inode(&self.geo, ino, &raw)?;
         Ok(Inode { raw })
     }
 
     pub(crate) fn write_inode(&mut self, ino: u32, inode: &mut Inode) -> Result<()> {
-        if self.geo.csum() {
-            let c = self.inode_csum(ino, &inode.raw);
-            put16(&mut inode.raw, 0x7C, c as u16);
-            if inode.raw.len() > 128 && le16(&inode.raw, 0x80) >= 4 {
-                put16(&mut inode.raw, 0x82, (c >> 16) as u16);
-            }
-        }
+        set_inode_csum(&self.geo, ino, &mut inode.raw);
         let (blk, off) = self.inode_loc(ino)?;
         let isz = self.geo.inode_size;
         let b = self.block_mut(blk)?;
@@ -254,21 +203,21 @@ impl Ext4Fs {
     pub(crate) fn new_inode(&mut self, type_bits: u16, meta: &Meta) -> Inode {
         let isz = self.geo.inode_size;
         let mut inode = Inode { raw: vec![0; isz] };
-        if isz > 128 {
+        if isz > GOOD_OLD_INODE_SIZE {
             let mut want = self.geo.want_extra_isize as usize;
             if want < 32 {
                 want = 32;
             }
-            want = want.min(isz - 128);
-            put16(&mut inode.raw, 0x80, want as u16);
+            want = want.min(isz - GOOD_OLD_INODE_SIZE);
+            put16(&mut inode.raw, I_EXTRA_ISIZE, want as u16);
         }
         inode.set_owner(meta, type_bits);
         let now = self.now;
         inode.set_atime(now);
         inode.set_ctime(now);
-        inode.set_time(0x90, Some(0x94), now);
+        inode.set_time(I_CRTIME, Some(I_CRTIME_EXTRA), now);
         let g = self.next_generation();
-        put32(&mut inode.raw, 0x64, g);
+        put32(&mut inode.raw, I_GENERATION, g);
         inode
     }
 
@@ -341,7 +290,7 @@ impl Ext4Fs {
                 if uninit {
                     len -= MAX_EXTENT_LEN;
                 }
-                let phys = le32(e, 8) as u64 | (le16(e, 6) as u64) << 32;
+                let phys = extent_start(e);
                 if len > 0 {
                     map.extents.push(Ext {
                         logical: le32(e, 0) as u64,
@@ -351,7 +300,7 @@ impl Ext4Fs {
                     });
                 }
             } else {
-                let child = le32(e, 4) as u64 | (le16(e, 8) as u64) << 32;
+                let child = index_child(e);
                 if child < self.geo.first_data_block || child >= self.geo.blocks_count {
                     return Err(bad("index points outside the filesystem"));
                 }
@@ -363,7 +312,7 @@ impl Ext4Fs {
                 let cmax = le16(&buf, 4) as usize;
                 if self.geo.csum() && le16(&buf, 0) == EXT_MAGIC && 16 + cmax * 12 <= buf.len() {
                     let t = 12 + cmax * 12;
-                    let want = crc32c_raw(self.inode_seed(ino, generation), &buf[..t]);
+                    let want = crc32c_raw(inode_seed(&self.geo, ino, generation), &buf[..t]);
                     if le32(&buf, t) != want {
                         return Err(bad("block checksum mismatch"));
                     }
@@ -393,14 +342,14 @@ impl Ext4Fs {
                 uninit: false,
             });
         };
-        for i in 0..12 {
+        for i in 0..IND_BLOCK {
             let b = le32(&ib, i * 4) as u64;
             if b != 0 {
                 push(map, i as u64, b);
             }
         }
-        let mut base = 12u64;
-        for (slot, levels) in [(12usize, 1u32), (13, 2), (14, 3)] {
+        let mut base = IND_BLOCK as u64;
+        for (slot, levels) in [(IND_BLOCK, 1u32), (DIND_BLOCK, 2), (TIND_BLOCK, 3)] {
             let b = le32(&ib, slot * 4) as u64;
             let span = per.pow(levels);
             if b != 0 {
@@ -466,7 +415,7 @@ impl Ext4Fs {
                 blocks.extend(s..s + l);
             }
         }
-        let seed = self.inode_seed(ino, inode.generation());
+        let seed = inode_seed(&self.geo, ino, inode.generation());
         let csum = self.geo.csum();
         let per = ((bs - 12) / 12) as usize;
         // Entries of the current level: (first logical block, 12-byte entry).
@@ -577,8 +526,11 @@ impl Ext4Fs {
                         run_end = end.min(run_end + bs);
                     }
                     let ppos = pb * bs + pos % bs;
-                    self.dev
-                        .read_at(ppos, &mut out[pos as usize..run_end as usize])?;
+                    self.dev.read_at(
+                        ppos,
+                        &mut out[pos as usize..run_end as usize],
+                        "reading file data",
+                    )?;
                     pos = run_end;
                 }
             }
@@ -622,7 +574,7 @@ impl Ext4Fs {
         }
         let is_dir = inode.kind() == Kind::Dir;
         inode.set_links(0);
-        put32(&mut inode.raw, 0x14, self.now as u32);
+        put32(&mut inode.raw, I_DTIME, self.now as u32);
         inode.set_ctime(self.now);
         self.write_inode(ino, &mut inode)?;
         self.free_inode(ino, is_dir)
@@ -716,7 +668,7 @@ impl Ext4Fs {
             None => {
                 let g = (parent - 1) / self.geo.ipg;
                 let ino = self.alloc_inode(g, false)?;
-                (ino, self.new_inode(0x8000, meta), Vec::new())
+                (ino, self.new_inode(S_IFREG, meta), Vec::new())
             }
         };
         let is_new = existing.is_none_or(|(_, k)| k != Kind::File);
@@ -755,7 +707,7 @@ impl Ext4Fs {
             }
         };
         let size = if res.is_ok() { len } else { 0 };
-        inode.set_owner(meta, 0x8000);
+        inode.set_owner(meta, S_IFREG);
         inode.set_ctime(self.now);
         inode.set_size(size);
         let flags = inode.flags() & !(INDEX_FL | INLINE_DATA_FL);
@@ -804,7 +756,10 @@ impl Ext4Fs {
                 }
                 let padded = (n as u64).div_ceil(bs) * bs;
                 buf[n..padded as usize].fill(0);
-                if let Err(e) = self.dev.write_at(pos, &buf[..padded as usize]) {
+                if let Err(e) = self
+                    .dev
+                    .write_at(pos, &buf[..padded as usize], "writing file data")
+                {
                     result = Err(std::io::Error::other(e.to_string()));
                     break 'outer;
                 }
@@ -859,7 +814,7 @@ impl Ext4Fs {
         }
         let g = (parent - 1) / self.geo.ipg;
         let ino = self.alloc_inode(g, false)?;
-        let mut inode = self.new_inode(0xA000, meta);
+        let mut inode = self.new_inode(S_IFLNK, meta);
         inode.set_links(1);
         inode.set_size(target.len() as u64);
         if fast {
@@ -871,7 +826,8 @@ impl Ext4Fs {
             let mut buf = vec![0u8; bs as usize];
             buf[..target.len()].copy_from_slice(target.as_bytes());
             self.forget_block(b);
-            self.dev.write_at(b * bs, &buf)?;
+            self.dev
+                .write_at(b * bs, &buf, "writing a symlink target")?;
             self.map_single_block(ino, &mut inode, b)?;
         }
         self.write_inode(ino, &mut inode)?;
@@ -896,12 +852,12 @@ impl Ext4Fs {
         self.check_space(1 + DIR_SLACK, 0)?;
         let g = (parent - 1) / self.geo.ipg;
         let ino = self.alloc_inode(g, true)?;
-        let mut inode = self.new_inode(0x4000, meta);
+        let mut inode = self.new_inode(S_IFDIR, meta);
         inode.set_links(2);
         let bs = self.geo.bs;
         inode.set_size(bs);
         let b = self.alloc_blocks(1, None)?[0].0;
-        let seed = self.inode_seed(ino, inode.generation());
+        let seed = inode_seed(&self.geo, ino, inode.generation());
         let mut blk = vec![0u8; bs as usize];
         let end = self.leaf_end_new();
         crate::dir::put_dirent(&mut blk, 0, ino, 12, b".", FT_DIR);

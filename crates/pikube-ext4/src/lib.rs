@@ -19,10 +19,15 @@
 //! indexed (htree) directories stay indexed.
 //!
 //! Supported: 1, 2 and 4 KiB blocks, 32- and 64-byte group descriptors,
-//! `flex_bg`, `metadata_csum` (with or without `metadata_csum_seed`),
+//! `flex_bg`, `meta_bg`, `metadata_csum` (with or without `metadata_csum_seed`),
 //! `gdt_csum`, `huge_file`, `dir_nlink`, `extra_isize`, `orphan_file`
 //! (never written), htree directories (insertion by hash, leaf and index
-//! splits), fast and slow symlinks.
+//! splits), fast and slow symlinks. The writer and [`grow`] share one description of
+//! the on-disk format and one feature policy (`layout`), so they accept and refuse the
+//! same filesystems; the policy lists every feature with the reason for its verdict.
+//!
+//! Nothing here reads the clock: callers pass the time to stamp ([`Ext4Fs::open`],
+//! [`grow::grow_fs`]).
 
 mod csum;
 mod dir;
@@ -32,7 +37,7 @@ mod fs;
 pub mod grow;
 mod hash;
 mod inode;
-mod sb;
+mod layout;
 
 pub use disk::Storage;
 pub use error::{Error, Result};

@@ -7,7 +7,8 @@
 //! filesystem, checks the bytes before the filesystem are unchanged and, for some cases, writes
 //! a 900 MiB file into the grown filesystem with debugfs.
 
-use pikube_ext4::grow::{GrowError, grow_fs};
+use pikube_ext4::Error;
+use pikube_ext4::grow::grow_fs;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,6 +17,8 @@ use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+/// The clock handed to the grow: the superblock's write time.
+const NOW: i64 = 1_700_000_000;
 
 fn tools_or_skip() -> bool {
     pikube_test_oracles::require_package(
@@ -245,7 +248,7 @@ fn grow_and_compare(args: &[&str], size: u64, grow: u64, offset: u64, write_big:
         .write(true)
         .open(&img)
         .unwrap();
-    let g = grow_fs(&f, offset, size + grow).expect("grow_fs");
+    let g = grow_fs(&f, offset, size + grow, NOW).expect("grow_fs");
     drop(f);
 
     let ours = spec(&img, offset);
@@ -488,7 +491,7 @@ fn trailing_sliver_is_dropped_like_resize2fs() {
 
 // ---- refusals: nothing written ----
 
-fn refused(args: &[&str], size: u64, grow: u64, damage: &dyn Fn(&Path)) -> GrowError {
+fn refused(args: &[&str], size: u64, grow: u64, damage: &dyn Fn(&Path)) -> Error {
     let dir = tempdir();
     let img = dir.path().join("disk.img");
     mkfs(dir.path(), &img, size, args);
@@ -499,7 +502,7 @@ fn refused(args: &[&str], size: u64, grow: u64, damage: &dyn Fn(&Path)) -> GrowE
         .write(true)
         .open(&img)
         .unwrap();
-    let err = grow_fs(&f, 0, size + grow).expect_err("grow_fs must refuse");
+    let err = grow_fs(&f, 0, size + grow, NOW).expect_err("grow_fs must refuse");
     drop(f);
     assert_eq!(before, sha256(&img), "refusal changed the image");
     eprintln!("refused as expected: {err}");
@@ -524,7 +527,7 @@ fn refuses_journal_needing_recovery() {
     let e = refused(&["-t", "ext4", "-b", "4096"], 64 * MIB, GIB, &|p| {
         debugfs_w(p, "feature needs_recovery")
     });
-    assert!(matches!(e, GrowError::NotClean(_)), "{e}");
+    assert!(matches!(e, Error::NeedsRecovery), "{e}");
 }
 
 #[test]
@@ -535,7 +538,7 @@ fn refuses_pending_orphans() {
     let e = refused(&["-t", "ext4", "-b", "4096"], 64 * MIB, GIB, &|p| {
         debugfs_w(p, "ssv last_orphan 12")
     });
-    assert!(matches!(e, GrowError::NotClean(_)), "{e}");
+    assert!(matches!(e, Error::OrphansPending), "{e}");
 }
 
 #[test]
@@ -552,7 +555,7 @@ fn refuses_journal_with_unreplayed_transactions() {
         f.write_all_at(&1u32.to_be_bytes(), blk * 4096 + 0x1C)
             .unwrap();
     });
-    assert!(matches!(e, GrowError::NotClean(_)), "{e}");
+    assert!(matches!(e, Error::NeedsRecovery), "{e}");
 }
 
 #[test]
@@ -566,7 +569,7 @@ fn refuses_orphan_file_with_orphans_present() {
         GIB,
         &|p| debugfs_w(p, "feature orphan_present"),
     );
-    assert!(matches!(e, GrowError::NotClean(_)), "{e}");
+    assert!(matches!(e, Error::OrphansPending), "{e}");
 }
 
 #[test]
@@ -577,7 +580,7 @@ fn refuses_unclean_state() {
     let e = refused(&["-t", "ext4", "-b", "4096"], 64 * MIB, GIB, &|p| {
         debugfs_w(p, "ssv state 0")
     });
-    assert!(matches!(e, GrowError::NotClean(_)), "{e}");
+    assert!(matches!(e, Error::NeedsRecovery), "{e}");
 }
 
 #[test]
@@ -589,7 +592,7 @@ fn refuses_unknown_feature() {
         // An incompat bit nobody has defined yet; the superblock checksum is kept valid.
         debugfs_w(p, "ssv feature_incompat 0x800002c2")
     });
-    assert!(matches!(e, GrowError::Unsupported(_)), "{e}");
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
 }
 
 #[test]
@@ -606,7 +609,10 @@ fn refuses_bad_descriptor_checksum() {
         f.read_exact_at(&mut b, pos).unwrap();
         f.write_all_at(&[b[0] ^ 0x01], pos).unwrap();
     });
-    assert!(matches!(e, GrowError::Checksum(_)), "{e}");
+    assert!(
+        matches!(&e, Error::Corrupt { what } if what.contains("checksum")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -621,7 +627,16 @@ fn refuses_growth_needing_gdt_blocks_without_resize_inode() {
         9 * GIB,
         &|_| {},
     );
-    assert!(matches!(e, GrowError::CannotGrow(_)), "{e}");
+    assert!(matches!(e, Error::CannotGrow { .. }), "{e}");
+}
+
+/// A populated 4 KiB-block filesystem of `size` bytes, alone in the file `disk.img` of the
+/// returned directory.
+fn plain_fs(size: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempdir();
+    let img = dir.path().join("disk.img");
+    mkfs(dir.path(), &img, size, &["-t", "ext4", "-b", "4096"]);
+    (dir, img)
 }
 
 #[test]
@@ -629,22 +644,74 @@ fn refuses_to_shrink() {
     if !tools_or_skip() {
         return;
     }
-    let dir = tempdir();
-    let img = dir.path().join("disk.img");
-    mkfs(dir.path(), &img, 64 * MIB, &["-t", "ext4", "-b", "4096"]);
+    let (_dir, img) = plain_fs(64 * MIB);
     let before = sha256(&img);
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&img)
         .unwrap();
-    let e = grow_fs(&f, 0, 32 * MIB).expect_err("must refuse to shrink");
-    assert!(matches!(e, GrowError::Shrink { .. }), "{e}");
+    let e = grow_fs(&f, 0, 32 * MIB, NOW).expect_err("must refuse to shrink");
+    assert!(matches!(e, Error::Shrink { .. }), "{e}");
     // Same size: nothing to do, nothing written.
-    let g = grow_fs(&f, 0, 64 * MIB).unwrap();
+    let g = grow_fs(&f, 0, 64 * MIB, NOW).unwrap();
     assert_eq!(g.old_blocks, g.new_blocks);
     drop(f);
     assert_eq!(before, sha256(&img));
+}
+
+/// The image held somewhere other than a file: grow_fs works through `Storage` alone.
+struct InMemory(std::sync::Mutex<Vec<u8>>);
+
+impl InMemory {
+    /// The bytes `[offset, offset + n)`, which must exist.
+    fn range(img: &[u8], offset: u64, n: usize) -> std::io::Result<std::ops::Range<usize>> {
+        let at = offset as usize;
+        match img.get(at..at + n) {
+            Some(_) => Ok(at..at + n),
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+}
+
+impl pikube_ext4::Storage for InMemory {
+    fn fetch_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let img = self.0.lock().unwrap();
+        buf.copy_from_slice(&img[Self::range(&img, offset, buf.len())?]);
+        Ok(())
+    }
+    fn store_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        let mut img = self.0.lock().unwrap();
+        let r = Self::range(&img, offset, buf.len())?;
+        img[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn grows_a_filesystem_held_in_memory() {
+    if !tools_or_skip() {
+        return;
+    }
+    let (_dir, img) = plain_fs(64 * MIB);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes.resize((MIB + 192 * MIB) as usize, 0);
+    // Behind a partition offset, as in an image.
+    bytes.rotate_right(MIB as usize);
+    let mem = InMemory(std::sync::Mutex::new(bytes));
+    let g = grow_fs(&mem, MIB, 192 * MIB, NOW).expect("grow_fs");
+    assert!(g.new_groups > g.old_groups, "{g:?}");
+    let bytes = mem.0.into_inner().unwrap();
+    assert!(
+        bytes[..MIB as usize].iter().all(|&b| b == 0),
+        "bytes before the filesystem changed"
+    );
+    std::fs::write(&img, &bytes[MIB as usize..]).unwrap();
+    fsck_clean(&spec(&img, 0));
+    assert_eq!(num(&header(&spec(&img, 0)), "Block count"), g.new_blocks);
 }
 
 #[test]
@@ -659,14 +726,14 @@ fn refuses_non_ext4() {
         .open(&img)
         .unwrap();
     f.set_len(8 * MIB).unwrap();
-    let e = grow_fs(&f, MIB, 4 * MIB).expect_err("no filesystem there");
-    assert!(matches!(e, GrowError::NotExt4(_)), "{e}");
+    let e = grow_fs(&f, MIB, 4 * MIB, NOW).expect_err("no filesystem there");
+    assert!(matches!(e, Error::NotExt4 { .. }), "{e}");
 }
 
 #[test]
 fn mutated_superblocks_never_panic() {
     // Random single-byte changes to the superblock (with its checksum recomputed so they get
-    // past the first check) must end in Ok or a GrowError, never in a panic.
+    // past the first check) must end in Ok or an Error, never in a panic.
     use rand::{Rng, SeedableRng};
     if !tools_or_skip() {
         return;
@@ -688,7 +755,7 @@ fn mutated_superblocks_never_panic() {
         let p = dir.path().join("mutant.img");
         std::fs::write(&p, &img).unwrap();
         let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
-        let r = std::panic::catch_unwind(|| grow_fs(&f, 0, 64 * MIB));
+        let r = std::panic::catch_unwind(|| grow_fs(&f, 0, 64 * MIB, NOW));
         match r {
             Ok(Ok(_)) => ok += 1,
             Ok(Err(_)) => refused += 1,

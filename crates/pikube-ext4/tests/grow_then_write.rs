@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Spec, make};
+use common::{NOW, Spec, make};
 use pikube_ext4::{Ext4Fs, Meta};
 
 const MIB: u64 = 1 << 20;
@@ -22,7 +22,7 @@ fn grow_then_fill(spec: Spec) {
         for m in 0..(grown - fx.len) / MIB {
             f.write_all_at(&junk, fx.offset + fx.len + m * MIB).unwrap();
         }
-        let g = pikube_ext4::grow::grow_fs(&f, fx.offset, grown).unwrap();
+        let g = pikube_ext4::grow::grow_fs(&f, fx.offset, grown, NOW).unwrap();
         assert!(g.new_groups > g.old_groups, "{g:?}");
     }
     let (ok, out) = fx.fsck();
@@ -34,7 +34,7 @@ fn grow_then_fill(spec: Spec) {
         gid: 0,
         mtime: 1_700_000_000,
     };
-    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, grown).unwrap();
+    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, grown, NOW).unwrap();
     let inodes_before = fs.free_bytes();
     let mut expected = Vec::new();
     for d in 0..40 {
@@ -63,11 +63,26 @@ fn grow_then_fill(spec: Spec) {
 
     let (ok, out) = fx.fsck();
     assert!(ok, "after writing into the grown filesystem: {out}");
-    let view = fx.view();
+    // ext4-view does not read meta_bg filesystems; debugfs does.
+    let view = (!spec.features.contains("meta_bg")).then(|| fx.view());
+    let read = |path: &str| match &view {
+        Some(view) => view.read(path).unwrap(),
+        None => debugfs_dump(&fx, path),
+    };
     for (path, body) in expected.iter().step_by(97) {
-        assert_eq!(&view.read(path.as_str()).unwrap(), body, "{path}");
+        assert_eq!(&read(path), body, "{path}");
     }
-    assert!(view.read("/big.bin").unwrap() == big);
+    assert!(read("/big.bin") == big);
+}
+
+/// The contents of `path` as debugfs reads them.
+fn debugfs_dump(fx: &common::Fixture, path: &str) -> Vec<u8> {
+    let out = fx.dir.path().join("dumped");
+    let req = format!("dump {path} {}", out.display());
+    fx.debugfs(&req);
+    let data = std::fs::read(&out).unwrap_or_else(|e| panic!("debugfs {req}: {e}"));
+    std::fs::remove_file(&out).unwrap();
+    data
 }
 
 #[test]
@@ -89,6 +104,22 @@ fn one_kib_blocks_grow_then_fill_new_groups() {
     grow_then_fill(Spec {
         name: "root1k",
         features: "has_journal,extent,flex_bg,metadata_csum,^64bit",
+        block_size: 1024,
+        size_mib: 48,
+        extra: &["-N", "2048"],
+        big_dir_entries: 0,
+        offset_mib: 1,
+    });
+}
+
+#[test]
+fn meta_bg_grow_then_fill_new_meta_groups() {
+    // 1 KiB blocks and 64-byte descriptors: one descriptor block per 16 groups of 8 MiB. After
+    // growing, groups from the 17th on are described by a descriptor block in their own meta
+    // group, which the writer must read from and write back to there.
+    grow_then_fill(Spec {
+        name: "metabg",
+        features: "has_journal,extent,flex_bg,metadata_csum,64bit,meta_bg,^resize_inode",
         block_size: 1024,
         size_mib: 48,
         extra: &["-N", "2048"],

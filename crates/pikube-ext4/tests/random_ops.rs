@@ -511,13 +511,13 @@ fn scenario(spec: Spec, seed: u64, p: Params) {
         ops: p.ops / 2,
         ..p
     };
-    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, fx.len).unwrap();
+    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, fx.len, NOW).unwrap();
     burst(&mut fs, &mut model, &mut rng, "/etc/big", 120);
     run_ops(&mut fs, &mut model, &mut rng, &half, 0);
     fs.close().unwrap();
     let (ok, out) = fx.fsck();
     assert!(ok, "after session 1:\n{out}");
-    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, fx.len).unwrap();
+    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, fx.len, NOW).unwrap();
     let second = Params {
         ops: p.ops - p.ops / 2,
         max_small: p.max_small,

@@ -29,7 +29,7 @@ fn small(features: &str, extra: &[&str]) -> Fixture {
 }
 
 fn open(fx: &Fixture) -> Result<Ext4Fs, Error> {
-    Ext4Fs::open(fx.open_rw(), fx.offset, fx.len)
+    Ext4Fs::open(fx.open_rw(), fx.offset, fx.len, NOW)
 }
 
 /// Rewrites the superblock checksum after a deliberate change.

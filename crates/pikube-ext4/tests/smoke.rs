@@ -19,7 +19,7 @@ fn smoke_write_and_fsck() {
         gid: 0,
         mtime: 1_700_000_000,
     };
-    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, fx.len).unwrap();
+    let mut fs = Ext4Fs::open(fx.open_rw(), fx.offset, fx.len, NOW).unwrap();
     fs.write_file("/etc/hostname", &mut &b"node1\n"[..], 6, &meta)
         .unwrap();
     fs.mkdir_p(

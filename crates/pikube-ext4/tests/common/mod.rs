@@ -10,6 +10,9 @@ use std::process::Command;
 
 pub const MIB: u64 = 1 << 20;
 
+/// The clock handed to the writer: what it stamps on changed metadata.
+pub const NOW: i64 = 1_700_000_000;
+
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub img: PathBuf,
