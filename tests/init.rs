@@ -4,33 +4,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use pikube_image::config::{Cluster, PLACEHOLDER_KEY};
-use support::build_env::{K3S_VERSION, run_cli, serve_k3s, stderr};
+use support::build_env::{K3S_VERSION, keygen, run_cli, serve_k3s, stderr};
 use support::fixtures::{self, FixtureOpts};
 use support::http::TestServer;
-
-/// `ssh-keygen -t KIND -C COMMENT` into `home/.ssh/id_KIND`; returns the `.pub` line.
-fn keygen(home: &Path, kind: &str, comment: &str) -> String {
-    let ssh = home.join(".ssh");
-    std::fs::create_dir_all(&ssh).unwrap();
-    let file = ssh.join(format!("id_{kind}"));
-    let mut cmd = Command::new("ssh-keygen");
-    cmd.args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
-        .arg(&file);
-    if kind == "rsa" {
-        cmd.args(["-b", "2048"]);
-    }
-    let o = cmd
-        .output()
-        .expect("ssh-keygen runs (install openssh-client)");
-    assert!(o.status.success(), "ssh-keygen: {}", stderr(&o));
-    std::fs::read_to_string(file.with_extension("pub"))
-        .unwrap()
-        .trim_end()
-        .to_string()
-}
 
 fn init_in(home: &Path, dir: &Path) -> std::process::Output {
     run_cli(dir, &[("HOME", home)], &["init", "--dir", "proj"])

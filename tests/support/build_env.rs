@@ -45,6 +45,66 @@ pub fn serve_k3s(server: &TestServer, version: &str, binary: &[u8], airgap: &[u8
     );
 }
 
+/// Publishes `image` (compressed as the catalog's download is) on the mirror at the URL of
+/// `board`'s default OS image in the built-in catalog (`boards/`), with the checksum list the
+/// catalog names beside it. Returns the upstream URL.
+pub fn serve_board_image(server: &TestServer, board: &str, image: Vec<u8>) -> String {
+    use pikube_image::source::base::ImageChecksum;
+    let catalog = pikube_image::boards::Catalog::load().unwrap();
+    let entry = catalog
+        .image_for(catalog.board(board).unwrap(), None)
+        .unwrap();
+    let ImageChecksum::SumsUrl(sums) = &entry.checksum else {
+        panic!("{board}'s image pins its digest: serve it by that instead");
+    };
+    let path = |url: &str| {
+        let mirrored = pikube_image::source::mirror_url(url, &server.url()).unwrap();
+        mirrored[server.url().len()..].to_string()
+    };
+    let line = format!(
+        "{} *{}\n",
+        pikube_image::io::sha256_bytes(&image),
+        entry.file_name()
+    );
+    server.add(&path(&entry.url), image);
+    server.add(&path(sums), line);
+    entry.url.clone()
+}
+
+/// `ssh-keygen -t KIND -C COMMENT` into `home/.ssh/id_KIND`; returns the `.pub` line.
+pub fn keygen(home: &Path, kind: &str, comment: &str) -> String {
+    let ssh = home.join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let file = ssh.join(format!("id_{kind}"));
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
+        .arg(&file);
+    if kind == "rsa" {
+        cmd.args(["-b", "2048"]);
+    }
+    let o = cmd
+        .output()
+        .expect("ssh-keygen runs (install openssh-client)");
+    assert!(o.status.success(), "ssh-keygen: {}", stderr(&o));
+    std::fs::read_to_string(file.with_extension("pub"))
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+/// `PATH` with the directory of the binary under test first, so scripts run `pikube-image`
+/// as a user who installed it would.
+pub fn path_with_binary() -> std::ffi::OsString {
+    let bin = Path::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .parent()
+        .unwrap();
+    let mut dirs = vec![bin.to_path_buf()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(dirs).unwrap()
+}
+
 /// Runs `pikube-image ARGS` in `dir` with its own cache, echoing the output for failures.
 pub fn run_cli(dir: &Path, envs: &[(&str, &Path)], args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pikube-image"));

@@ -1,0 +1,105 @@
+//! One list of test packages: `.ci/packages.txt`. `.ci/run` installs what it lists, and the
+//! `apt-get install` block after README's `<!-- packages` marker names the same packages in
+//! the same order.
+
+mod support;
+
+use std::process::Command;
+
+use support::readme;
+
+const README: &str = include_str!("../README.md");
+const PACKAGES: &str = include_str!("../.ci/packages.txt");
+const CI_RUN: &str = include_str!("../.ci/run");
+
+/// The packages of `.ci/packages.txt`: one per line, `#` starts a comment.
+fn package_file() -> Vec<String> {
+    let mut out = Vec::new();
+    for (n, line) in PACKAGES.lines().enumerate() {
+        let words: Vec<&str> = line.split('#').next().unwrap().split_whitespace().collect();
+        assert!(
+            words.len() <= 1,
+            ".ci/packages.txt line {}: one package per line, not {words:?}",
+            n + 1
+        );
+        out.extend(words.iter().map(|w| w.to_string()));
+    }
+    out
+}
+
+/// The block README should show for `packages`.
+fn readme_block(packages: &[String]) -> String {
+    let mut text = String::from("sudo apt-get install --no-install-recommends \\\n");
+    let mut line = String::from(" ");
+    for p in packages {
+        if line.len() + p.len() > 88 {
+            text.push_str(&line);
+            text.push_str(" \\\n");
+            line = String::from(" ");
+        }
+        line.push(' ');
+        line.push_str(p);
+    }
+    text.push_str(&line);
+    text.push('\n');
+    text
+}
+
+#[test]
+fn readme_shows_the_packages_ci_installs() {
+    let want = package_file();
+    assert!(want.len() > 10, "{want:?}");
+    let blocks = readme::blocks(readme::after_marker(README, "packages"));
+    let block = blocks
+        .first()
+        .expect("a code block after the packages marker");
+    assert_eq!(block.lang, "sh");
+    let words: Vec<&str> = block
+        .text
+        .split_whitespace()
+        .filter(|w| *w != "\\")
+        .collect();
+    let at = words
+        .windows(2)
+        .position(|w| w == ["apt-get", "install"])
+        .expect("README's package block runs apt-get install");
+    let shown: Vec<String> = words[at + 2..]
+        .iter()
+        .filter(|w| !w.starts_with('-'))
+        .map(|w| w.to_string())
+        .collect();
+    assert_eq!(
+        shown,
+        want,
+        "README's package list differs from .ci/packages.txt; make README's block:\n```sh\n{}```",
+        readme_block(&want)
+    );
+}
+
+#[test]
+fn ci_run_installs_the_package_file() {
+    let line = CI_RUN
+        .lines()
+        .find(|l| l.starts_with("mapfile -t packages"))
+        .expect(".ci/run reads its packages with `mapfile -t packages`");
+    assert!(line.contains(".ci/packages.txt"), "{line}");
+    assert!(
+        !CI_RUN.contains("packages=("),
+        ".ci/run lists no packages of its own"
+    );
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -euo pipefail\n{line}\nprintf '%s\\n' \"${{packages[@]}}\""
+        ))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: Vec<String> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, package_file());
+}
