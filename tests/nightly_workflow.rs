@@ -246,7 +246,7 @@ fn nightly_workflow_builds_every_shard_with_consistent_checksums() {
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     let mut host_keys = BTreeMap::new();
     for n in &nodes {
-        let k = pikube_image::identity::host_key(&origin.join("secrets"), n).unwrap();
+        let k = pikube_image::host_keys::host_key(&origin.join("secrets"), n).unwrap();
         host_keys.insert(n.clone(), k.public_openssh);
     }
     git(&origin, &["init", "-q", "-b", "main"]);
