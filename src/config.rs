@@ -10,6 +10,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::ImageRef;
 
+/// `as_str`, `Display` and the way back to `String` of a string type that is checked when
+/// it is made (`TryFrom<String>`).
+macro_rules! checked_string {
+    ($t:ident) => {
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 /// The default file name looked up in the current directory.
 pub const DEFAULT_CONFIG: &str = "cluster.yaml";
 
@@ -107,12 +131,6 @@ const TIMEZONES: &str = include_str!("timezones.txt");
 #[serde(try_from = "String", into = "String")]
 pub struct Timezone(String);
 
-impl Timezone {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl TryFrom<String> for Timezone {
     type Error = String;
 
@@ -138,17 +156,7 @@ impl TryFrom<String> for Timezone {
     }
 }
 
-impl From<Timezone> for String {
-    fn from(t: Timezone) -> String {
-        t.0
-    }
-}
-
-impl std::fmt::Display for Timezone {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+checked_string!(Timezone);
 
 /// Levenshtein distance, for suggestions.
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -170,12 +178,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Locale(String);
-
-impl Locale {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
 
 impl TryFrom<String> for Locale {
     type Error = String;
@@ -199,17 +201,7 @@ impl TryFrom<String> for Locale {
     }
 }
 
-impl From<Locale> for String {
-    fn from(l: Locale) -> String {
-        l.0
-    }
-}
-
-impl std::fmt::Display for Locale {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+checked_string!(Locale);
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -231,12 +223,6 @@ pub const PLACEHOLDER_KEY: &str = "REPLACE-WITH-YOUR-SSH-PUBLIC-KEY";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct AuthorizedKey(String);
-
-impl AuthorizedKey {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
 
 impl TryFrom<String> for AuthorizedKey {
     type Error = String;
@@ -272,11 +258,7 @@ impl TryFrom<String> for AuthorizedKey {
     }
 }
 
-impl From<AuthorizedKey> for String {
-    fn from(k: AuthorizedKey) -> String {
-        k.0
-    }
-}
+checked_string!(AuthorizedKey);
 
 fn default_admin() -> String {
     "pikube".into()
@@ -518,12 +500,6 @@ pub struct Node {
 #[serde(try_from = "String", into = "String")]
 pub struct Hostname(String);
 
-impl Hostname {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl TryFrom<String> for Hostname {
     type Error = String;
 
@@ -535,22 +511,12 @@ impl TryFrom<String> for Hostname {
     }
 }
 
-impl From<Hostname> for String {
-    fn from(h: Hostname) -> String {
-        h.0
-    }
-}
+checked_string!(Hostname);
 
 impl std::ops::Deref for Hostname {
     type Target = str;
     fn deref(&self) -> &str {
         &self.0
-    }
-}
-
-impl std::fmt::Display for Hostname {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -626,12 +592,6 @@ impl From<NodeAddress> for String {
 #[serde(try_from = "String", into = "String")]
 pub struct MacAddr(String);
 
-impl MacAddr {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl TryFrom<String> for MacAddr {
     type Error = String;
 
@@ -650,11 +610,7 @@ impl TryFrom<String> for MacAddr {
     }
 }
 
-impl From<MacAddr> for String {
-    fn from(m: MacAddr) -> String {
-        m.0
-    }
-}
+checked_string!(MacAddr);
 
 /// A node's static address with its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
