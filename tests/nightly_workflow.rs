@@ -243,7 +243,7 @@ fn nightly_workflow_builds_every_shard_with_consistent_checksums() {
     text.push_str(&format!("\nmirror: {}\n", server.url()));
     std::fs::write(&config, text).unwrap();
     let cluster = pikube_image::config::Cluster::load(&config).unwrap();
-    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.to_string()).collect();
     let mut host_keys = BTreeMap::new();
     for n in &nodes {
         let k = pikube_image::host_keys::host_key(&origin.join("secrets"), n).unwrap();
