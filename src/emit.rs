@@ -6,6 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -103,18 +104,7 @@ impl PendingFile {
             bail!("invalid output file name {name:?}: it must be a plain file name");
         }
         let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .with_context(|| {
-                format!(
-                    "cannot create {}: check that the output directory exists and is writable",
-                    tmp.display()
-                )
-            })?;
+        let file = create_new(&tmp)?;
         register_temporary(&tmp);
         Ok(PendingFile {
             dir: dir.to_path_buf(),
@@ -167,6 +157,38 @@ impl Drop for PendingFile {
             unregister_temporary(&self.tmp);
         }
     }
+}
+
+/// Creates `path` as a new file, never opening what is already there: a file or link left at
+/// that name (by a dead process with the same id, or planted) is removed, not written
+/// through, and a second one fails.
+fn create_new(path: &Path) -> Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path).with_context(|| {
+                format!(
+                    "{} is in the way of a temporary file: remove it",
+                    path.display()
+                )
+            })?;
+            open()
+        }
+        r => r,
+    };
+    file.with_context(|| {
+        format!(
+            "cannot create {}: check that the output directory exists and is writable",
+            path.display()
+        )
+    })
 }
 
 fn split_path(path: &Path) -> Result<(PathBuf, String)> {
@@ -304,6 +326,27 @@ mod tests {
         assert_eq!(fs::read(&out).unwrap(), b"hello");
         assert!(!tmp_path.exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_link_planted_at_the_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".a.img.partial-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let mut p = PendingFile::create(dir.path(), "a.img").unwrap();
+        p.file().write_all(b"new").unwrap();
+        let out = p.commit().unwrap();
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"keep",
+            "the link's target is untouched"
+        );
+        assert!(fs::symlink_metadata(&out).unwrap().is_file());
+        assert_eq!(fs::read(&out).unwrap(), b"new");
     }
 
     #[test]
