@@ -45,8 +45,30 @@ pub fn key_dir(secrets: &Path, node: &str) -> PathBuf {
     secrets.join("ssh").join(node)
 }
 
+/// What is at `path`, without following a link there: `None` when nothing is. A link is
+/// refused: host keys are read and written only in real files and directories, so that a
+/// link cannot put another key into an image or make the build write elsewhere.
+fn no_link(path: &Path) -> Result<Option<fs::Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = fs::read_link(path)
+                .map(|t| format!(" to {}", t.display()))
+                .unwrap_or_default();
+            bail!(
+                "{} is a symbolic link{target}: host keys are kept only in real files and directories under secrets/; replace the link with the file or directory itself",
+                path.display()
+            )
+        }
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    }
+}
+
 fn private_dir(path: &Path) -> Result<()> {
+    no_link(path)?;
     fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    no_link(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
@@ -65,10 +87,22 @@ fn generate() -> Result<(PrivateKey, String, String)> {
     Ok((key, private, public))
 }
 
+/// The node's key directory and the paths of its private and public key, refusing links
+/// on the way there.
+fn key_paths(secrets: &Path, node: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let dir = key_dir(secrets, node);
+    for d in [secrets, &secrets.join("ssh"), &dir] {
+        no_link(d)?;
+    }
+    let private = dir.join("ssh_host_ed25519_key");
+    let public = dir.join("ssh_host_ed25519_key.pub");
+    Ok((dir, private, public))
+}
+
 /// The node's stored host key, or a throw-away one when it has none yet. Writes nothing
 /// (for `--dry-run`).
 pub fn host_key_preview(secrets: &Path, node: &str) -> Result<HostKey> {
-    if key_dir(secrets, node).join("ssh_host_ed25519_key").exists() {
+    if no_link(&key_paths(secrets, node)?.1)?.is_some() {
         return host_key(secrets, node);
     }
     let (_, private_openssh, public_openssh) = generate()?;
@@ -81,12 +115,8 @@ pub fn host_key_preview(secrets: &Path, node: &str) -> Result<HostKey> {
 /// The node's host key: read from `secrets/ssh/<node>/`, or generated there (private key
 /// 0600) on first use.
 pub fn host_key(secrets: &Path, node: &str) -> Result<HostKey> {
-    let dir = key_dir(secrets, node);
-    let priv_path = dir.join("ssh_host_ed25519_key");
-    let pub_path = dir.join("ssh_host_ed25519_key.pub");
-    if priv_path.exists() {
-        let meta = fs::metadata(&priv_path)
-            .with_context(|| format!("cannot stat {}", priv_path.display()))?;
+    let (dir, priv_path, pub_path) = key_paths(secrets, node)?;
+    if let Some(meta) = no_link(&priv_path)? {
         if meta.permissions().mode() & 0o077 != 0 {
             bail!(
                 "{} is readable by others: run `chmod 600 {}`",
@@ -126,8 +156,9 @@ pub fn host_key(secrets: &Path, node: &str) -> Result<HostKey> {
         .with_context(|| format!("cannot create {}", priv_path.display()))?;
     f.write_all(private.as_bytes())
         .with_context(|| format!("cannot write {}", priv_path.display()))?;
-    fs::write(&pub_path, format!("{public}\n"))
-        .with_context(|| format!("cannot write {}", pub_path.display()))?;
+    no_link(&pub_path)?;
+    // Renamed into place: a file left there is replaced, never written through.
+    crate::emit::write_atomic(&pub_path, format!("{public}\n").as_bytes())?;
     Ok(HostKey {
         private_openssh: private,
         public_openssh: public,
@@ -235,6 +266,47 @@ mod tests {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         let e = host_key(&secrets, "cp1").unwrap_err().to_string();
         assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn links_in_the_key_directory_are_refused() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let secrets = d.path().join("secrets");
+        let victim = d.path().join("authorized_keys");
+        fs::write(&victim, "ssh-ed25519 AAAA mine\n").unwrap();
+        // A link at the public key: generating the key pair would write through it.
+        let dir = key_dir(&secrets, "cp1");
+        private_dir(&secrets).unwrap();
+        private_dir(&secrets.join("ssh")).unwrap();
+        private_dir(&dir).unwrap();
+        let public = dir.join("ssh_host_ed25519_key.pub");
+        symlink(&victim, &public).unwrap();
+        let e = format!("{:#}", host_key(&secrets, "cp1").unwrap_err());
+        assert!(
+            e.contains(&public.display().to_string()) && e.contains("symbolic link"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_to_string(&victim).unwrap(),
+            "ssh-ed25519 AAAA mine\n"
+        );
+        // A link at the private key: the build would put another key into the image.
+        let other = host_key(d.path(), "elsewhere").unwrap();
+        let private = key_dir(&secrets, "w1").join("ssh_host_ed25519_key");
+        private_dir(&key_dir(&secrets, "w1")).unwrap();
+        symlink(
+            key_dir(d.path(), "elsewhere").join("ssh_host_ed25519_key"),
+            &private,
+        )
+        .unwrap();
+        let e = format!("{:#}", host_key(&secrets, "w1").unwrap_err());
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!e.contains(&other.private_openssh), "{e}");
+        // A linked key directory.
+        symlink(key_dir(d.path(), "elsewhere"), key_dir(&secrets, "w2")).unwrap();
+        let e = format!("{:#}", host_key(&secrets, "w2").unwrap_err());
+        assert!(e.contains("symbolic link"), "{e}");
     }
 
     #[test]
