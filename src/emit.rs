@@ -45,6 +45,18 @@ pub fn remove_temporaries() {
     }
 }
 
+/// Creates `dir` (and its parents) if missing and makes it 0700, whatever the umask.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))
+}
+
 /// Whether a process with this id still runs.
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -99,12 +111,22 @@ pub struct PendingFile {
 }
 
 impl PendingFile {
+    /// A file others may read: mode 0644 (a umask can narrow it, never widen it).
     pub fn create(dir: &Path, name: &str) -> Result<Self> {
+        PendingFile::with_mode(dir, name, 0o644)
+    }
+
+    /// A file holding secrets (a node image): mode 0600 whatever the umask.
+    pub fn create_private(dir: &Path, name: &str) -> Result<Self> {
+        PendingFile::with_mode(dir, name, 0o600)
+    }
+
+    fn with_mode(dir: &Path, name: &str, mode: u32) -> Result<Self> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             bail!("invalid output file name {name:?}: it must be a plain file name");
         }
         let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-        let file = create_new(&tmp)?;
+        let file = create_new(&tmp, mode)?;
         register_temporary(&tmp);
         Ok(PendingFile {
             dir: dir.to_path_buf(),
@@ -161,13 +183,15 @@ impl Drop for PendingFile {
 
 /// Creates `path` as a new file, never opening what is already there: a file or link left at
 /// that name (by a dead process with the same id, or planted) is removed, not written
-/// through, and a second one fails.
-fn create_new(path: &Path) -> Result<File> {
+/// through, and a second one fails. `mode` is the file's mode, which the umask can only
+/// narrow.
+fn create_new(path: &Path, mode: u32) -> Result<File> {
     let open = || {
         OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
     };
@@ -204,7 +228,7 @@ fn split_path(path: &Path) -> Result<(PathBuf, String)> {
     Ok((dir, name))
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically, mode 0644 (for files that hold no secret).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let (dir, name) = split_path(path)?;
     let mut p = PendingFile::create(&dir, &name)?;

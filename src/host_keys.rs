@@ -67,10 +67,7 @@ fn no_link(path: &Path) -> Result<Option<fs::Metadata>> {
 
 fn private_dir(path: &Path) -> Result<()> {
     no_link(path)?;
-    fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
-    no_link(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))
+    crate::emit::private_dir(path)
 }
 
 fn generate() -> Result<(PrivateKey, String, String)> {

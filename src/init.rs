@@ -209,6 +209,7 @@ pub fn init(dir: &Path, force: bool, home: Option<&Path>) -> Result<Report> {
         let mut g = OpenOptions::new()
             .append(true)
             .create(true)
+            .mode(0o644)
             .open(&gitignore)
             .with_context(|| format!("cannot write {}", gitignore.display()))?;
         let text = fs::read_to_string(&gitignore).unwrap_or_default();

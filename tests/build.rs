@@ -1364,3 +1364,79 @@ fn fleet_outputs_are_reproducible_and_flashable() {
         assert_eq!(changed, expect_change, "{name}");
     }
 }
+#[test]
+fn outputs_and_cache_entries_holding_secrets_are_private_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(FixtureOpts {
+        seed: 93,
+        ..FixtureOpts::default()
+    });
+    let url = env.server.url();
+    let out = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_pikube-image"))
+        .args([
+            "build",
+            "--mirror",
+            &url,
+            "--out",
+            "out",
+            "--all",
+            "--format",
+            "raw,zst,bmap",
+        ])
+        .current_dir(env.path(""))
+        .env("PIKUBE_CACHE_DIR", env.path("cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode(&env.path("out")),
+        0o700,
+        "the output directory holds secrets"
+    );
+    for node in ["cp1", "w1"] {
+        for secret in [format!("{node}.img"), format!("{node}.img.zst")] {
+            assert_eq!(mode(&env.path(&format!("out/{secret}"))), 0o600, "{secret}");
+        }
+        for public in [
+            format!("{node}.img.sha256"),
+            format!("{node}.img.zst.sha256"),
+            format!("{node}.bmap"),
+            format!("{node}.manifest.json"),
+        ] {
+            assert_eq!(mode(&env.path(&format!("out/{public}"))), 0o644, "{public}");
+        }
+        let keys = env.path(&format!("secrets/ssh/{node}"));
+        assert_eq!(mode(&keys), 0o700);
+        assert_eq!(mode(&keys.join("ssh_host_ed25519_key")), 0o600);
+        assert_eq!(mode(&keys.join("ssh_host_ed25519_key.pub")), 0o644);
+    }
+    for public in ["SHA256SUMS", "known_hosts"] {
+        assert_eq!(mode(&env.path(&format!("out/{public}"))), 0o644, "{public}");
+    }
+    // The prepared base holds the role's secrets (the join token): its entry is private.
+    let prepared = env.path("cache/prepared");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&prepared)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(!entries.is_empty(), "a fleet build prepares a base");
+    for entry in entries {
+        assert_eq!(mode(&entry), 0o700, "{}", entry.display());
+        let mut stack = vec![entry];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    assert_eq!(mode(&p), 0o700, "{}", p.display());
+                    stack.push(p);
+                } else {
+                    assert_eq!(mode(&p), 0o600, "{}", p.display());
+                }
+            }
+        }
+    }
+}

@@ -103,7 +103,7 @@ pub fn derive<'a>(
             plan.node
         ));
     }
-    let pending = PendingFile::create(input.out_dir, &format!("{}.img", plan.node))?;
+    let pending = PendingFile::create_private(input.out_dir, &format!("{}.img", plan.node))?;
     let all: Vec<&Op> = plan.ops.iter().collect();
     let (mut files, growth) = prepare_image(
         input.base_path,

@@ -10,6 +10,7 @@ mod resolve;
 mod select;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -98,7 +99,12 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     }
 
     if !req.dry_run {
-        std::fs::create_dir_all(&req.out)
+        // Images hold secrets: a directory made for them is private (an existing one keeps
+        // the mode its owner gave it).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&req.out)
             .with_context(|| format!("cannot create output directory {}", req.out.display()))?;
         for p in emit::sweep_stale(&req.out, "partial") {
             progress.message(&format!(
@@ -210,11 +216,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
                     )
                 })
                 .with_context(|| format!("preparing the base image for node '{}'", w.plan.node))?;
-            for &f in formats.iter().filter(|f| f.is_compressed()) {
-                let dir = store.frames_dir(&key, f);
-                let index = crate::formats::FrameIndex::load_or_build(&p.path, f, &dir, progress)?;
-                p.frames.insert(f, index);
-            }
+            store.add_frames(&key, &mut p, &formats, progress)?;
             prepared.insert(key, p);
         }
     }

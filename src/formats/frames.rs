@@ -141,7 +141,8 @@ impl FrameIndex {
             }
         }
         let src = Source::file(raw)?;
-        let mut pending = PendingFile::create(dir, name)?;
+        // The frames hold the image, and so its secrets.
+        let mut pending = PendingFile::create_private(dir, name)?;
         let (stats, frames) = encode(&src, None, format, true, &mut pending, progress)?;
         pending.commit()?;
         let image_size = frames.iter().map(|f| f.uncompressed).sum();
@@ -373,7 +374,8 @@ fn write_source(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut pending = PendingFile::create(dir, name)?;
+    // A compressed image holds what the image holds: the node's secrets.
+    let mut pending = PendingFile::create_private(dir, name)?;
     let (stats, _) = encode(src, reuse, format, false, &mut pending, progress)?;
     pending.commit()?;
     Ok(stats)

@@ -35,7 +35,7 @@ pub fn write(spec: &Spec, node: BuiltNode<'_>, progress: &Progress) -> Result<No
             (None, Some(pending), sha)
         }
         NodeImage::Cow { overlay, frames } if wants_raw || spec.formats.contains(&Format::Bmap) => {
-            let mut pending = PendingFile::create(&spec.dir, &img_name)?;
+            let mut pending = PendingFile::create_private(&spec.dir, &img_name)?;
             let path = pending.path().to_path_buf();
             let sha = overlay.write_image(pending.file(), &path, &img_name, progress)?;
             (Some((overlay, frames)), Some(pending), Some(sha))
