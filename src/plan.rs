@@ -43,6 +43,8 @@ pub struct Plan {
     pub image: OsImage,
     pub instance_id: Option<String>,
     pub ops: Vec<Op>,
+    /// The node's `known_hosts` line (its names and host public key), when it gets a key.
+    pub known_host: Option<String>,
 }
 
 /// Serialisable view of an op for `--dry-run --json` and the manifest.
@@ -100,9 +102,13 @@ impl Plan {
             host_key,
         )?;
         let mut ops = first.ops;
-        if let Some(key) = host_key {
-            ops.extend(crate::host_keys::host_key_ops(root, key));
-        }
+        let known_host = match host_key {
+            Some(key) => {
+                ops.extend(crate::host_keys::host_key_ops(root, key));
+                Some(crate::host_keys::known_host_line(cluster, node, key)?)
+            }
+            None => None,
+        };
         if cluster.k3s.install {
             let k3s = crate::k3s::Payload {
                 binary: payload
@@ -156,6 +162,7 @@ impl Plan {
             image: image.clone(),
             instance_id: first.instance_id,
             ops,
+            known_host,
         })
     }
 

@@ -1440,3 +1440,157 @@ fn outputs_and_cache_entries_holding_secrets_are_private_under_umask_000() {
         }
     }
 }
+/// The host public key inside `img`'s root filesystem, without its comment.
+fn host_key_in(img: &Path) -> String {
+    let file = std::fs::File::open(img).unwrap();
+    let disk = pikube_image::disk::Disk::read(img).unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, disk.by_label("writable").unwrap()).unwrap();
+    let public = fs
+        .read_to_string("/etc/ssh/ssh_host_ed25519_key.pub")
+        .unwrap();
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Checks that every file in `dir` that describes others (`X.sha256`, manifests,
+/// `SHA256SUMS`, `known_hosts`) describes them as they are: each file it names is there with
+/// that digest, `SHA256SUMS` lists every file, `known_hosts` every node image with the key
+/// inside it.
+fn assert_descriptions_match(dir: &Path) {
+    let digest = |name: &str| -> Option<String> {
+        let p = dir.join(name);
+        p.is_file()
+            .then(|| pikube_image::io::sha256_reader(std::fs::File::open(&p).unwrap()).unwrap())
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    for name in &names {
+        let text = || std::fs::read_to_string(dir.join(name)).unwrap();
+        if name.ends_with(".sha256") {
+            for line in text().lines() {
+                let (hex, file) = line.split_once("  ").unwrap();
+                assert_eq!(
+                    digest(file).as_deref(),
+                    Some(hex),
+                    "{name} describes {file}"
+                );
+            }
+        }
+        if name.ends_with(".manifest.json") {
+            let m: serde_json::Value = serde_json::from_str(&text()).unwrap();
+            for o in m["outputs"].as_array().unwrap() {
+                let file = o["file"].as_str().unwrap();
+                assert_eq!(
+                    digest(file).as_deref(),
+                    o["sha256"].as_str(),
+                    "{name} describes {file}"
+                );
+            }
+        }
+    }
+    if names.iter().any(|n| n == "SHA256SUMS") {
+        let listed = sums(&dir.join("SHA256SUMS"));
+        for (file, hex) in &listed {
+            assert_eq!(
+                digest(file).as_ref(),
+                Some(hex),
+                "SHA256SUMS describes {file}"
+            );
+        }
+        for name in names.iter().filter(|n| *n != "SHA256SUMS") {
+            assert!(listed.contains_key(name), "SHA256SUMS lists {name}");
+        }
+    }
+    if names.iter().any(|n| n == "known_hosts") {
+        let kh = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
+        let mut listed = Vec::new();
+        for line in kh.lines() {
+            let (hosts, key) = line.split_once(' ').unwrap();
+            let node = hosts.split(',').next().unwrap();
+            let img = dir.join(format!("{node}.img"));
+            assert!(
+                img.exists(),
+                "known_hosts lists {node}, whose image is not there"
+            );
+            assert_eq!(
+                host_key_in(&img),
+                key,
+                "known_hosts holds the key of {node}.img"
+            );
+            listed.push(format!("{node}.img"));
+        }
+        for img in names.iter().filter(|n| n.ends_with(".img")) {
+            assert!(listed.contains(img), "known_hosts lists {img}: {kh}");
+        }
+    }
+}
+
+#[test]
+fn a_build_killed_before_the_image_rename_leaves_consistent_outputs() {
+    use std::io::BufRead;
+    let env = Env::new(FixtureOpts {
+        seed: 91,
+        ..FixtureOpts::default()
+    });
+    let out = env.build(&["--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_descriptions_match(&env.path("out"));
+    for signal in ["INT", "KILL"] {
+        // New host keys: every node's image changes, and so does known_hosts.
+        std::fs::remove_dir_all(env.path("secrets/ssh")).unwrap();
+        let url = env.server.url();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+            .args(["build", "--mirror", &url, "--out", "out", "--all"])
+            .current_dir(env.path(""))
+            .env("PIKUBE_CACHE_DIR", env.path("cache"))
+            .env("PIKUBE_TEST_PAUSE_BEFORE_RENAME", "w1.img")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::io::BufReader::new(child.stderr.take().unwrap());
+        let lines = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in reader.lines() {
+                let line = line.unwrap();
+                if line.contains("paused before renaming w1.img") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        if rx
+            .recv_timeout(std::time::Duration::from_secs(600))
+            .is_err()
+        {
+            let _ = child.kill();
+            panic!("the build never paused: {}", lines.join().unwrap());
+        }
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        let err = lines.join().unwrap();
+        eprintln!("{err}");
+        if signal == "INT" {
+            assert_eq!(status.code(), Some(130), "interrupted builds exit 130");
+            assert!(err.contains("partial outputs removed"), "{err}");
+        }
+        assert_descriptions_match(&env.path("out"));
+    }
+    let out = env.build(&["--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.path("out/SHA256SUMS").exists() && env.path("out/known_hosts").exists());
+    assert_descriptions_match(&env.path("out"));
+}

@@ -80,6 +80,7 @@ pub fn derive<'a>(
         files,
         growth,
         image,
+        known_host: plan.known_host.clone(),
     };
     if let Some(p) = prepared {
         let o = Arc::new(CowImage::open(&p.path, input.out_dir)?);

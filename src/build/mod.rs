@@ -243,12 +243,15 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             .map(|o| (o, started.elapsed().as_secs_f64()))
     });
     let mut by_node = BTreeMap::new();
+    let mut failed = None;
     for (w, o) in work.iter().zip(outcomes) {
         match o {
             Some(Ok(d)) => {
                 by_node.insert(w.plan.node.clone(), d);
             }
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => {
+                failed.get_or_insert(e);
+            }
             None => {}
         }
     }
@@ -269,8 +272,21 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     for (r, w) in results.iter_mut().zip(&work) {
         r.prepared_from_cache = Some(prepared.get(&w.key).is_some_and(|p| p.from_cache));
     }
-    resolver.write_known_hosts(&req.out)?;
-    crate::formats::write_sha256sums_known(&req.out, &known)?;
+    // A node's outputs replaced the directory's indexes with nothing: write them again for
+    // what is there now, even when another node failed.
+    if failed.is_none() || !known.is_empty() {
+        let indexes = crate::host_keys::write_known_hosts(&req.out, progress)
+            .and_then(|_| crate::formats::write_sha256sums_known(&req.out, &known));
+        if let Err(e) = indexes {
+            match &failed {
+                None => return Err(e),
+                Some(_) => progress.message(&format!("{e:#}")),
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     resolver.save_lock()?;
     Ok(BuildSummary {
         dry_run: false,

@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::boards::Board;
 use crate::config::{Cluster, Node, Role};
-use crate::emit;
 use crate::plan::{Content, Payload};
 use crate::progress::Progress;
 use crate::registry::ImageRef;
@@ -286,20 +285,5 @@ impl<'a> Resolver<'a> {
         };
         self.argocd = Some(content.clone());
         Ok(content)
-    }
-
-    /// `known_hosts` for every node of the inventory (keys are generated for nodes that do
-    /// not have one yet), so SSH never has to trust a key on first use.
-    pub fn write_known_hosts(&self, out: &Path) -> Result<()> {
-        let mut pairs = Vec::new();
-        for n in &self.cluster.nodes {
-            pairs.push((
-                n.clone(),
-                crate::host_keys::host_key(&self.secrets, &n.name)?,
-            ));
-        }
-        let text = crate::host_keys::known_hosts(self.cluster, &pairs)?;
-        emit::write_atomic(&out.join("known_hosts"), text.as_bytes())?;
-        Ok(())
     }
 }

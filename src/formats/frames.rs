@@ -327,6 +327,41 @@ pub fn write_compressed_overlay(
     out: &Path,
     progress: &Progress,
 ) -> Result<CompressStats> {
+    let (src, reuse) = overlay_source(node, base, format)?;
+    write_source(&src, reuse, format, out, progress)
+}
+
+/// [`write_compressed_overlay`] into a file the caller commits.
+pub fn compress_overlay_into(
+    node: &CowImage,
+    base: Option<&FrameIndex>,
+    format: Format,
+    out: &mut PendingFile,
+    progress: &Progress,
+) -> Result<CompressStats> {
+    let (src, reuse) = overlay_source(node, base, format)?;
+    encode_source(&src, reuse, format, out, progress)
+}
+
+/// [`write_compressed`] into a file the caller commits.
+pub fn compress_into(
+    raw: &Path,
+    format: Format,
+    out: &mut PendingFile,
+    progress: &Progress,
+) -> Result<CompressStats> {
+    encode_source(&Source::file(raw)?, None, format, out, progress)
+}
+
+/// A frame index, with the chunks whose frames cannot be copied from it (the node changed them).
+type Reuse<'a> = Option<(&'a FrameIndex, BTreeSet<usize>)>;
+
+/// The image seen through `node`, and what of `base`'s frames it can reuse.
+fn overlay_source<'a>(
+    node: &'a CowImage,
+    base: Option<&'a FrameIndex>,
+    format: Format,
+) -> Result<(Source<'a>, Reuse<'a>)> {
     let src = Source {
         store: Box::new(node),
         size: node.size(),
@@ -344,7 +379,7 @@ pub fn write_compressed_overlay(
         }
         None => None,
     };
-    write_source(&src, reuse, format, out, progress)
+    Ok((src, reuse))
 }
 
 fn file_name(p: &Path) -> String {
@@ -360,7 +395,7 @@ fn chunks_of(s: u64, e: u64) -> std::ops::Range<usize> {
 
 fn write_source(
     src: &Source,
-    reuse: Option<(&FrameIndex, BTreeSet<usize>)>,
+    reuse: Reuse<'_>,
     format: Format,
     out: &Path,
     progress: &Progress,
@@ -376,9 +411,20 @@ fn write_source(
     };
     // A compressed image holds what the image holds: the node's secrets.
     let mut pending = PendingFile::create_private(dir, name)?;
-    let (stats, _) = encode(src, reuse, format, false, &mut pending, progress)?;
+    let stats = encode_source(src, reuse, format, &mut pending, progress)?;
     pending.commit()?;
     Ok(stats)
+}
+
+fn encode_source(
+    src: &Source,
+    reuse: Reuse<'_>,
+    format: Format,
+    out: &mut PendingFile,
+    progress: &Progress,
+) -> Result<CompressStats> {
+    frames_name(format)?;
+    Ok(encode(src, reuse, format, false, out, progress)?.0)
 }
 
 /// An image to compress: where its bytes come from, its size, and its data ranges
@@ -706,7 +752,7 @@ fn zero_sha(len: u64) -> String {
 /// chunks per worker are in memory at once.
 fn encode(
     src: &Source,
-    reuse: Option<(&FrameIndex, BTreeSet<usize>)>,
+    reuse: Reuse<'_>,
     format: Format,
     records: bool,
     out: &mut PendingFile,
