@@ -60,6 +60,37 @@ pub fn private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot set the mode of {}", dir.display()))
 }
 
+/// Refuses an output directory `dir` that is, or lies under, a symbolic link in the path as
+/// given. A build writes and replaces files of fixed names there (`known_hosts`,
+/// `SHA256SUMS`, images), so a link (say `images -> ~/.ssh`) would replace files elsewhere;
+/// a warning would scroll by in a CI log after the harm is done, while naming the real
+/// directory, which the error prints, costs one flag.
+pub fn refuse_linked_dir(dir: &Path) -> Result<()> {
+    let mut ancestors: Vec<&Path> = dir.ancestors().collect();
+    ancestors.reverse();
+    for p in ancestors.into_iter().filter(|p| !p.as_os_str().is_empty()) {
+        let Ok(meta) = fs::symlink_metadata(p) else {
+            continue;
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        let target = fs::read_link(p)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        let fix = match fs::canonicalize(dir) {
+            Ok(real) => format!("pass the real directory: --out {}", real.display()),
+            Err(_) => format!("{target} does not exist: create it and pass its real path to --out"),
+        };
+        bail!(
+            "output directory {} goes through the symbolic link {} (to {target}): a build replaces files there (known_hosts, SHA256SUMS, images), so it writes only where the real directory is named; {fix}",
+            dir.display(),
+            p.display()
+        );
+    }
+    Ok(())
+}
+
 /// Whether a process with this id still runs.
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

@@ -1594,3 +1594,34 @@ fn a_build_killed_before_the_image_rename_leaves_consistent_outputs() {
     assert!(env.path("out/SHA256SUMS").exists() && env.path("out/known_hosts").exists());
     assert_descriptions_match(&env.path("out"));
 }
+#[test]
+fn a_symlinked_output_directory_is_refused() {
+    let env = Env::new(FixtureOpts {
+        seed: 95,
+        total_mib: 120,
+        ..FixtureOpts::default()
+    });
+    // `out` points at a directory holding the user's own known_hosts.
+    let ssh = env.path("home/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("known_hosts"), "github.com ssh-ed25519 AAAA\n").unwrap();
+    std::os::unix::fs::symlink(&ssh, env.path("out")).unwrap();
+    let out = env.build(&["--node", "cp1"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("out")
+            && err.contains("symbolic link")
+            && err.contains(&ssh.display().to_string()),
+        "the error names the link and the real directory: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ssh.join("known_hosts")).unwrap(),
+        "github.com ssh-ed25519 AAAA\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(&ssh).unwrap().count(),
+        1,
+        "nothing written there"
+    );
+}

@@ -99,6 +99,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     }
 
     if !req.dry_run {
+        emit::refuse_linked_dir(&req.out)?;
         // Images hold secrets: a directory made for them is private (an existing one keeps
         // the mode its owner gave it).
         std::fs::DirBuilder::new()

@@ -110,7 +110,7 @@ pub struct BuildArgs {
     /// Rewrite every download https://HOST/PATH to URL/HOST/PATH (local mirror, air-gapped CI).
     #[arg(long, value_name = "URL")]
     pub mirror: Option<String>,
-    /// Output directory.
+    /// Output directory. A path through a symbolic link is refused: name the real directory.
     #[arg(long, default_value = "images")]
     pub out: PathBuf,
     /// Use only the download cache; fail naming anything missing.
