@@ -146,7 +146,7 @@ impl Plan {
         for name in crate::overlay::DEFAULT_BUILTINS {
             ops.extend(crate::overlay::builtin_ops(name, root)?);
         }
-        for (dir, scope) in cluster.overlays_for(node) {
+        for (dir, scope) in cluster.overlays_for(node)? {
             ops.extend(
                 crate::overlay::dir_ops(&dir, root, scope)
                     .with_context(|| format!("overlay of node '{}'", node.name))?,

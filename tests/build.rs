@@ -1625,3 +1625,155 @@ fn a_symlinked_output_directory_is_refused() {
         "nothing written there"
     );
 }
+/// A directory with an inventory in `inv/` (no fixture image: dry runs download nothing) and
+/// files outside it in `outside/` that an inventory must not reach: a private key, a token and
+/// Git credentials.
+fn inventory_beside_secrets() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let inv = d.path().join("inv");
+    std::fs::create_dir_all(inv.join("ov/etc")).unwrap();
+    std::fs::write(inv.join("ov/etc/motd"), "hi\n").unwrap();
+    write_token(&inv);
+    let outside = d.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for (name, text) in [
+        ("id_ed25519", "PRIVATE KEY\n"),
+        ("token", "fedcba9876543210fedcba9876543210\n"),
+        ("git-credentials.yaml", "username: me\npassword: hunter2\n"),
+    ] {
+        std::fs::write(outside.join(name), text).unwrap();
+        std::fs::set_permissions(outside.join(name), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+    }
+    d
+}
+
+#[test]
+fn paths_in_the_inventory_stay_in_its_directory() {
+    let d = inventory_beside_secrets();
+    let inv = d.path().join("inv");
+    let outside = d.path().join("outside");
+    std::os::unix::fs::symlink("../outside", inv.join("link")).unwrap();
+    std::os::unix::fs::symlink("../../outside/token", inv.join("secrets/linked-token")).unwrap();
+    let gitops =
+        "gitops: { repo: \"https://git.example.com/lab.git\", credentials_file: CREDS }\nnodes:\n";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov, ../outside] }\nnodes:\n"),
+            "overlays.all[1]",
+        ),
+        (
+            cluster_yaml("").replace(
+                "role: worker }",
+                &format!("role: worker, overlays: [{}] }}", outside.display()),
+            ),
+            "nodes[1].overlays[0]",
+        ),
+        (
+            cluster_yaml("").replace("nodes:\n", "overlays: { server: [ov/../link] }\nnodes:\n"),
+            "overlays.server[0]",
+        ),
+        (
+            cluster_yaml("").replace(
+                "nodes:\n",
+                "k3s: { token_file: ../outside/token }\nnodes:\n",
+            ),
+            "k3s.token_file",
+        ),
+        (
+            cluster_yaml("").replace(
+                "nodes:\n",
+                "k3s: { token_file: secrets/linked-token }\nnodes:\n",
+            ),
+            "k3s.token_file",
+        ),
+        (
+            cluster_yaml("").replace(
+                "nodes:\n",
+                &gitops.replace(
+                    "CREDS",
+                    &outside.join("git-credentials.yaml").display().to_string(),
+                ),
+            ),
+            "gitops.credentials_file",
+        ),
+    ];
+    for (yaml, key) in &cases {
+        std::fs::write(inv.join("cluster.yaml"), yaml).unwrap();
+        let out = run_cli(&inv, &[], &["build", "--all", "--dry-run", "--json"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{key} is refused: {err}");
+        assert!(
+            err.contains(key) && err.contains("--allow-outside-paths"),
+            "the error names {key} and the flag: {err}"
+        );
+        // The user can say they trust this inventory.
+        let out = run_cli(
+            &inv,
+            &[],
+            &[
+                "build",
+                "--all",
+                "--dry-run",
+                "--json",
+                "--allow-outside-paths",
+            ],
+        );
+        assert!(out.status.success(), "{key}: {}", stderr(&out));
+    }
+    // With the flag, an outside overlay is copied like any other.
+    std::fs::write(inv.join("cluster.yaml"), &cases[0].0).unwrap();
+    let out = run_cli(
+        &inv,
+        &[],
+        &[
+            "build",
+            "--all",
+            "--dry-run",
+            "--json",
+            "--allow-outside-paths",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("/id_ed25519"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Paths that stay inside, through `..` or a link that points inside, are fine.
+    std::os::unix::fs::symlink("ov", inv.join("ov-link")).unwrap();
+    std::fs::write(
+        inv.join("cluster.yaml"),
+        cluster_yaml("").replace(
+            "nodes:\n",
+            "overlays: { all: [secrets/../ov, ov-link] }\nnodes:\n",
+        ),
+    )
+    .unwrap();
+    let out = run_cli(&inv, &[], &["build", "--all", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // init creates a missing token where cluster.yaml says: only inside, unless allowed.
+    std::fs::write(
+        inv.join("cluster.yaml"),
+        cluster_yaml("").replace(
+            "nodes:\n",
+            "k3s: { token_file: ../outside/new-token }\nnodes:\n",
+        ),
+    )
+    .unwrap();
+    let out = run_cli(&inv, &[], &["init"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("k3s.token_file") && err.contains("--allow-outside-paths"),
+        "{err}"
+    );
+    assert!(
+        !outside.join("new-token").exists(),
+        "nothing written outside"
+    );
+    let out = run_cli(&inv, &[], &["init", "--allow-outside-paths"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(outside.join("new-token").exists());
+}

@@ -52,6 +52,8 @@ fn open_cache(dir: &Option<PathBuf>) -> Result<Cache> {
 
 pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     let mut cluster = crate::config::Cluster::load(&req.config)?;
+    cluster.allow_outside_paths = req.allow_outside_paths;
+    cluster.check_paths()?;
     let formats = if !req.formats.is_empty() {
         req.formats.clone()
     } else if !cluster.formats.is_empty() {

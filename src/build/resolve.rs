@@ -81,7 +81,7 @@ impl<'a> Resolver<'a> {
     ) -> Result<Resolver<'a>> {
         let token = if cluster.k3s.install {
             Some(read_token(
-                &cluster.resolve(&cluster.k3s.token_file),
+                &cluster.inventory_path("k3s.token_file", &cluster.k3s.token_file)?,
                 &cluster.base_dir,
             )?)
         } else {
@@ -90,7 +90,7 @@ impl<'a> Resolver<'a> {
         let repo_secret = match cluster.gitops.as_ref() {
             Some(g) => match &g.credentials_file {
                 Some(f) => {
-                    let path = cluster.resolve(f);
+                    let path = cluster.inventory_path("gitops.credentials_file", f)?;
                     let text = std::fs::read_to_string(&path).with_context(|| {
                         format!("cannot read gitops credentials {}", path.display())
                     })?;

@@ -75,6 +75,9 @@ pub struct InitArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// Let k3s.token_file of an existing cluster.yaml lead outside its directory.
+    #[arg(long)]
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Args)]
@@ -137,6 +140,10 @@ pub struct BuildArgs {
     /// Progress as JSON lines on stderr and a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Let paths in cluster.yaml (overlays, k3s.token_file, gitops.credentials_file) lead
+    /// outside its directory: only for an inventory you trust, as they go into the images.
+    #[arg(long)]
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Args)]
@@ -202,6 +209,7 @@ impl BuildArgs {
                 Some(list) => pikube_image::formats::parse_formats(list)?,
                 None => Vec::new(),
             },
+            allow_outside_paths: self.allow_outside_paths,
         })
     }
 }
