@@ -1364,6 +1364,7 @@ fn fleet_outputs_are_reproducible_and_flashable() {
         assert_eq!(changed, expect_change, "{name}");
     }
 }
+
 #[test]
 fn outputs_and_cache_entries_holding_secrets_are_private_under_umask_000() {
     use std::os::unix::fs::PermissionsExt;
@@ -1440,6 +1441,7 @@ fn outputs_and_cache_entries_holding_secrets_are_private_under_umask_000() {
         }
     }
 }
+
 /// The host public key inside `img`'s root filesystem, without its comment.
 fn host_key_in(img: &Path) -> String {
     let file = std::fs::File::open(img).unwrap();
@@ -1594,6 +1596,7 @@ fn a_build_killed_before_the_image_rename_leaves_consistent_outputs() {
     assert!(env.path("out/SHA256SUMS").exists() && env.path("out/known_hosts").exists());
     assert_descriptions_match(&env.path("out"));
 }
+
 #[test]
 fn a_symlinked_output_directory_is_refused() {
     let env = Env::new(FixtureOpts {
@@ -1625,6 +1628,7 @@ fn a_symlinked_output_directory_is_refused() {
         "nothing written there"
     );
 }
+
 /// A directory with an inventory in `inv/` (no fixture image: dry runs download nothing) and
 /// files outside it in `outside/` that an inventory must not reach: a private key, a token and
 /// Git credentials.
@@ -1699,9 +1703,14 @@ fn paths_in_the_inventory_stay_in_its_directory() {
             "gitops.credentials_file",
         ),
     ];
+    let dry_run = |allow: bool| {
+        let mut args = vec!["build", "--all", "--dry-run", "--json"];
+        args.extend(allow.then_some("--allow-outside-paths"));
+        run_cli(&inv, &[], &args)
+    };
     for (yaml, key) in &cases {
         std::fs::write(inv.join("cluster.yaml"), yaml).unwrap();
-        let out = run_cli(&inv, &[], &["build", "--all", "--dry-run", "--json"]);
+        let out = dry_run(false);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{key} is refused: {err}");
         assert!(
@@ -1709,32 +1718,12 @@ fn paths_in_the_inventory_stay_in_its_directory() {
             "the error names {key} and the flag: {err}"
         );
         // The user can say they trust this inventory.
-        let out = run_cli(
-            &inv,
-            &[],
-            &[
-                "build",
-                "--all",
-                "--dry-run",
-                "--json",
-                "--allow-outside-paths",
-            ],
-        );
+        let out = dry_run(true);
         assert!(out.status.success(), "{key}: {}", stderr(&out));
     }
     // With the flag, an outside overlay is copied like any other.
     std::fs::write(inv.join("cluster.yaml"), &cases[0].0).unwrap();
-    let out = run_cli(
-        &inv,
-        &[],
-        &[
-            "build",
-            "--all",
-            "--dry-run",
-            "--json",
-            "--allow-outside-paths",
-        ],
-    );
+    let out = dry_run(true);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("/id_ed25519"),
         "{}",
@@ -1750,7 +1739,7 @@ fn paths_in_the_inventory_stay_in_its_directory() {
         ),
     )
     .unwrap();
-    let out = run_cli(&inv, &[], &["build", "--all", "--dry-run", "--json"]);
+    let out = dry_run(false);
     assert!(out.status.success(), "{}", stderr(&out));
 
     // init creates a missing token where cluster.yaml says: only inside, unless allowed.

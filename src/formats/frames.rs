@@ -314,7 +314,7 @@ pub fn write_compressed_stats(
     out: &Path,
     progress: &Progress,
 ) -> Result<CompressStats> {
-    write_source(&Source::file(raw)?, None, format, out, progress)
+    write_to(out, format, |p| compress_into(raw, format, p, progress))
 }
 
 /// Writes `out`: the image seen through `node` compressed in `format`, copying the frames
@@ -327,8 +327,9 @@ pub fn write_compressed_overlay(
     out: &Path,
     progress: &Progress,
 ) -> Result<CompressStats> {
-    let (src, reuse) = overlay_source(node, base, format)?;
-    write_source(&src, reuse, format, out, progress)
+    write_to(out, format, |p| {
+        compress_overlay_into(node, base, format, p, progress)
+    })
 }
 
 /// [`write_compressed_overlay`] into a file the caller commits.
@@ -393,12 +394,11 @@ fn chunks_of(s: u64, e: u64) -> std::ops::Range<usize> {
     (s / FRAME_SIZE) as usize..e.div_ceil(FRAME_SIZE) as usize
 }
 
-fn write_source(
-    src: &Source,
-    reuse: Reuse<'_>,
-    format: Format,
+/// Writes `out`, a compressed image in `format`, with what `fill` puts into it.
+fn write_to(
     out: &Path,
-    progress: &Progress,
+    format: Format,
+    fill: impl FnOnce(&mut PendingFile) -> Result<CompressStats>,
 ) -> Result<CompressStats> {
     frames_name(format)?;
     let name = out
@@ -411,7 +411,7 @@ fn write_source(
     };
     // A compressed image holds what the image holds: the node's secrets.
     let mut pending = PendingFile::create_private(dir, name)?;
-    let stats = encode_source(src, reuse, format, &mut pending, progress)?;
+    let stats = fill(&mut pending)?;
     pending.commit()?;
     Ok(stats)
 }
