@@ -74,6 +74,9 @@ pub struct Cluster {
     /// Directory that relative paths in the file are resolved against (the file's own).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// Whether paths in the file may lead outside `base_dir` (`--allow-outside-paths`).
+    #[serde(skip)]
+    pub allow_outside_paths: bool,
 }
 
 /// Where the Argo CD images go when GitOps is enabled.
@@ -657,33 +660,60 @@ impl Cluster {
         (shared, node.images.clone())
     }
 
-    /// A path from the file, resolved against the file's directory.
+    /// A file of fixed name (`images.lock`, `secrets/`) in the file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
+        self.base_dir.join(p)
+    }
+
+    /// The path the file gives under `key` (`k3s.token_file`, `overlays.all[1]`), resolved
+    /// against the file's directory and refused when it leads outside it, unless
+    /// `allow_outside_paths` ([`path_inside`]).
+    pub fn inventory_path(&self, key: &str, p: &Path) -> Result<PathBuf> {
+        path_inside(&self.base_dir, key, p, self.allow_outside_paths)
+    }
+
+    /// Checks every path the file gives that a build reads, before anything is downloaded.
+    pub fn check_paths(&self) -> Result<()> {
+        if self.k3s.install {
+            self.inventory_path("k3s.token_file", &self.k3s.token_file)?;
         }
+        if let Some(f) = self
+            .gitops
+            .as_ref()
+            .and_then(|g| g.credentials_file.as_ref())
+        {
+            self.inventory_path("gitops.credentials_file", f)?;
+        }
+        for node in &self.nodes {
+            self.overlays_for(node)?;
+        }
+        Ok(())
     }
 
     /// Overlay directories for `node`: every node's, then its role's, then its own; each with
     /// whether it is shared by all nodes of the role or the node's own.
-    pub fn overlays_for(&self, node: &Node) -> Vec<(PathBuf, crate::op::Scope)> {
+    pub fn overlays_for(&self, node: &Node) -> Result<Vec<(PathBuf, crate::op::Scope)>> {
+        use crate::op::Scope;
         let role = match node.role {
             Role::Server => &self.overlays.server,
             Role::Agent => &self.overlays.agent,
         };
-        let shared = self
-            .overlays
-            .all
-            .iter()
-            .chain(role)
-            .map(|p| (self.resolve(p), crate::op::Scope::Role));
-        let own = node
-            .overlays
-            .iter()
-            .map(|p| (self.resolve(p), crate::op::Scope::Node));
-        shared.chain(own).collect()
+        let own = match self.nodes.iter().position(|n| n.name == node.name) {
+            Some(i) => format!("nodes[{i}].overlays"),
+            None => format!("overlays of node '{}'", node.name),
+        };
+        let lists = [
+            ("overlays.all".to_string(), &self.overlays.all, Scope::Role),
+            (format!("overlays.{}", node.role), role, Scope::Role),
+            (own, &node.overlays, Scope::Node),
+        ];
+        let mut dirs = Vec::new();
+        for (key, list, scope) in lists {
+            for (i, p) in list.iter().enumerate() {
+                dirs.push((self.inventory_path(&format!("{key}[{i}]"), p)?, scope));
+            }
+        }
+        Ok(dirs)
     }
 
     pub fn parse(text: &str) -> Result<Cluster> {
@@ -878,6 +908,49 @@ fn check_address(node: &str, a: StaticAddr, gateway: Option<IpAddr>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// `p`, which cluster.yaml gives under `key`, resolved against `dir` (cluster.yaml's
+/// directory). Unless `allow_outside`, a path that leads outside `dir` is refused: absolute,
+/// climbing out with `..`, or through a symbolic link that points outside (as far as the
+/// path exists). An inventory from someone else could otherwise copy any file of this
+/// machine (private keys, Git credentials) into an image.
+pub fn path_inside(dir: &Path, key: &str, p: &Path, allow_outside: bool) -> Result<PathBuf> {
+    let path = dir.join(p);
+    if allow_outside {
+        return Ok(path);
+    }
+    let root = std::fs::canonicalize(dir)
+        .with_context(|| format!("cannot resolve the inventory directory {}", dir.display()))?;
+    let refuse = |why: String| {
+        anyhow::anyhow!(
+            "`{key}` ({}) in the inventory in {} {why}: paths in cluster.yaml must stay inside its directory, so that an inventory cannot copy other files of this machine (private keys, credentials) into images; move it there and name it relative to cluster.yaml, or pass --allow-outside-paths if you trust this inventory",
+            p.display(),
+            root.display()
+        )
+    };
+    if p.is_absolute() {
+        return Err(refuse("is an absolute path".into()));
+    }
+    if !crate::overlay::stays_inside(Path::new(DEFAULT_CONFIG), p) {
+        return Err(refuse("climbs out of that directory with `..`".into()));
+    }
+    // The longest part of the path that exists, with its links followed.
+    let mut existing = path.clone();
+    let real = loop {
+        match std::fs::canonicalize(&existing) {
+            Ok(real) => break real,
+            Err(_) if existing.pop() => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot resolve {}", path.display())),
+        }
+    };
+    if !real.starts_with(&root) {
+        return Err(refuse(format!(
+            "leads through a symbolic link to {}",
+            real.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// RFC 1123 label: 1-63 of [a-z0-9-], not starting or ending with '-'.

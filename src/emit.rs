@@ -2,10 +2,14 @@
 //!
 //! Every output is first written under a hidden temporary name in the destination
 //! directory and renamed into place only once complete and synced, so a build that
-//! fails or is interrupted never leaves a file under a final name.
+//! fails or is interrupted never leaves a file under a final name. A node's files are put
+//! in place together ([`Replacement`]): the files that describe others (checksums, the
+//! manifest, the directory's `SHA256SUMS` and `known_hosts`) never name a file that is not
+//! there as described, wherever the build stops.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -42,6 +46,49 @@ pub fn remove_temporaries() {
             };
         }
     }
+}
+
+/// Creates `dir` (and its parents) if missing and makes it 0700, whatever the umask.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))
+}
+
+/// Refuses an output directory `dir` that is, or lies under, a symbolic link in the path as
+/// given. A build writes and replaces files of fixed names there (`known_hosts`,
+/// `SHA256SUMS`, images), so a link (say `images -> ~/.ssh`) would replace files elsewhere;
+/// a warning would scroll by in a CI log after the harm is done, while naming the real
+/// directory, which the error prints, costs one flag.
+pub fn refuse_linked_dir(dir: &Path) -> Result<()> {
+    let mut ancestors: Vec<&Path> = dir.ancestors().collect();
+    ancestors.reverse();
+    for p in ancestors.into_iter().filter(|p| !p.as_os_str().is_empty()) {
+        let Ok(meta) = fs::symlink_metadata(p) else {
+            continue;
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        let target = fs::read_link(p)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        let fix = match fs::canonicalize(dir) {
+            Ok(real) => format!("pass the real directory: --out {}", real.display()),
+            Err(_) => format!("{target} does not exist: create it and pass its real path to --out"),
+        };
+        bail!(
+            "output directory {} goes through the symbolic link {} (to {target}): a build replaces files there (known_hosts, SHA256SUMS, images), so it writes only where the real directory is named; {fix}",
+            dir.display(),
+            p.display()
+        );
+    }
+    Ok(())
 }
 
 /// Whether a process with this id still runs.
@@ -98,23 +145,22 @@ pub struct PendingFile {
 }
 
 impl PendingFile {
+    /// A file others may read: mode 0644 (a umask can narrow it, never widen it).
     pub fn create(dir: &Path, name: &str) -> Result<Self> {
+        PendingFile::with_mode(dir, name, 0o644)
+    }
+
+    /// A file holding secrets (a node image): mode 0600 whatever the umask.
+    pub fn create_private(dir: &Path, name: &str) -> Result<Self> {
+        PendingFile::with_mode(dir, name, 0o600)
+    }
+
+    fn with_mode(dir: &Path, name: &str, mode: u32) -> Result<Self> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             bail!("invalid output file name {name:?}: it must be a plain file name");
         }
         let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .with_context(|| {
-                format!(
-                    "cannot create {}: check that the output directory exists and is writable",
-                    tmp.display()
-                )
-            })?;
+        let file = create_new(&tmp, mode)?;
         register_temporary(&tmp);
         Ok(PendingFile {
             dir: dir.to_path_buf(),
@@ -137,6 +183,25 @@ impl PendingFile {
 
     pub fn file(&mut self) -> &mut File {
         self.file.as_mut().expect("file is open until commit")
+    }
+
+    /// A file others may read holding `bytes`, to be put at `path` on commit.
+    pub fn with_bytes(path: &Path, bytes: &[u8]) -> Result<PendingFile> {
+        let (dir, name) = split_path(path)?;
+        let mut p = PendingFile::create(&dir, &name)?;
+        let tmp = p.path().to_path_buf();
+        p.file()
+            .write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        Ok(p)
+    }
+
+    /// Puts the content on disk (under the temporary name).
+    fn sync(&mut self) -> Result<()> {
+        let tmp = self.tmp.display().to_string();
+        self.file()
+            .sync_all()
+            .with_context(|| format!("cannot sync {tmp} to disk"))
     }
 
     /// Syncs the content, renames the file to its final name and syncs the directory.
@@ -169,6 +234,40 @@ impl Drop for PendingFile {
     }
 }
 
+/// Creates `path` as a new file, never opening what is already there: a file or link left at
+/// that name (by a dead process with the same id, or planted) is removed, not written
+/// through, and a second one fails. `mode` is the file's mode, which the umask can only
+/// narrow.
+fn create_new(path: &Path, mode: u32) -> Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            fs::remove_file(path).with_context(|| {
+                format!(
+                    "{} is in the way of a temporary file: remove it",
+                    path.display()
+                )
+            })?;
+            open()
+        }
+        r => r,
+    };
+    file.with_context(|| {
+        format!(
+            "cannot create {}: check that the output directory exists and is writable",
+            path.display()
+        )
+    })
+}
+
 fn split_path(path: &Path) -> Result<(PathBuf, String)> {
     let name = path
         .file_name()
@@ -182,20 +281,14 @@ fn split_path(path: &Path) -> Result<(PathBuf, String)> {
     Ok((dir, name))
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically, mode 0644 (for files that hold no secret).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
-    let (dir, name) = split_path(path)?;
-    let mut p = PendingFile::create(&dir, &name)?;
-    let tmp = p.path().to_path_buf();
-    p.file()
-        .write_all(bytes)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    p.commit()
+    PendingFile::with_bytes(path, bytes)?.commit()
 }
 
-/// Writes `NAME.sha256` next to `path`, in `sha256sum` format (`<hex>  <name>\n`), so that
-/// `sha256sum -c NAME.sha256` run in that directory verifies the file. Returns its path.
-pub fn write_sha256_file(path: &Path, sha256: &str) -> Result<PathBuf> {
+/// `NAME.sha256` next to `path`, in `sha256sum` format (`<hex>  <name>\n`), so that
+/// `sha256sum -c NAME.sha256` run in that directory verifies the file; put in place on commit.
+pub fn sha256_file(path: &Path, sha256: &str) -> Result<PendingFile> {
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("not a SHA-256 digest: {sha256:?}");
     }
@@ -204,13 +297,69 @@ pub fn write_sha256_file(path: &Path, sha256: &str) -> Result<PathBuf> {
         bail!("cannot write a checksum line for the file name {name:?}");
     }
     let line = format!("{}  {name}\n", sha256.to_ascii_lowercase());
-    write_atomic(&dir.join(format!("{name}.sha256")), line.as_bytes())
+    PendingFile::with_bytes(&dir.join(format!("{name}.sha256")), line.as_bytes())
 }
 
-/// Writes the manifest as pretty JSON with a trailing newline, atomically.
-pub fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
-    write_atomic(path, m.to_json().as_bytes())?;
-    Ok(())
+/// The manifest as pretty JSON with a trailing newline, put at `path` on commit.
+pub fn manifest_file(path: &Path, m: &Manifest) -> Result<PendingFile> {
+    PendingFile::with_bytes(path, m.to_json().as_bytes())
+}
+
+/// Test hook, read only here: when `PIKUBE_TEST_PAUSE_BEFORE_RENAME` is the file name
+/// `name`, the build says so on stderr and waits for good before renaming that file into
+/// place, so a test can interrupt or kill it there. Not for users.
+fn test_pause_before_rename(name: &str) {
+    if std::env::var_os("PIKUBE_TEST_PAUSE_BEFORE_RENAME").is_some_and(|v| v == name) {
+        eprintln!("test hook: paused before renaming {name}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Files put in place together, so that whenever the build stops (an error, Ctrl-C, a kill)
+/// every file that describes others names only files that are there as it describes them.
+/// Everything is synced first; then the files of the directory that describe what is being
+/// replaced are removed; then the files are renamed into place, then their descriptions.
+pub struct Replacement {
+    /// The files themselves (the image first), renamed in this order.
+    pub files: Vec<PendingFile>,
+    /// What describes them (checksums, then the manifest), renamed after them in this order;
+    /// an older file under one of these names is removed before anything is renamed.
+    pub descriptions: Vec<PendingFile>,
+    /// Other files that describe what is being replaced and are written again later (the
+    /// directory's `SHA256SUMS`, `known_hosts`): removed before anything is renamed.
+    pub stale: Vec<PathBuf>,
+}
+
+impl Replacement {
+    /// Puts every file in place; returns their final paths, in order.
+    pub fn commit(mut self) -> Result<Vec<PathBuf>> {
+        for p in self.files.iter_mut().chain(&mut self.descriptions) {
+            p.sync()?;
+        }
+        let old = self.descriptions.iter().map(PendingFile::final_path);
+        for path in self.stale.iter().cloned().chain(old) {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot remove {}, which describes files being replaced: check that its directory is writable",
+                            path.display()
+                        )
+                    });
+                }
+            }
+        }
+        let mut done = Vec::new();
+        for p in self.files.into_iter().chain(self.descriptions) {
+            test_pause_before_rename(&p.name);
+            done.push(p.commit()?);
+        }
+        Ok(done)
+    }
 }
 
 /// SHA-256 of a (possibly sparse) file, read in large pieces by a reader thread while
@@ -307,6 +456,27 @@ mod tests {
     }
 
     #[test]
+    fn a_link_planted_at_the_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let tmp = dir
+            .path()
+            .join(format!(".a.img.partial-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let mut p = PendingFile::create(dir.path(), "a.img").unwrap();
+        p.file().write_all(b"new").unwrap();
+        let out = p.commit().unwrap();
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"keep",
+            "the link's target is untouched"
+        );
+        assert!(fs::symlink_metadata(&out).unwrap().is_file());
+        assert_eq!(fs::read(&out).unwrap(), b"new");
+    }
+
+    #[test]
     fn pending_file_rejects_paths_and_missing_dirs() {
         let dir = tempfile::tempdir().unwrap();
         assert!(PendingFile::create(dir.path(), "a/b").is_err());
@@ -322,13 +492,13 @@ mod tests {
         let img = dir.path().join("n1.img");
         fs::write(&img, b"abc").unwrap();
         let digest = sha256_bytes(b"abc");
-        let out = write_sha256_file(&img, &digest).unwrap();
+        let out = sha256_file(&img, &digest).unwrap().commit().unwrap();
         assert_eq!(out, dir.path().join("n1.img.sha256"));
         assert_eq!(
             fs::read_to_string(&out).unwrap(),
             format!("{digest}  n1.img\n")
         );
-        assert!(write_sha256_file(&img, "xyz").is_err());
+        assert!(sha256_file(&img, "xyz").is_err());
     }
 
     #[test]
@@ -336,7 +506,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n1.manifest.json");
         let m = crate::manifest::tests::sample();
-        write_manifest(&path, &m).unwrap();
+        manifest_file(&path, &m).unwrap().commit().unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.ends_with('\n'));
         assert!(text.contains("\n  \"tool\": \"pikube-image\""));

@@ -149,17 +149,18 @@ fn token_file_of(config: &Path) -> Result<PathBuf> {
 /// Writes `DIR/cluster.yaml`, the join token it names (0600, directory 0700) and a
 /// `.gitignore` covering `secrets/`. Files that exist are kept (only what is missing is
 /// created) unless `force`; when every file exists already it refuses, naming them.
-/// `home` is where `.ssh/` is looked up. The token is never printed.
-pub fn init(dir: &Path, force: bool, home: Option<&Path>) -> Result<Report> {
+/// `home` is where `.ssh/` is looked up. The token is never printed. The token file must be
+/// inside `dir` unless `allow_outside` ([`crate::config::path_inside`]).
+pub fn init(dir: &Path, force: bool, allow_outside: bool, home: Option<&Path>) -> Result<Report> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join(crate::config::DEFAULT_CONFIG);
     let gitignore = dir.join(".gitignore");
     let config_exists = config.exists() && !force;
-    let token = dir.join(if config_exists {
-        token_file_of(&config)?
-    } else {
-        PathBuf::from("secrets/k3s-token")
-    });
+    let token_file = match config_exists {
+        true => token_file_of(&config)?,
+        false => PathBuf::from("secrets/k3s-token"),
+    };
+    let token = crate::config::path_inside(dir, "k3s.token_file", &token_file, allow_outside)?;
     let gitignore_ok = gitignore_covers_secrets(&gitignore)?;
     if !force && config_exists && token.exists() && gitignore_ok {
         bail!(
@@ -209,6 +210,7 @@ pub fn init(dir: &Path, force: bool, home: Option<&Path>) -> Result<Report> {
         let mut g = OpenOptions::new()
             .append(true)
             .create(true)
+            .mode(0o644)
             .open(&gitignore)
             .with_context(|| format!("cannot write {}", gitignore.display()))?;
         let text = fs::read_to_string(&gitignore).unwrap_or_default();
@@ -295,7 +297,7 @@ mod tests {
     #[test]
     fn init_writes_private_token_and_refuses_to_overwrite() {
         let d = tempfile::tempdir().unwrap();
-        let r = init(d.path(), false, None).unwrap();
+        let r = init(d.path(), false, false, None).unwrap();
         assert_eq!(r.files.len(), 3);
         assert!(r.placeholder);
         let token = d.path().join("secrets/k3s-token");
@@ -305,14 +307,14 @@ mod tests {
         assert_eq!(dmeta.permissions().mode() & 0o777, 0o700);
         let t1 = fs::read_to_string(&token).unwrap();
         assert_eq!(t1.trim().len(), 64);
-        let e = init(d.path(), false, None).unwrap_err().to_string();
+        let e = init(d.path(), false, false, None).unwrap_err().to_string();
         assert!(e.contains("already exist") && e.contains("--force"), "{e}");
         assert_eq!(
             fs::read_to_string(&token).unwrap(),
             t1,
             "refusal changes nothing"
         );
-        init(d.path(), true, None).unwrap();
+        init(d.path(), true, false, None).unwrap();
         let t2 = fs::read_to_string(&token).unwrap();
         assert_ne!(t1, t2, "--force writes a new token");
         assert_eq!(
@@ -328,7 +330,7 @@ mod tests {
         let edited = EXAMPLE.replace("secrets/k3s-token", "private/join-token");
         fs::write(&config, &edited).unwrap();
         fs::write(d.path().join(".gitignore"), "target/").unwrap();
-        let r = init(d.path(), false, None).unwrap();
+        let r = init(d.path(), false, false, None).unwrap();
         assert_eq!(fs::read_to_string(&config).unwrap(), edited, "kept");
         let token = d.path().join("private/join-token");
         assert_eq!(fs::read_to_string(&token).unwrap().trim().len(), 64);
@@ -349,7 +351,7 @@ mod tests {
         fs::write(home.path().join(".ssh/id_rsa.pub"), "not a key\n").unwrap();
         fs::write(home.path().join(".ssh/id_ed25519.pub"), format!("{line}\n")).unwrap();
         let d = tempfile::tempdir().unwrap();
-        let r = init(d.path(), false, Some(home.path())).unwrap();
+        let r = init(d.path(), false, false, Some(home.path())).unwrap();
         assert_eq!(r.key_from, Some(home.path().join(".ssh/id_ed25519.pub")));
         let c = Cluster::load(&d.path().join("cluster.yaml")).unwrap();
         assert_eq!(c.admin.ssh_authorized_keys[0].as_str(), line);

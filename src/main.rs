@@ -12,7 +12,8 @@ use cmdline::{CacheCommand, Cli, Command, ImagesCommand};
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => {
-            let report = init::init(&a.dir, a.force, dirs::home_dir().as_deref())?;
+            let home = dirs::home_dir();
+            let report = init::init(&a.dir, a.force, a.allow_outside_paths, home.as_deref())?;
             eprint!(
                 "{}",
                 report.render(&a.dir.join(pikube_image::config::DEFAULT_CONFIG))

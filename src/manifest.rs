@@ -31,6 +31,9 @@ pub struct Manifest {
     /// Every file produced for the node (raw image, compressed images, bmap).
     #[serde(default)]
     pub outputs: Vec<OutputRecord>,
+    /// The node's line of `known_hosts`: its names and the SSH host public key in its image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +155,7 @@ pub(crate) mod tests {
                 sha256: "ef".repeat(32),
             }),
             outputs: Vec::new(),
+            known_hosts: Some("n1 ssh-ed25519 AAAA".into()),
         }
     }
 

@@ -42,8 +42,9 @@ pub fn builtin_ops(name: &str, partition: &str) -> Result<Vec<Op>> {
 }
 
 /// Lexically resolves `target` (relative to the directory of the link at `link_rel`) and
-/// checks that it stays inside the overlay.
-fn stays_inside(link_rel: &Path, target: &Path) -> bool {
+/// checks that it stays inside the directory `link_rel` is relative to (an absolute `target`
+/// counts as inside: it is checked elsewhere, if at all).
+pub(crate) fn stays_inside(link_rel: &Path, target: &Path) -> bool {
     let mut depth: i64 = link_rel
         .parent()
         .map_or(0, |p| p.components().count() as i64);

@@ -43,6 +43,8 @@ pub struct Plan {
     pub image: OsImage,
     pub instance_id: Option<String>,
     pub ops: Vec<Op>,
+    /// The node's `known_hosts` line (its names and host public key), when it gets a key.
+    pub known_host: Option<String>,
 }
 
 /// Serialisable view of an op for `--dry-run --json` and the manifest.
@@ -102,9 +104,13 @@ impl Plan {
             host_key,
         )?;
         let mut ops = first.ops;
-        if let Some(key) = host_key {
-            ops.extend(crate::host_keys::host_key_ops(root, key));
-        }
+        let known_host = match host_key {
+            Some(key) => {
+                ops.extend(crate::host_keys::host_key_ops(root, key));
+                Some(crate::host_keys::known_host_line(cluster, node, key)?)
+            }
+            None => None,
+        };
         ops.push(
             crate::nodeinfo::NodeInfo::new(cluster, node, board, image, inputs.built)?.op(root)?,
         );
@@ -145,7 +151,7 @@ impl Plan {
         for name in crate::overlay::DEFAULT_BUILTINS {
             ops.extend(crate::overlay::builtin_ops(name, root)?);
         }
-        for (dir, scope) in cluster.overlays_for(node) {
+        for (dir, scope) in cluster.overlays_for(node)? {
             ops.extend(
                 crate::overlay::dir_ops(&dir, root, scope)
                     .with_context(|| format!("overlay of node '{}'", node.name))?,
@@ -161,6 +167,7 @@ impl Plan {
             image: image.clone(),
             instance_id: first.instance_id,
             ops,
+            known_host,
         })
     }
 

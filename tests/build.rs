@@ -1378,9 +1378,411 @@ fn fleet_outputs_are_reproducible_and_flashable() {
 }
 
 #[test]
-fn overlapping_partition_entries_stop_the_build_before_any_write() {
+fn outputs_and_cache_entries_holding_secrets_are_private_under_umask_000() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(FixtureOpts {
+        seed: 93,
+        ..FixtureOpts::default()
+    });
+    let url = env.server.url();
+    let out = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_pikube-image"))
+        .args([
+            "build",
+            "--mirror",
+            &url,
+            "--out",
+            "out",
+            "--all",
+            "--format",
+            "raw,zst,bmap",
+        ])
+        .current_dir(env.path(""))
+        .env("PIKUBE_CACHE_DIR", env.path("cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode(&env.path("out")),
+        0o700,
+        "the output directory holds secrets"
+    );
+    for node in ["cp1", "w1"] {
+        for secret in [format!("{node}.img"), format!("{node}.img.zst")] {
+            assert_eq!(mode(&env.path(&format!("out/{secret}"))), 0o600, "{secret}");
+        }
+        for public in [
+            format!("{node}.img.sha256"),
+            format!("{node}.img.zst.sha256"),
+            format!("{node}.bmap"),
+            format!("{node}.manifest.json"),
+        ] {
+            assert_eq!(mode(&env.path(&format!("out/{public}"))), 0o644, "{public}");
+        }
+        let keys = env.path(&format!("secrets/ssh/{node}"));
+        assert_eq!(mode(&keys), 0o700);
+        assert_eq!(mode(&keys.join("ssh_host_ed25519_key")), 0o600);
+        assert_eq!(mode(&keys.join("ssh_host_ed25519_key.pub")), 0o644);
+    }
+    for public in ["SHA256SUMS", "known_hosts"] {
+        assert_eq!(mode(&env.path(&format!("out/{public}"))), 0o644, "{public}");
+    }
+    // The prepared base holds the role's secrets (the join token): its entry is private.
+    let prepared = env.path("cache/prepared");
+    let entries: Vec<PathBuf> = std::fs::read_dir(&prepared)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(!entries.is_empty(), "a fleet build prepares a base");
+    for entry in entries {
+        assert_eq!(mode(&entry), 0o700, "{}", entry.display());
+        let mut stack = vec![entry];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    assert_eq!(mode(&p), 0o700, "{}", p.display());
+                    stack.push(p);
+                } else {
+                    assert_eq!(mode(&p), 0o600, "{}", p.display());
+                }
+            }
+        }
+    }
+}
+
+/// The host public key inside `img`'s root filesystem, without its comment.
+fn host_key_in(img: &Path) -> String {
+    let file = std::fs::File::open(img).unwrap();
+    let disk = pikube_image::disk::Disk::read(img).unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, disk.by_label("writable").unwrap()).unwrap();
+    let public = fs
+        .read_to_string("/etc/ssh/ssh_host_ed25519_key.pub")
+        .unwrap();
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Checks that every file in `dir` that describes others (`X.sha256`, manifests,
+/// `SHA256SUMS`, `known_hosts`) describes them as they are: each file it names is there with
+/// that digest, `SHA256SUMS` lists every file, `known_hosts` every node image with the key
+/// inside it.
+fn assert_descriptions_match(dir: &Path) {
+    let digest = |name: &str| -> Option<String> {
+        let p = dir.join(name);
+        p.is_file()
+            .then(|| pikube_image::io::sha256_reader(std::fs::File::open(&p).unwrap()).unwrap())
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    for name in &names {
+        let text = || std::fs::read_to_string(dir.join(name)).unwrap();
+        if name.ends_with(".sha256") {
+            for line in text().lines() {
+                let (hex, file) = line.split_once("  ").unwrap();
+                assert_eq!(
+                    digest(file).as_deref(),
+                    Some(hex),
+                    "{name} describes {file}"
+                );
+            }
+        }
+        if name.ends_with(".manifest.json") {
+            let m: serde_json::Value = serde_json::from_str(&text()).unwrap();
+            for o in m["outputs"].as_array().unwrap() {
+                let file = o["file"].as_str().unwrap();
+                assert_eq!(
+                    digest(file).as_deref(),
+                    o["sha256"].as_str(),
+                    "{name} describes {file}"
+                );
+            }
+        }
+    }
+    if names.iter().any(|n| n == "SHA256SUMS") {
+        let listed = sums(&dir.join("SHA256SUMS"));
+        for (file, hex) in &listed {
+            assert_eq!(
+                digest(file).as_ref(),
+                Some(hex),
+                "SHA256SUMS describes {file}"
+            );
+        }
+        for name in names.iter().filter(|n| *n != "SHA256SUMS") {
+            assert!(listed.contains_key(name), "SHA256SUMS lists {name}");
+        }
+    }
+    if names.iter().any(|n| n == "known_hosts") {
+        let kh = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
+        let mut listed = Vec::new();
+        for line in kh.lines() {
+            let (hosts, key) = line.split_once(' ').unwrap();
+            let node = hosts.split(',').next().unwrap();
+            let img = dir.join(format!("{node}.img"));
+            assert!(
+                img.exists(),
+                "known_hosts lists {node}, whose image is not there"
+            );
+            assert_eq!(
+                host_key_in(&img),
+                key,
+                "known_hosts holds the key of {node}.img"
+            );
+            listed.push(format!("{node}.img"));
+        }
+        for img in names.iter().filter(|n| n.ends_with(".img")) {
+            assert!(listed.contains(img), "known_hosts lists {img}: {kh}");
+        }
+    }
+}
+
+#[test]
+fn a_build_killed_before_the_image_rename_leaves_consistent_outputs() {
+    use std::io::BufRead;
     let env = Env::new(FixtureOpts {
         seed: 91,
+        ..FixtureOpts::default()
+    });
+    let out = env.build(&["--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_descriptions_match(&env.path("out"));
+    for signal in ["INT", "KILL"] {
+        // New host keys: every node's image changes, and so does known_hosts.
+        std::fs::remove_dir_all(env.path("secrets/ssh")).unwrap();
+        let url = env.server.url();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+            .args(["build", "--mirror", &url, "--out", "out", "--all"])
+            .current_dir(env.path(""))
+            .env("PIKUBE_CACHE_DIR", env.path("cache"))
+            .env("PIKUBE_TEST_PAUSE_BEFORE_RENAME", "w1.img")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::io::BufReader::new(child.stderr.take().unwrap());
+        let lines = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in reader.lines() {
+                let line = line.unwrap();
+                if line.contains("paused before renaming w1.img") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        if rx
+            .recv_timeout(std::time::Duration::from_secs(600))
+            .is_err()
+        {
+            let _ = child.kill();
+            panic!("the build never paused: {}", lines.join().unwrap());
+        }
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        let err = lines.join().unwrap();
+        eprintln!("{err}");
+        if signal == "INT" {
+            assert_eq!(status.code(), Some(130), "interrupted builds exit 130");
+            assert!(err.contains("partial outputs removed"), "{err}");
+        }
+        assert_descriptions_match(&env.path("out"));
+    }
+    let out = env.build(&["--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.path("out/SHA256SUMS").exists() && env.path("out/known_hosts").exists());
+    assert_descriptions_match(&env.path("out"));
+}
+
+#[test]
+fn a_symlinked_output_directory_is_refused() {
+    let env = Env::new(FixtureOpts {
+        seed: 95,
+        total_mib: 120,
+        ..FixtureOpts::default()
+    });
+    // `out` points at a directory holding the user's own known_hosts.
+    let ssh = env.path("home/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("known_hosts"), "github.com ssh-ed25519 AAAA\n").unwrap();
+    std::os::unix::fs::symlink(&ssh, env.path("out")).unwrap();
+    let out = env.build(&["--node", "cp1"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("out")
+            && err.contains("symbolic link")
+            && err.contains(&ssh.display().to_string()),
+        "the error names the link and the real directory: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ssh.join("known_hosts")).unwrap(),
+        "github.com ssh-ed25519 AAAA\n"
+    );
+    assert_eq!(
+        std::fs::read_dir(&ssh).unwrap().count(),
+        1,
+        "nothing written there"
+    );
+}
+
+/// A directory with an inventory in `inv/` (no fixture image: dry runs download nothing) and
+/// files outside it in `outside/` that an inventory must not reach: a private key, a token and
+/// Git credentials.
+fn inventory_beside_secrets() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let inv = d.path().join("inv");
+    std::fs::create_dir_all(inv.join("ov/etc")).unwrap();
+    std::fs::write(inv.join("ov/etc/motd"), "hi\n").unwrap();
+    write_token(&inv);
+    let outside = d.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for (name, text) in [
+        ("id_ed25519", "PRIVATE KEY\n"),
+        ("token", "fedcba9876543210fedcba9876543210\n"),
+        ("git-credentials.yaml", "username: me\npassword: hunter2\n"),
+    ] {
+        std::fs::write(outside.join(name), text).unwrap();
+        std::fs::set_permissions(outside.join(name), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+    }
+    d
+}
+
+#[test]
+fn paths_in_the_inventory_stay_in_its_directory() {
+    let d = inventory_beside_secrets();
+    let inv = d.path().join("inv");
+    let outside = d.path().join("outside");
+    std::os::unix::fs::symlink("../outside", inv.join("link")).unwrap();
+    std::os::unix::fs::symlink("../../outside/token", inv.join("secrets/linked-token")).unwrap();
+    let gitops =
+        "gitops: { repo: \"https://git.example.com/lab.git\", credentials_file: CREDS }\nnodes:\n";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov, ../outside] }\nnodes:\n"),
+            "overlays.all[1]",
+        ),
+        (
+            cluster_yaml("").replace(
+                "role: worker }",
+                &format!("role: worker, overlays: [{}] }}", outside.display()),
+            ),
+            "nodes[1].overlays[0]",
+        ),
+        (
+            cluster_yaml("").replace("nodes:\n", "overlays: { server: [ov/../link] }\nnodes:\n"),
+            "overlays.server[0]",
+        ),
+        (
+            cluster_yaml("").replace(
+                "nodes:\n",
+                "k3s: { token_file: ../outside/token }\nnodes:\n",
+            ),
+            "k3s.token_file",
+        ),
+        (
+            cluster_yaml("").replace(
+                "nodes:\n",
+                "k3s: { token_file: secrets/linked-token }\nnodes:\n",
+            ),
+            "k3s.token_file",
+        ),
+        (
+            cluster_yaml("").replace(
+                "nodes:\n",
+                &gitops.replace(
+                    "CREDS",
+                    &outside.join("git-credentials.yaml").display().to_string(),
+                ),
+            ),
+            "gitops.credentials_file",
+        ),
+    ];
+    let dry_run = |allow: bool| {
+        let mut args = vec!["build", "--all", "--dry-run", "--json"];
+        args.extend(allow.then_some("--allow-outside-paths"));
+        run_cli(&inv, &[], &args)
+    };
+    for (yaml, key) in &cases {
+        std::fs::write(inv.join("cluster.yaml"), yaml).unwrap();
+        let out = dry_run(false);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{key} is refused: {err}");
+        assert!(
+            err.contains(key) && err.contains("--allow-outside-paths"),
+            "the error names {key} and the flag: {err}"
+        );
+        // The user can say they trust this inventory.
+        let out = dry_run(true);
+        assert!(out.status.success(), "{key}: {}", stderr(&out));
+    }
+    // With the flag, an outside overlay is copied like any other.
+    std::fs::write(inv.join("cluster.yaml"), &cases[0].0).unwrap();
+    let out = dry_run(true);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("/id_ed25519"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Paths that stay inside, through `..` or a link that points inside, are fine.
+    std::os::unix::fs::symlink("ov", inv.join("ov-link")).unwrap();
+    std::fs::write(
+        inv.join("cluster.yaml"),
+        cluster_yaml("").replace(
+            "nodes:\n",
+            "overlays: { all: [secrets/../ov, ov-link] }\nnodes:\n",
+        ),
+    )
+    .unwrap();
+    let out = dry_run(false);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // init creates a missing token where cluster.yaml says: only inside, unless allowed.
+    std::fs::write(
+        inv.join("cluster.yaml"),
+        cluster_yaml("").replace(
+            "nodes:\n",
+            "k3s: { token_file: ../outside/new-token }\nnodes:\n",
+        ),
+    )
+    .unwrap();
+    let out = run_cli(&inv, &[], &["init"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("k3s.token_file") && err.contains("--allow-outside-paths"),
+        "{err}"
+    );
+    assert!(
+        !outside.join("new-token").exists(),
+        "nothing written outside"
+    );
+    let out = run_cli(&inv, &[], &["init", "--allow-outside-paths"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(outside.join("new-token").exists());
+}
+
+#[test]
+fn overlapping_partition_entries_stop_the_build_before_any_write() {
+    let env = Env::new(FixtureOpts {
+        seed: 97,
         ..FixtureOpts::default()
     });
     // Stretch the FAT entry over the start of the ext4 partition.

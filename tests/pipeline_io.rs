@@ -10,7 +10,7 @@ use std::process::Command;
 
 use pikube_image::decompress::{Compression, Options, decompress_to, decompress_with, detect};
 use pikube_image::disk::{Disk, FsKind, TableKind};
-use pikube_image::emit::{PendingFile, hash_file, write_sha256_file};
+use pikube_image::emit::{PendingFile, hash_file, sha256_file};
 use pikube_image::io::sha256_reader;
 use pikube_image::progress::Progress;
 use support::fixtures::*;
@@ -437,7 +437,7 @@ fn outputs_are_atomic_and_checksums_verify() {
     let img = p.commit().unwrap();
     let digest = hash_file(&img, &Progress::quiet()).unwrap();
     assert_eq!(digest, sha_file(&u.image));
-    let sums = write_sha256_file(&img, &digest).unwrap();
+    let sums = sha256_file(&img, &digest).unwrap().commit().unwrap();
     let (ok, out) = check(
         Command::new("sha256sum")
             .arg("-c")

@@ -80,6 +80,7 @@ pub fn derive<'a>(
         files,
         growth,
         image,
+        known_host: plan.known_host.clone(),
     };
     if let Some(p) = prepared {
         let o = Arc::new(CowImage::open(&p.path, input.out_dir)?);
@@ -103,7 +104,7 @@ pub fn derive<'a>(
             plan.node
         ));
     }
-    let pending = PendingFile::create(input.out_dir, &format!("{}.img", plan.node))?;
+    let pending = PendingFile::create_private(input.out_dir, &format!("{}.img", plan.node))?;
     let all: Vec<&Op> = plan.ops.iter().collect();
     let (mut files, growth) = prepare_image(
         input.base_path,

@@ -10,6 +10,7 @@ mod resolve;
 mod select;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -54,6 +55,8 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     for w in cluster.warnings() {
         progress.message(&format!("warning: {w}"));
     }
+    cluster.allow_outside_paths = req.allow_outside_paths;
+    cluster.check_paths()?;
     let formats = if !req.formats.is_empty() {
         req.formats.clone()
     } else if !cluster.formats.is_empty() {
@@ -101,7 +104,13 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     }
 
     if !req.dry_run {
-        std::fs::create_dir_all(&req.out)
+        emit::refuse_linked_dir(&req.out)?;
+        // Images hold secrets: a directory made for them is private (an existing one keeps
+        // the mode its owner gave it).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&req.out)
             .with_context(|| format!("cannot create output directory {}", req.out.display()))?;
         for p in emit::sweep_stale(&req.out, "partial") {
             progress.message(&format!(
@@ -214,11 +223,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
                     )
                 })
                 .with_context(|| format!("preparing the base image for node '{}'", w.plan.node))?;
-            for &f in formats.iter().filter(|f| f.is_compressed()) {
-                let dir = store.frames_dir(&key, f);
-                let index = crate::formats::FrameIndex::load_or_build(&p.path, f, &dir, progress)?;
-                p.frames.insert(f, index);
-            }
+            store.add_frames(&key, &mut p, &formats, progress)?;
             prepared.insert(key, p);
         }
     }
@@ -245,12 +250,15 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             .map(|o| (o, started.elapsed().as_secs_f64()))
     });
     let mut by_node = BTreeMap::new();
+    let mut failed = None;
     for (w, o) in work.iter().zip(outcomes) {
         match o {
             Some(Ok(d)) => {
                 by_node.insert(w.plan.node.clone(), d);
             }
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => {
+                failed.get_or_insert(e);
+            }
             None => {}
         }
     }
@@ -271,8 +279,21 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     for (r, w) in results.iter_mut().zip(&work) {
         r.prepared_from_cache = Some(prepared.get(&w.key).is_some_and(|p| p.from_cache));
     }
-    resolver.write_known_hosts(&req.out)?;
-    crate::formats::write_sha256sums_known(&req.out, &known)?;
+    // A node's outputs replaced the directory's indexes with nothing: write them again for
+    // what is there now, even when another node failed.
+    if failed.is_none() || !known.is_empty() {
+        let indexes = crate::host_keys::write_known_hosts(&req.out, progress)
+            .and_then(|_| crate::formats::write_sha256sums_known(&req.out, &known));
+        if let Err(e) = indexes {
+            match &failed {
+                None => return Err(e),
+                Some(_) => progress.message(&format!("{e:#}")),
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     resolver.save_lock()?;
     Ok(BuildSummary {
         dry_run: false,

@@ -1,6 +1,10 @@
 //! The prepared-base store: decompressed base images with a role's shared operations already
 //! applied, kept in the cache under a key that names everything that shaped them, so nodes of
 //! the same role (in this build and later ones) derive from one copy.
+//!
+//! A prepared base holds what every node of its role shares, registry credentials
+//! (`k3s.registries`) included, so the store keeps it private: directories 0700 and files
+//! 0600 whatever the umask, entries made by earlier versions included.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,14 +67,27 @@ impl PreparedStore {
         self.layout.prepared_entry(key).meta.exists()
     }
 
-    /// Where the frames of `key`'s image in `format` are kept.
-    pub fn frames_dir(&self, key: &str, format: Format) -> PathBuf {
+    /// Adds to `p` (the prepared base for `key`) the compressed frames of its image in each
+    /// compressed format of `formats`, made once and kept in its entry.
+    pub fn add_frames(
+        &self,
+        key: &str,
+        p: &mut Prepared,
+        formats: &[Format],
+        progress: &Progress,
+    ) -> Result<()> {
         let dir = self.layout.prepared_entry(key).dir;
-        dir.join(format!("frames-{}", format.name()))
+        for &f in formats.iter().filter(|f| f.is_compressed()) {
+            let frames = dir.join(format!("frames-{}", f.name()));
+            p.frames
+                .insert(f, FrameIndex::load_or_build(&p.path, f, &frames, progress)?);
+        }
+        make_private(&dir)
     }
 
     fn load(&self, key: &str) -> Result<Prepared> {
         let entry = self.layout.prepared_entry(key);
+        make_private(&entry.dir)?;
         let text = std::fs::read_to_string(&entry.meta)
             .with_context(|| format!("cannot read {}", entry.meta.display()))?;
         let mut p: Prepared = serde_json::from_str(&text).with_context(|| {
@@ -104,8 +121,7 @@ impl PreparedStore {
         }
         let root = &self.layout.prepared();
         let entry = self.layout.prepared_entry(key);
-        std::fs::create_dir_all(root)
-            .with_context(|| format!("cannot create {}", root.display()))?;
+        emit::private_dir(root)?;
         let lock_path = &entry.lock;
         let lock = std::fs::File::create(&lock_path)
             .with_context(|| format!("cannot create {}", lock_path.display()))?;
@@ -118,8 +134,7 @@ impl PreparedStore {
         let tmp = root.join(format!(".{key}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         emit::register_temporary(&tmp);
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        emit::private_dir(&tmp)?;
         let built = (|| -> Result<Prepared> {
             let img = tmp.join(entry.image.file_name().expect("an image file name"));
             let (files, growth) = make(&img)?;
@@ -138,6 +153,7 @@ impl PreparedStore {
                 &tmp.join(entry.meta.file_name().expect("a metadata file name")),
                 serde_json::to_string_pretty(&p)?.as_bytes(),
             )?;
+            make_private(&tmp)?;
             Ok(p)
         })();
         emit::unregister_temporary(&tmp);
@@ -156,4 +172,36 @@ impl PreparedStore {
             }
         }
     }
+}
+
+/// Makes the tree at `path` private: directories 0700, files 0600 (links are left alone).
+fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    let mode = match meta.file_type() {
+        t if t.is_dir() => 0o700,
+        t if t.is_file() => 0o600,
+        _ => return Ok(()),
+    };
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(
+            || {
+                format!(
+                    "cannot make {} private: it holds secrets; run `chmod -R go= {}`",
+                    path.display(),
+                    path.display()
+                )
+            },
+        )?;
+    }
+    if meta.is_dir() {
+        let entries =
+            std::fs::read_dir(path).with_context(|| format!("cannot list {}", path.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("cannot list {}", path.display()))?;
+            make_private(&e.path())?;
+        }
+    }
+    Ok(())
 }

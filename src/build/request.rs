@@ -48,6 +48,8 @@ pub struct BuildRequest {
     pub shard: Option<(usize, usize)>,
     /// Output formats; empty for the inventory's `formats:` (else raw).
     pub formats: Vec<Format>,
+    /// Let paths in the inventory lead outside its directory.
+    pub allow_outside_paths: bool,
 }
 
 /// Default of `--grow-margin`.

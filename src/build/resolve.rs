@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 
 use crate::boards::Board;
 use crate::config::{Cluster, Node, Role};
-use crate::emit;
 use crate::plan::{Content, Payload};
 use crate::progress::Progress;
 use crate::registry::ImageRef;
@@ -82,7 +81,7 @@ impl<'a> Resolver<'a> {
     ) -> Result<Resolver<'a>> {
         let token = if cluster.k3s.install {
             Some(read_token(
-                &cluster.resolve(&cluster.k3s.token_file),
+                &cluster.inventory_path("k3s.token_file", &cluster.k3s.token_file)?,
                 &cluster.base_dir,
             )?)
         } else {
@@ -91,7 +90,7 @@ impl<'a> Resolver<'a> {
         let repo_secret = match cluster.gitops.as_ref() {
             Some(g) => match &g.credentials_file {
                 Some(f) => {
-                    let path = cluster.resolve(f);
+                    let path = cluster.inventory_path("gitops.credentials_file", f)?;
                     let text = std::fs::read_to_string(&path).with_context(|| {
                         format!("cannot read gitops credentials {}", path.display())
                     })?;
@@ -286,20 +285,5 @@ impl<'a> Resolver<'a> {
         };
         self.argocd = Some(content.clone());
         Ok(content)
-    }
-
-    /// `known_hosts` for every node of the inventory (keys are generated for nodes that do
-    /// not have one yet), so SSH never has to trust a key on first use.
-    pub fn write_known_hosts(&self, out: &Path) -> Result<()> {
-        let mut pairs = Vec::new();
-        for n in &self.cluster.nodes {
-            pairs.push((
-                n.clone(),
-                crate::host_keys::host_key(&self.secrets, &n.name)?,
-            ));
-        }
-        let text = crate::host_keys::known_hosts(self.cluster, &pairs)?;
-        emit::write_atomic(&out.join("known_hosts"), text.as_bytes())?;
-        Ok(())
     }
 }

@@ -75,6 +75,9 @@ pub struct InitArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// Let k3s.token_file of an existing cluster.yaml lead outside its directory.
+    #[arg(long)]
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Args)]
@@ -110,7 +113,7 @@ pub struct BuildArgs {
     /// Rewrite every download https://HOST/PATH to URL/HOST/PATH (local mirror, air-gapped CI).
     #[arg(long, value_name = "URL", value_parser = parse_mirror)]
     pub mirror: Option<String>,
-    /// Output directory.
+    /// Output directory. A path through a symbolic link is refused: name the real directory.
     #[arg(long, default_value = "images")]
     pub out: PathBuf,
     /// Use only the download cache; fail naming anything missing.
@@ -138,6 +141,10 @@ pub struct BuildArgs {
     /// Progress as JSON lines on stderr and a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Let paths in cluster.yaml (overlays, k3s.token_file, gitops.credentials_file) lead
+    /// outside its directory: only for an inventory you trust, as they go into the images.
+    #[arg(long)]
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Args)]
@@ -233,6 +240,7 @@ impl BuildArgs {
             jobs: self.jobs,
             shard: self.shard,
             formats: self.format.map(|f| f.0).unwrap_or_default(),
+            allow_outside_paths: self.allow_outside_paths,
         })
     }
 }

@@ -112,7 +112,8 @@ fn mapped_runs(
     Ok(runs)
 }
 
-fn bmap_text(raw: &Path, zero_blocks_unmapped: bool, progress: &Progress) -> Result<String> {
+/// The bmap of `raw`, as [`write_bmap_with`] writes it.
+pub fn bmap_text(raw: &Path, zero_blocks_unmapped: bool, progress: &Progress) -> Result<String> {
     let file = File::open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
     let size = file
         .metadata()

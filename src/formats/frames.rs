@@ -141,7 +141,8 @@ impl FrameIndex {
             }
         }
         let src = Source::file(raw)?;
-        let mut pending = PendingFile::create(dir, name)?;
+        // The frames hold the image, and so its secrets.
+        let mut pending = PendingFile::create_private(dir, name)?;
         let (stats, frames) = encode(&src, None, format, true, &mut pending, progress)?;
         pending.commit()?;
         let image_size = frames.iter().map(|f| f.uncompressed).sum();
@@ -313,7 +314,7 @@ pub fn write_compressed_stats(
     out: &Path,
     progress: &Progress,
 ) -> Result<CompressStats> {
-    write_source(&Source::file(raw)?, None, format, out, progress)
+    write_to(out, format, |p| compress_into(raw, format, p, progress))
 }
 
 /// Writes `out`: the image seen through `node` compressed in `format`, copying the frames
@@ -326,6 +327,42 @@ pub fn write_compressed_overlay(
     out: &Path,
     progress: &Progress,
 ) -> Result<CompressStats> {
+    write_to(out, format, |p| {
+        compress_overlay_into(node, base, format, p, progress)
+    })
+}
+
+/// [`write_compressed_overlay`] into a file the caller commits.
+pub fn compress_overlay_into(
+    node: &CowImage,
+    base: Option<&FrameIndex>,
+    format: Format,
+    out: &mut PendingFile,
+    progress: &Progress,
+) -> Result<CompressStats> {
+    let (src, reuse) = overlay_source(node, base, format)?;
+    encode_source(&src, reuse, format, out, progress)
+}
+
+/// [`write_compressed`] into a file the caller commits.
+pub fn compress_into(
+    raw: &Path,
+    format: Format,
+    out: &mut PendingFile,
+    progress: &Progress,
+) -> Result<CompressStats> {
+    encode_source(&Source::file(raw)?, None, format, out, progress)
+}
+
+/// A frame index, with the chunks whose frames cannot be copied from it (the node changed them).
+type Reuse<'a> = Option<(&'a FrameIndex, BTreeSet<usize>)>;
+
+/// The image seen through `node`, and what of `base`'s frames it can reuse.
+fn overlay_source<'a>(
+    node: &'a CowImage,
+    base: Option<&'a FrameIndex>,
+    format: Format,
+) -> Result<(Source<'a>, Reuse<'a>)> {
     let src = Source {
         store: Box::new(node),
         size: node.size(),
@@ -343,7 +380,7 @@ pub fn write_compressed_overlay(
         }
         None => None,
     };
-    write_source(&src, reuse, format, out, progress)
+    Ok((src, reuse))
 }
 
 fn file_name(p: &Path) -> String {
@@ -357,12 +394,11 @@ fn chunks_of(s: u64, e: u64) -> std::ops::Range<usize> {
     (s / FRAME_SIZE) as usize..e.div_ceil(FRAME_SIZE) as usize
 }
 
-fn write_source(
-    src: &Source,
-    reuse: Option<(&FrameIndex, BTreeSet<usize>)>,
-    format: Format,
+/// Writes `out`, a compressed image in `format`, with what `fill` puts into it.
+fn write_to(
     out: &Path,
-    progress: &Progress,
+    format: Format,
+    fill: impl FnOnce(&mut PendingFile) -> Result<CompressStats>,
 ) -> Result<CompressStats> {
     frames_name(format)?;
     let name = out
@@ -373,10 +409,22 @@ fn write_source(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut pending = PendingFile::create(dir, name)?;
-    let (stats, _) = encode(src, reuse, format, false, &mut pending, progress)?;
+    // A compressed image holds what the image holds: the node's secrets.
+    let mut pending = PendingFile::create_private(dir, name)?;
+    let stats = fill(&mut pending)?;
     pending.commit()?;
     Ok(stats)
+}
+
+fn encode_source(
+    src: &Source,
+    reuse: Reuse<'_>,
+    format: Format,
+    out: &mut PendingFile,
+    progress: &Progress,
+) -> Result<CompressStats> {
+    frames_name(format)?;
+    Ok(encode(src, reuse, format, false, out, progress)?.0)
 }
 
 /// An image to compress: where its bytes come from, its size, and its data ranges
@@ -704,7 +752,7 @@ fn zero_sha(len: u64) -> String {
 /// chunks per worker are in memory at once.
 fn encode(
     src: &Source,
-    reuse: Option<(&FrameIndex, BTreeSet<usize>)>,
+    reuse: Reuse<'_>,
     format: Format,
     records: bool,
     out: &mut PendingFile,

@@ -24,10 +24,10 @@ mod frames;
 mod xz;
 mod zst;
 
-pub use bmap::{write_bmap, write_bmap_with};
+pub use bmap::{bmap_text, write_bmap, write_bmap_with};
 pub use frames::{
-    CompressStats, FRAME_SIZE, FrameIndex, FrameRecord, write_compressed, write_compressed_overlay,
-    write_compressed_stats,
+    CompressStats, FRAME_SIZE, FrameIndex, FrameRecord, compress_into, compress_overlay_into,
+    write_compressed, write_compressed_overlay, write_compressed_stats,
 };
 
 /// An artifact format a build can publish for each node.

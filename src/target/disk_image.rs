@@ -19,7 +19,10 @@ pub struct Spec {
 }
 
 /// Writes the node's outputs in the requested formats, their `.sha256` files and the
-/// manifest.
+/// manifest, and puts them in place together: the image first, then the other outputs, their
+/// checksums and the manifest last, after removing the files that describe what they replace
+/// (the node's old checksums and manifest, the directory's `SHA256SUMS` and `known_hosts`,
+/// which the build writes again at its end).
 pub fn write(spec: &Spec, node: BuiltNode<'_>, progress: &Progress) -> Result<NodeOutputs> {
     let img_name = format!("{}.img", node.node);
     let wants_raw = spec.formats.contains(&Format::Raw);
@@ -35,7 +38,7 @@ pub fn write(spec: &Spec, node: BuiltNode<'_>, progress: &Progress) -> Result<No
             (None, Some(pending), sha)
         }
         NodeImage::Cow { overlay, frames } if wants_raw || spec.formats.contains(&Format::Bmap) => {
-            let mut pending = PendingFile::create(&spec.dir, &img_name)?;
+            let mut pending = PendingFile::create_private(&spec.dir, &img_name)?;
             let path = pending.path().to_path_buf();
             let sha = overlay.write_image(pending.file(), &path, &img_name, progress)?;
             (Some((overlay, frames)), Some(pending), Some(sha))
@@ -48,24 +51,40 @@ pub fn write(spec: &Spec, node: BuiltNode<'_>, progress: &Progress) -> Result<No
         sha256,
     });
     let mut outputs: Vec<OutputRecord> = raw_record.iter().cloned().collect();
+    let mut files = Vec::new();
     for &f in &spec.formats {
         let name = match f {
             Format::Raw => continue,
             Format::Bmap => format!("{}.bmap", node.node),
             _ => format!("{img_name}{}", f.suffix()),
         };
-        let out = spec.dir.join(&name);
         let raw_path = || raw.as_ref().map(|r| r.path()).expect("a raw image file");
-        let (size, sha256) = match (f, overlay) {
-            (Format::Bmap, _) => crate::formats::write_bmap(raw_path(), &out, progress)?,
-            (_, Some((o, frames))) => {
-                let s =
-                    crate::formats::write_compressed_overlay(o, frames.get(&f), f, &out, progress)?;
-                (s.size, s.sha256)
+        let (file, size, sha256) = match (f, overlay) {
+            (Format::Bmap, _) => {
+                let text = crate::formats::bmap_text(raw_path(), false, progress)?;
+                let file = PendingFile::with_bytes(&spec.dir.join(&name), text.as_bytes())?;
+                (
+                    file,
+                    text.len() as u64,
+                    crate::io::sha256_bytes(text.as_bytes()),
+                )
             }
-            (_, None) => crate::formats::write_compressed(raw_path(), f, &out, progress)?,
+            (_, overlay) => {
+                let mut file = PendingFile::create_private(&spec.dir, &name)?;
+                let s = match overlay {
+                    Some((o, frames)) => crate::formats::compress_overlay_into(
+                        o,
+                        frames.get(&f),
+                        f,
+                        &mut file,
+                        progress,
+                    )?,
+                    None => crate::formats::compress_into(raw_path(), f, &mut file, progress)?,
+                };
+                (file, s.size, s.sha256)
+            }
         };
-        emit::write_sha256_file(&out, &sha256)?;
+        files.push(file);
         outputs.push(OutputRecord {
             file: name,
             size,
@@ -84,30 +103,36 @@ pub fn write(spec: &Spec, node: BuiltNode<'_>, progress: &Progress) -> Result<No
         growth: node.growth,
         image: raw_record.clone(),
         outputs: outputs.clone(),
+        known_hosts: node.known_host,
     };
     let manifest_path = spec.dir.join(format!("{}.manifest.json", node.node));
-    emit::write_manifest(&manifest_path, &manifest)?;
-    let path = match (raw, &raw_record) {
-        (Some(pending), Some(r)) => {
-            emit::write_sha256_file(&pending.final_path(), &r.sha256)?;
-            let path = pending.commit()?;
-            progress.message(&format!("wrote {} ({})", path.display(), human_bytes(size)));
-            Some(path)
-        }
-        // Only derived formats were asked for: a raw file was only their source.
-        _ => None,
-    };
+    // The image goes first; a raw file that is not an output was only the others' source.
+    if let (Some(pending), Some(_)) = (raw, &raw_record) {
+        files.insert(0, pending);
+    }
+    let mut descriptions = outputs
+        .iter()
+        .map(|o| emit::sha256_file(&spec.dir.join(&o.file), &o.sha256))
+        .collect::<Result<Vec<_>>>()?;
+    descriptions.push(emit::manifest_file(&manifest_path, &manifest)?);
+    emit::Replacement {
+        files,
+        descriptions,
+        stale: vec![
+            spec.dir.join(crate::formats::SHA256SUMS),
+            spec.dir.join(crate::host_keys::KNOWN_HOSTS),
+        ],
+    }
+    .commit()?;
     for o in &outputs {
-        if !o.file.ends_with(".img") {
-            progress.message(&format!(
-                "wrote {} ({})",
-                spec.dir.join(&o.file).display(),
-                human_bytes(o.size)
-            ));
-        }
+        progress.message(&format!(
+            "wrote {} ({})",
+            spec.dir.join(&o.file).display(),
+            human_bytes(o.size)
+        ));
     }
     Ok(NodeOutputs {
-        image: path,
+        image: raw_record.as_ref().map(|r| spec.dir.join(&r.file)),
         sha256: raw_record.map(|r| r.sha256),
         size,
         manifest: manifest_path,

@@ -33,6 +33,8 @@ pub struct BuiltNode<'a> {
     pub files: Vec<FileRecord>,
     pub growth: Option<GrowthRecord>,
     pub image: NodeImage<'a>,
+    /// The node's `known_hosts` line.
+    pub known_host: Option<String>,
 }
 
 /// Where a built node's bytes are.
