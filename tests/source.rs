@@ -21,6 +21,7 @@ fn fast_retry() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 5,
         base_delay: Duration::from_millis(10),
+        ..RetryPolicy::default()
     }
 }
 
@@ -120,6 +121,92 @@ fn server_ignoring_ranges_restarts_cleanly() {
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].range.as_deref(), Some("bytes=524288-"));
     assert_eq!(log[1].status, 200);
+}
+
+/// The final error of a download that was given up: the URL, the attempts, how far it
+/// got, and what to do.
+fn assert_gave_up(msg: &str, url: &str, attempts: usize, reached: usize) {
+    assert!(msg.contains(url), "{msg}");
+    assert!(msg.contains(&format!("after {attempts} attempts")), "{msg}");
+    assert!(msg.contains(&format!("{reached} bytes")), "{msg}");
+    for fix in ["network", "--mirror", "--image"] {
+        assert!(msg.contains(fix), "{fix}: {msg}");
+    }
+}
+
+#[test]
+fn server_ignoring_ranges_and_always_dropping_is_given_up() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 22);
+    srv.add("/x/flaky.img", data.clone());
+    srv.set_ranges(false);
+    // Every response restarts from zero and breaks at the same point: bytes arrive each
+    // time, but the download never gets further. (After 40, the server recovers, so a
+    // fetcher that retries without end still finishes.)
+    srv.set_drop_after("/x/flaky.img", MIB / 2, 40);
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/x/flaky.img");
+    let err = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(url.clone(), &data))
+        .expect_err("a download that makes no progress must be given up");
+    assert_gave_up(&format!("{err:#}"), &url, 5, MIB / 2);
+    assert_eq!(srv.hits("/x/flaky.img"), 5);
+}
+
+#[test]
+fn server_announcing_a_false_length_is_given_up() {
+    let srv = TestServer::start();
+    let data = pseudo_random(300_000, 23);
+    srv.add("/x/liar.img", data.clone());
+    srv.set_false_length("/x/liar.img", 1 << 40, 40);
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/x/liar.img");
+    let err = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(url.clone(), &data))
+        .expect_err("a transfer that never reaches its announced length must be given up");
+    let msg = format!("{err:#}");
+    assert_gave_up(&msg, &url, 5, 300_000);
+    assert!(msg.contains(&(1u64 << 40).to_string()), "{msg}");
+    assert_eq!(srv.hits("/x/liar.img"), 5);
+}
+
+#[test]
+fn retries_stop_at_the_total_limits_even_while_progressing() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 24);
+    srv.add("/x/drip.img", data.clone());
+    // Every response moves the download 100 000 bytes forward, then breaks.
+    srv.set_drop_after("/x/drip.img", 100_000, 1000);
+    let url = srv.url_for("/x/drip.img");
+    let a = sha_artifact(url.clone(), &data);
+
+    let td = tempfile::tempdir().unwrap();
+    let err = fetcher(td.path(), None, false)
+        .with_retry(RetryPolicy {
+            max_total_attempts: 4,
+            ..fast_retry()
+        })
+        .fetch(&a)
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert_gave_up(&msg, &url, 4, 400_000);
+    assert!(msg.contains("limit is 4 attempts"), "{msg}");
+    assert_eq!(srv.hits("/x/drip.img"), 4);
+
+    // A time limit already spent allows no retry at all.
+    srv.clear_log();
+    let td = tempfile::tempdir().unwrap();
+    let err = fetcher(td.path(), None, false)
+        .with_retry(RetryPolicy {
+            max_total_time: Duration::ZERO,
+            ..fast_retry()
+        })
+        .fetch(&a)
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert_gave_up(&msg, &url, 1, 100_000);
+    assert!(msg.contains("retrying stops"), "{msg}");
+    assert_eq!(srv.hits("/x/drip.img"), 1);
 }
 
 #[test]
@@ -559,6 +646,7 @@ fn interrupted_run(td: &Path, url: &str, data: &[u8]) {
         .with_retry(RetryPolicy {
             max_attempts: 1,
             base_delay: Duration::from_millis(1),
+            ..RetryPolicy::default()
         })
         .fetch(&sha_artifact(url.to_string(), data))
         .unwrap_err();

@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use fs4::fs_std::FileExt;
@@ -28,10 +28,10 @@ const CHUNK: usize = 256 << 10;
 enum Attempt {
     /// The partial file holds the whole resource.
     Complete,
-    /// A transient failure; `progressed` tells whether new bytes arrived.
+    /// A transient failure; `total` is the size the server announced, if it answered.
     Retry {
         err: anyhow::Error,
-        progressed: bool,
+        total: Option<u64>,
     },
     /// The server restarted or refused the range: begin again at once.
     Restart,
@@ -122,9 +122,10 @@ impl Fetcher {
         // if the result does not verify, one clean restart is allowed.
         let mut resumed_old = partial_len(&partial)? > 0;
         let mut state: Option<PartialState> = None;
-        let mut failures = 0u32;
         let mut restarts = 0u32;
+        let mut tries = Tries::new(partial_len(&partial)?);
         loop {
+            tries.attempts += 1;
             let outcome = self.attempt(
                 client, eff, shown, &partial, &mut state, &mut task, &name, limit,
             )?;
@@ -142,29 +143,19 @@ impl Fetcher {
                     state = None;
                     continue;
                 }
-                Attempt::Retry { err, progressed } => {
-                    if progressed {
-                        failures = 0;
+                Attempt::Retry { err, total } => {
+                    tries.failed(partial_len(&partial)?, total);
+                    if let Some(why) = tries.exhausted(&self.retry) {
+                        return Err(err.context(tries.give_up(shown, &why, &partial)));
                     }
-                    failures += 1;
-                    if failures >= self.retry.max_attempts {
-                        return Err(err.context(format!(
-                            "giving up on {shown} after {failures} failed attempts; the partial \
-                             download is kept in {} and resumes on the next run. Check the \
-                             network, try again later, use --mirror, or build with --offline if \
-                             the cache already holds this file",
-                            partial.display()
-                        )));
-                    }
-                    let delay = self
-                        .retry
-                        .base_delay
-                        .saturating_mul(1 << (failures - 1).min(5))
-                        .min(Duration::from_secs(30));
+                    let delay = tries.delay(&self.retry);
                     self.progress.message(&format!(
-                        "{name}: {err:#}; retrying in {:.1} s (attempt {} of {})",
+                        "{name}: {err:#}; retrying in {:.1} s (attempt {} of at most {}; {} of \
+                         {} allowed in a row without progress)",
                         delay.as_secs_f64(),
-                        failures + 1,
+                        tries.attempts + 1,
+                        self.retry.max_total_attempts,
+                        tries.stuck,
                         self.retry.max_attempts
                     ));
                     thread::sleep(delay);
@@ -243,7 +234,7 @@ impl Fetcher {
             Err(e) => {
                 return Ok(Attempt::Retry {
                     err: anyhow!(e).context(format!("cannot download {shown}")),
-                    progressed: false,
+                    total: None,
                 });
             }
         };
@@ -288,7 +279,7 @@ impl Fetcher {
             {
                 return Ok(Attempt::Retry {
                     err: anyhow!("HTTP {s} from {shown}"),
-                    progressed: false,
+                    total: None,
                 });
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -370,7 +361,7 @@ impl Fetcher {
                     "connection to {shown} broke after {} bytes",
                     start + got
                 )),
-                progressed: got > 0,
+                total,
             });
         }
         if let Some(total) = total
@@ -378,10 +369,92 @@ impl Fetcher {
         {
             return Ok(Attempt::Retry {
                 err: anyhow!("{shown} ended after {} of {total} bytes", start + got),
-                progressed: got > 0,
+                total: Some(total),
             });
         }
         Ok(Attempt::Complete)
+    }
+}
+
+/// The attempts of one download, and how far they got.
+struct Tries {
+    started: Instant,
+    /// Requests made.
+    attempts: u32,
+    /// Failed attempts since the download last got further (that one included).
+    stuck: u32,
+    /// The most bytes the partial file ever held.
+    furthest: u64,
+    /// The size last announced by the server.
+    total: Option<u64>,
+}
+
+impl Tries {
+    fn new(have: u64) -> Tries {
+        Tries {
+            started: Instant::now(),
+            attempts: 0,
+            stuck: 0,
+            furthest: have,
+            total: None,
+        }
+    }
+
+    /// Records a failed attempt that left `have` bytes in the partial file. Only bytes
+    /// beyond the furthest point reached count as progress: a restart from zero that
+    /// breaks again moved nothing forward.
+    fn failed(&mut self, have: u64, total: Option<u64>) {
+        if have > self.furthest {
+            self.furthest = have;
+            self.stuck = 1;
+        } else {
+            self.stuck += 1;
+        }
+        if total.is_some() {
+            self.total = total;
+        }
+    }
+
+    /// Why no further attempt should be made, if one of the limits is reached.
+    fn exhausted(&self, p: &super::RetryPolicy) -> Option<String> {
+        if self.stuck >= p.max_attempts {
+            Some(format!(
+                "{} failed in a row without getting further",
+                self.stuck
+            ))
+        } else if self.attempts >= p.max_total_attempts {
+            Some(format!("the limit is {} attempts", p.max_total_attempts))
+        } else if self.started.elapsed() >= p.max_total_time {
+            Some(format!(
+                "retrying stops {} s after the first request",
+                p.max_total_time.as_secs()
+            ))
+        } else {
+            None
+        }
+    }
+
+    fn delay(&self, p: &super::RetryPolicy) -> Duration {
+        p.base_delay
+            .saturating_mul(1 << self.stuck.saturating_sub(1).min(5))
+            .min(Duration::from_secs(30))
+    }
+
+    /// The final error: the URL, the attempts, how far they got, what to do.
+    fn give_up(&self, shown: &str, why: &str, partial: &Path) -> String {
+        let reached = match self.total {
+            Some(t) => format!("{} bytes of {t}", self.furthest),
+            None => format!("{} bytes (total size unknown)", self.furthest),
+        };
+        format!(
+            "giving up on {shown} after {} attempts ({why}); the download reached {reached}. \
+             The partial download is kept in {}; the next run resumes it if the server allows \
+             it. Check the network \
+             or the mirror and try again later, use --mirror to download from a reachable copy, \
+             or download the file by hand and pass it with --image (for a base image)",
+            self.attempts,
+            partial.display()
+        )
     }
 }
 

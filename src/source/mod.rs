@@ -83,13 +83,22 @@ pub enum SourceError {
     NotInSums { name: String, sums_url: String },
 }
 
-/// Retry behaviour for transient network failures.
+/// Retry behaviour for transient network failures. A download stops at whichever limit
+/// it reaches first; its partial file is kept for the next run.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
-    /// Consecutive failed attempts (without any new byte received) before giving up.
+    /// Failed attempts in a row that brought the download no further than it had already
+    /// been (a server that restarts from zero and breaks again makes no progress, however
+    /// many bytes it sends).
     pub max_attempts: u32,
-    /// Delay before the first retry; doubled after every failure, capped at 30 s.
+    /// Delay before the first retry; doubled after every failure without progress, capped
+    /// at 30 s.
     pub base_delay: Duration,
+    /// Requests in all for one download, those that made progress included.
+    pub max_total_attempts: u32,
+    /// No retry starts once this long has passed since the first request (a transfer
+    /// under way is never cut short by it).
+    pub max_total_time: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -97,6 +106,8 @@ impl Default for RetryPolicy {
         RetryPolicy {
             max_attempts: 5,
             base_delay: Duration::from_secs(1),
+            max_total_attempts: 30,
+            max_total_time: Duration::from_secs(4 * 3600),
         }
     }
 }
@@ -147,7 +158,8 @@ impl Fetcher {
         }
     }
 
-    /// Replaces the default retry policy (5 attempts, 1 s doubling back-off).
+    /// Replaces the default retry policy (5 attempts in a row without progress, 1 s
+    /// doubling back-off, 30 attempts or 4 h in all).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Fetcher {
         self.retry = retry;
         self

@@ -15,6 +15,7 @@
 //! srv.add_redirect("/old", "/new");     // 302 to another path (or absolute URL)
 //! srv.set_throttle(Some(Duration::from_millis(5))); // pause after every 64 KiB sent
 //! srv.set_stall_after("/p", 1000, Duration::from_secs(2), 1); // go silent mid-body once
+//! srv.set_false_length("/p", 1 << 40, 3); // next 3: a 200 claiming 1 TiB, then the body, then close
 //! srv.set_etags(false);                 // no ETag / If-Range handling (default: on)
 //! assert_eq!(srv.hits("/p"), 3);        // requests seen for a path (query ignored)
 //! let log = srv.requests();             // every request: method, path, Range header
@@ -73,6 +74,8 @@ struct Shared {
     redirects: Mutex<HashMap<String, String>>,
     /// path → (body bytes before the pause, pause, responses still to stall)
     stalls: Mutex<HashMap<String, (usize, Duration, usize)>>,
+    /// path → (Content-Length announced, responses still to announce it)
+    false_lengths: Mutex<HashMap<String, (u64, usize)>>,
     throttle: Mutex<Option<Duration>>,
     log: Mutex<Vec<Request>>,
 }
@@ -170,6 +173,17 @@ impl TestServer {
             .lock()
             .unwrap()
             .insert(path.to_string(), (bytes, pause, times));
+    }
+
+    /// The next `times` responses for `path` are a `200` that ignores any `Range` and
+    /// announces `Content-Length: length`, then send the real body and close the connection
+    /// (a server whose length is wrong, or that stops long before the end).
+    pub fn set_false_length(&self, path: &str, length: u64, times: usize) {
+        self.shared
+            .false_lengths
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (length, times));
     }
 
     /// The next `times` requests for `path` are answered with `status` and no body.
@@ -327,7 +341,18 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         (Some(e), Some(v)) => e != v,
         _ => false,
     };
+    let false_length = {
+        let mut f = sh.false_lengths.lock().unwrap();
+        match f.get_mut(&path) {
+            Some((announced, left)) if *left > 0 => {
+                *left -= 1;
+                Some(*announced)
+            }
+            _ => None,
+        }
+    };
     let (status, start, end) = match range.as_deref().and_then(|r| parse_range(r, len)) {
+        _ if false_length.is_some() => (200, 0, len),
         Some(_) if sh.ignore_ranges.load(Ordering::SeqCst) || stale => (200, 0, len),
         Some(Ok((s, e))) => (206, s, e),
         Some(Err(())) => (416, 0, 0),
@@ -343,7 +368,7 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: {}\r\nConnection: close\r\n",
         status,
         reason(status),
-        end - start,
+        false_length.unwrap_or((end - start) as u64),
         if sh.ignore_ranges.load(Ordering::SeqCst) {
             "none"
         } else {
