@@ -500,6 +500,45 @@ fn server_errors_are_retried_and_redirects_followed() {
 }
 
 #[test]
+fn redirect_loops_stop_at_once_and_are_named() {
+    let srv = TestServer::start();
+    srv.add_redirect("/loop/latest", "/loop/current");
+    srv.add_redirect("/loop/current", "/loop/latest");
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/loop/latest");
+    let err = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(url.clone(), b"x"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("redirect loop"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "{url} -> {} -> {url}",
+            srv.url_for("/loop/current")
+        )),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("giving up"),
+        "a loop is not a network failure: {msg}"
+    );
+    assert_eq!(srv.hits("/loop/latest"), 1, "not retried");
+    assert_eq!(srv.hits("/loop/current"), 1, "not retried");
+
+    // A chain without a loop that goes on too long stops as well.
+    for i in 0..12 {
+        srv.add_redirect(&format!("/chain/{i}"), &format!("/chain/{}", i + 1));
+    }
+    let err = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(srv.url_for("/chain/0"), b"x"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("more than 10 redirects"), "{msg}");
+    assert!(msg.contains(&srv.url_for("/chain/11")), "{msg}");
+    assert_eq!(srv.hits("/chain/0"), 1, "not retried");
+}
+
+#[test]
 fn fetch_text_returns_content_and_caches_it() {
     let srv = TestServer::start();
     srv.add("/t/SHA256SUMS", "abc\n");

@@ -231,6 +231,8 @@ impl Fetcher {
             Err(e) if e.is_builder() => {
                 return Err(anyhow!(e).context(format!("invalid URL {shown}")));
             }
+            // Asking again would follow the same chain: stop now and say where it goes.
+            Err(e) if e.is_redirect() => return Err(redirect_error(shown, &e)),
             Err(e) => {
                 return Ok(Attempt::Retry {
                     err: anyhow!(e).context(format!("cannot download {shown}")),
@@ -456,6 +458,69 @@ impl Tries {
             partial.display()
         )
     }
+}
+
+/// Redirects followed for one request before giving up.
+const MAX_REDIRECTS: usize = 10;
+
+/// Why a chain of redirects was not followed to its end.
+#[derive(Debug)]
+struct BadRedirects {
+    /// Every URL requested, then the one the last answer pointed to.
+    chain: Vec<url::Url>,
+    is_loop: bool,
+}
+
+impl std::fmt::Display for BadRedirects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chain: Vec<&str> = self.chain.iter().map(url::Url::as_str).collect();
+        if self.is_loop {
+            write!(f, "redirect loop: {}", chain.join(" -> "))
+        } else {
+            write!(
+                f,
+                "more than {MAX_REDIRECTS} redirects: {}",
+                chain.join(" -> ")
+            )
+        }
+    }
+}
+
+impl std::error::Error for BadRedirects {}
+
+/// Follows redirects, but stops at the first URL that comes round again (a loop) and after
+/// [`MAX_REDIRECTS`], keeping the chain for the error.
+pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let is_loop = attempt.previous().contains(attempt.url());
+        if is_loop || attempt.previous().len() > MAX_REDIRECTS {
+            let mut chain = attempt.previous().to_vec();
+            chain.push(attempt.url().clone());
+            attempt.error(BadRedirects { chain, is_loop })
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// The error for a redirect chain that was not followed: not a network failure, so it is
+/// not retried.
+fn redirect_error(shown: &str, e: &reqwest::Error) -> anyhow::Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(b) = c.downcast_ref::<BadRedirects>() {
+            return anyhow!(
+                "cannot download {shown}: {b}; the server (or the mirror) is misconfigured. Check \
+                 the URL or --mirror, or download the file by hand and pass it with --image (for \
+                 a base image)"
+            );
+        }
+        cause = c.source();
+    }
+    anyhow!(
+        "cannot download {shown}: {e}; check the URL or --mirror, or download the file by hand \
+         and pass it with --image (for a base image)"
+    )
 }
 
 fn partial_len(p: &Path) -> Result<u64> {

@@ -315,7 +315,7 @@ impl Fetcher {
             // The blocking client applies this to sending the request and to every single
             // read of the body: a stall timeout, not a limit on the whole transfer.
             .timeout(self.timeouts.stall)
-            .redirect(reqwest::redirect::Policy::limited(10))
+            .redirect(download::redirect_policy())
             .build()
             .context("cannot initialise the HTTP client (TLS setup failed)")?;
         let _ = self.client.set(c);
