@@ -496,6 +496,10 @@ fn server_errors_are_retried_and_redirects_followed() {
         .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("500") && msg.contains("giving up"), "{msg}");
+    assert!(
+        !msg.contains("kept in"),
+        "no byte arrived, none is kept: {msg}"
+    );
     assert_eq!(srv.hits("/archive/other"), 5);
 }
 

@@ -146,7 +146,7 @@ impl Fetcher {
                 Attempt::Retry { err, total } => {
                     tries.failed(partial_len(&partial)?, total);
                     if let Some(why) = tries.exhausted(&self.retry) {
-                        return Err(err.context(tries.give_up(shown, &why, &partial)));
+                        return Err(err.context(tries.give_up(shown, &why, &partial)?));
                     }
                     let delay = tries.delay(&self.retry);
                     self.progress.message(&format!(
@@ -443,20 +443,26 @@ impl Tries {
     }
 
     /// The final error: the URL, the attempts, how far they got, what to do.
-    fn give_up(&self, shown: &str, why: &str, partial: &Path) -> String {
+    fn give_up(&self, shown: &str, why: &str, partial: &Path) -> Result<String> {
         let reached = match self.total {
             Some(t) => format!("{} bytes of {t}", self.furthest),
             None => format!("{} bytes (total size unknown)", self.furthest),
         };
-        format!(
-            "giving up on {shown} after {} attempts ({why}); the download reached {reached}. \
-             The partial download is kept in {}; the next run resumes it if the server allows \
-             it. Check the network \
-             or the mirror and try again later, use --mirror to download from a reachable copy, \
-             or download the file by hand and pass it with --image (for a base image)",
+        let kept = match partial_len(partial)? {
+            0 => String::new(),
+            n => format!(
+                " The {n} bytes received are kept in {}; the next run resumes from them if the \
+                 server allows it.",
+                partial.display()
+            ),
+        };
+        Ok(format!(
+            "giving up on {shown} after {} attempts ({why}); the download reached {reached}.\
+             {kept} Check the network or the mirror and try again later, use --mirror to \
+             download from a reachable copy, or download the file by hand and pass it with \
+             --image (for a base image)",
             self.attempts,
-            partial.display()
-        )
+        ))
     }
 }
 
