@@ -3,6 +3,7 @@
 mod support;
 
 use std::fs;
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -207,6 +208,117 @@ fn retries_stop_at_the_total_limits_even_while_progressing() {
     assert_gave_up(&msg, &url, 1, 100_000);
     assert!(msg.contains("retrying stops"), "{msg}");
     assert_eq!(srv.hits("/x/drip.img"), 1);
+}
+
+/// Changes one byte of a read-only cache blob in place, as an editor or a disk fault would.
+fn damage(blob: &Path) {
+    let mut bytes = fs::read(blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    let mut perm = fs::metadata(blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(blob, perm.clone()).unwrap();
+    fs::write(blob, &bytes).unwrap();
+    perm.set_readonly(true);
+    fs::set_permissions(blob, perm).unwrap();
+}
+
+#[test]
+fn damaged_cache_entry_is_downloaded_again() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 25);
+    srv.add("/k3s/k3s-arm64", data.clone());
+    let td = tempfile::tempdir().unwrap();
+    let a = sha_artifact(srv.url_for("/k3s/k3s-arm64"), &data);
+    let first = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    damage(&first.path);
+
+    // The next build must not use the edited copy under the original digest.
+    let got = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    assert_eq!(sha256_hex(&fs::read(&got.path).unwrap()), sha256_hex(&data));
+    assert_eq!(got.sha256, sha256_hex(&data));
+    assert!(!got.from_cache);
+    assert_eq!(srv.hits("/k3s/k3s-arm64"), 2);
+
+    // Within one build too: an entry changed after this fetcher verified it is checked again.
+    let f = fetcher(td.path(), None, false);
+    let hit = f.fetch(&a).unwrap();
+    assert!(hit.from_cache);
+    damage(&hit.path);
+    let mut perm = fs::metadata(&hit.path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&hit.path, perm).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&hit.path)
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    let again = f.fetch(&a).unwrap();
+    assert_eq!(
+        sha256_hex(&fs::read(&again.path).unwrap()),
+        sha256_hex(&data)
+    );
+    assert_eq!(srv.hits("/k3s/k3s-arm64"), 3);
+}
+
+#[test]
+fn damaged_cache_entry_offline_names_the_entry_and_the_fix() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 26);
+    srv.add("/k3s/k3s-armhf", data.clone());
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/k3s/k3s-armhf");
+    let a = sha_artifact(url.clone(), &data);
+    let blob = fetcher(td.path(), None, false).fetch(&a).unwrap().path;
+    damage(&blob);
+
+    let err = fetcher(td.path(), None, true).fetch(&a).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("damaged"), "{msg}");
+    assert!(msg.contains(&url), "{msg}");
+    assert!(msg.contains(&blob.display().to_string()), "{msg}");
+    assert!(msg.contains("network access"), "{msg}");
+    assert!(
+        !blob.exists(),
+        "a damaged entry is removed, not kept to fail every build"
+    );
+    assert_eq!(srv.hits("/k3s/k3s-armhf"), 1, "offline must not download");
+
+    // Once back online, the next build fetches it again.
+    let got = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    assert_eq!(sha256_hex(&fs::read(&got.path).unwrap()), sha256_hex(&data));
+}
+
+#[test]
+fn damaged_checksum_list_is_not_read_offline() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 27);
+    srv.add("/rel/a.img.xz", data.clone());
+    let sums = format!(
+        "{}  a.img.xz\n{}  other.img.xz\n",
+        sha256_hex(&data),
+        sha256_hex(b"o")
+    );
+    srv.add("/rel/SHA256SUMS", sums.clone());
+    let td = tempfile::tempdir().unwrap();
+    let sums_url = srv.url_for("/rel/SHA256SUMS");
+    fetcher(td.path(), None, false)
+        .fetch_text(&sums_url)
+        .unwrap();
+    let blob = td
+        .path()
+        .join("blobs/sha256")
+        .join(sha256_hex(sums.as_bytes()));
+    damage(&blob);
+    let err = fetcher(td.path(), None, true)
+        .fetch_text(&sums_url)
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("damaged") && msg.contains(&sums_url), "{msg}");
+    assert!(!blob.exists());
 }
 
 #[test]

@@ -96,7 +96,7 @@ impl Fetcher {
         }
         // Someone else may have finished the same download while we waited.
         if let Some(e) = expected
-            && let Some(p) = self.cache.get(e)
+            && let Some(p) = self.cached(url, e)?
         {
             self.cache.record_url(url, e)?;
             return fetched(url.to_string(), e.to_string(), p, true);
@@ -194,6 +194,7 @@ impl Fetcher {
                 .with_context(|| format!("cannot sync {}", partial.display()))?;
             drop(f);
             let path = self.cache.adopt(&partial, &actual)?;
+            self.remember(&path);
             remove_file_if_exists(&validator_path(&partial))?;
             self.cache.record_url(url, &actual)?;
             if let Some(t) = &task {
@@ -599,7 +600,7 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
 }
 
 /// The last path segment of a URL, for progress lines.
-fn display_name(url: &str) -> String {
+pub(super) fn display_name(url: &str) -> String {
     let no_query = url.split(['?', '#']).next().unwrap_or(url);
     no_query
         .trim_end_matches('/')
