@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pikube_image::progress::{Mode, Progress};
+use pikube_image::source::base::{BaseSource, ImageChecksum, Origin};
 use pikube_image::source::{
     Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, Timeouts, lookup_checksum,
     mirror_url,
@@ -567,6 +568,57 @@ fn mirror_serves_every_url_including_checksum_files() {
         msg.contains("mirror of https://example.org/missing/SHA256SUMS"),
         "{msg}"
     );
+}
+
+#[test]
+fn catalog_pin_wins_over_a_mirrors_checksum_list() {
+    let srv = TestServer::start();
+    let genuine = pseudo_random(MIB, 28);
+    let forged = pseudo_random(MIB, 29);
+    let up = "https://cdimage.example.org/releases/24.04";
+    let on_mirror = "/cdimage.example.org/releases/24.04";
+    // The mirror serves another image, and a checksum list that vouches for it.
+    srv.add(&format!("{on_mirror}/x.img.xz"), forged.clone());
+    srv.add(
+        &format!("{on_mirror}/SHA256SUMS"),
+        format!("{}  x.img.xz\n", sha256_hex(&forged)),
+    );
+    // A catalog entry that names the list it came from and pins the digest.
+    let pin = sha256_hex(&genuine);
+    let checksum: ImageChecksum =
+        serde_saphyr::from_str(&format!("sums_url: {up}/SHA256SUMS\nsha256: {pin}\n"))
+            .expect("a catalog entry may pin a digest beside its checksum list");
+    let entry_url = format!("{up}/x.img.xz");
+    let td = tempfile::tempdir().unwrap();
+    let f = fetcher(td.path(), Some(srv.url()), false);
+    for base in [
+        BaseSource::Catalog,
+        // --image-url naming the catalog's own URL, without --image-sha256.
+        BaseSource::Url {
+            url: entry_url.clone(),
+            sha256: None,
+        },
+    ] {
+        let image = base.resolve(&entry_url, &checksum);
+        assert_eq!(image.content_id, pin);
+        let Origin::Download(a) = &image.origin else {
+            panic!("{image:?}")
+        };
+        let err = f.fetch(a).unwrap_err();
+        match err.downcast_ref::<SourceError>() {
+            Some(SourceError::ChecksumMismatch { expected, .. }) => assert_eq!(expected, &pin),
+            _ => panic!("the mirror's image must be refused: {err:#}"),
+        }
+    }
+    assert_eq!(srv.hits(&format!("{on_mirror}/SHA256SUMS")), 0);
+
+    // The genuine image from the same mirror passes.
+    srv.add(&format!("{on_mirror}/x.img.xz"), genuine.clone());
+    let image = BaseSource::Catalog.resolve(&entry_url, &checksum);
+    let Origin::Download(a) = &image.origin else {
+        panic!("{image:?}")
+    };
+    assert_eq!(f.fetch(a).unwrap().sha256, pin);
 }
 
 #[test]
