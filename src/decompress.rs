@@ -177,19 +177,33 @@ enum Failure {
 
 fn describe(f: Failure, kind: Compression, src: &Path, dst: &Path) -> anyhow::Error {
     let s = src.display();
+    let fix = || advice(kind, src);
     match f {
         Failure::Truncated => anyhow::anyhow!(
-            "truncated {kind}: {s} ends before the end of the stream; delete it from the cache and download again"
+            "truncated {kind}: {s} ends before the end of the compressed stream; {}",
+            fix()
         ),
-        Failure::Corrupt(why) => anyhow::anyhow!(
-            "corrupt {kind}: {s} cannot be decoded ({why}); delete it from the cache and download again"
-        ),
+        Failure::Corrupt(why) => {
+            anyhow::anyhow!("corrupt {kind}: {s} cannot be decoded ({why}); {}", fix())
+        }
         Failure::Read(e) => anyhow::Error::new(e).context(format!("cannot read {s}")),
         Failure::Write(e) => anyhow::Error::new(e).context(format!(
             "cannot write {} (is the disk full?)",
             dst.display()
         )),
         Failure::Setup(why) => anyhow::anyhow!("cannot start the .xz decoder for {s}: {why}"),
+    }
+}
+
+/// What to do about a compressed file that cannot be decoded: a download in the cache is
+/// fetched again; a file the user gave is theirs to replace.
+fn advice(kind: Compression, src: &Path) -> String {
+    if crate::source::layout::Layout::is_blob(src) {
+        "the file is a download kept in the download cache: delete it to download again with \
+         the next build (if it fails the same way, the file as published is damaged)"
+            .to_string()
+    } else {
+        format!("the file is damaged or not a {kind} image: download again or use another file")
     }
 }
 
@@ -704,6 +718,38 @@ mod tests {
         let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
         assert!(format!("{err:#}").contains("corrupt .xz"), "{err:#}");
         assert!(!dst.exists());
+    }
+
+    fn failure(dir: &Path, name: &str, bytes: &[u8]) -> String {
+        let src = dir.join(name);
+        fs::create_dir_all(src.parent().unwrap()).unwrap();
+        fs::write(&src, bytes).unwrap();
+        let dst = dir.join("out.img");
+        let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
+        assert!(!dst.exists());
+        let msg = format!("{err:#}");
+        assert!(msg.contains(&src.display().to_string()), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn a_damaged_local_file_is_not_sent_to_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let comp = xz(&sample(BUF));
+        // The user's own --image file: damaged, or not an image at all.
+        for bytes in [
+            &comp[..comp.len() / 2],
+            b"\xfd7zXZ\0 this is not xz data at all",
+        ] {
+            let msg = failure(dir.path(), "mine/node.img.xz", bytes);
+            assert!(msg.contains("damaged or not a .xz image"), "{msg}");
+            assert!(!msg.contains("cache"), "{msg}");
+        }
+        // A download in the cache is named as such, with the way to fetch it again.
+        let blob = format!("cache/blobs/sha256/{}", sha256_bytes(b"x"));
+        let msg = failure(dir.path(), &blob, &comp[..comp.len() / 2]);
+        assert!(msg.contains("download cache"), "{msg}");
+        assert!(msg.contains("download again"), "{msg}");
     }
 
     #[test]
