@@ -125,6 +125,15 @@ fn server_ignoring_ranges_restarts_cleanly() {
     assert_eq!(log[1].status, 200);
 }
 
+/// A server holding `len` pseudo-random bytes at `path`; the bytes; an artifact for them.
+fn serving(path: &str, len: usize, seed: u64) -> (TestServer, Vec<u8>, Artifact) {
+    let srv = TestServer::start();
+    let data = pseudo_random(len, seed);
+    srv.add(path, data.clone());
+    let a = sha_artifact(srv.url_for(path), &data);
+    (srv, data, a)
+}
+
 /// The final error of a download that was given up: the URL, the attempts, how far it
 /// got, and what to do.
 fn assert_gave_up(msg: &str, url: &str, attempts: usize, reached: usize) {
@@ -138,77 +147,64 @@ fn assert_gave_up(msg: &str, url: &str, attempts: usize, reached: usize) {
 
 #[test]
 fn server_ignoring_ranges_and_always_dropping_is_given_up() {
-    let srv = TestServer::start();
-    let data = pseudo_random(MIB, 22);
-    srv.add("/x/flaky.img", data.clone());
+    let (srv, _, a) = serving("/x/flaky.img", MIB, 22);
     srv.set_ranges(false);
     // Every response restarts from zero and breaks at the same point: bytes arrive each
     // time, but the download never gets further. (After 40, the server recovers, so a
     // fetcher that retries without end still finishes.)
     srv.set_drop_after("/x/flaky.img", MIB / 2, 40);
     let td = tempfile::tempdir().unwrap();
-    let url = srv.url_for("/x/flaky.img");
     let err = fetcher(td.path(), None, false)
-        .fetch(&sha_artifact(url.clone(), &data))
+        .fetch(&a)
         .expect_err("a download that makes no progress must be given up");
-    assert_gave_up(&format!("{err:#}"), &url, 5, MIB / 2);
+    assert_gave_up(&format!("{err:#}"), &a.url, 5, MIB / 2);
     assert_eq!(srv.hits("/x/flaky.img"), 5);
 }
 
 #[test]
 fn server_announcing_a_false_length_is_given_up() {
-    let srv = TestServer::start();
-    let data = pseudo_random(300_000, 23);
-    srv.add("/x/liar.img", data.clone());
+    let (srv, _, a) = serving("/x/liar.img", 300_000, 23);
     srv.set_false_length("/x/liar.img", 1 << 40, 40);
     let td = tempfile::tempdir().unwrap();
-    let url = srv.url_for("/x/liar.img");
     let err = fetcher(td.path(), None, false)
-        .fetch(&sha_artifact(url.clone(), &data))
+        .fetch(&a)
         .expect_err("a transfer that never reaches its announced length must be given up");
     let msg = format!("{err:#}");
-    assert_gave_up(&msg, &url, 5, 300_000);
+    assert_gave_up(&msg, &a.url, 5, 300_000);
     assert!(msg.contains(&(1u64 << 40).to_string()), "{msg}");
     assert_eq!(srv.hits("/x/liar.img"), 5);
 }
 
 #[test]
 fn retries_stop_at_the_total_limits_even_while_progressing() {
-    let srv = TestServer::start();
-    let data = pseudo_random(MIB, 24);
-    srv.add("/x/drip.img", data.clone());
+    let (srv, _, a) = serving("/x/drip.img", MIB, 24);
     // Every response moves the download 100 000 bytes forward, then breaks.
     srv.set_drop_after("/x/drip.img", 100_000, 1000);
-    let url = srv.url_for("/x/drip.img");
-    let a = sha_artifact(url.clone(), &data);
 
-    let td = tempfile::tempdir().unwrap();
-    let err = fetcher(td.path(), None, false)
-        .with_retry(RetryPolicy {
-            max_total_attempts: 4,
-            ..fast_retry()
-        })
-        .fetch(&a)
-        .unwrap_err();
-    let msg = format!("{err:#}");
-    assert_gave_up(&msg, &url, 4, 400_000);
-    assert!(msg.contains("limit is 4 attempts"), "{msg}");
-    assert_eq!(srv.hits("/x/drip.img"), 4);
-
+    let attempts_4 = RetryPolicy {
+        max_total_attempts: 4,
+        ..fast_retry()
+    };
     // A time limit already spent allows no retry at all.
-    srv.clear_log();
-    let td = tempfile::tempdir().unwrap();
-    let err = fetcher(td.path(), None, false)
-        .with_retry(RetryPolicy {
-            max_total_time: Duration::ZERO,
-            ..fast_retry()
-        })
-        .fetch(&a)
-        .unwrap_err();
-    let msg = format!("{err:#}");
-    assert_gave_up(&msg, &url, 1, 100_000);
-    assert!(msg.contains("retrying stops"), "{msg}");
-    assert_eq!(srv.hits("/x/drip.img"), 1);
+    let no_time = RetryPolicy {
+        max_total_time: Duration::ZERO,
+        ..fast_retry()
+    };
+    for (policy, attempts, why) in [
+        (attempts_4, 4, "limit is 4 attempts"),
+        (no_time, 1, "retrying stops"),
+    ] {
+        srv.clear_log();
+        let td = tempfile::tempdir().unwrap();
+        let err = fetcher(td.path(), None, false)
+            .with_retry(policy)
+            .fetch(&a)
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert_gave_up(&msg, &a.url, attempts, attempts * 100_000);
+        assert!(msg.contains(why), "{msg}");
+        assert_eq!(srv.hits("/x/drip.img"), attempts);
+    }
 }
 
 /// Changes one byte of a read-only cache blob in place, as an editor or a disk fault would.
@@ -227,11 +223,8 @@ fn damage(blob: &Path) {
 
 #[test]
 fn damaged_cache_entry_is_downloaded_again() {
-    let srv = TestServer::start();
-    let data = pseudo_random(MIB, 25);
-    srv.add("/k3s/k3s-arm64", data.clone());
+    let (srv, data, a) = serving("/k3s/k3s-arm64", MIB, 25);
     let td = tempfile::tempdir().unwrap();
-    let a = sha_artifact(srv.url_for("/k3s/k3s-arm64"), &data);
     let first = fetcher(td.path(), None, false).fetch(&a).unwrap();
     damage(&first.path);
 
@@ -267,12 +260,9 @@ fn damaged_cache_entry_is_downloaded_again() {
 
 #[test]
 fn damaged_cache_entry_offline_names_the_entry_and_the_fix() {
-    let srv = TestServer::start();
-    let data = pseudo_random(MIB, 26);
-    srv.add("/k3s/k3s-armhf", data.clone());
+    let (srv, data, a) = serving("/k3s/k3s-armhf", MIB, 26);
+    let url = a.url.clone();
     let td = tempfile::tempdir().unwrap();
-    let url = srv.url_for("/k3s/k3s-armhf");
-    let a = sha_artifact(url.clone(), &data);
     let blob = fetcher(td.path(), None, false).fetch(&a).unwrap().path;
     damage(&blob);
 

@@ -60,6 +60,9 @@ impl Request {
     }
 }
 
+/// path → (what to do, for how many more responses)
+type Counted<T> = Mutex<HashMap<String, (T, usize)>>;
+
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
@@ -67,15 +70,15 @@ struct Shared {
     dir: Mutex<Option<PathBuf>>,
     ignore_ranges: AtomicBool,
     no_etags: AtomicBool,
-    /// path → (body bytes to send before closing, responses still to break)
-    drops: Mutex<HashMap<String, (usize, usize)>>,
-    /// path → (status, responses still to fail)
-    fails: Mutex<HashMap<String, (u16, usize)>>,
+    /// body bytes to send before closing
+    drops: Counted<usize>,
+    /// status
+    fails: Counted<u16>,
     redirects: Mutex<HashMap<String, String>>,
-    /// path → (body bytes before the pause, pause, responses still to stall)
-    stalls: Mutex<HashMap<String, (usize, Duration, usize)>>,
-    /// path → (Content-Length announced, responses still to announce it)
-    false_lengths: Mutex<HashMap<String, (u64, usize)>>,
+    /// (body bytes before the pause, pause)
+    stalls: Counted<(usize, Duration)>,
+    /// Content-Length announced
+    false_lengths: Counted<u64>,
     throttle: Mutex<Option<Duration>>,
     log: Mutex<Vec<Request>>,
 }
@@ -172,7 +175,7 @@ impl TestServer {
             .stalls
             .lock()
             .unwrap()
-            .insert(path.to_string(), (bytes, pause, times));
+            .insert(path.to_string(), ((bytes, pause), times));
     }
 
     /// The next `times` responses for `path` are a `200` that ignores any `Range` and
@@ -290,17 +293,7 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     };
 
     // Forced failures.
-    let fail = {
-        let mut f = sh.fails.lock().unwrap();
-        match f.get_mut(&path) {
-            Some((status, left)) if *left > 0 => {
-                *left -= 1;
-                Some(*status)
-            }
-            _ => None,
-        }
-    };
-    if let Some(status) = fail {
+    if let Some(status) = take_one(&sh.fails, &path) {
         req.status = status;
         sh.log.lock().unwrap().push(req);
         return respond_empty(&mut stream, status, &[]);
@@ -341,16 +334,7 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         (Some(e), Some(v)) => e != v,
         _ => false,
     };
-    let false_length = {
-        let mut f = sh.false_lengths.lock().unwrap();
-        match f.get_mut(&path) {
-            Some((announced, left)) if *left > 0 => {
-                *left -= 1;
-                Some(*announced)
-            }
-            _ => None,
-        }
-    };
+    let false_length = take_one(&sh.false_lengths, &path);
     let (status, start, end) = match range.as_deref().and_then(|r| parse_range(r, len)) {
         _ if false_length.is_some() => (200, 0, len),
         Some(_) if sh.ignore_ranges.load(Ordering::SeqCst) || stale => (200, 0, len),
@@ -394,31 +378,13 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         return Ok(());
     }
 
-    let cut = {
-        let mut d = sh.drops.lock().unwrap();
-        match d.get_mut(&path) {
-            Some((bytes, left)) if *left > 0 => {
-                *left -= 1;
-                Some(*bytes)
-            }
-            _ => None,
-        }
-    };
+    let cut = take_one(&sh.drops, &path);
     let slice = &body[start..end];
     let send = match cut {
         Some(n) => &slice[..n.min(slice.len())],
         None => slice,
     };
-    let stall = {
-        let mut st = sh.stalls.lock().unwrap();
-        match st.get_mut(&path) {
-            Some((bytes, pause, left)) if *left > 0 => {
-                *left -= 1;
-                Some((*bytes, *pause))
-            }
-            _ => None,
-        }
-    };
+    let stall = take_one(&sh.stalls, &path);
     let send = match stall {
         Some((bytes, pause)) => {
             let n = bytes.min(send.len());
@@ -440,6 +406,17 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     stream.flush()?;
     let _ = stream.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// The behaviour set for `path` for a number of responses, counting this one off.
+fn take_one<T: Copy>(set: &Counted<T>, path: &str) -> Option<T> {
+    match set.lock().unwrap().get_mut(path) {
+        Some((what, left)) if *left > 0 => {
+            *left -= 1;
+            Some(*what)
+        }
+        _ => None,
+    }
 }
 
 fn lookup(sh: &Shared, path: &str) -> Option<Arc<Vec<u8>>> {
