@@ -124,15 +124,21 @@ impl Cache {
             return Ok(Checked::Missing);
         }
         let path = self.blob_path(sha256);
+        let unreadable = || {
+            format!(
+                "cannot read {} in the download cache; check its permissions, or delete it to \
+                 download it again",
+                path.display()
+            )
+        };
         let f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Checked::Missing),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Err(e) => return Err(e).with_context(unreadable),
         };
         let r =
             crate::io::ProgressReader::new(io::BufReader::with_capacity(1 << 20, f), task.clone());
-        let actual = crate::io::sha256_reader(r)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let actual = crate::io::sha256_reader(r).with_context(unreadable)?;
         if actual == sha256.to_ascii_lowercase() {
             return Ok(Checked::Good(path));
         }
