@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc;
@@ -167,6 +167,8 @@ enum Failure {
     Truncated,
     /// The decoder rejected the data.
     Corrupt(String),
+    /// The compressed stream ended, but the file goes on with something else.
+    Trailing,
     /// Reading the source failed.
     Read(io::Error),
     /// Writing the output failed.
@@ -177,12 +179,18 @@ enum Failure {
 
 fn describe(f: Failure, kind: Compression, src: &Path, dst: &Path) -> anyhow::Error {
     let s = src.display();
+    let fix = || advice(kind, src);
     match f {
         Failure::Truncated => anyhow::anyhow!(
-            "truncated {kind}: {s} ends before the end of the stream; delete it from the cache and download again"
+            "truncated {kind}: {s} ends before the end of the compressed stream; {}",
+            fix()
         ),
-        Failure::Corrupt(why) => anyhow::anyhow!(
-            "corrupt {kind}: {s} cannot be decoded ({why}); delete it from the cache and download again"
+        Failure::Corrupt(why) => {
+            anyhow::anyhow!("corrupt {kind}: {s} cannot be decoded ({why}); {}", fix())
+        }
+        Failure::Trailing => anyhow::anyhow!(
+            "trailing data in {kind}: {s} goes on after the end of the compressed stream; {}",
+            fix()
         ),
         Failure::Read(e) => anyhow::Error::new(e).context(format!("cannot read {s}")),
         Failure::Write(e) => anyhow::Error::new(e).context(format!(
@@ -193,11 +201,31 @@ fn describe(f: Failure, kind: Compression, src: &Path, dst: &Path) -> anyhow::Er
     }
 }
 
+/// What to do about a compressed file that cannot be decoded: a download in the cache is
+/// fetched again; a file the user gave is theirs to replace.
+fn advice(kind: Compression, src: &Path) -> String {
+    if crate::source::layout::Layout::is_blob(src) {
+        "the file is a download kept in the download cache: delete it to download again with \
+         the next build (if it fails the same way, the file as published is damaged)"
+            .to_string()
+    } else {
+        format!("the file is damaged or not a {kind} image: download again or use another file")
+    }
+}
+
+/// How a decoder found the data broken.
+#[derive(Clone, Copy, Debug)]
+enum Broken {
+    Truncated,
+    Corrupt,
+    Trailing,
+}
+
 /// Marker wrapped in io::Error by decoders so that [`classify`] can tell decoding
 /// problems from I/O problems.
 #[derive(Debug)]
 struct DecodeError {
-    truncated: bool,
+    broken: Broken,
     why: String,
 }
 
@@ -209,9 +237,9 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-fn decode_err(truncated: bool, why: impl Into<String>) -> io::Error {
+fn decode_err(broken: Broken, why: impl Into<String>) -> io::Error {
     io::Error::other(DecodeError {
-        truncated,
+        broken,
         why: why.into(),
     })
 }
@@ -249,10 +277,10 @@ fn classify(e: io::Error) -> Failure {
         return Failure::Read(src.0);
     }
     if let Some(d) = e.get_ref().and_then(|i| i.downcast_ref::<DecodeError>()) {
-        return if d.truncated {
-            Failure::Truncated
-        } else {
-            Failure::Corrupt(d.why.clone())
+        return match d.broken {
+            Broken::Truncated => Failure::Truncated,
+            Broken::Corrupt => Failure::Corrupt(d.why.clone()),
+            Broken::Trailing => Failure::Trailing,
         };
     }
     match e.kind() {
@@ -277,13 +305,12 @@ fn run(
     let src = TagSource(ProgressReader::new(input, task.clone()));
     let mut reader: Box<dyn Read> = match kind {
         Compression::None => unreachable!("raw images are copied above"),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+        Compression::Gzip => Box::new(Members::<_, flate2::bufread::GzDecoder<_>>::new(
             io::BufReader::with_capacity(IN_BUF, src),
-        )),
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(IN_BUF, src))
-                .map_err(|e| Failure::Setup(e.to_string()))?,
-        ),
+        )?),
+        Compression::Zstd => Box::new(Members::<_, zstd::stream::read::Decoder<_>>::new(
+            io::BufReader::with_capacity(IN_BUF, src),
+        )?),
         Compression::Xz => Box::new(XzReader::new(src, opts.threads)?),
     };
     pipeline(&mut reader, out, opts.hash)
@@ -416,6 +443,90 @@ fn write_sparse(out: &File, offset: u64, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// One unit of a compressed file that can be followed by another: a gzip member, a zstd
+/// frame. Its decoder reads only its own bytes and hands the rest of the input back.
+trait Member<R: BufRead>: Read + Sized {
+    fn start(input: R) -> io::Result<Self>;
+    fn into_input(self) -> R;
+    /// Whether `head` (the next bytes, maybe fewer than a header) can begin another unit.
+    fn begins(head: &[u8]) -> bool;
+}
+
+impl<R: BufRead> Member<R> for flate2::bufread::GzDecoder<R> {
+    fn start(input: R) -> io::Result<Self> {
+        Ok(flate2::bufread::GzDecoder::new(input))
+    }
+    fn into_input(self) -> R {
+        self.into_inner()
+    }
+    fn begins(head: &[u8]) -> bool {
+        let magic = [0x1F, 0x8B];
+        magic.starts_with(&head[..head.len().min(2)])
+    }
+}
+
+impl<R: BufRead> Member<R> for zstd::stream::read::Decoder<'static, R> {
+    fn start(input: R) -> io::Result<Self> {
+        Ok(zstd::stream::read::Decoder::with_buffer(input)?.single_frame())
+    }
+    fn into_input(self) -> R {
+        self.finish()
+    }
+    fn begins(head: &[u8]) -> bool {
+        let head = &head[..head.len().min(4)];
+        let frame = [0x28, 0xB5, 0x2F, 0xFD];
+        // A skippable frame: magic 0x184D2A50..=0x184D2A5F, little-endian.
+        let skippable = match head.split_first() {
+            Some((first, rest)) => first & 0xF0 == 0x50 && [0x2A, 0x4D, 0x18].starts_with(rest),
+            None => false,
+        };
+        frame.starts_with(head) || skippable
+    }
+}
+
+/// Decodes unit after unit, like `gzip -d` and `zstd -d` do; whatever follows the last one
+/// and cannot begin another is trailing data, not a truncated stream.
+struct Members<R, M> {
+    current: Option<M>,
+    input: std::marker::PhantomData<R>,
+}
+
+impl<R: BufRead, M: Member<R>> Members<R, M> {
+    fn new(input: R) -> Result<Self, Failure> {
+        let first = M::start(input).map_err(|e| Failure::Setup(e.to_string()))?;
+        Ok(Members {
+            current: Some(first),
+            input: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<R: BufRead, M: Member<R>> Read for Members<R, M> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(m) = self.current.as_mut() else {
+                return Ok(0);
+            };
+            let n = m.read(out)?;
+            if n > 0 || out.is_empty() {
+                return Ok(n);
+            }
+            let mut input = self.current.take().expect("checked above").into_input();
+            let head = input.fill_buf()?;
+            if head.is_empty() {
+                return Ok(0);
+            }
+            if !M::begins(head) {
+                return Err(decode_err(
+                    Broken::Trailing,
+                    "data after the end of the compressed stream",
+                ));
+            }
+            self.current = Some(M::start(input)?);
+        }
+    }
+}
+
 /// Decoder of `.xz` files: liblzma's multi-threaded stream decoder, restarted after each
 /// stream so that concatenated streams (and the zero padding allowed between them) are
 /// decoded like `xz -d` does.
@@ -491,7 +602,7 @@ impl<R: Read> XzReader<R> {
         }
         if !padding.is_multiple_of(4) {
             return Err(decode_err(
-                false,
+                Broken::Corrupt,
                 "stream padding is not a multiple of four bytes",
             ));
         }
@@ -513,16 +624,22 @@ impl<R: Read> XzReader<R> {
         let n = head.len().min(XZ_MAGIC.len());
         if head[..n] != XZ_MAGIC[..n] {
             return Err(decode_err(
-                false,
-                "unexpected data after the end of the .xz stream",
+                Broken::Trailing,
+                "data after the end of the .xz stream",
             ));
         }
         if n < XZ_MAGIC.len() {
-            return Err(decode_err(true, "input ends inside an .xz stream header"));
+            return Err(decode_err(
+                Broken::Truncated,
+                "input ends inside an .xz stream header",
+            ));
         }
-        let stream = self
-            .new_stream()
-            .map_err(|_| decode_err(false, "cannot start a decoder for the next stream"))?;
+        let stream = self.new_stream().map_err(|_| {
+            decode_err(
+                Broken::Corrupt,
+                "cannot start a decoder for the next stream",
+            )
+        })?;
         self.stream = Some(stream);
         Ok(true)
     }
@@ -549,13 +666,17 @@ impl<R: Read> Read for XzReader<R> {
             let status = stream
                 .process(&self.inbuf[self.pos..self.end], out, action)
                 .map_err(|e| match e {
-                    liblzma::stream::Error::Data => decode_err(false, "compressed data is corrupt"),
-                    liblzma::stream::Error::Format => decode_err(false, "not in the .xz format"),
+                    liblzma::stream::Error::Data => {
+                        decode_err(Broken::Corrupt, "compressed data is corrupt")
+                    }
+                    liblzma::stream::Error::Format => {
+                        decode_err(Broken::Corrupt, "not in the .xz format")
+                    }
                     liblzma::stream::Error::Options => {
-                        decode_err(false, "unsupported compression options")
+                        decode_err(Broken::Corrupt, "unsupported compression options")
                     }
                     liblzma::stream::Error::Mem => io::Error::from(io::ErrorKind::OutOfMemory),
-                    other => decode_err(false, other.to_string()),
+                    other => decode_err(Broken::Corrupt, other.to_string()),
                 })?;
             let consumed = (stream.total_in() - in0) as usize;
             let produced = (stream.total_out() - out0) as usize;
@@ -567,7 +688,10 @@ impl<R: Read> Read for XzReader<R> {
                 return Ok(produced);
             }
             if self.stream.is_some() && finishing && consumed == 0 {
-                return Err(decode_err(true, "input ends inside an .xz stream"));
+                return Err(decode_err(
+                    Broken::Truncated,
+                    "input ends inside an .xz stream",
+                ));
             }
         }
     }
@@ -671,12 +795,15 @@ mod tests {
         assert!(format!("{err:#}").contains("corrupt .xz"), "{err:#}");
         assert!(!dst.exists());
 
-        // Trailing garbage is corrupt, not silently ignored.
+        // Trailing garbage is an error, not silently ignored.
         let mut bad = xz(&b);
         bad.extend_from_slice(b"garbage!");
         fs::write(&src, &bad).unwrap();
         let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
-        assert!(format!("{err:#}").contains("corrupt .xz"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("trailing data in .xz"),
+            "{err:#}"
+        );
         assert!(!dst.exists());
     }
 
@@ -704,6 +831,87 @@ mod tests {
         let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
         assert!(format!("{err:#}").contains("corrupt .xz"), "{err:#}");
         assert!(!dst.exists());
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn zst(data: &[u8]) -> Vec<u8> {
+        zstd::encode_all(data, 1).unwrap()
+    }
+
+    fn failure(dir: &Path, name: &str, bytes: &[u8]) -> String {
+        let src = dir.join(name);
+        fs::create_dir_all(src.parent().unwrap()).unwrap();
+        fs::write(&src, bytes).unwrap();
+        let dst = dir.join("out.img");
+        let err = decompress_to(&src, &dst, &Progress::quiet()).unwrap_err();
+        assert!(!dst.exists());
+        let msg = format!("{err:#}");
+        assert!(msg.contains(&src.display().to_string()), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn trailing_data_is_not_called_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample(BUF + 99);
+        type Compress = fn(&[u8]) -> Vec<u8>;
+        let cases: [(&str, Compress); 3] = [("gz", gz), ("zst", zst), ("xz", xz)];
+        for (ext, compress) in cases {
+            // Short and long junk after a complete stream.
+            for junk in [&b"junk"[..], &b"some more junk after the end"[..]] {
+                let mut bytes = compress(&data);
+                bytes.extend_from_slice(junk);
+                let msg = failure(dir.path(), &format!("a.img.{ext}"), &bytes);
+                assert!(
+                    msg.contains("trailing data"),
+                    "{ext} + {} bytes: {msg}",
+                    junk.len()
+                );
+                assert!(!msg.contains("truncated"), "{ext}: {msg}");
+            }
+        }
+        // Several complete gzip members, or zstd frames (skippable ones too), are one image,
+        // as with gzip -d and zstd -d.
+        let mut two_gz = gz(&data[..1000]);
+        two_gz.extend(gz(&data[1000..]));
+        let mut two_zst = zst(&data[..1000]);
+        two_zst.extend([0x5A, 0x2A, 0x4D, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+        two_zst.extend(zst(&data[1000..]));
+        for (name, bytes) in [("two.img.gz", two_gz), ("two.img.zst", two_zst)] {
+            let src = dir.path().join(name);
+            fs::write(&src, &bytes).unwrap();
+            let d = decompress_to(&src, &dir.path().join("o"), &Progress::quiet()).unwrap();
+            assert_eq!(
+                d.sha256.as_deref(),
+                Some(sha256_bytes(&data).as_str()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_damaged_local_file_is_not_sent_to_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let comp = xz(&sample(BUF));
+        // The user's own --image file: damaged, or not an image at all.
+        for bytes in [
+            &comp[..comp.len() / 2],
+            b"\xfd7zXZ\0 this is not xz data at all",
+        ] {
+            let msg = failure(dir.path(), "mine/node.img.xz", bytes);
+            assert!(msg.contains("damaged or not a .xz image"), "{msg}");
+            assert!(!msg.contains("cache"), "{msg}");
+        }
+        // A download in the cache is named as such, with the way to fetch it again.
+        let blob = format!("cache/blobs/sha256/{}", sha256_bytes(b"x"));
+        let msg = failure(dir.path(), &blob, &comp[..comp.len() / 2]);
+        assert!(msg.contains("download cache"), "{msg}");
+        assert!(msg.contains("download again"), "{msg}");
     }
 
     #[test]

@@ -3,11 +3,13 @@
 mod support;
 
 use std::fs;
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use pikube_image::progress::{Mode, Progress};
+use pikube_image::source::base::{BaseSource, ImageChecksum, Origin};
 use pikube_image::source::{
     Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, Timeouts, lookup_checksum,
     mirror_url,
@@ -21,6 +23,7 @@ fn fast_retry() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 5,
         base_delay: Duration::from_millis(10),
+        ..RetryPolicy::default()
     }
 }
 
@@ -120,6 +123,193 @@ fn server_ignoring_ranges_restarts_cleanly() {
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].range.as_deref(), Some("bytes=524288-"));
     assert_eq!(log[1].status, 200);
+}
+
+/// A server holding `len` pseudo-random bytes at `path`; the bytes; an artifact for them.
+fn serving(path: &str, len: usize, seed: u64) -> (TestServer, Vec<u8>, Artifact) {
+    let srv = TestServer::start();
+    let data = pseudo_random(len, seed);
+    srv.add(path, data.clone());
+    let a = sha_artifact(srv.url_for(path), &data);
+    (srv, data, a)
+}
+
+/// The final error of a download that was given up: the URL, the attempts, how far it
+/// got, and what to do.
+fn assert_gave_up(msg: &str, url: &str, attempts: usize, reached: usize) {
+    assert!(msg.contains(url), "{msg}");
+    assert!(msg.contains(&format!("after {attempts} attempts")), "{msg}");
+    assert!(msg.contains(&format!("{reached} bytes")), "{msg}");
+    for fix in ["network", "--mirror", "--image"] {
+        assert!(msg.contains(fix), "{fix}: {msg}");
+    }
+}
+
+#[test]
+fn server_ignoring_ranges_and_always_dropping_is_given_up() {
+    let (srv, _, a) = serving("/x/flaky.img", MIB, 22);
+    srv.set_ranges(false);
+    // Every response restarts from zero and breaks at the same point: bytes arrive each
+    // time, but the download never gets further. (After 40, the server recovers, so a
+    // fetcher that retries without end still finishes.)
+    srv.set_drop_after("/x/flaky.img", MIB / 2, 40);
+    let td = tempfile::tempdir().unwrap();
+    let err = fetcher(td.path(), None, false)
+        .fetch(&a)
+        .expect_err("a download that makes no progress must be given up");
+    assert_gave_up(&format!("{err:#}"), &a.url, 5, MIB / 2);
+    assert_eq!(srv.hits("/x/flaky.img"), 5);
+}
+
+#[test]
+fn server_announcing_a_false_length_is_given_up() {
+    let (srv, _, a) = serving("/x/liar.img", 300_000, 23);
+    srv.set_false_length("/x/liar.img", 1 << 40, 40);
+    let td = tempfile::tempdir().unwrap();
+    let err = fetcher(td.path(), None, false)
+        .fetch(&a)
+        .expect_err("a transfer that never reaches its announced length must be given up");
+    let msg = format!("{err:#}");
+    assert_gave_up(&msg, &a.url, 5, 300_000);
+    assert!(msg.contains(&(1u64 << 40).to_string()), "{msg}");
+    assert_eq!(srv.hits("/x/liar.img"), 5);
+}
+
+#[test]
+fn retries_stop_at_the_total_limits_even_while_progressing() {
+    let (srv, _, a) = serving("/x/drip.img", MIB, 24);
+    // Every response moves the download 100 000 bytes forward, then breaks.
+    srv.set_drop_after("/x/drip.img", 100_000, 1000);
+
+    let attempts_4 = RetryPolicy {
+        max_total_attempts: 4,
+        ..fast_retry()
+    };
+    // A time limit already spent allows no retry at all.
+    let no_time = RetryPolicy {
+        max_total_time: Duration::ZERO,
+        ..fast_retry()
+    };
+    for (policy, attempts, why) in [
+        (attempts_4, 4, "limit is 4 attempts"),
+        (no_time, 1, "retrying stops"),
+    ] {
+        srv.clear_log();
+        let td = tempfile::tempdir().unwrap();
+        let err = fetcher(td.path(), None, false)
+            .with_retry(policy)
+            .fetch(&a)
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert_gave_up(&msg, &a.url, attempts, attempts * 100_000);
+        assert!(msg.contains(why), "{msg}");
+        assert_eq!(srv.hits("/x/drip.img"), attempts);
+    }
+}
+
+/// Changes one byte of a read-only cache blob in place, as an editor or a disk fault would.
+fn damage(blob: &Path) {
+    let mut bytes = fs::read(blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    let mut perm = fs::metadata(blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(blob, perm.clone()).unwrap();
+    fs::write(blob, &bytes).unwrap();
+    perm.set_readonly(true);
+    fs::set_permissions(blob, perm).unwrap();
+}
+
+#[test]
+fn damaged_cache_entry_is_downloaded_again() {
+    let (srv, data, a) = serving("/k3s/k3s-arm64", MIB, 25);
+    let td = tempfile::tempdir().unwrap();
+    let first = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    damage(&first.path);
+
+    // The next build must not use the edited copy under the original digest.
+    let got = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    assert_eq!(sha256_hex(&fs::read(&got.path).unwrap()), sha256_hex(&data));
+    assert_eq!(got.sha256, sha256_hex(&data));
+    assert!(!got.from_cache);
+    assert_eq!(srv.hits("/k3s/k3s-arm64"), 2);
+
+    // Within one build too: an entry changed after this fetcher verified it is checked again.
+    let f = fetcher(td.path(), None, false);
+    let hit = f.fetch(&a).unwrap();
+    assert!(hit.from_cache);
+    damage(&hit.path);
+    let mut perm = fs::metadata(&hit.path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&hit.path, perm).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&hit.path)
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    let again = f.fetch(&a).unwrap();
+    assert_eq!(
+        sha256_hex(&fs::read(&again.path).unwrap()),
+        sha256_hex(&data)
+    );
+    assert_eq!(srv.hits("/k3s/k3s-arm64"), 3);
+}
+
+#[test]
+fn damaged_cache_entry_offline_names_the_entry_and_the_fix() {
+    let (srv, data, a) = serving("/k3s/k3s-armhf", MIB, 26);
+    let url = a.url.clone();
+    let td = tempfile::tempdir().unwrap();
+    let blob = fetcher(td.path(), None, false).fetch(&a).unwrap().path;
+    damage(&blob);
+
+    let err = fetcher(td.path(), None, true).fetch(&a).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("damaged"), "{msg}");
+    assert!(msg.contains(&url), "{msg}");
+    assert!(msg.contains(&blob.display().to_string()), "{msg}");
+    assert!(msg.contains("network access"), "{msg}");
+    assert!(
+        !blob.exists(),
+        "a damaged entry is removed, not kept to fail every build"
+    );
+    assert_eq!(srv.hits("/k3s/k3s-armhf"), 1, "offline must not download");
+
+    // Once back online, the next build fetches it again.
+    let got = fetcher(td.path(), None, false).fetch(&a).unwrap();
+    assert_eq!(sha256_hex(&fs::read(&got.path).unwrap()), sha256_hex(&data));
+}
+
+#[test]
+fn damaged_checksum_list_is_not_read_offline() {
+    let srv = TestServer::start();
+    let data = pseudo_random(MIB, 27);
+    srv.add("/rel/a.img.xz", data.clone());
+    let sums = format!(
+        "{}  a.img.xz\n{}  other.img.xz\n",
+        sha256_hex(&data),
+        sha256_hex(b"o")
+    );
+    srv.add("/rel/SHA256SUMS", sums.clone());
+    let td = tempfile::tempdir().unwrap();
+    let sums_url = srv.url_for("/rel/SHA256SUMS");
+    fetcher(td.path(), None, false)
+        .fetch_text(&sums_url)
+        .unwrap();
+    let blob = td
+        .path()
+        .join("blobs/sha256")
+        .join(sha256_hex(sums.as_bytes()));
+    damage(&blob);
+    let err = fetcher(td.path(), None, true)
+        .fetch_text(&sums_url)
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("damaged") && msg.contains(&sums_url), "{msg}");
+    assert!(!blob.exists());
 }
 
 #[test]
@@ -371,6 +561,57 @@ fn mirror_serves_every_url_including_checksum_files() {
 }
 
 #[test]
+fn catalog_pin_wins_over_a_mirrors_checksum_list() {
+    let srv = TestServer::start();
+    let genuine = pseudo_random(MIB, 28);
+    let forged = pseudo_random(MIB, 29);
+    let up = "https://cdimage.example.org/releases/24.04";
+    let on_mirror = "/cdimage.example.org/releases/24.04";
+    // The mirror serves another image, and a checksum list that vouches for it.
+    srv.add(&format!("{on_mirror}/x.img.xz"), forged.clone());
+    srv.add(
+        &format!("{on_mirror}/SHA256SUMS"),
+        format!("{}  x.img.xz\n", sha256_hex(&forged)),
+    );
+    // A catalog entry that names the list it came from and pins the digest.
+    let pin = sha256_hex(&genuine);
+    let checksum: ImageChecksum =
+        serde_saphyr::from_str(&format!("sums_url: {up}/SHA256SUMS\nsha256: {pin}\n"))
+            .expect("a catalog entry may pin a digest beside its checksum list");
+    let entry_url = format!("{up}/x.img.xz");
+    let td = tempfile::tempdir().unwrap();
+    let f = fetcher(td.path(), Some(srv.url()), false);
+    for base in [
+        BaseSource::Catalog,
+        // --image-url naming the catalog's own URL, without --image-sha256.
+        BaseSource::Url {
+            url: entry_url.clone(),
+            sha256: None,
+        },
+    ] {
+        let image = base.resolve(&entry_url, &checksum);
+        assert_eq!(image.content_id, pin);
+        let Origin::Download(a) = &image.origin else {
+            panic!("{image:?}")
+        };
+        let err = f.fetch(a).unwrap_err();
+        match err.downcast_ref::<SourceError>() {
+            Some(SourceError::ChecksumMismatch { expected, .. }) => assert_eq!(expected, &pin),
+            _ => panic!("the mirror's image must be refused: {err:#}"),
+        }
+    }
+    assert_eq!(srv.hits(&format!("{on_mirror}/SHA256SUMS")), 0);
+
+    // The genuine image from the same mirror passes.
+    srv.add(&format!("{on_mirror}/x.img.xz"), genuine.clone());
+    let image = BaseSource::Catalog.resolve(&entry_url, &checksum);
+    let Origin::Download(a) = &image.origin else {
+        panic!("{image:?}")
+    };
+    assert_eq!(f.fetch(a).unwrap().sha256, pin);
+}
+
+#[test]
 fn not_found_is_explained() {
     let srv = TestServer::start();
     let td = tempfile::tempdir().unwrap();
@@ -409,7 +650,50 @@ fn server_errors_are_retried_and_redirects_followed() {
         .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("500") && msg.contains("giving up"), "{msg}");
+    assert!(
+        !msg.contains("kept in"),
+        "no byte arrived, none is kept: {msg}"
+    );
     assert_eq!(srv.hits("/archive/other"), 5);
+}
+
+#[test]
+fn redirect_loops_stop_at_once_and_are_named() {
+    let srv = TestServer::start();
+    srv.add_redirect("/loop/latest", "/loop/current");
+    srv.add_redirect("/loop/current", "/loop/latest");
+    let td = tempfile::tempdir().unwrap();
+    let url = srv.url_for("/loop/latest");
+    let err = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(url.clone(), b"x"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("redirect loop"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "{url} -> {} -> {url}",
+            srv.url_for("/loop/current")
+        )),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("giving up"),
+        "a loop is not a network failure: {msg}"
+    );
+    assert_eq!(srv.hits("/loop/latest"), 1, "not retried");
+    assert_eq!(srv.hits("/loop/current"), 1, "not retried");
+
+    // A chain without a loop that goes on too long stops as well.
+    for i in 0..12 {
+        srv.add_redirect(&format!("/chain/{i}"), &format!("/chain/{}", i + 1));
+    }
+    let err = fetcher(td.path(), None, false)
+        .fetch(&sha_artifact(srv.url_for("/chain/0"), b"x"))
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("more than 10 redirects"), "{msg}");
+    assert!(msg.contains(&srv.url_for("/chain/11")), "{msg}");
+    assert_eq!(srv.hits("/chain/0"), 1, "not retried");
 }
 
 #[test]
@@ -559,6 +843,7 @@ fn interrupted_run(td: &Path, url: &str, data: &[u8]) {
         .with_retry(RetryPolicy {
             max_attempts: 1,
             base_delay: Duration::from_millis(1),
+            ..RetryPolicy::default()
         })
         .fetch(&sha_artifact(url.to_string(), data))
         .unwrap_err();

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! A blob only ever appears under its name by an atomic rename after its digest was
-//! computed and compared, so a reader never sees a half-written or unverified blob.
+//! computed and compared, so a reader never sees a half-written or unverified blob. The
+//! fetcher hashes a blob again before it uses it ([`Cache::check`]): a file in the cache can
+//! still be edited or damaged later.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -20,6 +22,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::io::{HashingReader, sha256_bytes};
+
+/// Result of [`Cache::check`].
+pub(crate) enum Checked {
+    Missing,
+    /// The blob's content still has its digest.
+    Good(PathBuf),
+    /// The blob no longer matches its digest (`actual`); it was deleted.
+    Damaged {
+        path: PathBuf,
+        actual: String,
+    },
+}
 
 /// Result of [`Cache::store`].
 pub(crate) enum Stored {
@@ -98,6 +112,46 @@ impl Cache {
             Some(p)
         } else {
             None
+        }
+    }
+
+    /// Hashes the blob with this digest again. A blob whose content changed since it was
+    /// verified (edited, or damaged on disk) is deleted, so that it is fetched again rather
+    /// than failing every later build. `task` shows the progress of hashing. Unlike
+    /// [`Cache::get`], this does not mark the blob as used.
+    pub(crate) fn check(&self, sha256: &str, task: &crate::progress::Task) -> Result<Checked> {
+        if !is_sha256_hex(sha256) {
+            return Ok(Checked::Missing);
+        }
+        let path = self.blob_path(sha256);
+        let unreadable = || {
+            format!(
+                "cannot read {} in the download cache; check its permissions, or delete it to \
+                 download it again",
+                path.display()
+            )
+        };
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Checked::Missing),
+            Err(e) => return Err(e).with_context(unreadable),
+        };
+        let r =
+            crate::io::ProgressReader::new(io::BufReader::with_capacity(1 << 20, f), task.clone());
+        let actual = crate::io::sha256_reader(r).with_context(unreadable)?;
+        if actual == sha256.to_ascii_lowercase() {
+            return Ok(Checked::Good(path));
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(Checked::Damaged { path, actual }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Checked::Damaged { path, actual }),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "{} in the download cache is damaged (its SHA-256 is {actual}, not {sha256}) \
+                     and cannot be deleted; delete it by hand",
+                    path.display()
+                )
+            }),
         }
     }
 

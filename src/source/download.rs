@@ -11,7 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use fs4::fs_std::FileExt;
@@ -28,10 +28,10 @@ const CHUNK: usize = 256 << 10;
 enum Attempt {
     /// The partial file holds the whole resource.
     Complete,
-    /// A transient failure; `progressed` tells whether new bytes arrived.
+    /// A transient failure; `total` is the size the server announced, if it answered.
     Retry {
         err: anyhow::Error,
-        progressed: bool,
+        total: Option<u64>,
     },
     /// The server restarted or refused the range: begin again at once.
     Restart,
@@ -96,7 +96,7 @@ impl Fetcher {
         }
         // Someone else may have finished the same download while we waited.
         if let Some(e) = expected
-            && let Some(p) = self.cache.get(e)
+            && let Some(p) = self.cached(url, e)?
         {
             self.cache.record_url(url, e)?;
             return fetched(url.to_string(), e.to_string(), p, true);
@@ -122,9 +122,10 @@ impl Fetcher {
         // if the result does not verify, one clean restart is allowed.
         let mut resumed_old = partial_len(&partial)? > 0;
         let mut state: Option<PartialState> = None;
-        let mut failures = 0u32;
         let mut restarts = 0u32;
+        let mut tries = Tries::new(partial_len(&partial)?);
         loop {
+            tries.attempts += 1;
             let outcome = self.attempt(
                 client, eff, shown, &partial, &mut state, &mut task, &name, limit,
             )?;
@@ -142,29 +143,19 @@ impl Fetcher {
                     state = None;
                     continue;
                 }
-                Attempt::Retry { err, progressed } => {
-                    if progressed {
-                        failures = 0;
+                Attempt::Retry { err, total } => {
+                    tries.failed(partial_len(&partial)?, total);
+                    if let Some(why) = tries.exhausted(&self.retry) {
+                        return Err(err.context(tries.give_up(shown, &why, &partial)?));
                     }
-                    failures += 1;
-                    if failures >= self.retry.max_attempts {
-                        return Err(err.context(format!(
-                            "giving up on {shown} after {failures} failed attempts; the partial \
-                             download is kept in {} and resumes on the next run. Check the \
-                             network, try again later, use --mirror, or build with --offline if \
-                             the cache already holds this file",
-                            partial.display()
-                        )));
-                    }
-                    let delay = self
-                        .retry
-                        .base_delay
-                        .saturating_mul(1 << (failures - 1).min(5))
-                        .min(Duration::from_secs(30));
+                    let delay = tries.delay(&self.retry);
                     self.progress.message(&format!(
-                        "{name}: {err:#}; retrying in {:.1} s (attempt {} of {})",
+                        "{name}: {err:#}; retrying in {:.1} s (attempt {} of at most {}; {} of \
+                         {} allowed in a row without progress)",
                         delay.as_secs_f64(),
-                        failures + 1,
+                        tries.attempts + 1,
+                        self.retry.max_total_attempts,
+                        tries.stuck,
                         self.retry.max_attempts
                     ));
                     thread::sleep(delay);
@@ -203,6 +194,7 @@ impl Fetcher {
                 .with_context(|| format!("cannot sync {}", partial.display()))?;
             drop(f);
             let path = self.cache.adopt(&partial, &actual)?;
+            self.remember(&path);
             remove_file_if_exists(&validator_path(&partial))?;
             self.cache.record_url(url, &actual)?;
             if let Some(t) = &task {
@@ -240,10 +232,12 @@ impl Fetcher {
             Err(e) if e.is_builder() => {
                 return Err(anyhow!(e).context(format!("invalid URL {shown}")));
             }
+            // Asking again would follow the same chain: stop now and say where it goes.
+            Err(e) if e.is_redirect() => return Err(redirect_error(shown, &e)),
             Err(e) => {
                 return Ok(Attempt::Retry {
                     err: anyhow!(e).context(format!("cannot download {shown}")),
-                    progressed: false,
+                    total: None,
                 });
             }
         };
@@ -288,7 +282,7 @@ impl Fetcher {
             {
                 return Ok(Attempt::Retry {
                     err: anyhow!("HTTP {s} from {shown}"),
-                    progressed: false,
+                    total: None,
                 });
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -370,7 +364,7 @@ impl Fetcher {
                     "connection to {shown} broke after {} bytes",
                     start + got
                 )),
-                progressed: got > 0,
+                total,
             });
         }
         if let Some(total) = total
@@ -378,11 +372,162 @@ impl Fetcher {
         {
             return Ok(Attempt::Retry {
                 err: anyhow!("{shown} ended after {} of {total} bytes", start + got),
-                progressed: got > 0,
+                total: Some(total),
             });
         }
         Ok(Attempt::Complete)
     }
+}
+
+/// The attempts of one download, and how far they got.
+struct Tries {
+    started: Instant,
+    /// Requests made.
+    attempts: u32,
+    /// Failed attempts since the download last got further (that one included).
+    stuck: u32,
+    /// The most bytes the partial file ever held.
+    furthest: u64,
+    /// The size last announced by the server.
+    total: Option<u64>,
+}
+
+impl Tries {
+    fn new(have: u64) -> Tries {
+        Tries {
+            started: Instant::now(),
+            attempts: 0,
+            stuck: 0,
+            furthest: have,
+            total: None,
+        }
+    }
+
+    /// Records a failed attempt that left `have` bytes in the partial file. Only bytes
+    /// beyond the furthest point reached count as progress: a restart from zero that
+    /// breaks again moved nothing forward.
+    fn failed(&mut self, have: u64, total: Option<u64>) {
+        if have > self.furthest {
+            self.furthest = have;
+            self.stuck = 1;
+        } else {
+            self.stuck += 1;
+        }
+        if total.is_some() {
+            self.total = total;
+        }
+    }
+
+    /// Why no further attempt should be made, if one of the limits is reached.
+    fn exhausted(&self, p: &super::RetryPolicy) -> Option<String> {
+        if self.stuck >= p.max_attempts {
+            Some(format!(
+                "{} failed in a row without getting further",
+                self.stuck
+            ))
+        } else if self.attempts >= p.max_total_attempts {
+            Some(format!("the limit is {} attempts", p.max_total_attempts))
+        } else if self.started.elapsed() >= p.max_total_time {
+            Some(format!(
+                "retrying stops {} s after the first request",
+                p.max_total_time.as_secs()
+            ))
+        } else {
+            None
+        }
+    }
+
+    fn delay(&self, p: &super::RetryPolicy) -> Duration {
+        p.base_delay
+            .saturating_mul(1 << self.stuck.saturating_sub(1).min(5))
+            .min(Duration::from_secs(30))
+    }
+
+    /// The final error: the URL, the attempts, how far they got, what to do.
+    fn give_up(&self, shown: &str, why: &str, partial: &Path) -> Result<String> {
+        let reached = match self.total {
+            Some(t) => format!("{} bytes of {t}", self.furthest),
+            None => format!("{} bytes (total size unknown)", self.furthest),
+        };
+        let kept = match partial_len(partial)? {
+            0 => String::new(),
+            n => format!(
+                " The {n} bytes received are kept in {}; the next run resumes from them if the \
+                 server allows it.",
+                partial.display()
+            ),
+        };
+        Ok(format!(
+            "giving up on {shown} after {} attempts ({why}); the download reached {reached}.\
+             {kept} Check the network or the mirror and try again later, use --mirror to \
+             download from a reachable copy, or download the file by hand and pass it with \
+             --image (for a base image)",
+            self.attempts,
+        ))
+    }
+}
+
+/// Redirects followed for one request before giving up.
+const MAX_REDIRECTS: usize = 10;
+
+/// Why a chain of redirects was not followed to its end.
+#[derive(Debug)]
+struct BadRedirects {
+    /// Every URL requested, then the one the last answer pointed to.
+    chain: Vec<url::Url>,
+    is_loop: bool,
+}
+
+impl std::fmt::Display for BadRedirects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let chain: Vec<&str> = self.chain.iter().map(url::Url::as_str).collect();
+        if self.is_loop {
+            write!(f, "redirect loop: {}", chain.join(" -> "))
+        } else {
+            write!(
+                f,
+                "more than {MAX_REDIRECTS} redirects: {}",
+                chain.join(" -> ")
+            )
+        }
+    }
+}
+
+impl std::error::Error for BadRedirects {}
+
+/// Follows redirects, but stops at the first URL that comes round again (a loop) and after
+/// [`MAX_REDIRECTS`], keeping the chain for the error.
+pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let is_loop = attempt.previous().contains(attempt.url());
+        if is_loop || attempt.previous().len() > MAX_REDIRECTS {
+            let mut chain = attempt.previous().to_vec();
+            chain.push(attempt.url().clone());
+            attempt.error(BadRedirects { chain, is_loop })
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// The error for a redirect chain that was not followed: not a network failure, so it is
+/// not retried.
+fn redirect_error(shown: &str, e: &reqwest::Error) -> anyhow::Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(b) = c.downcast_ref::<BadRedirects>() {
+            return anyhow!(
+                "cannot download {shown}: {b}; the server (or the mirror) is misconfigured. Check \
+                 the URL or --mirror, or download the file by hand and pass it with --image (for \
+                 a base image)"
+            );
+        }
+        cause = c.source();
+    }
+    anyhow!(
+        "cannot download {shown}: {e}; check the URL or --mirror, or download the file by hand \
+         and pass it with --image (for a base image)"
+    )
 }
 
 fn partial_len(p: &Path) -> Result<u64> {
@@ -455,7 +600,7 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
 }
 
 /// The last path segment of a URL, for progress lines.
-fn display_name(url: &str) -> String {
+pub(super) fn display_name(url: &str) -> String {
     let no_query = url.split(['?', '#']).next().unwrap_or(url);
     no_query
         .trim_end_matches('/')

@@ -36,6 +36,16 @@ impl Layout {
         self.root.join("blobs").join("sha256")
     }
 
+    /// Whether `path` names a blob of some cache (`<root>/blobs/sha256/<hex>`): a file the
+    /// tool downloaded, not one the user gave.
+    pub fn is_blob(path: &Path) -> bool {
+        let named_by_digest = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(super::cache::is_sha256_hex);
+        named_by_digest && path.parent().is_some_and(|p| p.ends_with("blobs/sha256"))
+    }
+
     /// Which blob a downloaded URL resolved to, one index file per URL.
     pub fn urls(&self) -> PathBuf {
         self.root.join("urls")

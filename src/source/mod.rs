@@ -13,10 +13,12 @@ pub mod layout;
 mod mirror;
 mod sums;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -81,15 +83,36 @@ pub enum SourceError {
         "{name} is not listed in the checksum file {sums_url}; check the file name and version"
     )]
     NotInSums { name: String, sums_url: String },
+    #[error(
+        "the cached copy of {url} ({path}) is damaged: its SHA-256 is now {actual}, not the \
+         {expected} it was verified with. It was deleted, and --offline forbids downloading it \
+         again: run the same build once with network access (or with --mirror pointing at a \
+         reachable mirror) to fetch it again"
+    )]
+    DamagedEntry {
+        url: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 }
 
-/// Retry behaviour for transient network failures.
+/// Retry behaviour for transient network failures. A download stops at whichever limit
+/// it reaches first; its partial file is kept for the next run.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
-    /// Consecutive failed attempts (without any new byte received) before giving up.
+    /// Failed attempts in a row that brought the download no further than it had already
+    /// been (a server that restarts from zero and breaks again makes no progress, however
+    /// many bytes it sends).
     pub max_attempts: u32,
-    /// Delay before the first retry; doubled after every failure, capped at 30 s.
+    /// Delay before the first retry; doubled after every failure without progress, capped
+    /// at 30 s.
     pub base_delay: Duration,
+    /// Requests in all for one download, those that made progress included.
+    pub max_total_attempts: u32,
+    /// No retry starts once this long has passed since the first request (a transfer
+    /// under way is never cut short by it).
+    pub max_total_time: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -97,6 +120,8 @@ impl Default for RetryPolicy {
         RetryPolicy {
             max_attempts: 5,
             base_delay: Duration::from_secs(1),
+            max_total_attempts: 30,
+            max_total_time: Duration::from_secs(4 * 3600),
         }
     }
 }
@@ -129,6 +154,33 @@ pub struct Fetcher {
     retry: RetryPolicy,
     timeouts: Timeouts,
     client: OnceLock<reqwest::blocking::Client>,
+    /// Blobs this fetcher hashed (or stored), with their metadata at the time: a build asks
+    /// for the same base image once per node, and hashes it only once unless it changed.
+    verified: Mutex<HashMap<PathBuf, Stamp>>,
+}
+
+/// What identifies a file's state without reading it: any write or `chmod` changes the
+/// change time, a replacement changes the inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        let m = fs::metadata(path).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 /// Largest checksum list or other text file `fetch_text` accepts.
@@ -144,10 +196,12 @@ impl Fetcher {
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
             client: OnceLock::new(),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Replaces the default retry policy (5 attempts, 1 s doubling back-off).
+    /// Replaces the default retry policy (5 attempts in a row without progress, 1 s
+    /// doubling back-off, 30 attempts or 4 h in all).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Fetcher {
         self.retry = retry;
         self
@@ -196,7 +250,7 @@ impl Fetcher {
                 Err(e) => return Err(e),
             },
         };
-        if let Some(path) = self.cache.get(&expected) {
+        if let Some(path) = self.cached(&a.url, &expected)? {
             if self.cache.lookup_url(&a.url).as_deref() != Some(expected.as_str()) {
                 let _ = self.cache.record_url(&a.url, &expected);
             }
@@ -236,14 +290,12 @@ impl Fetcher {
         let path = if let Some(local) = file_url_path(url)? {
             local
         } else if self.offline {
-            let digest = self
-                .cache
-                .lookup_url(url)
-                .ok_or_else(|| SourceError::OfflineMiss {
-                    url: url.to_string(),
-                    cache: self.cache.root().to_path_buf(),
-                })?;
-            self.cache.blob_path(&digest)
+            let miss = || SourceError::OfflineMiss {
+                url: url.to_string(),
+                cache: self.cache.root().to_path_buf(),
+            };
+            let digest = self.cache.lookup_url(url).ok_or_else(miss)?;
+            self.cached(url, &digest)?.ok_or_else(miss)?
         } else {
             self.download(url, None, Some(MAX_TEXT))?.path
         };
@@ -258,6 +310,65 @@ impl Fetcher {
         let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         String::from_utf8(bytes)
             .map_err(|_| anyhow::anyhow!("{url} is not a text file (invalid UTF-8); check the URL"))
+    }
+
+    /// The cached blob `digest` for `url`, hashed again before it is trusted (once per
+    /// fetcher unless the file changed since). A damaged blob is deleted: online the caller
+    /// then downloads it again, offline that is an error naming the entry and the fix.
+    fn cached(&self, url: &str, digest: &str) -> Result<Option<PathBuf>> {
+        let path = self.cache.blob_path(digest);
+        let known = self.verified.lock().expect("lock").get(&path).copied();
+        if let Some(stamp) = known
+            && Stamp::of(&path) == Some(stamp)
+        {
+            return Ok(Some(path));
+        }
+        // Marked as used first: that changes its times, which the stamp must include.
+        touch(&path);
+        let stamp = Stamp::of(&path);
+        let task = self.progress.task(
+            &format!("verify {}", download::display_name(url)),
+            stamp.map(|s| s.len),
+        );
+        match self.cache.check(digest, &task)? {
+            cache::Checked::Missing => Ok(None),
+            cache::Checked::Good(path) => {
+                task.finish("verified");
+                // The stamp taken before hashing: a change during or after it shows.
+                if let Some(s) = stamp {
+                    self.verified.lock().expect("lock").insert(path.clone(), s);
+                }
+                Ok(Some(path))
+            }
+            cache::Checked::Damaged { path, actual } => {
+                task.finish("damaged");
+                if self.offline {
+                    return Err(SourceError::DamagedEntry {
+                        url: url.to_string(),
+                        path,
+                        expected: digest.to_string(),
+                        actual,
+                    }
+                    .into());
+                }
+                self.progress.message(&format!(
+                    "the cached copy of {url} ({}) was damaged (its SHA-256 is now {actual}, not \
+                     {digest}); deleted it, downloading it again",
+                    path.display()
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Notes that the blob at `path` was just verified by this fetcher.
+    fn remember(&self, path: &Path) {
+        if let Some(s) = Stamp::of(path) {
+            self.verified
+                .lock()
+                .expect("lock")
+                .insert(path.to_path_buf(), s);
+        }
     }
 
     /// Copies a local file into the cache, verifying it on the way.
@@ -289,6 +400,7 @@ impl Fetcher {
             }
         };
         self.cache.record_url(url, &digest)?;
+        self.remember(&path);
         task.finish("verified");
         fetched(url.to_string(), digest, path, false)
     }
@@ -303,7 +415,7 @@ impl Fetcher {
             // The blocking client applies this to sending the request and to every single
             // read of the body: a stall timeout, not a limit on the whole transfer.
             .timeout(self.timeouts.stall)
-            .redirect(reqwest::redirect::Policy::limited(10))
+            .redirect(download::redirect_policy())
             .build()
             .context("cannot initialise the HTTP client (TLS setup failed)")?;
         let _ = self.client.set(c);
@@ -341,4 +453,28 @@ fn fetched(url: String, sha256: String, path: PathBuf, from_cache: bool) -> Resu
         size,
         from_cache,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_blob_is_hashed_once_until_it_changes() {
+        let td = tempfile::tempdir().unwrap();
+        let cache = Cache::open(td.path()).unwrap();
+        let (digest, path) = cache.put(&mut &b"k3s binary"[..], None).unwrap();
+        let f = Fetcher::new(cache, None, true, Progress::quiet());
+        let a = Artifact {
+            url: "https://example.org/k3s".into(),
+            checksum: Checksum::Sha256(digest.clone()),
+        };
+        assert!(f.fetch(&a).unwrap().from_cache);
+        // What was remembered is the blob's state now, so the next use skips hashing.
+        let remembered = f.verified.lock().unwrap().get(&path).copied();
+        assert_eq!(remembered, Stamp::of(&path));
+        assert!(remembered.is_some());
+        assert!(f.fetch(&a).unwrap().from_cache);
+        assert_eq!(f.verified.lock().unwrap().get(&path).copied(), remembered);
+    }
 }

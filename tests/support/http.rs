@@ -15,6 +15,7 @@
 //! srv.add_redirect("/old", "/new");     // 302 to another path (or absolute URL)
 //! srv.set_throttle(Some(Duration::from_millis(5))); // pause after every 64 KiB sent
 //! srv.set_stall_after("/p", 1000, Duration::from_secs(2), 1); // go silent mid-body once
+//! srv.set_false_length("/p", 1 << 40, 3); // next 3: a 200 claiming 1 TiB, then the body, then close
 //! srv.set_etags(false);                 // no ETag / If-Range handling (default: on)
 //! assert_eq!(srv.hits("/p"), 3);        // requests seen for a path (query ignored)
 //! let log = srv.requests();             // every request: method, path, Range header
@@ -59,6 +60,9 @@ impl Request {
     }
 }
 
+/// path → (what to do, for how many more responses)
+type Counted<T> = Mutex<HashMap<String, (T, usize)>>;
+
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
@@ -66,13 +70,15 @@ struct Shared {
     dir: Mutex<Option<PathBuf>>,
     ignore_ranges: AtomicBool,
     no_etags: AtomicBool,
-    /// path → (body bytes to send before closing, responses still to break)
-    drops: Mutex<HashMap<String, (usize, usize)>>,
-    /// path → (status, responses still to fail)
-    fails: Mutex<HashMap<String, (u16, usize)>>,
+    /// body bytes to send before closing
+    drops: Counted<usize>,
+    /// status
+    fails: Counted<u16>,
     redirects: Mutex<HashMap<String, String>>,
-    /// path → (body bytes before the pause, pause, responses still to stall)
-    stalls: Mutex<HashMap<String, (usize, Duration, usize)>>,
+    /// (body bytes before the pause, pause)
+    stalls: Counted<(usize, Duration)>,
+    /// Content-Length announced
+    false_lengths: Counted<u64>,
     throttle: Mutex<Option<Duration>>,
     log: Mutex<Vec<Request>>,
 }
@@ -169,7 +175,18 @@ impl TestServer {
             .stalls
             .lock()
             .unwrap()
-            .insert(path.to_string(), (bytes, pause, times));
+            .insert(path.to_string(), ((bytes, pause), times));
+    }
+
+    /// The next `times` responses for `path` are a `200` that ignores any `Range` and
+    /// announces `Content-Length: length`, then send the real body and close the connection
+    /// (a server whose length is wrong, or that stops long before the end).
+    pub fn set_false_length(&self, path: &str, length: u64, times: usize) {
+        self.shared
+            .false_lengths
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (length, times));
     }
 
     /// The next `times` requests for `path` are answered with `status` and no body.
@@ -276,17 +293,7 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     };
 
     // Forced failures.
-    let fail = {
-        let mut f = sh.fails.lock().unwrap();
-        match f.get_mut(&path) {
-            Some((status, left)) if *left > 0 => {
-                *left -= 1;
-                Some(*status)
-            }
-            _ => None,
-        }
-    };
-    if let Some(status) = fail {
+    if let Some(status) = take_one(&sh.fails, &path) {
         req.status = status;
         sh.log.lock().unwrap().push(req);
         return respond_empty(&mut stream, status, &[]);
@@ -327,7 +334,9 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         (Some(e), Some(v)) => e != v,
         _ => false,
     };
+    let false_length = take_one(&sh.false_lengths, &path);
     let (status, start, end) = match range.as_deref().and_then(|r| parse_range(r, len)) {
+        _ if false_length.is_some() => (200, 0, len),
         Some(_) if sh.ignore_ranges.load(Ordering::SeqCst) || stale => (200, 0, len),
         Some(Ok((s, e))) => (206, s, e),
         Some(Err(())) => (416, 0, 0),
@@ -343,7 +352,7 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         "HTTP/1.1 {} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: {}\r\nConnection: close\r\n",
         status,
         reason(status),
-        end - start,
+        false_length.unwrap_or((end - start) as u64),
         if sh.ignore_ranges.load(Ordering::SeqCst) {
             "none"
         } else {
@@ -369,31 +378,13 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
         return Ok(());
     }
 
-    let cut = {
-        let mut d = sh.drops.lock().unwrap();
-        match d.get_mut(&path) {
-            Some((bytes, left)) if *left > 0 => {
-                *left -= 1;
-                Some(*bytes)
-            }
-            _ => None,
-        }
-    };
+    let cut = take_one(&sh.drops, &path);
     let slice = &body[start..end];
     let send = match cut {
         Some(n) => &slice[..n.min(slice.len())],
         None => slice,
     };
-    let stall = {
-        let mut st = sh.stalls.lock().unwrap();
-        match st.get_mut(&path) {
-            Some((bytes, pause, left)) if *left > 0 => {
-                *left -= 1;
-                Some((*bytes, *pause))
-            }
-            _ => None,
-        }
-    };
+    let stall = take_one(&sh.stalls, &path);
     let send = match stall {
         Some((bytes, pause)) => {
             let n = bytes.min(send.len());
@@ -415,6 +406,17 @@ fn handle(sh: &Shared, mut stream: TcpStream) -> std::io::Result<()> {
     stream.flush()?;
     let _ = stream.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// The behaviour set for `path` for a number of responses, counting this one off.
+fn take_one<T: Copy>(set: &Counted<T>, path: &str) -> Option<T> {
+    match set.lock().unwrap().get_mut(path) {
+        Some((what, left)) if *left > 0 => {
+            *left -= 1;
+            Some(*what)
+        }
+        _ => None,
+    }
 }
 
 fn lookup(sh: &Shared, path: &str) -> Option<Arc<Vec<u8>>> {
