@@ -2,8 +2,10 @@
 //!
 //! A build is a pipeline of small stages around one central value, the [`plan::Plan`]:
 //! `source` (resolve, download, cache, verify) -> `decompress` (stream, sparse) ->
-//! `disk` (partition tables, grow) -> `plan` (declarative file operations) ->
-//! `fs` (apply the plan to FAT and ext4) -> `emit` (image, checksums, manifest).
+//! `disk` (partition tables, grow) -> `plan` (declarative file operations, contributed by
+//! `firstboot`, `boot`, `k3s`, `gitops`, `images`, `host_keys`, `overlay`) -> `fs` (apply
+//! them through one `op::Tree` trait to FAT, ext4 or a directory) -> `target` (what is made
+//! of each built node: image files today). `build` runs the stages for each node.
 
 pub mod arch;
 pub mod boards;
