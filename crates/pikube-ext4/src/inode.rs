@@ -215,7 +215,11 @@ impl Ext4Fs {
         let now = self.now;
         inode.set_atime(now);
         inode.set_ctime(now);
-        inode.set_time(I_CRTIME, Some(I_CRTIME_EXTRA), now);
+        // The creation time lives in the extra fields: 128-byte inodes (and extra sizes too
+        // small to cover it) have none, so there is nothing to stamp.
+        if GOOD_OLD_INODE_SIZE + inode.extra_isize() >= I_CRTIME + 4 {
+            inode.set_time(I_CRTIME, Some(I_CRTIME_EXTRA), now);
+        }
         let g = self.next_generation();
         put32(&mut inode.raw, I_GENERATION, g);
         inode
