@@ -864,8 +864,10 @@ impl Ext4Fs {
         let seed = inode_seed(&self.geo, ino, inode.generation());
         let mut blk = vec![0u8; bs as usize];
         let end = self.leaf_end_new();
-        crate::dir::put_dirent(&mut blk, 0, ino, 12, b".", FT_DIR);
-        crate::dir::put_dirent(&mut blk, 12, parent, (end - 12) as u16, b"..", FT_DIR);
+        // Without the filetype feature the type byte of every entry must stay 0.
+        let ft = if self.filetype() { FT_DIR } else { 0 };
+        crate::dir::put_dirent(&mut blk, 0, ino, 12, b".", ft);
+        crate::dir::put_dirent(&mut blk, 12, parent, (end - 12) as u16, b"..", ft);
         self.finish_leaf(&mut blk, seed);
         *self.block_new(b) = blk;
         self.map_single_block(ino, &mut inode, b)?;

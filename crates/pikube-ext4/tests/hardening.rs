@@ -77,3 +77,13 @@ fn writes_filesystem_with_128_byte_inodes() {
     fs.close().unwrap();
     assert_clean(&fx);
 }
+
+#[test]
+fn writes_filesystem_without_filetype() {
+    let fx = fixture("^filetype", &[]);
+    assert!(!fx.debugfs("stats").contains("filetype"));
+    let mut fs = open(&fx).unwrap();
+    write_everything(&mut fs);
+    fs.close().unwrap();
+    assert_clean(&fx);
+}
