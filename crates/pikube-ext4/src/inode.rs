@@ -176,7 +176,7 @@ pub(crate) fn tree_blocks_for(n: u64, bs: u64) -> u64 {
 }
 
 impl Ext4Fs {
-    fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
+    pub(crate) fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
         let (g, byte) = self.geo.inode_slot(ino)?;
         let blk = self.groups[g as usize].inode_table + byte / self.geo.bs;
         Ok((blk, (byte % self.geo.bs) as usize))
@@ -260,6 +260,12 @@ impl Ext4Fs {
                     "inode {ino} maps blocks outside the filesystem"
                 )));
             }
+        }
+        for e in &map.extents {
+            self.note_used(e.phys, e.len, ino);
+        }
+        for &b in &map.meta {
+            self.note_used(b, 1, ino);
         }
         Ok(map)
     }

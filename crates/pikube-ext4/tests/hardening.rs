@@ -87,3 +87,65 @@ fn writes_filesystem_without_filetype() {
     fs.close().unwrap();
     assert_clean(&fx);
 }
+
+const U2404: &str = "has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize,^orphan_file,^metadata_csum_seed";
+
+fn debugfs_w(fx: &Fixture, req: &str) {
+    let (rc, out) = run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(req)
+        .arg(fx.spec_path()));
+    assert_eq!(rc, 0, "debugfs -w {req}: {out}");
+}
+
+/// The first number debugfs prints for `req` after `prefix`.
+fn debugfs_number(fx: &Fixture, req: &str, prefix: &str) -> u64 {
+    let out = fx.debugfs(req);
+    let i = out.find(prefix).unwrap_or_else(|| panic!("{req}: {out}")) + prefix.len();
+    let digits: String = out[i..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().unwrap_or_else(|_| panic!("{req}: {out}"))
+}
+
+/// Writing `path` must be refused with advice to run e2fsck, leaving the image unchanged
+/// (the filesystem is dropped without `close`, as callers do after an error).
+fn expect_bitmap_refusal(fx: &Fixture, path: &str, what: &str) {
+    let (ok, _) = fx.fsck();
+    assert!(!ok, "{what}: the fixture should be inconsistent");
+    let before = fx.sha256();
+    let mut fs = open(fx).unwrap();
+    let err = fs
+        .write_file(path, &mut &b"new data\n"[..], 9, &META)
+        .expect_err("writing over an in-use object must be refused");
+    let msg = err.to_string();
+    println!("{what}: {msg}");
+    assert!(msg.contains("e2fsck"), "{what}: {msg}");
+    assert!(msg.contains(what), "{what}: {msg}");
+    drop(fs);
+    assert_eq!(fx.sha256(), before, "{what}: the image changed");
+}
+
+#[test]
+fn refuses_block_wrongly_marked_free() {
+    for features in ["", U2404] {
+        let fx = fixture(features, &[]);
+        // The only block of /var/empty, marked free with a valid bitmap checksum.
+        let blk = debugfs_number(&fx, "blocks /var/empty", "");
+        debugfs_w(&fx, &format!("freeb {blk}"));
+        expect_bitmap_refusal(&fx, "/var/empty/new", "block bitmap");
+    }
+}
+
+#[test]
+fn refuses_inode_wrongly_marked_free() {
+    for features in ["", U2404] {
+        let fx = fixture(features, &[]);
+        let ino = debugfs_number(&fx, "stat /etc/hostname", "Inode:");
+        debugfs_w(&fx, &format!("freei <{ino}>"));
+        expect_bitmap_refusal(&fx, "/etc/new", "inode bitmap");
+    }
+}
