@@ -149,3 +149,54 @@ fn refuses_inode_wrongly_marked_free() {
         expect_bitmap_refusal(&fx, "/etc/new", "inode bitmap");
     }
 }
+
+/// Growing by exactly the missing free space is not enough: the new groups' bitmaps, inode
+/// tables and backups (and the reserved blocks that scale with the size) take some of it.
+/// `size_for_free` accounts for them.
+#[test]
+fn grow_size_leaves_the_wanted_free_space() {
+    use pikube_ext4::grow::{grow_fs, size_for_free};
+    for (features, bs) in [(U2404, 4096u32), ("", 1024)] {
+        let fx = make(&Spec {
+            name: "harden",
+            features,
+            block_size: bs,
+            size_mib: 32,
+            extra: &[],
+            big_dir_entries: 0,
+            offset_mib: 1,
+        });
+        let free = open(&fx).unwrap().free_bytes();
+        let want = free + 300 * MIB;
+        let file = fx.open_rw();
+        // Already enough: the size stays.
+        assert_eq!(size_for_free(&file, fx.offset, free).unwrap(), fx.len);
+        // The naive size falls short (the defect the function exists for)...
+        let naive = fx.len + (want - free);
+        let plan = size_for_free(&file, fx.offset, want).unwrap();
+        assert!(plan > naive, "{features}: {plan} <= {naive}");
+        assert_eq!(plan % u64::from(bs), 0);
+        // ...the planned one does not, and is not wasteful (within a few groups' metadata).
+        let before = fx.sha256();
+        assert!(plan - naive < 64 * MIB, "{features}: {plan} vs {naive}");
+        assert_eq!(fx.sha256(), before, "size_for_free wrote to the image");
+        grow_fs(&file, fx.offset, naive, NOW).unwrap();
+        let short = Ext4Fs::open(fx.open_rw(), fx.offset, naive, NOW)
+            .unwrap()
+            .free_bytes();
+        assert!(
+            short < want,
+            "{features}: growing by the shortfall was enough"
+        );
+        grow_fs(&file, fx.offset, plan, NOW).unwrap();
+        let fs = Ext4Fs::open(fx.open_rw(), fx.offset, plan, NOW).unwrap();
+        assert!(
+            fs.free_bytes() >= want,
+            "{features}: {} < {want}",
+            fs.free_bytes()
+        );
+        drop(fs);
+        let (ok, out) = fx.fsck();
+        assert!(ok, "{features}: {out}");
+    }
+}
