@@ -917,6 +917,39 @@ fn a_payload_that_does_not_fit_grows_the_root_partition() {
     );
 }
 
+/// With no margin, growth must still cover the new block groups' own metadata (bitmaps,
+/// inode tables, backups), not only the payload's shortfall.
+#[test]
+fn a_payload_that_does_not_fit_grows_enough_without_a_margin() {
+    let env = Env::new(FixtureOpts {
+        seed: 43,
+        ..FixtureOpts::default()
+    });
+    let root_before = env.fixture.part("writable").clone();
+    let big = support::pseudo_random(140 << 20, 43);
+    std::fs::create_dir_all(env.path("ov/opt")).unwrap();
+    std::fs::write(env.path("ov/opt/big.bin"), &big).unwrap();
+    let yaml = cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov] }\nnodes:\n");
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let out = env.build(&["--node", "w1", "--grow-margin", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("grew partition 2"),
+        "{}",
+        stderr(&out)
+    );
+    let img = env.path("out/w1.img");
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    e2fsck_clean(&img, root_before.start, part.size, &env.path("root.part"));
+    let file = std::fs::File::open(&img).unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    assert_eq!(
+        pikube_image::io::sha256_bytes(&fs.read("/opt/big.bin").unwrap()),
+        pikube_image::io::sha256_bytes(&big)
+    );
+}
+
 #[test]
 fn nodes_derive_from_one_prepared_base_in_parallel_and_in_shards() {
     let env = Env::new(FixtureOpts {

@@ -147,7 +147,25 @@ fn make_room(
         );
     }
     const MIB: u64 = 1 << 20;
-    let grow_by = (missing + margin).div_ceil(MIB) * MIB;
+    // The new block groups' own metadata takes part of any growth: ask the filesystem what
+    // size leaves the missing bytes free, and grow by at least that (and, as before, by at
+    // least the shortfall plus the margin).
+    let free = pikube_ext4::Ext4Fs::open(
+        image.clone(),
+        last.start,
+        last.size,
+        crate::build_timestamp(),
+    )
+    .map_err(|e| anyhow::anyhow!("ext4 partition {number}: {e}"))?
+    .free_bytes();
+    let fs_len =
+        pikube_ext4::grow::size_for_free(file, last.start, free + missing).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot plan the growth of the ext4 filesystem of partition {number}: {e}"
+            )
+        })?;
+    let grow_by = ((missing + margin).div_ceil(MIB) * MIB)
+        .max(fs_len.saturating_sub(last.size).div_ceil(MIB) * MIB);
     let old_len = file
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?

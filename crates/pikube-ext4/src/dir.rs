@@ -80,7 +80,8 @@ struct Frame {
 }
 
 impl Ext4Fs {
-    fn filetype(&self) -> bool {
+    /// Do directory entries carry a file type byte?
+    pub(crate) fn filetype(&self) -> bool {
         self.geo.incompat & INCOMPAT_FILETYPE != 0
     }
 

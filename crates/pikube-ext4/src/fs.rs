@@ -5,7 +5,10 @@ use crate::disk::{Dev, Storage, le16, put16, put32};
 use crate::error::{Error, Result, corrupt};
 use crate::layout::*;
 use crate::{Kind, Meta, Stat};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Longest run one remembered mapping can cover (an extent's maximum length).
+const MAX_RUN: u64 = 32768;
 
 pub(crate) struct Group {
     pub(crate) raw: Vec<u8>,
@@ -42,6 +45,11 @@ pub struct Ext4Fs {
     pub(crate) now: i64,
     pub(crate) gen_state: u64,
     pub(crate) iobuf: Vec<u8>,
+    /// Blocks seen mapped by inodes read this session (start -> (length, inode)), minus those
+    /// freed since: a guard against bitmaps that wrongly call them free.
+    pub(crate) known_used: BTreeMap<u64, (u64, u32)>,
+    /// Inodes freed this session: they may be handed out again despite their stale mode.
+    pub(crate) freed_inodes: HashSet<u32>,
 }
 
 impl Ext4Fs {
@@ -112,6 +120,8 @@ impl Ext4Fs {
             now,
             gen_state: 0,
             iobuf: Vec::new(),
+            known_used: BTreeMap::new(),
+            freed_inodes: HashSet::new(),
         };
         fs.gen_state = (fs.now as u64) ^ (fs.geo.seed as u64) << 17 ^ 0x9E37_79B9_7F4A_7C15;
         Ok(fs)
@@ -297,6 +307,9 @@ impl Ext4Fs {
 
     /// Marks `[start, start+len)` allocated (all must be free).
     pub(crate) fn mark_blocks(&mut self, start: u64, len: u64, used: bool) -> Result<()> {
+        if !used {
+            self.forget_used(start, len);
+        }
         let mut b = start;
         while b < start + len {
             let g = self.geo.group_of(b);
@@ -375,6 +388,7 @@ impl Ext4Fs {
             .clamp(self.geo.first_data_block, self.geo.blocks_count - 1);
         // Pass 1: a single run of n blocks (first fit from the goal).
         if let Some(s) = self.find_run(start, n, true)? {
+            self.check_not_in_use(s, n)?;
             self.mark_blocks(s, n, true)?;
             self.alloc_cursor = s + n;
             return Ok(vec![(s, n)]);
@@ -399,6 +413,12 @@ impl Ext4Fs {
             } else {
                 scanned += s - pos;
             }
+            if let Err(e) = self.check_not_in_use(s, l) {
+                for (s, l) in runs {
+                    self.mark_blocks(s, l, false)?;
+                }
+                return Err(e);
+            }
             self.mark_blocks(s, l, true)?;
             runs.push((s, l));
             got += l;
@@ -419,6 +439,46 @@ impl Ext4Fs {
         }
         self.alloc_cursor = pos;
         Ok(runs)
+    }
+
+    /// Remembers that inode `ino` maps `[start, start+len)`.
+    pub(crate) fn note_used(&mut self, start: u64, len: u64, ino: u32) {
+        let e = self.known_used.entry(start).or_insert((len, ino));
+        if e.0 < len {
+            *e = (len, ino);
+        }
+    }
+
+    /// Forgets the remembered mappings that overlap `[start, start+len)` (they were freed).
+    fn forget_used(&mut self, start: u64, len: u64) {
+        let lo = start.saturating_sub(MAX_RUN);
+        let gone: Vec<u64> = self
+            .known_used
+            .range(lo..start + len)
+            .filter(|(s, (l, _))| *s + *l > start)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in gone {
+            self.known_used.remove(&s);
+        }
+    }
+
+    /// Refuses to hand out `[start, start+len)` if an inode read this session maps part of it:
+    /// the block bitmap calls those blocks free, but they are in use.
+    fn check_not_in_use(&self, start: u64, len: u64) -> Result<()> {
+        let lo = start.saturating_sub(MAX_RUN);
+        if let Some((s, (l, ino))) = self
+            .known_used
+            .range(lo..start + len)
+            .find(|(s, (l, _))| *s + *l > start)
+        {
+            let b = start.max(*s);
+            debug_assert!(b < s + l);
+            return Err(corrupt(format!(
+                "block {b} is marked free in the block bitmap but inode {ino} uses it (the bitmaps are wrong)"
+            )));
+        }
+        Ok(())
     }
 
     /// Next free run at or after `pos` (no wrap), capped at `max` blocks.
@@ -545,6 +605,8 @@ impl Ext4Fs {
             let Some(i) = found else {
                 continue;
             };
+            self.check_inode_free(g, i as u32)?;
+            let bm = self.ibm[g as usize].as_mut().expect("loaded");
             set_bit(&mut bm.bits, i);
             bm.dirty = true;
             let csum_on = self.geo.group_csum();
@@ -573,7 +635,36 @@ impl Ext4Fs {
         Err(Error::NoInodes)
     }
 
+    /// Refuses to hand out inode slot `i` of group `g` if the inode there still looks alive
+    /// (a link count, or a mode without a deletion time): the inode bitmap is wrong. Slots of
+    /// never-initialised tables may hold garbage and are not looked at, nor are inodes freed
+    /// in this session.
+    fn check_inode_free(&mut self, g: u32, i: u32) -> Result<()> {
+        let ino = g * self.geo.ipg + i + 1;
+        let grp = &self.groups[g as usize];
+        if grp.flags & BG_INODE_UNINIT != 0
+            || (self.geo.group_csum() && i >= self.geo.ipg - grp.itable_unused.min(self.geo.ipg))
+            || self.freed_inodes.contains(&ino)
+        {
+            return Ok(());
+        }
+        let (blk, off) = self.inode_loc(ino)?;
+        let raw = &self.block(blk)?[off..off + GOOD_OLD_INODE_SIZE];
+        let (mode, links, dtime) = (
+            le16(raw, I_MODE),
+            le16(raw, I_LINKS_COUNT),
+            crate::disk::le32(raw, I_DTIME),
+        );
+        if links != 0 || (mode != 0 && dtime == 0) {
+            return Err(corrupt(format!(
+                "inode {ino} is marked free in the inode bitmap but is still in use (mode {mode:o}, {links} links; the bitmaps are wrong)"
+            )));
+        }
+        Ok(())
+    }
+
     pub(crate) fn free_inode(&mut self, ino: u32, is_dir: bool) -> Result<()> {
+        self.freed_inodes.insert(ino);
         let g = (ino - 1) / self.geo.ipg;
         let i = ((ino - 1) % self.geo.ipg) as usize;
         self.load_ibm(g)?;

@@ -138,8 +138,47 @@ pub fn grow_fs(storage: impl Storage, offset: u64, new_len: u64, now: i64) -> Re
         offset,
         len: new_len,
     };
-    let mut sb = dev.read_vec(SB_OFFSET, SB_SIZE, "reading the ext4 superblock")?;
+    Ok(grow_in(&dev, new_len, now, true)?.0)
+}
+
+/// The filesystem size in bytes (a whole number of blocks) to pass to [`grow_fs`] so that the
+/// filesystem at byte `offset` of `storage` then has at least `want_free` bytes of free space
+/// usable by the writer ([`crate::Ext4Fs::free_bytes`]: free blocks minus those reserved for
+/// root). The new groups' own metadata (bitmaps, inode tables, backup superblocks and
+/// descriptors) and the reserved blocks that grow with the filesystem are accounted for, as is
+/// resize2fs's dropping of a trailing group too small for its metadata. Returns the current
+/// size if the space is already there. Nothing is written.
+pub fn size_for_free(storage: impl Storage, offset: u64, want_free: u64) -> Result<u64> {
+    let mut dev = Dev {
+        file: Box::new(storage),
+        offset,
+        len: SB_OFFSET + SB_SIZE as u64,
+    };
+    let sb = dev.read_vec(SB_OFFSET, SB_SIZE, "reading the ext4 superblock")?;
     let l = Geo::parse(&sb, offset)?;
+    let bs = l.bs;
+    let mut len = l.blocks_count * bs;
+    // Every try adds at least this much, so that a dropped trailing group is soon passed.
+    let min_step = 16 * bs;
+    for _ in 0..4096 {
+        dev.len = len;
+        let (g, reserved) = grow_in(&dev, len, 0, false)?;
+        let free = g.free_blocks_after.saturating_sub(reserved) * bs;
+        if free >= want_free {
+            return Ok(len);
+        }
+        len += ((want_free - free).div_ceil(bs) * bs).max(min_step);
+    }
+    Err(Error::CannotGrow {
+        why: format!("no size found that leaves {want_free} bytes free"),
+    })
+}
+
+/// Plans growing the filesystem of `dev` to `new_len` bytes and, if `write`, does it. Returns
+/// what changes and the new count of blocks reserved for root.
+fn grow_in(dev: &Dev, new_len: u64, now: i64, write: bool) -> Result<(FsGrowth, u64)> {
+    let mut sb = dev.read_vec(SB_OFFSET, SB_SIZE, "reading the ext4 superblock")?;
+    let l = Geo::parse(&sb, dev.offset)?;
     // Checked before the descriptors are read: it also bounds how much a corrupt block
     // count could make us read.
     let requested = new_len / l.bs;
@@ -150,10 +189,10 @@ pub fn grow_fs(storage: impl Storage, offset: u64, new_len: u64, now: i64) -> Re
         });
     }
     let mut gdt = Gdt {
-        buf: read_gdt(&dev, &l)?,
+        buf: read_gdt(dev, &l)?,
         ds: l.desc_size,
     };
-    check_journal(&dev, &l, &sb, &gdt.buf)?;
+    check_journal(dev, &l, &sb, &gdt.buf)?;
     let old_groups = u64::from(l.groups);
 
     let free_before: u64 = (0..old_groups).map(|g| gdt.get(g, BG_FREE_BLOCKS)).sum();
@@ -185,7 +224,7 @@ pub fn grow_fs(storage: impl Storage, offset: u64, new_len: u64, now: i64) -> Re
         free_blocks_after: free_before,
     };
     if new_blocks <= l.blocks_count {
-        return Ok(unchanged);
+        return Ok((unchanged, l.r_blocks));
     }
     let new_groups = (new_blocks - l.first_data_block).div_ceil(l.bpg);
     let new_gdt = new_groups.div_ceil(l.descs_per_block());
@@ -509,12 +548,24 @@ pub fn grow_fs(storage: impl Storage, offset: u64, new_len: u64, now: i64) -> Re
         }
     }
 
+    let growth = FsGrowth {
+        old_blocks: l.blocks_count,
+        new_blocks,
+        old_groups: l.groups,
+        new_groups: nl.groups,
+        free_blocks_before: free_before,
+        free_blocks_after: free_after,
+    };
+    if !write {
+        return Ok((growth, new_r));
+    }
+
     // 6. Everything new is in place: publish it through the primary GDT, then the superblock.
     if l.csum() {
         set_sb_checksum(&mut sb);
     }
     for (pos, len) in zero_ranges {
-        write_zeros(&dev, pos, len)?;
+        write_zeros(dev, pos, len)?;
     }
     for w in &writes {
         dev.write_at(w.pos, &w.data, w.what)?;
@@ -524,15 +575,7 @@ pub fn grow_fs(storage: impl Storage, offset: u64, new_len: u64, now: i64) -> Re
     }
     dev.write_at(SB_OFFSET, &sb, "writing the superblock")?;
     dev.sync("flushing the grown filesystem")?;
-
-    Ok(FsGrowth {
-        old_blocks: l.blocks_count,
-        new_blocks,
-        old_groups: l.groups,
-        new_groups: nl.groups,
-        free_blocks_before: free_before,
-        free_blocks_after: free_after,
-    })
+    Ok((growth, new_r))
 }
 
 fn write_zeros(dev: &Dev, pos: u64, len: u64) -> Result<()> {

@@ -176,7 +176,7 @@ pub(crate) fn tree_blocks_for(n: u64, bs: u64) -> u64 {
 }
 
 impl Ext4Fs {
-    fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
+    pub(crate) fn inode_loc(&self, ino: u32) -> Result<(u64, usize)> {
         let (g, byte) = self.geo.inode_slot(ino)?;
         let blk = self.groups[g as usize].inode_table + byte / self.geo.bs;
         Ok((blk, (byte % self.geo.bs) as usize))
@@ -215,7 +215,11 @@ impl Ext4Fs {
         let now = self.now;
         inode.set_atime(now);
         inode.set_ctime(now);
-        inode.set_time(I_CRTIME, Some(I_CRTIME_EXTRA), now);
+        // The creation time lives in the extra fields: 128-byte inodes (and extra sizes too
+        // small to cover it) have none, so there is nothing to stamp.
+        if GOOD_OLD_INODE_SIZE + inode.extra_isize() >= I_CRTIME + 4 {
+            inode.set_time(I_CRTIME, Some(I_CRTIME_EXTRA), now);
+        }
         let g = self.next_generation();
         put32(&mut inode.raw, I_GENERATION, g);
         inode
@@ -256,6 +260,12 @@ impl Ext4Fs {
                     "inode {ino} maps blocks outside the filesystem"
                 )));
             }
+        }
+        for e in &map.extents {
+            self.note_used(e.phys, e.len, ino);
+        }
+        for &b in &map.meta {
+            self.note_used(b, 1, ino);
         }
         Ok(map)
     }
@@ -860,8 +870,10 @@ impl Ext4Fs {
         let seed = inode_seed(&self.geo, ino, inode.generation());
         let mut blk = vec![0u8; bs as usize];
         let end = self.leaf_end_new();
-        crate::dir::put_dirent(&mut blk, 0, ino, 12, b".", FT_DIR);
-        crate::dir::put_dirent(&mut blk, 12, parent, (end - 12) as u16, b"..", FT_DIR);
+        // Without the filetype feature the type byte of every entry must stay 0.
+        let ft = if self.filetype() { FT_DIR } else { 0 };
+        crate::dir::put_dirent(&mut blk, 0, ino, 12, b".", ft);
+        crate::dir::put_dirent(&mut blk, 12, parent, (end - 12) as u16, b"..", ft);
         self.finish_leaf(&mut blk, seed);
         *self.block_new(b) = blk;
         self.map_single_block(ino, &mut inode, b)?;
