@@ -850,19 +850,25 @@ fn bad_k3s_inputs_fail_without_output() {
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
 }
 
-#[test]
-fn a_payload_that_does_not_fit_grows_the_root_partition() {
+/// A fixture whose inventory has an overlay file larger than the whole root filesystem:
+/// the environment, the root partition before the build, and the file's bytes.
+fn too_big_for_the_root(seed: u64) -> (Env, fixtures::PartInfo, Vec<u8>) {
     let env = Env::new(FixtureOpts {
-        seed: 41,
+        seed,
         ..FixtureOpts::default()
     });
     let root_before = env.fixture.part("writable").clone();
-    // An overlay file larger than the whole root filesystem of the fixture.
-    let big = support::pseudo_random(140 << 20, 41);
+    let big = support::pseudo_random(140 << 20, seed);
     std::fs::create_dir_all(env.path("ov/opt")).unwrap();
     std::fs::write(env.path("ov/opt/big.bin"), &big).unwrap();
     let yaml = cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov] }\nnodes:\n");
     std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    (env, root_before, big)
+}
+
+#[test]
+fn a_payload_that_does_not_fit_grows_the_root_partition() {
+    let (env, root_before, big) = too_big_for_the_root(41);
     let out = env.build(&["--node", "w1", "--grow-margin", "64"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -921,16 +927,7 @@ fn a_payload_that_does_not_fit_grows_the_root_partition() {
 /// inode tables, backups), not only the payload's shortfall.
 #[test]
 fn a_payload_that_does_not_fit_grows_enough_without_a_margin() {
-    let env = Env::new(FixtureOpts {
-        seed: 43,
-        ..FixtureOpts::default()
-    });
-    let root_before = env.fixture.part("writable").clone();
-    let big = support::pseudo_random(140 << 20, 43);
-    std::fs::create_dir_all(env.path("ov/opt")).unwrap();
-    std::fs::write(env.path("ov/opt/big.bin"), &big).unwrap();
-    let yaml = cluster_yaml("").replace("nodes:\n", "overlays: { all: [ov] }\nnodes:\n");
-    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let (env, root_before, big) = too_big_for_the_root(43);
     let out = env.build(&["--node", "w1", "--grow-margin", "0"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
