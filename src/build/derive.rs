@@ -136,7 +136,12 @@ fn make_room(
             .with_context(|| format!("cannot reopen {}", path.display()))?,
     );
     let short = crate::fs::ext4_shortfall(&image, disk, ops)?;
-    let Some(&(number, missing)) = short.first() else {
+    let Some(&crate::fs::Shortfall {
+        partition: number,
+        missing,
+        free,
+    }) = short.first()
+    else {
         return Ok(None);
     };
     let last = disk.last().context("the image has no partitions")?;
@@ -150,14 +155,6 @@ fn make_room(
     // The new block groups' own metadata takes part of any growth: ask the filesystem what
     // size leaves the missing bytes free, and grow by at least that (and, as before, by at
     // least the shortfall plus the margin).
-    let free = pikube_ext4::Ext4Fs::open(
-        image.clone(),
-        last.start,
-        last.size,
-        crate::build_timestamp(),
-    )
-    .map_err(|e| anyhow::anyhow!("ext4 partition {number}: {e}"))?
-    .free_bytes();
     let fs_len =
         pikube_ext4::grow::size_for_free(file, last.start, free + missing).map_err(|e| {
             anyhow::anyhow!(

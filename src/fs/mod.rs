@@ -143,7 +143,17 @@ pub fn apply_to(tree: &mut dyn Tree, ops: &[&Op]) -> Result<Vec<FileRecord>> {
 
 /// Bytes of free space each ext4 partition lacks for `ops` (empty when everything fits).
 /// Overwritten files are counted in full, so the estimate errs on the safe side.
-pub fn ext4_shortfall(image: &Image, disk: &Disk, ops: &[&Op]) -> Result<Vec<(u32, u64)>> {
+/// An ext4 partition too small for the operations meant for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shortfall {
+    pub partition: u32,
+    /// Bytes missing.
+    pub missing: u64,
+    /// Bytes free now.
+    pub free: u64,
+}
+
+pub fn ext4_shortfall(image: &Image, disk: &Disk, ops: &[&Op]) -> Result<Vec<Shortfall>> {
     let mut out = Vec::new();
     let mut labels: Vec<&str> = ops.iter().map(|o| o.partition.as_str()).collect();
     labels.dedup();
@@ -172,7 +182,11 @@ pub fn ext4_shortfall(image: &Image, disk: &Disk, ops: &[&Op]) -> Result<Vec<(u3
         let free = fs.free_bytes();
         drop(fs);
         if need > free {
-            out.push((part.number, need - free));
+            out.push(Shortfall {
+                partition: part.number,
+                missing: need - free,
+                free,
+            });
         }
     }
     Ok(out)
