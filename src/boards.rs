@@ -22,14 +22,45 @@ mod embedded {
 pub struct Board {
     pub name: String,
     pub description: String,
+    /// The system on chip, as its maker names it (`BCM2711`, `RK3588S`).
+    pub soc: String,
     #[serde(default)]
     pub aliases: Vec<String>,
     pub arch: Arch,
+    /// Who keeps the board working in its OS images.
+    #[serde(default)]
+    pub support: Support,
+    /// What a user should know before choosing the board (shown by `pikube-image boards`).
+    #[serde(default)]
+    pub note: Option<String>,
     pub default_image: String,
     pub images: Vec<String>,
     /// Kernel arguments every node of this board needs (k3s needs the memory cgroup).
     #[serde(default)]
     pub kernel_args: Vec<String>,
+}
+
+/// How well a board or an OS image is looked after upstream.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Support {
+    /// Maintained by the board's or the distribution's makers.
+    #[default]
+    Official,
+    /// Maintained by volunteers (Armbian's community-supported boards, for example).
+    Community,
+    /// Published once and no longer updated upstream.
+    Unmaintained,
+}
+
+impl Support {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Support::Official => "official",
+            Support::Community => "community",
+            Support::Unmaintained => "unmaintained",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -47,6 +78,12 @@ pub struct OsImage {
     pub os: String,
     pub version: String,
     pub arch: Arch,
+    /// Who maintains the image upstream.
+    #[serde(default)]
+    pub support: Support,
+    /// What a user should know before choosing the image (shown by `pikube-image boards`).
+    #[serde(default)]
+    pub note: Option<String>,
     pub url: String,
     pub checksum: ImageChecksum,
     pub boot: BootConfig,
@@ -191,25 +228,185 @@ impl Catalog {
     }
 }
 
+/// One board as `pikube-image boards --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct BoardListing<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub soc: &'a str,
+    pub arch: Arch,
+    pub aliases: &'a [String],
+    pub support: Support,
+    pub note: Option<&'a str>,
+    pub images: Vec<ImageListing<'a>>,
+}
+
+/// One of a board's OS images in [`BoardListing`].
+#[derive(Debug, Serialize)]
+pub struct ImageListing<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub os: &'a str,
+    pub version: &'a str,
+    pub arch: Arch,
+    pub default: bool,
+    pub support: Support,
+    pub note: Option<&'a str>,
+    pub url: &'a str,
+}
+
 impl Catalog {
-    /// The table `pikube-image boards` prints.
+    /// Every board with its OS images, default first, in name order.
+    pub fn listing(&self) -> Result<Vec<BoardListing<'_>>> {
+        self.boards()
+            .map(|b| {
+                let mut images = b
+                    .images
+                    .iter()
+                    .map(|name| {
+                        let img = self.image_for(b, Some(name))?;
+                        Ok(ImageListing {
+                            name: &img.name,
+                            description: &img.description,
+                            os: &img.os,
+                            version: &img.version,
+                            arch: img.arch,
+                            default: *name == b.default_image,
+                            support: img.support,
+                            note: img.note.as_deref(),
+                            url: &img.url,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                images.sort_by_key(|i| !i.default);
+                Ok(BoardListing {
+                    name: &b.name,
+                    description: &b.description,
+                    soc: &b.soc,
+                    arch: b.arch,
+                    aliases: &b.aliases,
+                    support: b.support,
+                    note: b.note.as_deref(),
+                    images,
+                })
+            })
+            .collect()
+    }
+
+    /// The table `pikube-image boards` prints, then the notes that matter for a choice.
     pub fn render_table(&self) -> Result<String> {
-        let mut out = format!(
-            "{:<8} {:<6} {:<14} {:<24} DESCRIPTION\n",
-            "BOARD", "ARCH", "DEFAULT OS", "ALIASES"
+        let listing = self.listing()?;
+        let rows: Vec<[String; 5]> = listing
+            .iter()
+            .map(|b| {
+                [
+                    b.name.to_string(),
+                    b.soc.to_string(),
+                    b.arch.as_str().to_string(),
+                    b.images
+                        .iter()
+                        .map(|i| format!("{}{}", i.name, if i.default { "*" } else { "" }))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    b.aliases.join(", "),
+                ]
+            })
+            .collect();
+        let head = ["BOARD", "SOC", "ARCH", "OS IMAGES (* default)", "ALIASES"];
+        let mut widths = head.map(str::len);
+        for r in &rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: [&str; 5]| {
+            let mut l = String::new();
+            for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    l.push_str(c);
+                } else {
+                    l.push_str(&format!("{c:<w$}  "));
+                }
+            }
+            l.trim_end().to_string() + "\n"
+        };
+        let mut out = line(head);
+        for r in &rows {
+            out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
+        }
+        let mut notes = String::new();
+        let mut seen_images = std::collections::BTreeSet::new();
+        for b in &listing {
+            if let Some(n) = support_note(b.support, b.note) {
+                notes.push_str(&format!("  {}: {n}\n", b.name));
+            }
+            for i in &b.images {
+                if !seen_images.insert(i.name) {
+                    continue;
+                }
+                if let Some(n) = support_note(i.support, i.note) {
+                    notes.push_str(&format!("  {}: {n}\n", i.name));
+                }
+            }
+        }
+        if !notes.is_empty() {
+            out.push_str("\nNotes:\n");
+            out.push_str(&notes);
+        }
+        Ok(out)
+    }
+
+    /// README's table of supported boards, made from the catalog (a test keeps README equal).
+    pub fn render_markdown(&self) -> Result<String> {
+        let mut out = String::from(
+            "| board | SoC | arch | OS images (default first) | aliases | support |\n\
+             | --- | --- | --- | --- | --- | --- |\n",
         );
-        for b in self.boards() {
-            let img = self.image_for(b, None)?;
+        let code = |s: &str| format!("`{s}`");
+        for b in self.listing()? {
+            let images = b
+                .images
+                .iter()
+                .map(|i| format!("`{}`: {}", i.name, i.description))
+                .collect::<Vec<_>>()
+                .join("<br>");
+            let support =
+                std::iter::once(support_note(b.support, b.note))
+                    .chain(b.images.iter().map(|i| {
+                        support_note(i.support, i.note).map(|n| format!("{}: {n}", i.name))
+                    }))
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("<br>");
             out.push_str(&format!(
-                "{:<8} {:<6} {:<14} {:<24} {}\n",
-                b.name,
+                "| {} | {} | {} | {} | {} | {} |\n",
+                code(b.name),
+                b.soc,
                 b.arch.as_str(),
-                img.name,
-                b.aliases.join(","),
-                b.description
+                images,
+                b.aliases
+                    .iter()
+                    .map(|a| code(a))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if support.is_empty() {
+                    "official".to_string()
+                } else {
+                    support
+                },
             ));
         }
         Ok(out)
+    }
+}
+
+/// "community-maintained: <note>" and the like; `None` for an official entry without a note.
+fn support_note(support: Support, note: Option<&str>) -> Option<String> {
+    match (support, note) {
+        (Support::Official, None) => None,
+        (Support::Official, Some(n)) => Some(n.to_string()),
+        (s, None) => Some(format!("{} upstream", s.as_str())),
+        (s, Some(n)) => Some(format!("{} upstream; {n}", s.as_str())),
     }
 }
 
@@ -252,12 +449,53 @@ mod tests {
     }
 
     #[test]
+    fn notes_name_the_support_level_and_the_board_or_image() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("images")).unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "name: sbc\ndescription: t\nsoc: X1\narch: arm64\nsupport: community\n\
+             default_image: b\nimages: [a, b]\n",
+        )
+        .unwrap();
+        for (name, extra) in [
+            ("a", "note: cannot netboot\n"),
+            ("b", "support: unmaintained\n"),
+        ] {
+            std::fs::write(
+                dir.path().join(format!("images/{name}.yaml")),
+                format!(
+                    "name: {name}\ndescription: d\nos: o\nversion: '1'\narch: arm64\n{extra}\
+                     url: https://x/{name}.img.xz\nchecksum: {{ sha256: '{}' }}\n\
+                     boot: {{ kind: raspi-firmware, partition: p, config_txt: config.txt }}\n\
+                     root: {{ partition: r }}\nfirstboot: {{ kind: cloud-init, seed_partition: p }}\n",
+                    "0".repeat(64)
+                ),
+            )
+            .unwrap();
+        }
+        let mut cat = Catalog::default();
+        cat.add_dir(dir.path()).unwrap();
+        cat.check().unwrap();
+        let table = cat.render_table().unwrap();
+        assert!(table.contains("b*, a"), "{table}");
+        assert!(table.contains("sbc: community upstream"), "{table}");
+        assert!(table.contains("a: cannot netboot"), "{table}");
+        assert!(table.contains("b: unmaintained upstream"), "{table}");
+        let md = cat.render_markdown().unwrap();
+        assert!(
+            md.contains("community upstream<br>b: unmaintained upstream<br>a: cannot netboot"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn extra_directory_adds_boards_and_is_checked() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("images")).unwrap();
         std::fs::write(
             dir.path().join("x86.yaml"),
-            "name: testpc\ndescription: t\narch: amd64\ndefault_image: nope\nimages: [nope]\n",
+            "name: testpc\ndescription: t\nsoc: x\narch: amd64\ndefault_image: nope\nimages: [nope]\n",
         )
         .unwrap();
         let mut cat = Catalog::default();

@@ -19,7 +19,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.render(&a.dir.join(pikube_image::config::DEFAULT_CONFIG))
             );
         }
-        Command::Boards => print!("{}", boards::Catalog::load()?.render_table()?),
+        Command::Boards { json: false } => print!("{}", boards::Catalog::load()?.render_table()?),
+        Command::Boards { json: true } => println!(
+            "{}",
+            serde_json::to_string_pretty(&boards::Catalog::load()?.listing()?)?
+        ),
         Command::Images(ImagesCommand::Update { config, mirror }) => {
             let progress = Progress::new(Mode::detect(false));
             let (path, n) = images::update_images(&config, mirror, None, &progress)?;

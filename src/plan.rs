@@ -480,7 +480,7 @@ mod tests {
 
     fn armbian(network: &str) -> (Board, OsImage) {
         let board: Board = serde_saphyr::from_str(
-            "name: opiz3\ndescription: t\narch: arm64\ndefault_image: armbian\nimages: [armbian]\nkernel_args: [cgroup_enable=memory]\n",
+            "name: opiz3\ndescription: t\nsoc: H618\narch: arm64\ndefault_image: armbian\nimages: [armbian]\nkernel_args: [cgroup_enable=memory]\n",
         )
         .unwrap();
         let image: OsImage = serde_saphyr::from_str(&format!(

@@ -76,3 +76,40 @@ fn a_bad_value_in_cluster_yaml_names_the_file_and_line() {
         assert!(!err.contains("<input>"), "{err}");
     }
 }
+
+/// `boards --json` is for scripts: every board with its SoC, architecture and exactly one
+/// default OS image, which is the one the text table marks.
+#[test]
+fn boards_json_lists_each_board_with_one_default_image() {
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["boards", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let boards: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    let boards = boards.as_array().expect("a list of boards");
+    assert!(boards.iter().any(|b| b["name"] == "rpi4"), "{boards:?}");
+    let text = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .arg("boards")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    for b in boards {
+        let name = b["name"].as_str().unwrap();
+        assert!(!b["soc"].as_str().unwrap().is_empty(), "{name}: no SoC");
+        assert!(b["arch"].is_string(), "{name}: no arch");
+        let defaults: Vec<&str> = b["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["default"] == true)
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(defaults.len(), 1, "{name}: defaults {defaults:?}");
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from the table:\n{text}"));
+        assert!(row.contains(&format!("{}*", defaults[0])), "{row}");
+    }
+}

@@ -103,3 +103,24 @@ fn ci_run_installs_the_package_file() {
         .collect();
     assert_eq!(got, package_file());
 }
+
+/// README's "Supported boards" table is the catalog's own rendering, so adding a board or an
+/// OS image without updating README fails here (the message shows the table to paste).
+#[test]
+fn readme_lists_the_boards_of_the_catalog() {
+    let catalog = pikube_image::boards::Catalog::load().expect("built-in catalog");
+    let want = catalog.render_markdown().expect("render");
+    let section = README
+        .split_once("\n## Supported boards\n\n")
+        .expect("README has a '## Supported boards' section")
+        .1;
+    let table: String = section
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        table, want,
+        "README's supported-boards table differs from the catalog; replace it with:\n{want}"
+    );
+}

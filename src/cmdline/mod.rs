@@ -23,8 +23,12 @@ pub enum Command {
     Init(InitArgs),
     /// Build node images into the output directory (default: images/).
     Build(BuildArgs),
-    /// List the supported boards and their default OS image.
-    Boards,
+    /// List the supported boards: SoC, architecture, OS images (default marked), support notes.
+    Boards {
+        /// Print the catalog as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an image's partitions, filesystems, detected OS and cloud-init seed.
     Inspect(InspectArgs),
     /// Container images preloaded into the nodes.
