@@ -327,12 +327,13 @@ impl<'a> Resolver<'a> {
                             f.fetch_text(&url)
                         };
                         let text = got.map_err(|e| {
-                            with_fix(
-                                e.context(format!(
-                                    "{what}: check gitops.argocd_version in cluster.yaml"
-                                )),
-                                &fix,
-                            )
+                            let hint = match e.downcast_ref::<SourceError>() {
+                                Some(SourceError::NotFound { .. }) => {
+                                    ": check gitops.argocd_version in cluster.yaml"
+                                }
+                                _ => "",
+                            };
+                            with_fix(e.context(format!("{what}{hint}")), &fix)
                         })?;
                         self.progress.message(&format!(
                             "Argo CD install manifest {url} has SHA-256 {}: pin it with `gitops.argocd_sha256` in cluster.yaml",

@@ -284,6 +284,9 @@ impl Client {
                 Some(_) => format!("the registry mirror {registry} (images.registry_mirror)"),
                 None => format!("the registry {registry}"),
             };
+            if let Some(why) = crate::source::why_unreachable(&e, registry) {
+                return anyhow::anyhow!("cannot reach {what} at {url}: {why}");
+            }
             let mut msg = format!("cannot reach {what} at {url}: {e:#}");
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {

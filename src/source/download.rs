@@ -550,6 +550,29 @@ fn unreachable(eff: &str, e: &reqwest::Error) -> SourceError {
                 .map(|h| u.port().map_or(h.to_string(), |p| format!("{h}:{p}")))
         })
         .unwrap_or_else(|| eff.to_string());
+    let cause = why_unreachable(e, &host).unwrap_or_else(|| {
+        let mut text = String::new();
+        let mut c: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(x) = c {
+            text.push_str(&format!(" {x}"));
+            c = x.source();
+        }
+        format!("no connection could be made ({})", text.trim())
+    });
+    SourceError::Unreachable {
+        url: eff.to_string(),
+        host,
+        cause,
+    }
+}
+
+/// Why a request to `host` found no server, in plain words, when that is what `e` says: a
+/// name that does not resolve (no network, no DNS), a refused connection (nothing
+/// listening), no answer at all. `None` for other failures (TLS, a broken answer).
+pub(crate) fn why_unreachable(e: &reqwest::Error, host: &str) -> Option<String> {
+    if !e.is_connect() {
+        return None;
+    }
     let mut text = String::new();
     let mut refused = false;
     let mut timed_out = e.is_timeout();
@@ -563,39 +586,38 @@ fn unreachable(eff: &str, e: &reqwest::Error) -> SourceError {
         cause = c.source();
     }
     let lower = text.to_ascii_lowercase();
-    let proxy = [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ]
-    .iter()
-    .find_map(|k| {
-        std::env::var(k)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(|v| (*k, v))
+    // reqwest names a proxy it could not reach as a tunnel or proxy error.
+    let proxy = (lower.contains("tunnel") || lower.contains("proxy")).then(|| {
+        [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .iter()
+        .find_map(|k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("the proxy {v} (${k})"))
+        })
+        .unwrap_or_else(|| "the proxy".to_string())
     });
-    let mut why = if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve")
-    {
+    let at = proxy.unwrap_or_else(|| host.to_string());
+    let why = if lower.contains("dns") || lower.contains("failed to lookup") {
         format!("the name {host} does not resolve (no network, or no DNS server answers for it)")
     } else if refused {
-        format!("the connection was refused (nothing listens at {host})")
+        format!("the connection to {at} was refused (nothing listens there)")
     } else if timed_out {
-        "no answer before the connect timeout (no route to it, or a firewall drops it)".to_string()
+        format!(
+            "{at} did not answer before the connect timeout (no route to it, or a firewall drops it)"
+        )
     } else {
-        format!("no connection could be made ({})", text.trim())
+        return None;
     };
-    if let Some((k, v)) = proxy {
-        why.push_str(&format!("; a proxy is set (${k}={v}): check it too"));
-    }
-    SourceError::Unreachable {
-        url: eff.to_string(),
-        host,
-        cause: why,
-    }
+    Some(why)
 }
 
 fn partial_len(p: &Path) -> Result<u64> {

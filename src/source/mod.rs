@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 pub use cache::{Cache, normalize_sha256, touch};
+pub(crate) use download::why_unreachable;
 pub use mirror::mirror_url;
 pub use sums::lookup_checksum;
 
@@ -266,7 +267,11 @@ impl Fetcher {
                     ));
                     return fetched(a.url.clone(), d, path, true);
                 }
-                if !*pinned && !self.offline && self.cache.lookup_url(&a.url).is_some() {
+                if !*pinned
+                    && !self.offline
+                    && file_url_path(url)?.is_none()
+                    && self.cache.lookup_url(&a.url).is_some()
+                {
                     self.progress.message(&format!(
                         "refreshing the checksum list {url}: {} is not pinned to a release, so \
                          a newer file may have been published under its name",
