@@ -108,6 +108,10 @@ pub struct ImageSets {
     pub insecure_registries: Vec<String>,
     #[serde(default)]
     pub argocd: ArgocdImages,
+    /// A registry every image is pulled through at build time, each under its registry's
+    /// name: `redis:7` from `MIRROR/docker.io/library/redis:7`.
+    #[serde(default)]
+    pub registry_mirror: Option<crate::registry::PullMirror>,
 }
 
 /// Overlay directories for every node and per role, relative to cluster.yaml.
@@ -317,6 +321,11 @@ pub struct K3s {
     /// Registry mirrors and settings, written as /etc/rancher/k3s/registries.yaml.
     #[serde(default)]
     pub registries: Option<Registries>,
+    /// A directory holding the release's files copied by hand (`k3s-arm64`,
+    /// `sha256sum-arm64.txt`, `k3s-airgap-images-arm64.tar.zst`, ...), relative to
+    /// cluster.yaml: used instead of downloading the release.
+    #[serde(default)]
+    pub release_dir: Option<PathBuf>,
 }
 
 impl Default for K3s {
@@ -331,6 +340,7 @@ impl Default for K3s {
             server_config: BTreeMap::new(),
             agent_config: BTreeMap::new(),
             registries: None,
+            release_dir: None,
         }
     }
 }
@@ -414,6 +424,10 @@ pub struct Gitops {
     /// digest that was downloaded, so it can be pinned here.
     #[serde(default)]
     pub argocd_sha256: Option<String>,
+    /// The install manifest copied by hand (relative to cluster.yaml), used instead of
+    /// downloading it; checked against `argocd_sha256` when that is set.
+    #[serde(default)]
+    pub argocd_manifest: Option<PathBuf>,
     /// File (relative to cluster.yaml) with credentials for a private repository:
     /// `username` and `password` (or token) lines as YAML. Written as an Argo CD
     /// repository Secret, mode 0600.
@@ -676,6 +690,16 @@ impl Cluster {
     pub fn check_paths(&self) -> Result<()> {
         if self.k3s.install {
             self.inventory_path("k3s.token_file", &self.k3s.token_file)?;
+            if let Some(d) = &self.k3s.release_dir {
+                self.inventory_path("k3s.release_dir", d)?;
+            }
+        }
+        if let Some(f) = self
+            .gitops
+            .as_ref()
+            .and_then(|g| g.argocd_manifest.as_ref())
+        {
+            self.inventory_path("gitops.argocd_manifest", f)?;
         }
         if let Some(f) = self
             .gitops

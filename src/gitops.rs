@@ -24,6 +24,20 @@ pub fn install_url(version: &str) -> String {
     format!("https://raw.githubusercontent.com/argoproj/argo-cd/{version}/manifests/install.yaml")
 }
 
+/// Whether `version` is a release tag (`v2.13.3`, `v3.0.0-rc1`), which names one manifest
+/// for good, rather than a branch (`stable`, `master`) whose manifest moves.
+pub fn is_release_tag(version: &str) -> bool {
+    let Some(rest) = version.strip_prefix('v') else {
+        return false;
+    };
+    let core = rest.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Kinds that live outside namespaces (the ones Argo CD's manifests use, and their kin).
 const CLUSTER_SCOPED: &[&str] = &[
     "Namespace",
@@ -371,6 +385,18 @@ metadata:
     }
 
     #[test]
+    fn release_tags_are_told_from_branches() {
+        for tag in ["v2.13.3", "v3.0.0-rc1", "v10.20.30"] {
+            assert!(is_release_tag(tag), "{tag}");
+        }
+        for branch in [
+            "stable", "master", "v2.13", "2.13.3", "v2.x.3", "latest", "v",
+        ] {
+            assert!(!is_release_tag(branch), "{branch}");
+        }
+    }
+
+    #[test]
     fn root_application_has_automated_sync() {
         let g = Gitops {
             repo: "https://git.example.com/lab.git".into(),
@@ -378,6 +404,7 @@ metadata:
             path: "clusters/lab".into(),
             argocd_version: "v2.13.3".into(),
             argocd_sha256: None,
+            argocd_manifest: None,
             credentials_file: None,
         };
         let v: Value = serde_saphyr::from_str(&root_application("lab", &g).unwrap()).unwrap();

@@ -85,6 +85,7 @@ impl Preloader {
             docker_config: None,
             offline,
             locked: lock.images.clone(),
+            mirror: cluster.images.registry_mirror.clone(),
         };
         let puller = Puller::new(Cache::open(cache.root())?, opts, progress.clone());
         Ok(Preloader {
@@ -175,8 +176,24 @@ pub fn update_images(
     );
     let argocd_images = match &cluster.gitops {
         Some(g) if cluster.images.argocd != crate::config::ArgocdImages::None => {
-            let url = crate::gitops::install_url(&g.argocd_version);
-            let text = fetcher.fetch_text(&url)?;
+            let (url, text) = match &g.argocd_manifest {
+                Some(f) => {
+                    let p = cluster.inventory_path("gitops.argocd_manifest", f)?;
+                    let text = std::fs::read_to_string(&p).with_context(|| {
+                        format!("cannot read gitops.argocd_manifest {}", p.display())
+                    })?;
+                    (p.display().to_string(), text)
+                }
+                None => {
+                    let url = crate::gitops::install_url(&g.argocd_version);
+                    let text = if crate::gitops::is_release_tag(&g.argocd_version) {
+                        fetcher.fetch_text_pinned(&url)?
+                    } else {
+                        fetcher.fetch_text(&url)?
+                    };
+                    (url, text)
+                }
+            };
             crate::gitops::install_images(&text)
                 .with_context(|| format!("Argo CD install manifest {url}"))?
         }

@@ -2,6 +2,7 @@
 //! systemd unit, all written straight into the image so nothing is installed at first boot.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -51,7 +52,8 @@ fn release_url(version: &str, asset: &str) -> String {
 }
 
 /// The binary and airgap-images downloads for `version` on `arch`, verified against the
-/// release's checksum list.
+/// release's checksum list. A published release never changes: once verified, its files
+/// are used from the cache without asking for the list again.
 pub fn artifacts(version: &str, arch: Arch) -> (Artifact, Artifact) {
     let (bin, sums, airgap) = asset_names(arch);
     let sums_url = release_url(version, sums);
@@ -60,9 +62,86 @@ pub fn artifacts(version: &str, arch: Arch) -> (Artifact, Artifact) {
         checksum: Checksum::SumsFile {
             url: sums_url.clone(),
             name: name.to_string(),
+            pinned: true,
         },
     };
     (art(bin), art(airgap))
+}
+
+/// The page of a release, where its files can be downloaded by hand.
+pub fn release_page(version: &str) -> String {
+    format!(
+        "https://github.com/k3s-io/k3s/releases/tag/{}",
+        version.replace('+', "%2B")
+    )
+}
+
+/// The binary and (when `airgap`) airgap-images tarball of a release copied by hand into
+/// `dir` (`k3s.release_dir`) under their published names, verified against the release's
+/// checksum list beside them. Every missing file is named before anything is read.
+pub fn local_artifacts(
+    dir: &Path,
+    version: &str,
+    arch: Arch,
+    airgap: bool,
+) -> Result<(Artifact, Option<Artifact>)> {
+    let (bin, sums, air) = asset_names(arch);
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("cannot resolve k3s.release_dir {}", dir.display()))?;
+    if !dir.is_dir() {
+        bail!(
+            "k3s.release_dir {} is not a directory: create it and copy the k3s {version} \
+             release's {bin}, {sums}{} into it (from {})",
+            dir.display(),
+            if airgap {
+                format!(" and {air}")
+            } else {
+                String::new()
+            },
+            release_page(version)
+        );
+    }
+    let mut wanted = vec![bin, sums];
+    if airgap {
+        wanted.push(air);
+    }
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|n| !dir.join(n).is_file())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "k3s.release_dir {} lacks {} for {}: copy {} of the k3s {version} release there \
+             under {} published name{} (from {}); the checksum list is needed to verify the \
+             others",
+            dir.display(),
+            missing.join(", "),
+            arch.as_str(),
+            if missing.len() == 1 { "it" } else { "them" },
+            if missing.len() == 1 { "its" } else { "their" },
+            if missing.len() == 1 { "" } else { "s" },
+            release_page(version)
+        );
+    }
+    let url = |name: &str| -> Result<String> {
+        url::Url::from_file_path(dir.join(name))
+            .map(|u| u.to_string())
+            .map_err(|()| anyhow::anyhow!("cannot name {} as a URL", dir.join(name).display()))
+    };
+    let sums_url = url(sums)?;
+    // Files copied by hand may be replaced: the list beside them is read on every build.
+    let art = |name: &str| -> Result<Artifact> {
+        Ok(Artifact {
+            url: url(name)?,
+            checksum: Checksum::SumsFile {
+                url: sums_url.clone(),
+                name: name.to_string(),
+                pinned: false,
+            },
+        })
+    };
+    Ok((art(bin)?, if airgap { Some(art(air)?) } else { None }))
 }
 
 /// Name of the systemd unit for a role.
@@ -375,8 +454,10 @@ k3s:
             "https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1/k3s-arm64"
         );
         assert!(air.url.ends_with("/k3s-airgap-images-arm64.tar.zst"));
-        assert!(matches!(&bin.checksum, Checksum::SumsFile { url, name }
-            if url.ends_with("/sha256sum-arm64.txt") && name == "k3s-arm64"));
+        assert!(
+            matches!(&bin.checksum, Checksum::SumsFile { url, name, pinned: true }
+            if url.ends_with("/sha256sum-arm64.txt") && name == "k3s-arm64")
+        );
         assert_eq!(asset_names(Arch::Armhf).1, "sha256sum-arm.txt");
         assert_eq!(asset_names(Arch::Amd64).0, "k3s");
     }

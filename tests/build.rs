@@ -1847,3 +1847,344 @@ fn overlapping_partition_entries_stop_the_build_before_any_write() {
     );
     assert!(!env.path("out/cp1.img").exists());
 }
+
+/// Environment for a build that cannot reach any network: every proxy variable points at a
+/// port nothing listens on, so any request that is not to an address in `no_proxy` fails
+/// at once (and none leaves this machine).
+fn no_network(no_proxy: &str) -> Vec<(&'static str, PathBuf)> {
+    let port = support::registry::free_port();
+    let dead = PathBuf::from(format!("http://127.0.0.1:{port}"));
+    let mut env: Vec<(&'static str, PathBuf)> = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|k| (k, dead.clone()))
+    .collect();
+    env.push(("NO_PROXY", PathBuf::from(no_proxy)));
+    env.push(("no_proxy", PathBuf::from(no_proxy)));
+    env
+}
+
+fn run_without_network(dir: &Path, no_proxy: &str, args: &[&str]) -> Output {
+    let env = no_network(no_proxy);
+    let refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    run_cli(dir, &refs, args)
+}
+
+/// An inventory with GitOps: k3s, the Argo CD manifest and the base image all come from
+/// outside.
+fn with_gitops(extra: &str) -> String {
+    cluster_yaml("").replace(
+        "nodes:\n",
+        &format!("gitops: {{ repo: \"https://git.example.com/lab.git\" }}\n{extra}nodes:\n"),
+    )
+}
+
+#[test]
+fn a_warm_cache_builds_without_any_request() {
+    let env = Env::new(FixtureOpts {
+        seed: 71,
+        ..FixtureOpts::default()
+    });
+    env.server.add(
+        "/raw.githubusercontent.com/argoproj/argo-cd/v2.13.3/manifests/install.yaml",
+        ARGOCD_INSTALL,
+    );
+    std::fs::write(env.path("cluster.yaml"), with_gitops("")).unwrap();
+    let out = env.build(&["--node", "cp1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // No --offline, no mirror, and no network: everything comes from the cache.
+    let out = run_without_network(
+        env.path("").as_path(),
+        "",
+        &["build", "--node", "cp1", "--out", "warm"],
+    );
+    assert!(
+        out.status.success(),
+        "a warm cache is enough: {}",
+        stderr(&out)
+    );
+    assert!(env.path("warm/cp1.img").is_file());
+
+    // The same through a mirror that answers nothing: not one request reaches it.
+    let refusing = TestServer::start();
+    let url = refusing.url();
+    let out = run_without_network(
+        env.path("").as_path(),
+        "127.0.0.1",
+        &["build", "--node", "cp1", "--out", "warm2", "--mirror", &url],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(refusing.total_hits(), 0, "{:?}", refusing.requests());
+
+    // One pinned artifact gone from the cache: the build fails at once, naming it.
+    let blob = env
+        .path("cache/blobs/sha256")
+        .join(pikube_image::io::sha256_bytes(b"airgap"));
+    std::fs::remove_file(&blob).unwrap();
+    let started = std::time::Instant::now();
+    let out = run_without_network(
+        env.path("").as_path(),
+        "",
+        &["build", "--node", "cp1", "--out", "cold"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("k3s-airgap-images-arm64.tar.zst") && err.contains("cannot reach"),
+        "{err}"
+    );
+    for fix in ["--mirror", "k3s.release_dir"] {
+        assert!(err.contains(fix), "{fix}: {err}");
+    }
+    assert!(!err.contains("--image"), "base-image advice for k3s: {err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "an unreachable host is not retried with back-off: {:?}",
+        started.elapsed()
+    );
+    assert!(walk(&env.path("cold")).is_empty());
+}
+
+#[test]
+fn local_k3s_release_and_argocd_manifest_need_no_server() {
+    let env = Env::new(FixtureOpts {
+        seed: 73,
+        ..FixtureOpts::default()
+    });
+    let binary = b"#!/bin/sh\necho hand-copied k3s\n".to_vec();
+    let rel = env.path("k3s-release");
+    std::fs::create_dir_all(&rel).unwrap();
+    std::fs::write(rel.join("k3s-arm64"), &binary).unwrap();
+    let sha = pikube_image::io::sha256_bytes;
+    // The real list names every architecture's files; only this one's are copied.
+    std::fs::write(
+        rel.join("sha256sum-arm64.txt"),
+        format!(
+            "{}  k3s-arm64\n{}  k3s-armhf\n",
+            sha(&binary),
+            sha(b"another arch")
+        ),
+    )
+    .unwrap();
+    std::fs::write(env.path("install.yaml"), ARGOCD_INSTALL).unwrap();
+    let yaml = with_gitops("").replace(
+        "gitops: { repo: \"https://git.example.com/lab.git\" }",
+        "gitops: { repo: \"https://git.example.com/lab.git\", argocd_manifest: install.yaml }\nk3s: { release_dir: k3s-release, airgap: false }",
+    );
+    std::fs::write(env.path("cluster.yaml"), &yaml).unwrap();
+    let image = env.xz.to_string_lossy().into_owned();
+    // A copied file that is not the release's own is refused.
+    std::fs::write(rel.join("k3s-arm64"), b"truncated").unwrap();
+    let out = run_without_network(
+        env.path("").as_path(),
+        "",
+        &["build", "--node", "cp1", "--image", &image, "--out", "out2"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("checksum mismatch"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(rel.join("k3s-arm64"), &binary).unwrap();
+    let out = run_without_network(
+        env.path("").as_path(),
+        "",
+        &["build", "--node", "cp1", "--image", &image, "--out", "out"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.server.total_hits(), 0);
+    let img = env.path("out/cp1.img");
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    assert_eq!(fs.read("/usr/local/bin/k3s").unwrap(), binary);
+    let install = fs
+        .read_to_string("/var/lib/rancher/k3s/server/manifests/pikube-argocd-install.yaml")
+        .unwrap();
+    assert!(
+        install.contains("argocd-server") && install.contains("namespace: argocd"),
+        "{install}"
+    );
+    drop(fs);
+    drop(file);
+
+    // With the air-gap images wanted, the file missing from the directory is named.
+    std::fs::write(
+        env.path("cluster.yaml"),
+        yaml.replace("airgap: false", "airgap: true"),
+    )
+    .unwrap();
+    let out = run_without_network(
+        env.path("").as_path(),
+        "",
+        &["build", "--node", "cp1", "--image", &image, "--out", "out3"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("k3s.release_dir") && err.contains("lacks k3s-airgap-images-arm64.tar.zst"),
+        "{err}"
+    );
+    assert!(walk(&env.path("out2")).is_empty() && walk(&env.path("out3")).is_empty());
+
+    // A release_dir outside the inventory's directory is refused like any path.
+    std::fs::write(
+        env.path("cluster.yaml"),
+        yaml.replace("release_dir: k3s-release", "release_dir: /tmp"),
+    )
+    .unwrap();
+    let out = env.run(&["build", "--node", "cp1", "--image", &image, "--out", "out4"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`k3s.release_dir`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unreachable_downloads_name_the_fixes_that_apply() {
+    let env = Env::new(FixtureOpts {
+        seed: 75,
+        ..FixtureOpts::default()
+    });
+    let image = env.xz.to_string_lossy().into_owned();
+    let build = |out: &str| {
+        let started = std::time::Instant::now();
+        let o = run_without_network(
+            env.path("").as_path(),
+            "",
+            &["build", "--node", "cp1", "--image", &image, "--out", out],
+        );
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no back-off for a host that cannot be reached: {:?}",
+            started.elapsed()
+        );
+        assert!(walk(&env.path(out)).is_empty());
+        stderr(&o)
+    };
+
+    // k3s: the mirror and the local release directory, not the base-image options.
+    std::fs::write(env.path("cluster.yaml"), with_gitops("")).unwrap();
+    let err = build("o1");
+    assert!(
+        err.contains("k3s v1.31.4+k3s1 for arm64") && err.contains("cannot reach"),
+        "{err}"
+    );
+    for fix in ["--mirror", "k3s.release_dir"] {
+        assert!(err.contains(fix), "{fix}: {err}");
+    }
+    assert!(
+        !err.contains("--image") && !err.contains("giving up"),
+        "{err}"
+    );
+
+    // Argo CD's manifest: the mirror, the local manifest, and images.argocd.
+    let rel = env.path("k3s-release");
+    std::fs::create_dir_all(&rel).unwrap();
+    std::fs::write(rel.join("k3s-arm64"), b"k3s").unwrap();
+    std::fs::write(
+        rel.join("sha256sum-arm64.txt"),
+        format!("{}  k3s-arm64\n", pikube_image::io::sha256_bytes(b"k3s")),
+    )
+    .unwrap();
+    let local_k3s = "k3s: { release_dir: k3s-release, airgap: false }\n";
+    std::fs::write(env.path("cluster.yaml"), with_gitops(local_k3s)).unwrap();
+    let err = build("o2");
+    assert!(
+        err.contains("Argo CD v2.13.3 install manifest") && err.contains("cannot reach"),
+        "{err}"
+    );
+    for fix in ["--mirror", "gitops.argocd_manifest", "images.argocd: none"] {
+        assert!(err.contains(fix), "{fix}: {err}");
+    }
+    assert!(
+        !err.contains("--image") && !err.contains("giving up"),
+        "{err}"
+    );
+
+    // Container images: the registry mirror (and why --mirror does not help), images.argocd.
+    std::fs::write(env.path("install.yaml"), ARGOCD_INSTALL).unwrap();
+    let yaml = with_gitops(&format!(
+        "{local_k3s}images: {{ all: [\"registry.example/team/app:1\"] }}\n"
+    ))
+    .replace(
+        "gitops: { repo: \"https://git.example.com/lab.git\" }",
+        "gitops: { repo: \"https://git.example.com/lab.git\", argocd_manifest: install.yaml }",
+    );
+    std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
+    let err = build("o3");
+    assert!(err.contains("registry.example/team/app:1"), "{err}");
+    for fix in ["images.registry_mirror", "--mirror", "images.argocd: none"] {
+        assert!(err.contains(fix), "{fix}: {err}");
+    }
+    assert!(!err.contains("--image"), "{err}");
+}
+
+#[test]
+fn images_are_pulled_through_the_registry_mirror_and_then_need_no_registry() {
+    use support::registry::{Registry, TestImage, build_layout};
+    let Some(reg) = Registry::start() else {
+        return;
+    };
+    // The mirror holds the image under its upstream registry's name.
+    let layout = tempfile::tempdir().unwrap();
+    build_layout(layout.path(), "1", &[TestImage::new("linux/arm64", 77)]);
+    reg.push_layout(layout.path(), "1", "registry.example/team/app:1")
+        .unwrap();
+    let env = Env::new(FixtureOpts {
+        seed: 77,
+        ..FixtureOpts::default()
+    });
+    let mirror = format!("http://{}", reg.host());
+    let yaml = cluster_yaml("").replace(
+        "nodes:\n",
+        &format!(
+            "images: {{ all: [\"registry.example/team/app:1\"], registry_mirror: \"{mirror}\" }}\nnodes:\n"
+        ),
+    );
+    std::fs::write(env.path("cluster.yaml"), &yaml).unwrap();
+    let url = env.server.url();
+    // registry.example does not exist: only the mirror can serve the image.
+    let out = run_without_network(
+        env.path("").as_path(),
+        "127.0.0.1",
+        &["build", "--node", "cp1", "--mirror", &url, "--out", "out"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = std::fs::read_to_string(env.path("images.lock")).unwrap();
+    assert!(lock.contains("registry.example/team/app:1"), "{lock}");
+    let img = env.path("out/cp1.img");
+    let file = std::fs::File::open(&img).unwrap();
+    let disk = pikube_image::disk::Disk::read(&img).unwrap();
+    let part = disk.by_label("writable").unwrap();
+    let fs = pikube_image::fs::ext4_reader(&file, part).unwrap();
+    assert!(
+        fs.exists("/var/lib/rancher/k3s/agent/images/pikube-role-images.tar.zst")
+            .unwrap()
+    );
+    drop(fs);
+    drop(file);
+
+    // The mirror gone too: what images.lock pins comes from the cache, without --offline.
+    drop(reg);
+    let out = run_without_network(
+        env.path("").as_path(),
+        "",
+        &["build", "--node", "cp1", "--out", "warm"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.path("warm/cp1.img").is_file());
+}

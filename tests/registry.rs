@@ -35,6 +35,7 @@ fn puller(cache: &Cache, insecure: &[String], offline: bool) -> Puller {
             docker_config: Some(empty_docker_config()),
             offline,
             locked: BTreeMap::new(),
+            mirror: None,
         },
         Progress::quiet(),
     )
@@ -464,6 +465,7 @@ fn bearer_tokens_basic_credentials_and_blob_redirects() {
         docker_config: Some(docker_config),
         offline: false,
         locked: BTreeMap::new(),
+        mirror: None,
     };
 
     // Without credentials the token service refuses, and the error says how to log in.

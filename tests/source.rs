@@ -140,9 +140,12 @@ fn assert_gave_up(msg: &str, url: &str, attempts: usize, reached: usize) {
     assert!(msg.contains(url), "{msg}");
     assert!(msg.contains(&format!("after {attempts} attempts")), "{msg}");
     assert!(msg.contains(&format!("{reached} bytes")), "{msg}");
-    for fix in ["network", "--mirror", "--image"] {
+    for fix in ["network", "--mirror"] {
         assert!(msg.contains(fix), "{fix}: {msg}");
     }
+    // What to do by hand depends on the artifact (a base image, k3s, Argo CD): the build
+    // says it, not the download.
+    assert!(!msg.contains("--image"), "{msg}");
 }
 
 #[test]
@@ -412,6 +415,7 @@ fn sums_file_checksums_work_online_and_offline() {
         checksum: Checksum::SumsFile {
             url: srv.url_for("/rel/SHA256SUMS"),
             name: name.to_string(),
+            pinned: false,
         },
     };
     let got = fetcher(td.path(), None, false).fetch(&a).unwrap();
@@ -480,6 +484,7 @@ fn every_checksum_file_format_is_understood() {
                 checksum: Checksum::SumsFile {
                     url: srv.url_for(&format!("/{dist}/{sums}")),
                     name: "a.img.xz".into(),
+                    pinned: false,
                 },
             })
             .unwrap_or_else(|e| panic!("{dist}: {e:#}"));
@@ -501,6 +506,7 @@ fn name_missing_from_checksum_file_names_the_file() {
             checksum: Checksum::SumsFile {
                 url: sums.clone(),
                 name: "y.img".into(),
+                pinned: false,
             },
         })
         .unwrap_err();
@@ -525,6 +531,7 @@ fn mirror_serves_every_url_including_checksum_files() {
         checksum: Checksum::SumsFile {
             url: format!("{upstream}/sha256sum-arm64.txt"),
             name: "k3s-arm64".into(),
+            pinned: false,
         },
     };
     let td = tempfile::tempdir().unwrap();
@@ -625,7 +632,11 @@ fn not_found_is_explained() {
     let msg = format!("{err:#}");
     assert!(msg.contains("not found"), "{msg}");
     assert!(msg.contains(&url), "{msg}");
-    assert!(msg.contains("--image-url"), "{msg}");
+    assert!(msg.contains("check the URL"), "{msg}");
+    assert!(
+        !msg.contains("--image"),
+        "base-image advice is the build's: {msg}"
+    );
     assert_eq!(srv.hits("/nope/image.img.xz"), 1, "a 404 is not retried");
 }
 
@@ -995,6 +1006,7 @@ fn local_files_are_verified_into_the_cache() {
             checksum: Checksum::SumsFile {
                 url: sums,
                 name: "local image.img.xz".into(),
+                pinned: false,
             },
         })
         .unwrap();
@@ -1059,6 +1071,7 @@ fn directory_server_serves_files_below_its_root() {
             checksum: Checksum::SumsFile {
                 url: format!("{up}/a.img.xz.sha"),
                 name: "a.img.xz".into(),
+                pinned: false,
             },
         })
         .unwrap();
@@ -1067,4 +1080,123 @@ fn directory_server_serves_files_below_its_root() {
         .fetch_text(&srv.url_for("/../www/dl.armbian.com/orangepi5/archive/a.img.xz.sha"))
         .unwrap_err();
     assert!(format!("{err:#}").contains("not found"), "{err:#}");
+}
+
+#[test]
+fn a_pinned_release_is_read_from_the_cache_without_its_list() {
+    let srv = TestServer::start();
+    let bin = pseudo_random(100_000, 41);
+    let air = pseudo_random(50_000, 42);
+    srv.add("/rel/v1/k3s-arm64", bin.clone());
+    srv.add("/rel/v1/airgap.tar.zst", air.clone());
+    srv.add(
+        "/rel/v1/sha256sum-arm64.txt",
+        format!(
+            "{}  k3s-arm64\n{}  airgap.tar.zst\n",
+            sha256_hex(&bin),
+            sha256_hex(&air)
+        ),
+    );
+    let art = |name: &str| Artifact {
+        url: srv.url_for(&format!("/rel/v1/{name}")),
+        checksum: Checksum::SumsFile {
+            url: srv.url_for("/rel/v1/sha256sum-arm64.txt"),
+            name: name.into(),
+            pinned: true,
+        },
+    };
+    let td = tempfile::tempdir().unwrap();
+    assert!(
+        !fetcher(td.path(), None, false)
+            .fetch(&art("k3s-arm64"))
+            .unwrap()
+            .from_cache
+    );
+    assert_eq!(srv.hits("/rel/v1/sha256sum-arm64.txt"), 1);
+
+    // Online again, a fresh fetcher: the verified binary needs no request at all.
+    srv.clear_log();
+    let again = fetcher(td.path(), None, false)
+        .fetch(&art("k3s-arm64"))
+        .unwrap();
+    assert!(again.from_cache);
+    assert_eq!(again.sha256, sha256_hex(&bin));
+    assert_eq!(srv.total_hits(), 0, "{:?}", srv.requests());
+
+    // Another file of the release: the cached list vouches for it, only the file is fetched.
+    let got = fetcher(td.path(), None, false)
+        .fetch(&art("airgap.tar.zst"))
+        .unwrap();
+    assert_eq!(got.sha256, sha256_hex(&air));
+    assert_eq!(srv.hits("/rel/v1/sha256sum-arm64.txt"), 0);
+    assert_eq!(srv.hits("/rel/v1/airgap.tar.zst"), 1);
+
+    // A damaged cached copy is downloaded again, still without the list.
+    let blob = td.path().join("blobs/sha256").join(sha256_hex(&bin));
+    let mut perm = fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    fs::set_permissions(&blob, perm).unwrap();
+    fs::write(&blob, b"bit rot").unwrap();
+    srv.clear_log();
+    let healed = fetcher(td.path(), None, false)
+        .fetch(&art("k3s-arm64"))
+        .unwrap();
+    assert!(!healed.from_cache);
+    assert_eq!(srv.hits("/rel/v1/k3s-arm64"), 1);
+    assert_eq!(srv.hits("/rel/v1/sha256sum-arm64.txt"), 0);
+
+    // A pinned text (a tagged manifest) is read from the cache once it was fetched.
+    srv.add("/argo/v1/install.yaml", "kind: x\n");
+    let url = srv.url_for("/argo/v1/install.yaml");
+    let f = fetcher(td.path(), None, false);
+    assert_eq!(f.fetch_text_pinned(&url).unwrap(), "kind: x\n");
+    srv.add("/argo/v1/install.yaml", "kind: changed\n");
+    assert_eq!(
+        fetcher(td.path(), None, false)
+            .fetch_text_pinned(&url)
+            .unwrap(),
+        "kind: x\n"
+    );
+    assert_eq!(srv.hits("/argo/v1/install.yaml"), 1);
+}
+
+#[test]
+fn a_refused_connection_fails_at_once_without_retrying() {
+    // A port nothing listens on (bound, then released).
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/k3s-arm64");
+    let td = tempfile::tempdir().unwrap();
+    // The default policy: 5 tries with 1 s doubling back-off would take 15 s.
+    let f = Fetcher::new(
+        Cache::open(td.path()).unwrap(),
+        None,
+        false,
+        Progress::quiet(),
+    );
+    let started = std::time::Instant::now();
+    let err = f.fetch(&sha_artifact(url.clone(), b"k3s")).unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(900), "not retried: {took:?}");
+    let msg = format!("{err:#}");
+    match err.downcast_ref::<SourceError>() {
+        Some(SourceError::Unreachable { host, .. }) => {
+            assert_eq!(host, &format!("127.0.0.1:{port}"))
+        }
+        _ => panic!("a refused connection is reported as such: {msg}"),
+    }
+    assert!(msg.contains("refused") && msg.contains(&url), "{msg}");
+    assert!(
+        !msg.contains("giving up") && !msg.contains("retrying"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("kept in"),
+        "nothing was received, nothing kept: {msg}"
+    );
+    assert!(!msg.contains("--image"), "{msg}");
+    assert_eq!(count(&td.path().join("partial")), 0);
 }

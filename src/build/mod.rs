@@ -178,7 +178,14 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         let (base_path, base_sha256) = match (&base.origin, &fetcher) {
             (Origin::Local(p), _) => (p.clone(), local_digests[p].clone()),
             (Origin::Download(a), Some(f)) => {
-                let got = f.fetch(a)?;
+                let got = f.fetch(a).map_err(|e| {
+                    resolve::with_fix(
+                        e.context(format!("the base image of node '{}'", node.name)),
+                        "Check the board name and its OS image (`pikube-image boards`), download \
+                         through a reachable --mirror, or download the image by hand and start \
+                         from it with --image FILE (or from another URL with --image-url)",
+                    )
+                })?;
                 (got.path, got.sha256)
             }
             (Origin::Download(a), None) => {

@@ -12,7 +12,7 @@ use crate::config::{Cluster, Node, Role};
 use crate::plan::{Content, Payload};
 use crate::progress::Progress;
 use crate::registry::ImageRef;
-use crate::source::{Artifact, Checksum, Fetcher};
+use crate::source::{Artifact, Checksum, Fetcher, SourceError};
 
 /// Resolves what plans need from outside the inventory, once per build: the join token,
 /// host keys, k3s downloads per architecture, the Argo CD manifest.
@@ -144,23 +144,8 @@ impl<'a> Resolver<'a> {
         let (k3s_binary, k3s_airgap) = if c.k3s.install {
             let arch = board.arch.as_str();
             if !self.k3s.contains_key(arch) {
-                let (bin, air) = crate::k3s::artifacts(&c.k3s.version, board.arch);
-                let binary = self.fetch(&bin).map_err(|e| {
-                    let hint = match e.downcast_ref::<crate::source::SourceError>() {
-                        Some(crate::source::SourceError::NotFound { .. }) => {
-                            ": is k3s.version in cluster.yaml a published release?"
-                        }
-                        _ => "",
-                    };
-                    e.context(format!("k3s {} for {arch}{hint}", c.k3s.version))
-                })?;
-                let airgap = if c.k3s.airgap {
-                    let name = air.url.rsplit('/').next().unwrap_or_default().to_string();
-                    Some((name, self.fetch(&air)?))
-                } else {
-                    None
-                };
-                self.k3s.insert(arch, (binary, airgap));
+                let got = self.k3s_release(board.arch);
+                self.k3s.insert(arch, got?);
             }
             let (b, a) = self.k3s[arch].clone();
             (Some(b), a)
@@ -209,6 +194,48 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// The k3s binary and airgap tarball for `arch`: from `k3s.release_dir` when set, else
+    /// downloaded (or from the cache).
+    fn k3s_release(
+        &self,
+        arch: crate::boards::Arch,
+    ) -> Result<(Content, Option<(String, Content)>)> {
+        let k = &self.cluster.k3s;
+        let what = format!("k3s {} for {}", k.version, arch.as_str());
+        let (bin, air) = match &k.release_dir {
+            Some(d) => {
+                let dir = self.cluster.inventory_path("k3s.release_dir", d)?;
+                crate::k3s::local_artifacts(&dir, &k.version, arch, k.airgap)
+                    .with_context(|| what.clone())?
+            }
+            None => {
+                let (bin, air) = crate::k3s::artifacts(&k.version, arch);
+                (bin, k.airgap.then_some(air))
+            }
+        };
+        let fix = || k3s_fix(&k.version, arch, k.release_dir.is_some());
+        let binary = self.fetch(&bin).map_err(|e| {
+            let hint = match e.downcast_ref::<SourceError>() {
+                Some(SourceError::NotFound { .. }) => {
+                    ": is k3s.version in cluster.yaml a published release?"
+                }
+                _ => "",
+            };
+            with_fix(e.context(format!("{what}{hint}")), &fix())
+        })?;
+        let airgap = match air {
+            Some(air) => {
+                let name = air.url.rsplit('/').next().unwrap_or_default().to_string();
+                let content = self
+                    .fetch(&air)
+                    .map_err(|e| with_fix(e.context(what.clone()), &fix()))?;
+                Some((name, content))
+            }
+            None => None,
+        };
+        Ok((binary, airgap))
+    }
+
     fn image_archive(
         &mut self,
         refs: &[ImageRef],
@@ -227,9 +254,10 @@ impl<'a> Resolver<'a> {
                         .join(", ")
                 ),
             })),
-            Some(p) => p
-                .archive(refs, arch, self.progress)
-                .with_context(|| format!("container images for {}", arch.as_str())),
+            Some(p) => p.archive(refs, arch, self.progress).map_err(|e| {
+                let e = e.context(format!("container images for {}", arch.as_str()));
+                with_fix(e, &images_fix(self.cluster))
+            }),
         }
     }
 
@@ -249,25 +277,63 @@ impl<'a> Resolver<'a> {
         if let Some(c) = &self.argocd {
             return Ok(c.clone());
         }
-        let url = crate::gitops::install_url(&g.argocd_version);
+        let upstream = crate::gitops::install_url(&g.argocd_version);
+        let local = match &g.argocd_manifest {
+            Some(f) => Some(
+                self.cluster
+                    .inventory_path("gitops.argocd_manifest", f)
+                    .and_then(|p| {
+                        let p = std::path::absolute(&p)
+                            .with_context(|| format!("cannot resolve {}", p.display()))?;
+                        url::Url::from_file_path(&p)
+                            .map_err(|()| anyhow::anyhow!("cannot name {} as a URL", p.display()))
+                    })?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let url = local.clone().unwrap_or_else(|| upstream.clone());
         let content = match self.fetcher {
             None => (Content::Download { url: url.clone() }, Vec::new()),
             Some(f) => {
+                let what = format!("Argo CD {} install manifest", g.argocd_version);
+                let fix = argocd_fix(&upstream, local.is_some());
                 let text = match &g.argocd_sha256 {
                     Some(h) => {
-                        let got = f.fetch(&Artifact {
-                            url: url.clone(),
-                            checksum: Checksum::Sha256(h.clone()),
-                        })?;
+                        let got = f
+                            .fetch(&Artifact {
+                                url: url.clone(),
+                                checksum: Checksum::Sha256(h.clone()),
+                            })
+                            .map_err(|e| with_fix(e.context(what.clone()), &fix))?;
                         std::fs::read_to_string(&got.path)
                             .with_context(|| format!("cannot read {}", got.path.display()))?
                     }
                     None => {
-                        let text = f.fetch_text(&url).with_context(|| {
-                            format!(
-                                "Argo CD {}: check gitops.argocd_version in cluster.yaml",
+                        // A release tag names one manifest for good; a branch (`stable`,
+                        // `master`) moves, so it is fetched again, and the build says so.
+                        let pinned =
+                            local.is_none() && crate::gitops::is_release_tag(&g.argocd_version);
+                        if local.is_none() && !pinned {
+                            self.progress.message(&format!(
+                                "fetching the Argo CD install manifest {url} again: {} is not a \
+                                 release tag, so what it names may have changed",
                                 g.argocd_version
-                            )
+                            ));
+                        }
+                        let got = if pinned {
+                            f.fetch_text_pinned(&url)
+                        } else {
+                            f.fetch_text(&url)
+                        };
+                        let text = got.map_err(|e| {
+                            let hint = match e.downcast_ref::<SourceError>() {
+                                Some(SourceError::NotFound { .. }) => {
+                                    ": check gitops.argocd_version in cluster.yaml"
+                                }
+                                _ => "",
+                            };
+                            with_fix(e.context(format!("{what}{hint}")), &fix)
                         })?;
                         self.progress.message(&format!(
                             "Argo CD install manifest {url} has SHA-256 {}: pin it with `gitops.argocd_sha256` in cluster.yaml",
@@ -286,4 +352,77 @@ impl<'a> Resolver<'a> {
         self.argocd = Some(content.clone());
         Ok(content)
     }
+}
+
+/// `e` with what the user can do about it appended, unless it is a matter of integrity (a
+/// checksum that does not match), whose message already says what to check.
+pub(crate) fn with_fix(e: anyhow::Error, fix: &str) -> anyhow::Error {
+    let integrity = matches!(
+        e.downcast_ref::<SourceError>(),
+        Some(
+            SourceError::ChecksumMismatch { .. }
+                | SourceError::NotInSums { .. }
+                | SourceError::DamagedEntry { .. }
+        )
+    );
+    if integrity {
+        e
+    } else {
+        anyhow::anyhow!("{e:#}. {fix}")
+    }
+}
+
+/// How to get a k3s release without its release server.
+fn k3s_fix(version: &str, arch: crate::boards::Arch, local: bool) -> String {
+    let (bin, sums, air) = crate::k3s::asset_names(arch);
+    if local {
+        return format!(
+            "Check the files in k3s.release_dir: they must be the k3s {version} release's own \
+             ({bin}, {sums}, {air}, from {})",
+            crate::k3s::release_page(version)
+        );
+    }
+    format!(
+        "Without access to github.com: download through a reachable --mirror (a copy of \
+         {}/{}/...), or copy {bin}, {sums} and {air} from {} into a directory beside \
+         cluster.yaml and name it in k3s.release_dir",
+        crate::k3s::RELEASES
+            .trim_start_matches("https://")
+            .trim_end_matches('/'),
+        version.replace('+', "%2B"),
+        crate::k3s::release_page(version)
+    )
+}
+
+/// How to get the Argo CD manifest without raw.githubusercontent.com.
+fn argocd_fix(upstream: &str, local: bool) -> String {
+    if local {
+        return format!(
+            "Check gitops.argocd_manifest: it must be the install manifest of the release \
+             (saved from {upstream})"
+        );
+    }
+    format!(
+        "Without access to raw.githubusercontent.com: download through a reachable --mirror, \
+         or save {upstream} as a file beside cluster.yaml and name it in \
+         gitops.argocd_manifest (Argo CD's container images are preloaded too: set \
+         `images.argocd: none` to leave them for the first server to pull when it starts)"
+    )
+}
+
+/// How to get container images without their registries.
+fn images_fix(cluster: &Cluster) -> String {
+    let mut s = String::from(
+        "Without access to the registries: pull through a registry you can reach, \
+         images.registry_mirror in cluster.yaml (--mirror serves file downloads only, not \
+         registries), or run one build with network access: what images.lock pins is then \
+         taken from the cache",
+    );
+    if cluster.gitops.is_some() && cluster.images.argocd != crate::config::ArgocdImages::None {
+        s.push_str(
+            "; Argo CD's images can be left for the first server to pull when it starts with \
+             `images.argocd: none`",
+        );
+    }
+    s
 }

@@ -201,6 +201,16 @@ pub struct Client {
     /// `registry/repository` -> the `Authorization` value that worked last.
     auth: Mutex<HashMap<String, String>>,
     pinged: Mutex<HashSet<String>>,
+    mirror: Option<super::PullMirror>,
+}
+
+/// Where a request for an image of some registry goes.
+struct Route {
+    /// The registry asked (`host:port`): what credentials, tokens and messages name.
+    registry: String,
+    /// `https://host:port`.
+    base: String,
+    repository: String,
 }
 
 impl Client {
@@ -218,7 +228,29 @@ impl Client {
             credentials,
             auth: Mutex::new(HashMap::new()),
             pinged: Mutex::new(HashSet::new()),
+            mirror: None,
         })
+    }
+
+    /// Sends every request to `mirror` instead of the image's own registry.
+    pub fn with_mirror(mut self, mirror: Option<super::PullMirror>) -> Client {
+        self.mirror = mirror;
+        self
+    }
+
+    fn route(&self, registry: &str, repository: &str) -> Route {
+        match &self.mirror {
+            Some(m) => Route {
+                registry: m.host().to_string(),
+                base: m.base_url().to_string(),
+                repository: m.repository(registry, repository),
+            },
+            None => Route {
+                registry: registry.to_string(),
+                base: self.base_url(registry),
+                repository: repository.to_string(),
+            },
+        }
     }
 
     fn is_insecure(&self, registry: &str) -> bool {
@@ -241,19 +273,27 @@ impl Client {
     }
 
     /// `GET /v2/`: checks once per registry that it speaks the distribution API.
-    fn ping(&self, registry: &str) -> Result<()> {
+    fn ping(&self, route: &Route) -> Result<()> {
+        let registry = route.registry.as_str();
         if self.pinged.lock().expect("lock").contains(registry) {
             return Ok(());
         }
-        let url = format!("{}/v2/", self.base_url(registry));
+        let url = format!("{}/v2/", route.base);
         let resp = self.http.get(&url).send().map_err(|e| {
-            let mut msg = format!("cannot reach the registry {registry} at {url}: {e:#}");
+            let what = match &self.mirror {
+                Some(_) => format!("the registry mirror {registry} (images.registry_mirror)"),
+                None => format!("the registry {registry}"),
+            };
+            if let Some(why) = crate::source::why_unreachable(&e, registry) {
+                return anyhow::anyhow!("cannot reach {what} at {url}: {why}");
+            }
+            let mut msg = format!("cannot reach {what} at {url}: {e:#}");
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
-            if !self.is_insecure(registry) {
+            if self.mirror.is_none() && !self.is_insecure(registry) {
                 msg.push_str(&format!(
                     ". If {registry} serves plain HTTP (no TLS), {INSECURE_HINT}"
                 ));
@@ -285,8 +325,10 @@ impl Client {
         path: &str,
         accept: Option<&str>,
     ) -> Result<Response> {
-        self.ping(registry)?;
-        let url = format!("{}/v2/{repository}/{path}", self.base_url(registry));
+        let route = self.route(registry, repository);
+        self.ping(&route)?;
+        let (registry, repository) = (route.registry.as_str(), route.repository.as_str());
+        let url = format!("{}/v2/{repository}/{path}", route.base);
         let key = format!("{registry}/{repository}");
         let build = |auth: Option<&str>| -> RequestBuilder {
             let mut rb = self.http.request(method.clone(), &url);

@@ -13,6 +13,7 @@
 mod archive;
 mod client;
 mod manifest;
+mod mirror;
 mod reference;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ pub use manifest::{
     DOCKER_LIST, DOCKER_MANIFEST, Descriptor, MANIFEST_ACCEPT, OCI_INDEX, OCI_MANIFEST,
     PlatformJson,
 };
+pub use mirror::PullMirror;
 pub use reference::{DOCKER_HUB, ImageRef, Platform};
 
 use crate::io::{HashingReader, ProgressReader, sha256_bytes};
@@ -58,6 +60,8 @@ pub struct RegistryOptions {
     /// Image reference -> pinned digest (`sha256:<hex>`, of the index or of the manifest),
     /// e.g. from an `images.lock`. Keys are compared after normalisation.
     pub locked: BTreeMap<String, String>,
+    /// Pull every image through this registry instead of its own.
+    pub mirror: Option<PullMirror>,
 }
 
 /// What a pull resolved and stored in the cache.
@@ -160,7 +164,7 @@ impl Puller {
             Some(p) => load_docker_config(&p)?,
             None => BTreeMap::new(),
         };
-        let c = Client::new(&self.opts.insecure, creds)?;
+        let c = Client::new(&self.opts.insecure, creds)?.with_mirror(self.opts.mirror.clone());
         let _ = self.client.set(c);
         Ok(self.client.get().expect("just set"))
     }

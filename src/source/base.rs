@@ -115,6 +115,8 @@ fn name_of(u: &str) -> String {
 
 impl BaseSource {
     /// The base image of a node whose catalog image is at `entry_url`, with `entry_checksum`.
+    /// A catalog image's checksum list is pinned (the entry names one version); the list of
+    /// an `--image-url` is not.
     pub fn resolve(&self, entry_url: &str, entry_checksum: &ImageChecksum) -> BaseImage {
         let entry_name = name_of(entry_url);
         match self {
@@ -124,9 +126,11 @@ impl BaseSource {
                         (Checksum::Sha256(h.clone()), h.clone())
                     }
                     ImageChecksum::SumsUrl(u) => (
+                        // A catalog entry names one published version.
                         Checksum::SumsFile {
                             url: u.clone(),
                             name: entry_name.clone(),
+                            pinned: true,
                         },
                         entry_url.to_string(),
                     ),
@@ -153,9 +157,11 @@ impl BaseSource {
                     Some(h) => Checksum::Sha256(h.to_ascii_lowercase()),
                     None => {
                         let dir = url.rsplit_once('/').map(|(d, _)| d).unwrap_or(url);
+                        // A URL given by hand may be replaced by a newer file.
                         Checksum::SumsFile {
                             url: format!("{dir}/SHA256SUMS"),
                             name: file_name.clone(),
+                            pinned: false,
                         }
                     }
                 };

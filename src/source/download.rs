@@ -127,7 +127,15 @@ impl Fetcher {
         loop {
             tries.attempts += 1;
             let outcome = self.attempt(
-                client, eff, shown, &partial, &mut state, &mut task, &name, limit,
+                client,
+                eff,
+                shown,
+                &partial,
+                &mut state,
+                &mut task,
+                &name,
+                limit,
+                tries.attempts == 1,
             )?;
             match outcome {
                 Attempt::Complete => {}
@@ -216,6 +224,7 @@ impl Fetcher {
         task: &mut Option<Task>,
         name: &str,
         limit: Option<u64>,
+        first: bool,
     ) -> Result<Attempt> {
         let have = partial_len(partial)?;
         let mut req = client.get(eff);
@@ -234,6 +243,12 @@ impl Fetcher {
             }
             // Asking again would follow the same chain: stop now and say where it goes.
             Err(e) if e.is_redirect() => return Err(redirect_error(shown, &e)),
+            // No connection at all on the first request (no network, a name that does not
+            // resolve, nothing listening): asking again would fail the same way. Later in a
+            // download, a server that broke off may be restarting: that is retried.
+            Err(e) if e.is_connect() && first => {
+                return Err(unreachable(eff, &e).into());
+            }
             Err(e) => {
                 return Ok(Attempt::Retry {
                     err: anyhow!(e).context(format!("cannot download {shown}")),
@@ -459,9 +474,8 @@ impl Tries {
         };
         Ok(format!(
             "giving up on {shown} after {} attempts ({why}); the download reached {reached}.\
-             {kept} Check the network or the mirror and try again later, use --mirror to \
-             download from a reachable copy, or download the file by hand and pass it with \
-             --image (for a base image)",
+             {kept} Check the network or the mirror and try again later, or use --mirror to \
+             download from a reachable copy",
             self.attempts,
         ))
     }
@@ -518,16 +532,92 @@ fn redirect_error(shown: &str, e: &reqwest::Error) -> anyhow::Error {
         if let Some(b) = c.downcast_ref::<BadRedirects>() {
             return anyhow!(
                 "cannot download {shown}: {b}; the server (or the mirror) is misconfigured. Check \
-                 the URL or --mirror, or download the file by hand and pass it with --image (for \
-                 a base image)"
+                 the URL or --mirror"
             );
         }
         cause = c.source();
     }
-    anyhow!(
-        "cannot download {shown}: {e}; check the URL or --mirror, or download the file by hand \
-         and pass it with --image (for a base image)"
-    )
+    anyhow!("cannot download {shown}: {e}; check the URL or --mirror")
+}
+
+/// The error for a request that found no server: which host, and why in plain words (no
+/// network or a name that does not resolve, nothing listening, no answer).
+fn unreachable(eff: &str, e: &reqwest::Error) -> SourceError {
+    let host = url::Url::parse(eff)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(|h| u.port().map_or(h.to_string(), |p| format!("{h}:{p}")))
+        })
+        .unwrap_or_else(|| eff.to_string());
+    let cause = why_unreachable(e, &host).unwrap_or_else(|| {
+        let mut text = String::new();
+        let mut c: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(x) = c {
+            text.push_str(&format!(" {x}"));
+            c = x.source();
+        }
+        format!("no connection could be made ({})", text.trim())
+    });
+    SourceError::Unreachable {
+        url: eff.to_string(),
+        host,
+        cause,
+    }
+}
+
+/// Why a request to `host` found no server, in plain words, when that is what `e` says: a
+/// name that does not resolve (no network, no DNS), a refused connection (nothing
+/// listening), no answer at all. `None` for other failures (TLS, a broken answer).
+pub(crate) fn why_unreachable(e: &reqwest::Error, host: &str) -> Option<String> {
+    if !e.is_connect() {
+        return None;
+    }
+    let mut text = String::new();
+    let mut refused = false;
+    let mut timed_out = e.is_timeout();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            refused |= io.kind() == io::ErrorKind::ConnectionRefused;
+            timed_out |= io.kind() == io::ErrorKind::TimedOut;
+        }
+        text.push_str(&format!(" {c}"));
+        cause = c.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    // reqwest names a proxy it could not reach as a tunnel or proxy error.
+    let proxy = (lower.contains("tunnel") || lower.contains("proxy")).then(|| {
+        [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .iter()
+        .find_map(|k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("the proxy {v} (${k})"))
+        })
+        .unwrap_or_else(|| "the proxy".to_string())
+    });
+    let at = proxy.unwrap_or_else(|| host.to_string());
+    let why = if lower.contains("dns") || lower.contains("failed to lookup") {
+        format!("the name {host} does not resolve (no network, or no DNS server answers for it)")
+    } else if refused {
+        format!("the connection to {at} was refused (nothing listens there)")
+    } else if timed_out {
+        format!(
+            "{at} did not answer before the connect timeout (no route to it, or a firewall drops it)"
+        )
+    } else {
+        return None;
+    };
+    Some(why)
 }
 
 fn partial_len(p: &Path) -> Result<u64> {

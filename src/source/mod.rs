@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 pub use cache::{Cache, normalize_sha256, touch};
+pub(crate) use download::why_unreachable;
 pub use mirror::mirror_url;
 pub use sums::lookup_checksum;
 
@@ -37,7 +38,16 @@ pub enum Checksum {
     Sha256(String),
     /// A checksum list (`SHA256SUMS`, `*.sha256`, `.sha`, `sha256sum-*.txt`) to fetch, in
     /// which `name` is looked up.
-    SumsFile { url: String, name: String },
+    SumsFile {
+        url: String,
+        name: String,
+        /// The artifact and its list belong to one published release that never changes (a
+        /// versioned catalog image, a k3s release): once verified, the cached artifact is used
+        /// without asking for the list again, and a cached list is reused. When false (a URL
+        /// given by hand, which may be replaced), the list is fetched again on every online
+        /// build, and the build says so.
+        pinned: bool,
+    },
 }
 
 /// Something to download.
@@ -61,8 +71,17 @@ pub struct Fetched {
 /// Failures a caller may want to tell apart (reach them with `downcast_ref`).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("not found: {url} (HTTP {status}); check the version, the board name or --image-url")]
+    #[error("not found: {url} (HTTP {status}); check the URL and the version it names")]
     NotFound { url: String, status: u16 },
+    #[error(
+        "cannot reach {host} for {url}: {cause}. Nothing was downloaded and no partial file \
+         was kept; this is not retried, as asking again would fail the same way"
+    )]
+    Unreachable {
+        url: String,
+        host: String,
+        cause: String,
+    },
     #[error(
         "checksum mismatch for {url}: expected {expected}, got {actual}; the download or the \
          mirror is corrupt. The bad file was deleted and nothing was cached: retry the build, \
@@ -236,19 +255,50 @@ impl Fetcher {
             Checksum::Sha256(h) => {
                 normalize_sha256(h).with_context(|| format!("invalid checksum for {}", a.url))?
             }
-            Checksum::SumsFile { url, name } => match self.fetch_text(url) {
-                Ok(text) => lookup_checksum(&text, name).ok_or_else(|| SourceError::NotInSums {
-                    name: name.clone(),
-                    sums_url: url.clone(),
-                })?,
-                // Without the list, the digest recorded when the artifact itself was
-                // verified still identifies it.
-                Err(e) if self.offline => match self.cache.lookup_url(&a.url) {
-                    Some(d) => d,
-                    None => return Err(e),
-                },
-                Err(e) => return Err(e),
-            },
+            Checksum::SumsFile { url, name, pinned } => {
+                // A release's file verified once stays what it was: no list is needed.
+                if *pinned
+                    && let Some(d) = self.cache.lookup_url(&a.url)
+                    && let Some(path) = self.cached(&a.url, &d)?
+                {
+                    self.progress.message(&format!(
+                        "using the verified copy of {} from the cache",
+                        a.url
+                    ));
+                    return fetched(a.url.clone(), d, path, true);
+                }
+                if !*pinned
+                    && !self.offline
+                    && file_url_path(url)?.is_none()
+                    && self.cache.lookup_url(&a.url).is_some()
+                {
+                    self.progress.message(&format!(
+                        "refreshing the checksum list {url}: {} is not pinned to a release, so \
+                         a newer file may have been published under its name",
+                        a.url
+                    ));
+                }
+                let text = if *pinned {
+                    self.fetch_text_pinned(url)
+                } else {
+                    self.fetch_text(url)
+                };
+                match text {
+                    Ok(text) => {
+                        lookup_checksum(&text, name).ok_or_else(|| SourceError::NotInSums {
+                            name: name.clone(),
+                            sums_url: url.clone(),
+                        })?
+                    }
+                    // Without the list, the digest recorded when the artifact itself was
+                    // verified still identifies it.
+                    Err(e) if self.offline => match self.cache.lookup_url(&a.url) {
+                        Some(d) => d,
+                        None => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
         };
         if let Some(path) = self.cached(&a.url, &expected)? {
             if self.cache.lookup_url(&a.url).as_deref() != Some(expected.as_str()) {
@@ -283,6 +333,19 @@ impl Fetcher {
         got
     }
 
+    /// [`Fetcher::fetch_text`] for a file that never changes once published (a release's
+    /// checksum list, a tagged release's manifest): the copy verified into the cache by an
+    /// earlier build is read without any request.
+    pub fn fetch_text_pinned(&self, url: &str) -> Result<String> {
+        if file_url_path(url)?.is_none()
+            && let Some(d) = self.cache.lookup_url(url)
+            && let Some(path) = self.cached(url, &d)?
+        {
+            return read_text(url, &path);
+        }
+        self.fetch_text(url)
+    }
+
     /// Downloads (or, offline, reads from the cache) a small text file such as a
     /// checksum list. Online, the file is always downloaded afresh; the copy is kept so
     /// later offline builds can read it.
@@ -299,17 +362,7 @@ impl Fetcher {
         } else {
             self.download(url, None, Some(MAX_TEXT))?.path
         };
-        let meta =
-            fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
-        if meta.len() > MAX_TEXT {
-            bail!(
-                "{url} is {} bytes, too large for a checksum file; check the URL",
-                meta.len()
-            );
-        }
-        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        String::from_utf8(bytes)
-            .map_err(|_| anyhow::anyhow!("{url} is not a text file (invalid UTF-8); check the URL"))
+        read_text(url, &path)
     }
 
     /// The cached blob `digest` for `url`, hashed again before it is trusted (once per
@@ -429,6 +482,21 @@ const _: () = {
     assert_send_sync::<Fetcher>();
     assert_send_sync::<Cache>();
 };
+
+/// The text of `path`, fetched from `url`, refusing what cannot be a checksum list or a
+/// manifest.
+fn read_text(url: &str, path: &Path) -> Result<String> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    if meta.len() > MAX_TEXT {
+        bail!(
+            "{url} is {} bytes, too large for a checksum file; check the URL",
+            meta.len()
+        );
+    }
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{url} is not a text file (invalid UTF-8); check the URL"))
+}
 
 /// The local path of a `file://` URL, `None` for any other scheme.
 fn file_url_path(url: &str) -> Result<Option<PathBuf>> {
