@@ -317,6 +317,25 @@ pub struct K3s {
     /// Registry mirrors and settings, written as /etc/rancher/k3s/registries.yaml.
     #[serde(default)]
     pub registries: Option<Registries>,
+    /// A virtual IP in front of the servers, held by kube-vip.
+    #[serde(default)]
+    pub vip: Option<crate::kube_vip::Vip>,
+    /// k3s's embedded registry mirror: nodes share the images they hold.
+    #[serde(default)]
+    pub embedded_registry: bool,
+    /// Packaged components the servers do not deploy (`traefik`, `servicelb`, ...).
+    #[serde(default)]
+    pub disable: Vec<crate::k3s_flags::Component>,
+    /// `none` for a CNI of one's own; k3s's default (vxlan) when absent.
+    #[serde(default)]
+    pub flannel_backend: Option<crate::k3s_flags::FlannelBackend>,
+    #[serde(default)]
+    pub disable_network_policy: bool,
+    #[serde(default)]
+    pub disable_kube_proxy: bool,
+    /// OpenID Connect sign-in for the API server.
+    #[serde(default)]
+    pub oidc: Option<crate::k3s_flags::Oidc>,
 }
 
 impl Default for K3s {
@@ -331,6 +350,13 @@ impl Default for K3s {
             server_config: BTreeMap::new(),
             agent_config: BTreeMap::new(),
             registries: None,
+            vip: None,
+            embedded_registry: false,
+            disable: Vec::new(),
+            flannel_backend: None,
+            disable_network_policy: false,
+            disable_kube_proxy: false,
+            oidc: None,
         }
     }
 }
@@ -360,6 +386,8 @@ pub struct Registries {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryMirror {
+    /// Empty for a mirror entry that only enables the embedded registry for the registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoint: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rewrite: BTreeMap<String, String>,
@@ -400,7 +428,11 @@ pub const DEFAULT_ARGOCD_VERSION: &str = "v2.13.3";
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Gitops {
-    /// Git repository holding the cluster's configuration.
+    /// `argocd` (default) or `flux`.
+    #[serde(default)]
+    pub engine: GitopsEngine,
+    /// Git repository holding the cluster's configuration (checked to be present).
+    #[serde(default)]
     pub repo: String,
     #[serde(default = "default_revision")]
     pub revision: String,
@@ -419,6 +451,18 @@ pub struct Gitops {
     /// repository Secret, mode 0600.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
+    /// Flux's release, controllers and SSH credentials (`engine: flux`).
+    #[serde(default)]
+    pub flux: Option<crate::flux::FluxSettings>,
+}
+
+/// What installs and runs the GitOps bootstrap on the first server.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GitopsEngine {
+    #[default]
+    Argocd,
+    Flux,
 }
 
 fn default_argocd_version() -> String {
@@ -684,6 +728,7 @@ impl Cluster {
         {
             self.inventory_path("gitops.credentials_file", f)?;
         }
+        crate::flux::check_paths(self)?;
         for node in &self.nodes {
             self.overlays_for(node)?;
         }
@@ -765,6 +810,11 @@ impl Cluster {
             check_url(m).context("mirror must be a URL like http://127.0.0.1:8080")?;
         }
         if let Some(g) = &self.gitops {
+            if g.repo.is_empty() {
+                bail!(
+                    "gitops.repo is missing: name the Git repository the cluster's configuration comes from, e.g. `repo: https://github.com/you/fleet.git` under gitops"
+                );
+            }
             check_url(&g.repo).with_context(|| {
                 format!(
                     "gitops.repo '{}' is not a URL: use https://host/org/repo.git or ssh://git@host/org/repo.git",
@@ -820,6 +870,9 @@ impl Cluster {
                 "the inventory has agents but no server: add a node with `role: server`, or set k3s.api to an existing cluster"
             );
         }
+        crate::k3s_flags::validate(&self.k3s)?;
+        crate::kube_vip::validate(self)?;
+        crate::flux::validate(self)?;
         Ok(())
     }
 
@@ -829,6 +882,7 @@ impl Cluster {
         if let Some(first) = self.first_server()
             && first.ip.is_none()
             && self.k3s.api.is_none()
+            && self.k3s.vip.is_none()
             && self.nodes.len() > 1
         {
             let name = self
@@ -839,6 +893,7 @@ impl Cluster {
                 first.name
             ));
         }
+        out.extend(crate::kube_vip::warnings(self));
         out
     }
 
