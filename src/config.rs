@@ -326,6 +326,25 @@ pub struct K3s {
     /// cluster.yaml: used instead of downloading the release.
     #[serde(default)]
     pub release_dir: Option<PathBuf>,
+    /// A virtual IP in front of the servers, held by kube-vip.
+    #[serde(default)]
+    pub vip: Option<crate::kube_vip::Vip>,
+    /// k3s's embedded registry mirror: nodes share the images they hold.
+    #[serde(default)]
+    pub embedded_registry: bool,
+    /// Packaged components the servers do not deploy (`traefik`, `servicelb`, ...).
+    #[serde(default)]
+    pub disable: Vec<crate::k3s_flags::Component>,
+    /// `none` for a CNI of one's own; k3s's default (vxlan) when absent.
+    #[serde(default)]
+    pub flannel_backend: Option<crate::k3s_flags::FlannelBackend>,
+    #[serde(default)]
+    pub disable_network_policy: bool,
+    #[serde(default)]
+    pub disable_kube_proxy: bool,
+    /// OpenID Connect sign-in for the API server.
+    #[serde(default)]
+    pub oidc: Option<crate::k3s_flags::Oidc>,
 }
 
 impl Default for K3s {
@@ -341,6 +360,13 @@ impl Default for K3s {
             agent_config: BTreeMap::new(),
             registries: None,
             release_dir: None,
+            vip: None,
+            embedded_registry: false,
+            disable: Vec::new(),
+            flannel_backend: None,
+            disable_network_policy: false,
+            disable_kube_proxy: false,
+            oidc: None,
         }
     }
 }
@@ -370,6 +396,8 @@ pub struct Registries {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryMirror {
+    /// Empty for a mirror entry that only enables the embedded registry for the registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoint: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rewrite: BTreeMap<String, String>,
@@ -410,7 +438,11 @@ pub const DEFAULT_ARGOCD_VERSION: &str = "v2.13.3";
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Gitops {
-    /// Git repository holding the cluster's configuration.
+    /// `argocd` (default) or `flux`.
+    #[serde(default)]
+    pub engine: GitopsEngine,
+    /// Git repository holding the cluster's configuration (checked to be present).
+    #[serde(default)]
     pub repo: String,
     #[serde(default = "default_revision")]
     pub revision: String,
@@ -433,6 +465,18 @@ pub struct Gitops {
     /// repository Secret, mode 0600.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
+    /// Flux's release, controllers and SSH credentials (`engine: flux`).
+    #[serde(default)]
+    pub flux: Option<crate::flux::FluxSettings>,
+}
+
+/// What installs and runs the GitOps bootstrap on the first server.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GitopsEngine {
+    #[default]
+    Argocd,
+    Flux,
 }
 
 fn default_argocd_version() -> String {
@@ -708,6 +752,7 @@ impl Cluster {
         {
             self.inventory_path("gitops.credentials_file", f)?;
         }
+        crate::flux::check_paths(self)?;
         for node in &self.nodes {
             self.overlays_for(node)?;
         }
@@ -789,6 +834,11 @@ impl Cluster {
             check_url(m).context("mirror must be a URL like http://127.0.0.1:8080")?;
         }
         if let Some(g) = &self.gitops {
+            if g.repo.is_empty() {
+                bail!(
+                    "gitops.repo is missing: name the Git repository the cluster's configuration comes from, e.g. `repo: https://github.com/you/fleet.git` under gitops"
+                );
+            }
             check_url(&g.repo).with_context(|| {
                 format!(
                     "gitops.repo '{}' is not a URL: use https://host/org/repo.git or ssh://git@host/org/repo.git",
@@ -844,6 +894,9 @@ impl Cluster {
                 "the inventory has agents but no server: add a node with `role: server`, or set k3s.api to an existing cluster"
             );
         }
+        crate::k3s_flags::validate(&self.k3s)?;
+        crate::kube_vip::validate(self)?;
+        crate::flux::validate(self)?;
         Ok(())
     }
 
@@ -853,6 +906,7 @@ impl Cluster {
         if let Some(first) = self.first_server()
             && first.ip.is_none()
             && self.k3s.api.is_none()
+            && self.k3s.vip.is_none()
             && self.nodes.len() > 1
         {
             let name = self
@@ -863,6 +917,7 @@ impl Cluster {
                 first.name
             ));
         }
+        out.extend(crate::kube_vip::warnings(self));
         out
     }
 

@@ -52,7 +52,8 @@ const CLUSTER_SCOPED: &[&str] = &[
     "MutatingWebhookConfiguration",
 ];
 
-fn parse_docs(text: &str) -> Result<Vec<Value>> {
+/// The documents of a multi-document manifest.
+pub(crate) fn parse_docs(text: &str) -> Result<Vec<Value>> {
     // Upstream manifests carry deep CRD schemas: allow more depth and nodes than the
     // defaults meant for small configuration files.
     let mut budget = serde_saphyr::budget::Budget::default();
@@ -63,6 +64,11 @@ fn parse_docs(text: &str) -> Result<Vec<Value>> {
     let opts = serde_saphyr::options! { budget: Some(budget) };
     serde_saphyr::from_str_multiple_with_options::<Value, Vec<Value>>(text, opts)
         .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Whether objects of `kind` live outside namespaces.
+pub(crate) fn cluster_scoped(kind: &str) -> bool {
+    CLUSTER_SCOPED.contains(&kind)
 }
 
 /// Argo CD's install manifest with every namespaced object placed in [`NAMESPACE`] and the
@@ -87,7 +93,7 @@ pub fn namespaced_install(install_yaml: &str) -> Result<String> {
         if kind == "Namespace" {
             continue;
         }
-        if !CLUSTER_SCOPED.contains(&kind.as_str()) {
+        if !cluster_scoped(&kind) {
             let meta = doc
                 .get_mut("metadata")
                 .and_then(Value::as_object_mut)
@@ -406,6 +412,8 @@ metadata:
             argocd_sha256: None,
             argocd_manifest: None,
             credentials_file: None,
+            engine: Default::default(),
+            flux: None,
         };
         let v: Value = serde_saphyr::from_str(&root_application("lab", &g).unwrap()).unwrap();
         assert_eq!(v["apiVersion"], "argoproj.io/v1alpha1");

@@ -174,7 +174,14 @@ pub fn update_images(
         false,
         progress.clone(),
     );
+    let flux_images = match &cluster.gitops {
+        Some(g) if g.engine == crate::config::GitopsEngine::Flux => {
+            crate::flux::fetch_components(&fetcher, &crate::flux::settings(g), progress)?.images
+        }
+        _ => Vec::new(),
+    };
     let argocd_images = match &cluster.gitops {
+        Some(g) if g.engine == crate::config::GitopsEngine::Flux => Vec::new(),
         Some(g) if cluster.images.argocd != crate::config::ArgocdImages::None => {
             let (url, text) = match &g.argocd_manifest {
                 Some(f) => {
@@ -217,6 +224,12 @@ pub fn update_images(
         };
         if argocd_here {
             refs.extend(argocd_images.iter().cloned());
+        }
+        if first.as_deref() == Some(node.name.as_str()) {
+            refs.extend(flux_images.iter().cloned());
+        }
+        if let (Some(vip), crate::config::Role::Server) = (&cluster.k3s.vip, node.role) {
+            refs.push(vip.image());
         }
         refs.sort();
         refs.dedup();

@@ -158,6 +158,9 @@ pub fn api_url(cluster: &Cluster) -> Result<String> {
     if let Some(api) = &cluster.k3s.api {
         return Ok(api.clone());
     }
+    if let Some(vip) = &cluster.k3s.vip {
+        return Ok(crate::kube_vip::api_url(vip));
+    }
     let first = cluster
         .first_server()
         .context("no server in the inventory: add a node with `role: server`, or set k3s.api")?;
@@ -174,7 +177,7 @@ pub fn api_url(cluster: &Cluster) -> Result<String> {
 /// Keys of config.yaml that the build sets itself and pass-through maps may not override.
 const MANAGED: [&str; 5] = ["token", "token-file", "server", "cluster-init", "node-name"];
 /// List keys where pass-through values are added to the build's own.
-const LISTS: [&str; 2] = ["node-label", "tls-san"];
+const LISTS: [&str; 4] = ["node-label", "tls-san", "disable", "kube-apiserver-arg"];
 
 #[derive(Serialize)]
 struct ConfigFile<'a> {
@@ -258,6 +261,17 @@ pub fn config_yaml(cluster: &Cluster, node: &Node, board: &Board, token: &str) -
         Role::Server => &cluster.k3s.server_config,
         Role::Agent => &cluster.k3s.agent_config,
     };
+    if node.role == Role::Server {
+        for (k, v) in crate::k3s_flags::server_flags(&cluster.k3s) {
+            if extra.contains_key(&k) && !LISTS.contains(&k.as_str()) {
+                bail!(
+                    "k3s.server_config sets '{k}', which {} sets too: keep one of them",
+                    crate::k3s_flags::key_of(&k)
+                );
+            }
+            map.insert(k, v);
+        }
+    }
     for (k, v) in extra {
         if MANAGED.contains(&k.as_str()) {
             bail!(
@@ -281,14 +295,19 @@ pub fn config_yaml(cluster: &Cluster, node: &Node, board: &Board, token: &str) -
     serde_saphyr::to_string(&map).map_err(|e| anyhow::anyhow!("cannot serialise config.yaml: {e}"))
 }
 
-/// `registries.yaml`, when the cluster configures registries.
+/// `registries.yaml`, when the cluster configures registries or the embedded registry
+/// mirror (which serves only registries listed under `mirrors`: it adds `"*"`, all of them).
 pub fn registries_yaml(cluster: &Cluster) -> Result<Option<String>> {
-    match &cluster.k3s.registries {
-        None => Ok(None),
-        Some(r) => Ok(Some(serde_saphyr::to_string(r).map_err(|e| {
-            anyhow::anyhow!("cannot serialise registries.yaml: {e}")
-        })?)),
+    let mut registries = match (&cluster.k3s.registries, cluster.k3s.embedded_registry) {
+        (None, false) => return Ok(None),
+        (r, _) => r.clone().unwrap_or_default(),
+    };
+    if cluster.k3s.embedded_registry {
+        registries.mirrors.entry("*".to_string()).or_default();
     }
+    Ok(Some(serde_saphyr::to_string(&registries).map_err(|e| {
+        anyhow::anyhow!("cannot serialise registries.yaml: {e}")
+    })?))
 }
 
 /// The k3s service unit for a role, started at boot with its config file.

@@ -26,6 +26,8 @@ pub struct Payload {
     pub host_key: Option<crate::host_keys::HostKey>,
     /// Argo CD's install manifest, already namespaced (first server only).
     pub argocd_install: Option<Content>,
+    /// Flux's install manifest, narrowed to the controllers asked for (first server only).
+    pub flux_components: Option<Content>,
     /// Repository Secret for a private GitOps repository (first server only).
     pub repo_secret: Option<Vec<u8>>,
     /// Container images of the node's role, as one OCI archive.
@@ -130,18 +132,36 @@ impl Plan {
         }
         let is_first_server = node.role == Role::Server
             && cluster.first_server().map(|n| n.name.as_str()) == Some(node.name.as_str());
-        if let (Some(g), true) = (&cluster.gitops, is_first_server) {
-            let install = payload
-                .argocd_install
-                .clone()
-                .context("the Argo CD install manifest was not resolved")?;
-            ops.extend(crate::gitops::ops(
-                &cluster.cluster,
-                g,
-                root,
-                install,
-                payload.repo_secret.clone(),
-            )?);
+        if let (Some(vip), true) = (&cluster.k3s.vip, is_first_server) {
+            ops.extend(crate::kube_vip::ops(vip, root)?);
+        }
+        match (&cluster.gitops, is_first_server) {
+            (Some(g), true) if g.engine == crate::config::GitopsEngine::Flux => {
+                let components = payload
+                    .flux_components
+                    .clone()
+                    .context("the Flux install manifest was not resolved")?;
+                ops.extend(crate::flux::ops(
+                    g,
+                    root,
+                    components,
+                    payload.repo_secret.clone(),
+                )?);
+            }
+            (Some(g), true) => {
+                let install = payload
+                    .argocd_install
+                    .clone()
+                    .context("the Argo CD install manifest was not resolved")?;
+                ops.extend(crate::gitops::ops(
+                    &cluster.cluster,
+                    g,
+                    root,
+                    install,
+                    payload.repo_secret.clone(),
+                )?);
+            }
+            _ => {}
         }
         ops.extend(crate::images::preload_ops(
             root,
@@ -281,6 +301,7 @@ mod tests {
                 public_openssh: "ssh-ed25519 AAAA".into(),
             }),
             argocd_install: Some(Content::Bytes(b"kind: Namespace".to_vec())),
+            flux_components: None,
             repo_secret: None,
             role_images: Some(Content::Bytes(b"role".to_vec())),
             node_images: Some(Content::Bytes(b"node".to_vec())),

@@ -25,6 +25,7 @@ pub struct Resolver<'a> {
     token: Option<String>,
     k3s: BTreeMap<&'static str, (Content, Option<(String, Content)>)>,
     argocd: Option<(Content, Vec<ImageRef>)>,
+    flux: Option<crate::flux::Components>,
     repo_secret: Option<Vec<u8>>,
     preloader: Option<crate::images::Preloader>,
     role_images: BTreeMap<(Role, &'static str), Option<Content>>,
@@ -88,6 +89,12 @@ impl<'a> Resolver<'a> {
             None
         };
         let repo_secret = match cluster.gitops.as_ref() {
+            Some(g) if g.engine == crate::config::GitopsEngine::Flux => {
+                match crate::flux::read_credentials(cluster, g)? {
+                    Some(c) => Some(crate::flux::secret_yaml(&c)?.into_bytes()),
+                    None => None,
+                }
+            }
             Some(g) => match &g.credentials_file {
                 Some(f) => {
                     let path = cluster.inventory_path("gitops.credentials_file", f)?;
@@ -121,6 +128,7 @@ impl<'a> Resolver<'a> {
             token,
             k3s: BTreeMap::new(),
             argocd: None,
+            flux: None,
             repo_secret,
             preloader,
             role_images: BTreeMap::new(),
@@ -153,14 +161,33 @@ impl<'a> Resolver<'a> {
             (None, None)
         };
         let first = c.first_server().map(|n| n.name.as_str()) == Some(node.name.as_str());
-        let argocd_install = match (&c.gitops, first) {
-            (Some(g), true) => Some(self.argocd(g)?.0),
+        use crate::config::GitopsEngine;
+        let gitops = c.gitops.as_ref();
+        let engine = gitops.map(|g| g.engine);
+        let argocd_install = match (gitops, first) {
+            (Some(g), true) if g.engine == GitopsEngine::Argocd => Some(self.argocd(g)?.0),
+            _ => None,
+        };
+        let flux = match (gitops, first) {
+            (Some(g), true) if g.engine == GitopsEngine::Flux => Some(self.flux(g)?),
             _ => None,
         };
         // Container images: the role's set is shared, the node's own set is not. Argo CD's
-        // images follow `images.argocd`.
+        // images follow `images.argocd`; Flux's go to the first server, which installs it;
+        // kube-vip's to every server, where it runs.
         let (mut role_refs, mut node_refs) = c.images_for(node);
-        if let Some(g) = &c.gitops {
+        let add = |refs: &mut Vec<ImageRef>, r: &ImageRef| {
+            if !refs.contains(r) {
+                refs.push(r.clone());
+            }
+        };
+        for r in flux.iter().flat_map(|f| &f.images) {
+            add(&mut node_refs, r);
+        }
+        if let (Some(vip), Role::Server) = (&c.k3s.vip, node.role) {
+            add(&mut role_refs, &vip.image());
+        }
+        if let (Some(g), Some(GitopsEngine::Argocd)) = (gitops, engine) {
             use crate::config::ArgocdImages;
             match c.images.argocd {
                 ArgocdImages::FirstServer if first => node_refs.extend(self.argocd(g)?.1),
@@ -184,6 +211,7 @@ impl<'a> Resolver<'a> {
             token: self.token.clone(),
             host_key,
             argocd_install,
+            flux_components: flux.map(|f| f.manifest),
             repo_secret: if first {
                 self.repo_secret.clone()
             } else {
@@ -270,6 +298,25 @@ impl<'a> Resolver<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Flux's install manifest narrowed to the controllers asked for, and their images.
+    fn flux(&mut self, g: &crate::config::Gitops) -> Result<crate::flux::Components> {
+        if let Some(c) = &self.flux {
+            return Ok(c.clone());
+        }
+        let settings = crate::flux::settings(g);
+        let components = match self.fetcher {
+            None => crate::flux::Components {
+                manifest: Content::Download {
+                    url: crate::flux::install_url(&settings.version),
+                },
+                images: Vec::new(),
+            },
+            Some(f) => crate::flux::fetch_components(f, &settings, self.progress)?,
+        };
+        self.flux = Some(components.clone());
+        Ok(components)
     }
 
     /// The namespaced install manifest and the images it runs.
