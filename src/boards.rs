@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::arch::Arch;
 pub use crate::boot::BootConfig;
+pub use crate::disk::protect::BootArea;
 pub use crate::firstboot::{Firstboot, NetworkStack};
 pub use crate::source::base::ImageChecksum;
 
@@ -86,6 +87,10 @@ pub struct OsImage {
     pub note: Option<String>,
     pub url: String,
     pub checksum: ImageChecksum,
+    /// Raw byte ranges outside the partitions that hold the boot loader: a build never
+    /// changes a byte there, and refuses an image whose partitions or growth would.
+    #[serde(default)]
+    pub bootloader: Vec<BootArea>,
     pub boot: BootConfig,
     pub root: RootFs,
     pub firstboot: Firstboot,
@@ -157,6 +162,10 @@ impl Catalog {
 
     /// Cross-checks boards against images and aliases against names.
     fn check(&self) -> Result<()> {
+        for img in self.images.values() {
+            crate::disk::protect::check_areas(&img.bootloader)
+                .with_context(|| format!("OS image '{}': bootloader", img.name))?;
+        }
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for b in self.boards.values() {
             for n in std::iter::once(&b.name).chain(&b.aliases) {
