@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use super::prepared::Prepared;
+use crate::boards::OsImage;
 use crate::decompress;
 use crate::disk::Disk;
 use crate::disk::protect::{self, AreaDigest, BootArea};
@@ -44,10 +45,11 @@ pub fn prepare_image(
     img: &Path,
     room_for: &[&Op],
     ops: &[&Op],
-    areas: &[BootArea],
+    os: &OsImage,
     margin: u64,
     progress: &Progress,
 ) -> Result<PreparedImage> {
+    let areas = &os.bootloader;
     decompress::decompress_to(base, img, progress)?;
     let mut disk = Disk::read(img)?;
     protect::check_disk(areas, &disk).with_context(|| img.display().to_string())?;
@@ -61,6 +63,8 @@ pub fn prepare_image(
     let image: Image = Arc::new(file);
     let files = crate::fs::apply(&image, &disk, ops)?;
     protect::verify(&*image, &boot_areas)?;
+    crate::boot::check_root(&open_rw(img)?, &disk, os)
+        .with_context(|| format!("the boot configuration of {}", img.display()))?;
     Ok(PreparedImage {
         files,
         growth,
@@ -135,7 +139,7 @@ pub fn derive<'a>(
         pending.path(),
         &all,
         &plan.shared_ops(),
-        &plan.image.bootloader,
+        &plan.image,
         input.grow_margin,
         progress,
     )?;
