@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::arch::Arch;
 pub use crate::boot::BootConfig;
+pub use crate::disk::protect::BootArea;
 pub use crate::firstboot::{Firstboot, NetworkStack};
 pub use crate::source::base::ImageChecksum;
 
@@ -86,6 +87,10 @@ pub struct OsImage {
     pub note: Option<String>,
     pub url: String,
     pub checksum: ImageChecksum,
+    /// Raw byte ranges outside the partitions that hold the boot loader: a build never
+    /// changes a byte there, and refuses an image whose partitions or growth would.
+    #[serde(default)]
+    pub bootloader: Vec<BootArea>,
     pub boot: BootConfig,
     pub root: RootFs,
     pub firstboot: Firstboot,
@@ -157,6 +162,10 @@ impl Catalog {
 
     /// Cross-checks boards against images and aliases against names.
     fn check(&self) -> Result<()> {
+        for img in self.images.values() {
+            crate::disk::protect::check_areas(&img.bootloader)
+                .with_context(|| format!("OS image '{}': bootloader", img.name))?;
+        }
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for b in self.boards.values() {
             for n in std::iter::once(&b.name).chain(&b.aliases) {
@@ -425,6 +434,105 @@ mod tests {
             assert!(img.file_name().ends_with(".img.xz"));
             assert!(b.kernel_args.iter().any(|a| a == "cgroup_enable=memory"));
         }
+    }
+
+    #[test]
+    fn orange_pi_boards_run_armbian_with_their_boot_loader_declared() {
+        let cat = Catalog::load().unwrap();
+        for (alias, name, soc, support, gpt) in [
+            ("opi5", "orangepi5", "RK3588S", Support::Official, true),
+            (
+                "orangepi-5-plus",
+                "orangepi5-plus",
+                "RK3588",
+                Support::Official,
+                true,
+            ),
+            (
+                "opi5plus",
+                "orangepi5-plus",
+                "RK3588",
+                Support::Official,
+                true,
+            ),
+            (
+                "orangepi-3b",
+                "orangepi3b",
+                "RK3566",
+                Support::Community,
+                true,
+            ),
+            (
+                "opizero3",
+                "orangepizero3",
+                "H618",
+                Support::Community,
+                false,
+            ),
+            (
+                "orangepi-zero3",
+                "orangepizero3",
+                "H618",
+                Support::Community,
+                false,
+            ),
+            (
+                "opizero2w",
+                "orangepizero2w",
+                "H618",
+                Support::Community,
+                false,
+            ),
+            ("opipc2", "orangepipc2", "H5", Support::Official, false),
+            ("opi3lts", "orangepi3-lts", "H6", Support::Official, false),
+        ] {
+            let b = cat.board(alias).unwrap();
+            assert_eq!((b.name.as_str(), b.soc.as_str()), (name, soc));
+            assert_eq!(b.support, support, "{name}");
+            assert_eq!(b.arch, Arch::Arm64);
+            let img = cat.image_for(b, None).unwrap();
+            assert_eq!(img.os, "armbian");
+            assert_eq!(img.support, support, "{name}");
+            assert!(
+                img.file_name()
+                    .ends_with("_trixie_current_6.18.43_minimal.img.xz")
+            );
+            assert!(img.file_name().contains("26.8.1"), "{}", img.url);
+            let ImageChecksum::SumsUrl(sums) = &img.checksum else {
+                panic!("{name}: checksum from the .sha file");
+            };
+            assert_eq!(
+                sums.rsplit('/').next().unwrap(),
+                format!("{}.sha", img.file_name())
+            );
+            assert_eq!(img.root.partition, "armbi_root");
+            let areas: Vec<(&str, u64, u64)> = img
+                .bootloader
+                .iter()
+                .map(|a| (a.name.as_str(), a.offset, a.end()))
+                .collect();
+            if gpt {
+                // idbloader from sector 64, u-boot.itb from sector 16384, root at 16 MiB.
+                assert_eq!(
+                    areas,
+                    [
+                        ("idbloader", 64 * 512, 16384 * 512),
+                        ("u-boot.itb", 16384 * 512, 16 << 20)
+                    ]
+                );
+            } else {
+                // SPL from 8 KiB up to the root partition at 4 MiB.
+                assert_eq!(areas, [("u-boot-sunxi-with-spl", 8192, 4 << 20)]);
+            }
+        }
+        assert!(
+            cat.board("orangepi5")
+                .unwrap()
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("cannot netboot")
+        );
     }
 
     #[test]

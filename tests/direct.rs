@@ -417,9 +417,12 @@ fn rockchip_gpt_image_keeps_its_boot_loader() {
     let fs = rootfs(&img);
     assert_eq!(file(&fs, "/etc/hostname", 0o644), "cp1\n");
     assert!(!exists(&fs, "/root/.not_logged_in_yet"));
+    // Rockchip's default extraargs line is extended, not repeated.
+    let env_txt = file(&fs, "/boot/armbianEnv.txt", 0o644);
+    assert_eq!(env_txt.matches("extraargs=").count(), 1, "{env_txt}");
     assert!(
-        file(&fs, "/boot/armbianEnv.txt", 0o644)
-            .ends_with("\nextraargs=cgroup_enable=memory swapaccount=1\n")
+        env_txt.contains("\nextraargs=cma=256M cgroup_enable=memory swapaccount=1\n"),
+        "{env_txt}"
     );
 }
 

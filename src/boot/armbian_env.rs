@@ -91,9 +91,55 @@ pub fn append_words(text: &str, key: &str, words: &[String]) -> Result<Option<St
     Ok(Some(out))
 }
 
+/// The value of `key` as U-Boot's `env import` leaves it: the last `key=` line wins.
+pub fn value<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    let prefix = format!("{key}=");
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim_end_matches('\r'))
+}
+
+/// Checks that the `rootdev=` of `text` (the image's armbianEnv.txt at `path`) names the root
+/// filesystem by the UUID it has: the kernel would otherwise look for a root that is not
+/// there. Device names (`/dev/mmcblk0p1`) are accepted as they are.
+pub fn check_rootdev(text: &str, path: &str, fs_uuid: &str) -> Result<()> {
+    let Some(rootdev) = value(text, "rootdev") else {
+        bail!(
+            "{path} has no rootdev= line: the boot script would not find the root filesystem; is this an Armbian image?"
+        );
+    };
+    if let Some(uuid) = rootdev.strip_prefix("UUID=")
+        && !uuid.eq_ignore_ascii_case(fs_uuid)
+    {
+        bail!(
+            "{path} says rootdev=UUID={uuid} but the root filesystem's UUID is {fs_uuid}: the image would not boot; use an unmodified download"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rootdev_must_name_the_root_filesystem() {
+        let uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        check_rootdev(&format!("a=1\nrootdev=UUID={uuid}\r\n"), "env", uuid).unwrap();
+        check_rootdev("rootdev=/dev/mmcblk0p1\n", "env", uuid).unwrap();
+        let e = check_rootdev(
+            &format!("rootdev=UUID={uuid}\nrootdev=UUID=1234\n"),
+            "/boot/armbianEnv.txt",
+            uuid,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("rootdev=UUID=1234") && e.to_string().contains(uuid),
+            "{e}"
+        );
+        assert!(check_rootdev("x=1\n", "env", uuid).is_err());
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

@@ -42,6 +42,37 @@ impl BootConfig {
     }
 }
 
+/// Checks what the boot configuration of `image` says about the root filesystem against the
+/// image itself (after any growth): Armbian's `rootdev=UUID=` must be the root's UUID.
+pub fn check_root(
+    file: &std::fs::File,
+    disk: &crate::disk::Disk,
+    image: &crate::boards::OsImage,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match &image.boot {
+        BootConfig::RaspiFirmware { .. } => Ok(()),
+        BootConfig::ArmbianEnv { partition, path } => {
+            let part = crate::fs::partition(disk, partition)?;
+            let root = crate::fs::partition(disk, &image.root.partition)?;
+            let Some(uuid) = &root.uuid else {
+                anyhow::bail!(
+                    "partition '{}' holds no ext4 filesystem",
+                    image.root.partition
+                );
+            };
+            let fs = crate::fs::ext4_reader(file, part)?;
+            let text = fs
+                .read_to_string(path.as_str())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| {
+                    format!("cannot read {partition}:{path}, where Armbian keeps its boot settings")
+                })?;
+            armbian_env::check_rootdev(&text, &format!("{partition}:{path}"), uuid)
+        }
+    }
+}
+
 /// The role-wide op that adds `args` to the kernel command line of an image booted by
 /// `boot`, each at most once.
 pub fn kernel_args(boot: &BootConfig, args: &[String]) -> Op {

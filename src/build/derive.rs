@@ -9,8 +9,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use super::prepared::Prepared;
+use crate::boards::OsImage;
 use crate::decompress;
 use crate::disk::Disk;
+use crate::disk::protect::{self, AreaDigest, BootArea};
 use crate::emit::PendingFile;
 use crate::fs::Image;
 use crate::io::cow::CowImage;
@@ -27,26 +29,47 @@ pub(super) fn open_rw(path: &Path) -> Result<std::fs::File> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
+/// What [`prepare_image`] made: the files it wrote, the growth, and the digests of the boot
+/// loader areas as the base image had them.
+pub struct PreparedImage {
+    pub files: Vec<FileRecord>,
+    pub growth: Option<GrowthRecord>,
+    pub boot_areas: Vec<AreaDigest>,
+}
+
 /// Decompresses `base` into `img` and writes `ops` into it, growing it first when all of
-/// `room_for` would not fit (by the shortfall plus `margin`).
+/// `room_for` would not fit (by the shortfall plus `margin`). The boot loader `areas` must
+/// lie outside every partition, stay out of the growth, and keep every byte.
 pub fn prepare_image(
     base: &Path,
     img: &Path,
     room_for: &[&Op],
     ops: &[&Op],
+    os: &OsImage,
     margin: u64,
     progress: &Progress,
-) -> Result<(Vec<FileRecord>, Option<GrowthRecord>)> {
+) -> Result<PreparedImage> {
+    let areas = &os.bootloader;
     decompress::decompress_to(base, img, progress)?;
     let mut disk = Disk::read(img)?;
+    protect::check_disk(areas, &disk).with_context(|| img.display().to_string())?;
     let file = open_rw(img)?;
-    let growth = make_room(&file, img, &disk, room_for, margin, progress)?;
+    let boot_areas = protect::digests(&file, areas)?;
+    let growth = make_room(&file, img, &disk, room_for, areas, margin, progress)?;
     if growth.is_some() {
         disk = Disk::read(img)?;
+        protect::check_disk(areas, &disk).with_context(|| img.display().to_string())?;
     }
     let image: Image = Arc::new(file);
     let files = crate::fs::apply(&image, &disk, ops)?;
-    Ok((files, growth))
+    protect::verify(&*image, &boot_areas)?;
+    crate::boot::check_root(&open_rw(img)?, &disk, os)
+        .with_context(|| format!("the boot configuration of {}", img.display()))?;
+    Ok(PreparedImage {
+        files,
+        growth,
+        boot_areas,
+    })
 }
 
 /// What deriving a node needs: its plan, its base image (downloaded) and where output files
@@ -89,6 +112,7 @@ pub fn derive<'a>(
         if crate::fs::ext4_shortfall(&image, &disk, &node_ops)?.is_empty() {
             let mut files = p.files.clone();
             files.extend(crate::fs::apply(&image, &disk, &node_ops)?);
+            protect::verify(&*image, &p.boot_areas)?;
             let o: &'a CowImage = overlay.insert(o);
             return Ok(built(
                 files,
@@ -106,17 +130,23 @@ pub fn derive<'a>(
     }
     let pending = PendingFile::create_private(input.out_dir, &format!("{}.img", plan.node))?;
     let all: Vec<&Op> = plan.ops.iter().collect();
-    let (mut files, growth) = prepare_image(
+    let PreparedImage {
+        mut files,
+        growth,
+        boot_areas,
+    } = prepare_image(
         input.base_path,
         pending.path(),
         &all,
         &plan.shared_ops(),
+        &plan.image,
         input.grow_margin,
         progress,
     )?;
     let disk = Disk::read(pending.path())?;
     let image: Image = Arc::new(open_rw(pending.path())?);
     files.extend(crate::fs::apply(&image, &disk, &node_ops)?);
+    protect::verify(&*image, &boot_areas)?;
     // Synced when it gets its final name.
     Ok(built(files, growth, NodeImage::File(pending)))
 }
@@ -128,6 +158,7 @@ fn make_room(
     path: &Path,
     disk: &Disk,
     ops: &[&Op],
+    areas: &[BootArea],
     margin: u64,
     progress: &Progress,
 ) -> Result<Option<GrowthRecord>> {
@@ -168,7 +199,7 @@ fn make_room(
         .with_context(|| format!("cannot stat {}", path.display()))?
         .len();
     let new_len = old_len.div_ceil(MIB) * MIB + grow_by;
-    let part = crate::disk::grow::grow_last_partition(path, new_len, number)?;
+    let part = crate::disk::grow::grow_last_partition_around(path, new_len, number, areas)?;
     let now = crate::build_timestamp();
     let fs = pikube_ext4::grow::grow_fs(file, part.old_start, part.new_size, now).map_err(|e| {
         anyhow::anyhow!("cannot grow the ext4 filesystem of partition {number}: {e}")

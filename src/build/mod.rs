@@ -225,6 +225,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
                         img,
                         &all,
                         &w.plan.shared_ops(),
+                        &w.plan.image,
                         req.grow_margin,
                         progress,
                     )

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::disk::protect::AreaDigest;
 use crate::emit;
 use crate::formats::{Format, FrameIndex};
 use crate::manifest::{FileRecord, GrowthRecord};
@@ -26,6 +27,9 @@ pub struct Prepared {
     pub path: PathBuf,
     pub files: Vec<FileRecord>,
     pub growth: Option<GrowthRecord>,
+    /// The boot loader areas' digests as the base image had them; every node derived from
+    /// this base must still have them.
+    pub boot_areas: Vec<AreaDigest>,
     /// Compressed frames of the prepared image, per compressed output format.
     #[serde(skip)]
     pub frames: BTreeMap<Format, FrameIndex>,
@@ -40,10 +44,11 @@ pub struct Prepared {
 pub fn key(plan: &Plan, base_sha256: &str, margin: u64) -> String {
     let shared: Vec<OpView> = plan.views().into_iter().filter(|v| v.shared).collect();
     let material = serde_json::json!({
-        "format": 1,
+        "format": 2,
         "tool": env!("CARGO_PKG_VERSION"),
         "base": base_sha256,
         "image": plan.image.name,
+        "bootloader": plan.image.bootloader,
         "role": plan.role.as_str(),
         "margin": margin,
         "epoch": std::env::var("SOURCE_DATE_EPOCH").ok(),
@@ -109,7 +114,7 @@ impl PreparedStore {
         &self,
         key: &str,
         progress: &Progress,
-        make: impl FnOnce(&Path) -> Result<(Vec<FileRecord>, Option<GrowthRecord>)>,
+        make: impl FnOnce(&Path) -> Result<super::derive::PreparedImage>,
     ) -> Result<Prepared> {
         use fs4::fs_std::FileExt as _;
         if self.contains(key) {
@@ -137,7 +142,11 @@ impl PreparedStore {
         emit::private_dir(&tmp)?;
         let built = (|| -> Result<Prepared> {
             let img = tmp.join(entry.image.file_name().expect("an image file name"));
-            let (files, growth) = make(&img)?;
+            let super::derive::PreparedImage {
+                files,
+                growth,
+                boot_areas,
+            } = make(&img)?;
             // On disk before it enters the cache, where later builds trust it.
             super::derive::open_rw(&img)?
                 .sync_all()
@@ -146,6 +155,7 @@ impl PreparedStore {
                 path: PathBuf::new(),
                 files,
                 growth,
+                boot_areas,
                 frames: BTreeMap::new(),
                 from_cache: false,
             };

@@ -14,6 +14,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use super::protect::{BootArea, check_write};
+
 const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
 const MBR_TABLE: usize = 446;
@@ -94,6 +96,17 @@ pub fn grow_last_partition(
     new_disk_size: u64,
     partition_number: u32,
 ) -> Result<PartitionGrowth> {
+    grow_last_partition_around(path, new_disk_size, partition_number, &[])
+}
+
+/// [`grow_last_partition`], refusing (with the file unchanged) when a byte it would write, or
+/// the grown partition, lies in one of the `protected` boot loader areas.
+pub fn grow_last_partition_around(
+    path: &Path,
+    new_disk_size: u64,
+    partition_number: u32,
+    protected: &[BootArea],
+) -> Result<PartitionGrowth> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -118,9 +131,24 @@ pub fn grow_last_partition(
     }
     let protective = (0..4).any(|i| mbr[MBR_TABLE + i * MBR_ENTRY + 4] == 0xEE);
     if protective {
-        grow_gpt(&file, path, &mbr, len, new_disk_size, partition_number)
+        grow_gpt(
+            &file,
+            path,
+            &mbr,
+            len,
+            new_disk_size,
+            partition_number,
+            protected,
+        )
     } else {
-        grow_mbr(&file, path, &mbr, new_disk_size, partition_number)
+        grow_mbr(
+            &file,
+            path,
+            &mbr,
+            new_disk_size,
+            partition_number,
+            protected,
+        )
     }
 }
 
@@ -130,6 +158,7 @@ fn grow_mbr(
     mbr: &[u8],
     new_disk_size: u64,
     partition_number: u32,
+    protected: &[BootArea],
 ) -> Result<PartitionGrowth> {
     struct Entry {
         index: usize,
@@ -193,6 +222,26 @@ fn grow_mbr(
         )
     })?;
 
+    let pos = MBR_TABLE + last.index * MBR_ENTRY;
+    let guard = |start: u64, end: u64, what: &str| {
+        check_write(
+            protected,
+            start,
+            end,
+            &format!("{}: {what}", path.display()),
+        )
+    };
+    guard(
+        pos as u64,
+        (pos + MBR_ENTRY) as u64,
+        "the MBR partition entry",
+    )?;
+    guard(
+        last.start * SECTOR,
+        end_sector * SECTOR,
+        &format!("grown partition {number}"),
+    )?;
+
     file.set_len(new_disk_size.max(file_len(file, path)?))
         .with_context(|| {
             format!(
@@ -200,7 +249,6 @@ fn grow_mbr(
                 path.display()
             )
         })?;
-    let pos = MBR_TABLE + last.index * MBR_ENTRY;
     let mut entry = mbr[pos..pos + MBR_ENTRY].to_vec();
     entry[5..8].copy_from_slice(&chs(end_sector - 1));
     put32(&mut entry, 12, new_sectors32);
@@ -247,6 +295,7 @@ fn grow_gpt(
     len: u64,
     new_disk_size: u64,
     partition_number: u32,
+    protected: &[BootArea],
 ) -> Result<PartitionGrowth> {
     let lba1 = read_at(file, path, SECTOR, SECTOR as usize, "the GPT header")?;
     if &lba1[..8] != GPT_SIGNATURE {
@@ -383,6 +432,51 @@ fn grow_gpt(
             ne[5..8].copy_from_slice(&chs(sectors));
             pmbr_update = Some((pos, ne));
         }
+    }
+
+    // Every byte about to be written, and the grown partition, stay out of the boot loader.
+    let guard = |start: u64, end: u64, what: &str| {
+        check_write(
+            protected,
+            start,
+            end,
+            &format!("{}: {what}", path.display()),
+        )
+    };
+    guard(
+        first * SECTOR,
+        (last_usable + 1) * SECTOR,
+        &format!("grown partition {number}"),
+    )?;
+    guard(
+        backup_array_lba * SECTOR,
+        backup_array_lba * SECTOR + array.len() as u64,
+        "the backup GPT entry array",
+    )?;
+    guard(
+        backup_lba * SECTOR,
+        (backup_lba + 1) * SECTOR,
+        "the backup GPT header",
+    )?;
+    guard(
+        entries_lba * SECTOR + epos as u64,
+        entries_lba * SECTOR + (epos + esize) as u64,
+        "the GPT partition entry",
+    )?;
+    guard(SECTOR, SECTOR + hsize as u64, "the primary GPT header")?;
+    if let Some((pos, e)) = &pmbr_update {
+        guard(
+            *pos as u64,
+            (*pos + e.len()) as u64,
+            "the protective MBR entry",
+        )?;
+    }
+    if old_backup_valid {
+        guard(
+            old_alt * SECTOR,
+            (old_alt + 1) * SECTOR,
+            "the old backup GPT header",
+        )?;
     }
 
     file.set_len(new_disk_size.max(len)).with_context(|| {
@@ -530,6 +624,72 @@ mod tests {
         let backup = gptman::GPTHeader::read_from(&mut f).unwrap();
         assert_eq!(backup.primary_lba, sectors - 1);
         assert_eq!(backup.backup_lba, 1);
+    }
+
+    #[test]
+    fn protected_areas_stay_untouched_or_growth_is_refused() {
+        let area = |name: &str, offset: u64, size: u64| BootArea {
+            name: name.into(),
+            offset,
+            size,
+        };
+        // Allwinner: MBR, SPL from 8 KiB up to the partition at 4 MiB.
+        let (_d, p) = temp_image(16 * MIB);
+        {
+            let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+            let mut mbr = mbrman::MBR::new_from(&mut f, 512, [1, 2, 3, 4]).unwrap();
+            mbr[1] = mbrman::MBRPartitionEntry {
+                boot: mbrman::BOOT_INACTIVE,
+                first_chs: mbrman::CHS::empty(),
+                sys: 0x83,
+                last_chs: mbrman::CHS::empty(),
+                starting_lba: 8192,
+                sectors: 12 * 2048,
+            };
+            mbr.write_into(&mut f).unwrap();
+        }
+        let spl = [area("spl", 8192, 4 * MIB - 8192)];
+        let before = std::fs::read(&p).unwrap();
+        // An area the grown partition would cover, or the table entry itself: refused.
+        for bad in [area("tail", 20 * MIB, 4096), area("mbr", 400, 100)] {
+            let e = grow_last_partition_around(&p, 32 * MIB, 1, &[spl[0].clone(), bad.clone()])
+                .unwrap_err();
+            assert!(
+                format!("{e:#}").contains(&format!("'{}'", bad.name)),
+                "{e:#}"
+            );
+            assert_eq!(std::fs::read(&p).unwrap(), before, "left as it was");
+        }
+        grow_last_partition_around(&p, 32 * MIB, 1, &spl).unwrap();
+
+        // Rockchip: GPT; an area where the primary header lives is refused.
+        let (_d, p) = temp_image(64 * MIB);
+        {
+            let mut f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+            let mut gpt = gptman::GPT::new_from(&mut f, 512, [7; 16]).unwrap();
+            gpt[1] = gptman::GPTPartitionEntry {
+                partition_type_guid: [0x11; 16],
+                unique_partition_guid: [0x22; 16],
+                starting_lba: 32768,
+                ending_lba: 100_000,
+                attribute_bits: 0,
+                partition_name: "rootfs".into(),
+            };
+            gpt.write_into(&mut f).unwrap();
+            gptman::GPT::write_protective_mbr_into(&mut f, 512).unwrap();
+        }
+        let before = std::fs::read(&p).unwrap();
+        let e =
+            grow_last_partition_around(&p, 128 * MIB, 1, &[area("lba1", 512, 512)]).unwrap_err();
+        assert!(format!("{e:#}").contains("primary GPT header"), "{e:#}");
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        let rk = [
+            area("idbloader", 64 * 512, 16320 * 512),
+            area("u-boot.itb", 16384 * 512, 16384 * 512),
+        ];
+        grow_last_partition_around(&p, 128 * MIB, 1, &rk).unwrap();
+        let after = std::fs::read(&p).unwrap();
+        assert!(after[64 * 512..32768 * 512] == before[64 * 512..32768 * 512]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! pipeline can find partitions by what they contain (labels) rather than by position.
 
 pub mod grow;
+pub mod protect;
 
 use std::fmt;
 use std::fs::File;

@@ -4,10 +4,11 @@
 //! so a small static first-boot script does that from data files written next to it.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use anyhow::Result;
 
-use super::NetworkStack;
+use super::{NetworkStack, edits};
 use crate::config::{Cluster, Locale, Node, Timezone};
 use crate::host_keys::HostKey;
 use crate::netconfig::{self, Ethernet, NetplanFile};
@@ -34,6 +35,17 @@ pub const NETPLAN_ARMBIAN_DEFAULT: &str = "/etc/netplan/10-dhcp-all-interfaces.y
 pub const NETWORKD_FILE: &str = "/etc/systemd/network/20-pikube.network";
 /// Armbian's first-login preset file: its presence starts an interactive setup on login.
 pub const ARMBIAN_FIRST_LOGIN: &str = "/root/.not_logged_in_yet";
+/// Drop-ins with which Armbian logs root in on every console without a password (written by
+/// its build under /etc, by armbian-config under /lib). Removing them leaves the stock gettys.
+pub const CONSOLE_AUTOLOGIN_DROPINS: [&str; 4] = [
+    "/etc/systemd/system/getty@.service.d/override.conf",
+    "/etc/systemd/system/serial-getty@.service.d/override.conf",
+    "/lib/systemd/system/getty@.service.d/override.conf",
+    "/lib/systemd/system/serial-getty@.service.d/override.conf",
+];
+/// Settings of `armbian-firstrun.service`: whether it replaces the SSH host keys.
+pub const ARMBIAN_FIRSTRUN_DEFAULTS: &str = "/etc/default/armbian-firstrun";
+pub const SHADOW_FILE: &str = "/etc/shadow";
 
 /// sshd settings: keys only, no root login. Drop-ins are read before the main file's own
 /// settings and the first value wins, so these hold whatever the image's sshd_config says.
@@ -164,8 +176,17 @@ pub fn ops(
     ];
     let iface = netconfig::interface(cluster, image_interface)?;
     match network {
+        // A node on DHCP without a fixed MAC keeps the image's DHCP on every wired port,
+        // whatever the kernel names them; a static address or a MAC replaces it, so that no
+        // second lease and no second definition of the port remain.
+        NetworkStack::Netplan if cluster.static_addr(node).is_none() && node.mac.is_none() => {}
         NetworkStack::Netplan => {
-            ops.push(Op::new(root, NETPLAN_ARMBIAN_DEFAULT, Action::Remove, 0o600).role_wide());
+            ops.push(Op::new(
+                root,
+                NETPLAN_ARMBIAN_DEFAULT,
+                Action::Remove,
+                0o600,
+            ));
             // netplan warns about (and future versions refuse) files others can read.
             ops.push(Op::file(
                 root,
@@ -257,8 +278,43 @@ pub fn ops(
     let unit_path = format!("{UNIT_DIR}/{FIRSTBOOT_UNIT_NAME}");
     ops.push(Op::file(root, &unit_path, FIRSTBOOT_UNIT.as_bytes().to_vec(), 0o644).role_wide());
     ops.push(crate::systemd::enable(root, FIRSTBOOT_UNIT_NAME, &unit_path).role_wide());
-    ops.push(Op::new(root, ARMBIAN_FIRST_LOGIN, Action::Remove, 0o644).role_wide());
+    ops.extend(headless_ops(root));
     Ok(ops)
+}
+
+/// What makes an image safe to boot unattended: root's well-known password locked, no
+/// first-login wizard, no console that logs root in by itself, and the host key the build
+/// wrote kept by Armbian's first run (the first-boot script restores it anyway).
+pub fn headless_ops(root: &str) -> Vec<Op> {
+    let mut shadow = Op::new(
+        root,
+        SHADOW_FILE,
+        Action::Edit(Arc::new(edits::LockPassword {
+            user: "root".into(),
+        })),
+        0o640,
+    );
+    shadow.gid = edits::SHADOW_GID;
+    let mut ops = vec![
+        shadow.role_wide(),
+        Op::new(root, ARMBIAN_FIRST_LOGIN, Action::Remove, 0o644).role_wide(),
+    ];
+    for dropin in CONSOLE_AUTOLOGIN_DROPINS {
+        ops.push(Op::new(root, dropin, Action::Remove, 0o644).role_wide());
+    }
+    ops.push(
+        Op::new(
+            root,
+            ARMBIAN_FIRSTRUN_DEFAULTS,
+            Action::Edit(Arc::new(edits::SetVariable {
+                key: "OPENSSHD_REGENERATE_HOST_KEYS".into(),
+                value: "false".into(),
+            })),
+            0o644,
+        )
+        .role_wide(),
+    );
+    ops
 }
 
 #[cfg(test)]

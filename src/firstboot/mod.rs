@@ -4,6 +4,7 @@
 
 pub mod cloud_init;
 pub mod direct;
+pub mod edits;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};

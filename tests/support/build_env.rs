@@ -47,7 +47,7 @@ pub fn serve_k3s(server: &TestServer, version: &str, binary: &[u8], airgap: &[u8
 
 /// Publishes `image` (compressed as the catalog's download is) on the mirror at the URL of
 /// `board`'s default OS image in the built-in catalog (`boards/`), with the checksum list the
-/// catalog names beside it. Returns the upstream URL.
+/// catalog names beside it, in the format its publisher uses. Returns the upstream URL.
 pub fn serve_board_image(server: &TestServer, board: &str, image: Vec<u8>) -> String {
     use pikube_image::source::base::ImageChecksum;
     let catalog = pikube_image::boards::Catalog::load().unwrap();
@@ -61,8 +61,10 @@ pub fn serve_board_image(server: &TestServer, board: &str, image: Vec<u8>) -> St
         let mirrored = pikube_image::source::mirror_url(url, &server.url()).unwrap();
         mirrored[server.url().len()..].to_string()
     };
+    // Armbian's `.sha` files: digest, one space, name; Ubuntu's SHA256SUMS: binary mode.
+    let sep = if sums.ends_with(".sha") { " " } else { " *" };
     let line = format!(
-        "{} *{}\n",
+        "{}{sep}{}\n",
         pikube_image::io::sha256_bytes(&image),
         entry.file_name()
     );

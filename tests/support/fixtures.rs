@@ -643,19 +643,57 @@ pub fn raspios(dir: &Path, opts: FixtureOpts) -> Fixture {
 
 // ---------------------------------------------------------------- Armbian
 
-fn armbian_root_tree(
-    uuid: &str,
-    board: &str,
-    overlay_prefix: &str,
-) -> BTreeMap<String, (u32, Vec<u8>)> {
+/// GPT type of Armbian's root partition on Rockchip boards (Linux root, ARM64).
+pub const ARMBIAN_ROOT_GPT_TYPE: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
+
+/// Root's password hash in the fixtures' /etc/shadow: Armbian ships root with `1234`.
+pub const ARMBIAN_ROOT_HASH: &str =
+    "$y$j9T$Xo1M3wFJpGwzTkT0aO7R4.$Zx4l4O0xPWvQd0h7cMZ0m1yW3bKkHnJj2q3u1cSgqv3";
+
+fn armbian_root_tree(uuid: &str, board: &str, env_extra: &str) -> BTreeMap<String, (u32, Vec<u8>)> {
     let mut tree: BTreeMap<String, (u32, Vec<u8>)> = BTreeMap::new();
     tree.insert(
         "/boot/armbianEnv.txt".into(),
         (
             0o644,
-            format!("verbosity=1\nbootlogo=false\nconsole=both\noverlay_prefix={overlay_prefix}\nrootdev=UUID={uuid}\nrootfstype=ext4\nusbstoragequirks=0x2537:0x1066:u,0x2537:0x1068:u\n").into_bytes(),
+            format!("verbosity=1\nbootlogo=false\nconsole=both\ndisp_mode=1920x1080p60\n{env_extra}rootdev=UUID={uuid}\nrootfstype=ext4\nusbstoragequirks=0x2537:0x1066:u,0x2537:0x1068:u\n").into_bytes(),
         ),
     );
+    // Accounts as Armbian's build leaves them: root with a known password.
+    tree.insert(
+        "/etc/passwd".into(),
+        (
+            0o644,
+            b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n".to_vec(),
+        ),
+    );
+    tree.insert(
+        "/etc/group".into(),
+        (0o644, b"root:x:0:\nsudo:x:27:\nshadow:x:42:\n".to_vec()),
+    );
+    tree.insert(
+        "/etc/shadow".into(),
+        (
+            0o640,
+            format!("root:{ARMBIAN_ROOT_HASH}:20300:0:99999:7:::\ndaemon:*:20300:0:99999:7:::\nsshd:!:20300::::::\n").into_bytes(),
+        ),
+    );
+    // armbian-firstrun.service reads this; by default it replaces the SSH host keys.
+    tree.insert(
+        "/etc/default/armbian-firstrun".into(),
+        (
+            0o644,
+            b"# Armbian first run settings\nOPENSSHD_REGENERATE_HOST_KEYS=true\n".to_vec(),
+        ),
+    );
+    // Root logged in on every console without a password until the first login.
+    let autologin = b"[Service]\nExecStart=\nExecStart=-/sbin/agetty --noissue --autologin root %I $TERM\nType=idle\n";
+    for unit in ["getty@", "serial-getty@"] {
+        tree.insert(
+            format!("/etc/systemd/system/{unit}.service.d/override.conf"),
+            (0o644, autologin.to_vec()),
+        );
+    }
     tree.insert(
         "/boot/boot.scr".into(),
         (0o644, b"# u-boot script placeholder\n".to_vec()),
@@ -712,7 +750,7 @@ fn armbian_common(
     part_start: u64,
     blobs: Vec<(u64, Vec<u8>)>,
     board: &str,
-    overlay_prefix: &str,
+    env_extra: &str,
 ) -> Fixture {
     let image = dir.join(format!("{name}.img"));
     let total = opts.total_mib * MIB;
@@ -727,7 +765,7 @@ fn armbian_common(
     };
     let script = if gpt {
         format!(
-            "label: gpt\nlabel-id: {}\nunit: sectors\n\nstart={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=rootfs\n",
+            "label: gpt\nlabel-id: {}\nunit: sectors\n\nstart={}, size={}, type={ARMBIAN_ROOT_GPT_TYPE}, name=rootfs\n",
             disk_id.to_uppercase(),
             part_start / 512,
             part_size / 512
@@ -741,7 +779,7 @@ fn armbian_common(
     };
     sfdisk(&image, &script);
     let uuid = uuid_from(opts.seed + 210);
-    let mut tree = armbian_root_tree(&uuid, board, overlay_prefix);
+    let mut tree = armbian_root_tree(&uuid, board, env_extra);
     add_fill(&mut tree, opts.fill_mib, opts.seed + 230);
     let mut files = BTreeMap::new();
     for (p, (_, d)) in &tree {
@@ -784,10 +822,18 @@ fn armbian_common(
     }
 }
 
+/// `len` bytes: `magic`, then pseudo-random bytes.
+fn with_magic(magic: &[u8], len: usize, seed: u64) -> Vec<u8> {
+    let mut b = magic.to_vec();
+    b.extend(pseudo_random(len - magic.len(), seed));
+    b
+}
+
 /// Armbian for Allwinner boards (Orange Pi Zero 2/3): MBR, one ext4 `armbi_root` at 4 MiB,
 /// U-Boot SPL bytes at 8192.
 pub fn armbian_allwinner(dir: &Path, opts: FixtureOpts) -> Fixture {
-    let spl = pseudo_random(700 * 1024, opts.seed + 250);
+    // sunxi boot0 header: a branch, then the "eGON.BT0" magic the boot ROM looks for.
+    let spl = with_magic(b"\x14\x00\x00\xeaeGON.BT0", 700 * 1024, opts.seed + 250);
     armbian_common(
         dir,
         &opts,
@@ -796,15 +842,16 @@ pub fn armbian_allwinner(dir: &Path, opts: FixtureOpts) -> Fixture {
         4 * MIB,
         vec![(8192, spl)],
         "orangepizero3",
-        "sun50i-h616",
+        "overlay_prefix=sun50i-h616\n",
     )
 }
 
 /// Armbian for Rockchip boards (Orange Pi 5): GPT, one ext4 `armbi_root` at 16 MiB,
 /// boot loader bytes at 32 KiB and 8 MiB.
 pub fn armbian_rockchip_gpt(dir: &Path, opts: FixtureOpts) -> Fixture {
-    let idb = pseudo_random(300 * 1024, opts.seed + 260);
-    let uboot = pseudo_random(1536 * 1024, opts.seed + 261);
+    // idbloader.img starts with the "RKNS" header; u-boot.itb is a FIT (device tree) image.
+    let idb = with_magic(b"RKNS", 300 * 1024, opts.seed + 260);
+    let uboot = with_magic(b"\xd0\x0d\xfe\xed", 1536 * 1024, opts.seed + 261);
     armbian_common(
         dir,
         &opts,
@@ -813,7 +860,7 @@ pub fn armbian_rockchip_gpt(dir: &Path, opts: FixtureOpts) -> Fixture {
         16 * MIB,
         vec![(32 * 1024, idb), (8 * MIB, uboot)],
         "orangepi5",
-        "rockchip-rk3588",
+        "overlay_prefix=rockchip-rk3588\nfdtfile=rockchip/rk3588s-orangepi-5.dtb\nextraargs=cma=256M\n",
     )
 }
 
