@@ -630,6 +630,34 @@ fn init_then_adhoc_build_and_dry_run() {
     let name = summary["nodes"][0]["node"].as_str().unwrap().to_string();
     assert!(name.starts_with("agent-rpi4-"), "{name}");
     assert!(env.path(&format!("images/{name}.img")).exists());
+
+    // An ad-hoc build that fails after its node's host key was made leaves no key behind
+    // for a node that had none, and keeps the keys of a node that had them.
+    std::fs::write(env.path("not-a-disk.img"), vec![7u8; 1 << 20]).unwrap();
+    let key_dir = |n: &str| env.path(&format!("secrets/ssh/{n}"));
+    let existing = std::fs::read(key_dir(&name).join("ssh_host_ed25519_key")).unwrap();
+    for (node, had_keys) in [("edge2", false), (name.as_str(), true)] {
+        let out = env.run(&[
+            "build",
+            "--board",
+            "rpi4",
+            "--role",
+            "worker",
+            "--name",
+            node,
+            "--image",
+            "not-a-disk.img",
+            "--offline",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{node}: {}", stderr(&out));
+        assert!(stderr(&out).contains("partition table"), "{}", stderr(&out));
+        assert_eq!(key_dir(node).exists(), had_keys, "{node}");
+    }
+    assert_eq!(
+        std::fs::read(key_dir(&name).join("ssh_host_ed25519_key")).unwrap(),
+        existing,
+        "a key that existed is kept as it was"
+    );
 }
 
 #[test]

@@ -75,6 +75,15 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             progress.message(&format!("shard {}/{} has no nodes to build", s.0, s.1));
         }
     }
+    // A failed ad-hoc build leaves no host key for a node that had none: the next attempt
+    // may well pick another name, and a stray key would only pile up under secrets/ssh/.
+    let adhoc_keys = match (&req.select, nodes.as_slice()) {
+        (Selection::AdHoc(_), [node]) if !req.dry_run => Some(crate::host_keys::NewKeys::watch(
+            &cluster.resolve(std::path::Path::new("secrets")),
+            &node.name,
+        )?),
+        _ => None,
+    };
     let catalog = Catalog::load()?;
     let mirror = req.mirror.clone().or_else(|| cluster.mirror.clone());
 
@@ -261,6 +270,12 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             }
             None => {}
         }
+    }
+    if failed.is_none()
+        && let Some(keys) = adhoc_keys
+    {
+        // The image holds the key now: it stays, whatever happens next.
+        keys.keep();
     }
     let mut known = BTreeMap::new();
     for r in &mut results {
