@@ -1875,3 +1875,149 @@ fn overlapping_partition_entries_stop_the_build_before_any_write() {
     );
     assert!(!env.path("out/cp1.img").exists());
 }
+
+/// Puts a network-config through cloud-init as an Ubuntu image does (`cloud-init devel
+/// net-convert` to netplan), then through `netplan generate`, and returns the rendered
+/// wpa_supplicant configuration of wlan0; `None` when netplan is not installed here.
+fn cloud_init_then_netplan_wifi(dir: &Path, network_config: &Path) -> Option<String> {
+    if !pikube_test_oracles::require_tool("netplan", "netplan.io") {
+        return None;
+    }
+    let tree = dir.join("netplan-root");
+    let o = Command::new("cloud-init")
+        .args([
+            "devel",
+            "net-convert",
+            "-k",
+            "yaml",
+            "-D",
+            "ubuntu",
+            "-O",
+            "netplan",
+            "-p",
+        ])
+        .arg(network_config)
+        .arg("-d")
+        .arg(&tree)
+        .output()
+        .expect("cloud-init is installed");
+    assert!(o.status.success(), "cloud-init net-convert: {}", stderr(&o));
+    let f = tree.join("etc/netplan/50-cloud-init.yaml");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let o = Command::new("netplan")
+        .arg("generate")
+        .arg("--root-dir")
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "netplan generate: {}", stderr(&o));
+    let network =
+        std::fs::read_to_string(tree.join("run/systemd/network/10-netplan-wlan0.network"))
+            .expect("netplan renders wlan0");
+    assert!(network.contains("Address=192.168.50.30/24"), "{network}");
+    assert!(
+        tree.join("run/systemd/system/netplan-regdom.service")
+            .exists(),
+        "netplan sets the regulatory domain"
+    );
+    let wpa = std::fs::read_to_string(tree.join("run/netplan/wpa-wlan0.conf")).unwrap();
+    std::fs::remove_dir_all(&tree).unwrap();
+    Some(wpa)
+}
+
+#[test]
+fn a_board_without_ethernet_joins_wifi() {
+    let env = Env::new(FixtureOpts {
+        seed: 23,
+        ..FixtureOpts::default()
+    });
+    let zero = "  - { name: z1, board: zero2w, role: worker, ip: 192.168.50.30 }\n";
+    std::fs::write(env.path("cluster.yaml"), cluster_yaml(zero)).unwrap();
+    // Without Wi-Fi settings: refused before anything is downloaded, naming the node, the
+    // board and the key to add.
+    let hits = env.server.total_hits();
+    let out = env.build(&["--node", "z1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("node 'z1'") && err.contains("zero2w") && err.contains("network.wifi"),
+        "{err}"
+    );
+    assert_eq!(env.server.total_hits(), hits, "nothing was downloaded");
+
+    // A passphrase file others can read is refused.
+    let pass = "correct horse battery";
+    std::fs::write(env.path("secrets/wifi"), format!("{pass}\n")).unwrap();
+    let wifi = "  wifi: { ssid: \"home net: 5G\", passphrase_file: secrets/wifi, country: DE }\n";
+    let yaml = cluster_yaml(zero).replace(
+        "network: { gateway: 192.168.50.1, dns: [192.168.50.2], prefix: 24 }\n",
+        &format!("network:\n  gateway: 192.168.50.1\n  dns: [192.168.50.2]\n  prefix: 24\n{wifi}"),
+    );
+    std::fs::write(env.path("cluster.yaml"), &yaml).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let f = env.path("secrets/wifi");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = env.build(&["--node", "z1"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+        assert_eq!(env.server.total_hits(), hits, "nothing was downloaded");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = env.build(&["--node", "z1", "--node", "cp1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains(pass),
+        "the passphrase is never printed"
+    );
+
+    let boot = env.fixture.part("system-boot").clone();
+    let nc =
+        String::from_utf8(mtype(&env.path("out/z1.img"), boot.start, "network-config")).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&nc).unwrap();
+    assert!(v.get("ethernets").is_none(), "no wired port: {nc}");
+    let w = &v["wifis"]["wlan0"];
+    assert_eq!(w["addresses"][0], "192.168.50.30/24", "{nc}");
+    assert_eq!(w["regulatory-domain"], "DE", "{nc}");
+    assert_eq!(w["access-points"]["home net: 5G"]["password"], pass, "{nc}");
+    // cloud-init hands it to netplan on Ubuntu, which renders the join.
+    let nc_path = env.path("network-config");
+    std::fs::write(&nc_path, &nc).unwrap();
+    if let Some(wpa) = cloud_init_then_netplan_wifi(env.dir.path(), &nc_path) {
+        assert!(
+            wpa.contains("country=DE")
+                && wpa.contains("ssid=\"home net: 5G\"")
+                && wpa.contains(&format!("psk=\"{pass}\"")),
+            "{wpa}"
+        );
+    }
+    // The wired node of the same inventory keeps its port and joins Wi-Fi by DHCP too.
+    let nc = String::from_utf8(mtype(
+        &env.path("out/cp1.img"),
+        boot.start,
+        "network-config",
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&nc).unwrap();
+    assert_eq!(
+        v["ethernets"]["eth0"]["addresses"][0], "192.168.50.10/24",
+        "{nc}"
+    );
+    assert_eq!(v["wifis"]["wlan0"]["dhcp4"], true, "{nc}");
+
+    // The passphrase is a secret: not in the manifest, not in the instance-id.
+    let manifest = std::fs::read_to_string(env.path("out/z1.manifest.json")).unwrap();
+    assert!(!manifest.contains(pass), "{manifest}");
+    let id = instance_id(&env.path("out/z1.img"), boot.start);
+    std::fs::write(env.path("secrets/wifi"), "another passphrase\n").unwrap();
+    let out = env.build(&["--node", "z1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        instance_id(&env.path("out/z1.img"), boot.start),
+        id,
+        "the instance-id does not depend on the passphrase"
+    );
+}

@@ -95,6 +95,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         let image = catalog
             .image_for(board, node.os.as_deref())
             .with_context(at)?;
+        crate::netconfig::check_links(&cluster, &node, board, &req.config)?;
         let base = req.base.resolve(&image.url, &image.checksum);
         jobs.push((node, board, image, base));
     }
@@ -151,6 +152,10 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         fetcher.as_ref(),
         progress,
     )?;
+    // Secrets the plans need are read before the first download.
+    for (node, ..) in &jobs {
+        resolver.wifi(node)?;
+    }
     let mut results = Vec::new();
     let mut work: Vec<NodeWork> = Vec::new();
     for (node, board, image, base) in jobs {
