@@ -1806,7 +1806,11 @@ fn paths_in_the_inventory_stay_in_its_directory() {
     for (yaml, key) in &cases {
         std::fs::write(inv.join("cluster.yaml"), yaml).unwrap();
         let out = dry_run(false);
-        let err = stderr(&out);
+        // With --json the error is a JSON object on stdout.
+        let err = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| stderr(&out));
         assert_eq!(out.status.code(), Some(1), "{key} is refused: {err}");
         assert!(
             err.contains(key) && err.contains("--allow-outside-paths"),
