@@ -24,21 +24,21 @@ WORK=$(mktemp -d /var/tmp/pikube-inspect-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 
-echo "== base image: ${IMAGE_GIB} GiB, 256 MiB FAT boot partition, ext4 root with /etc and 200 MiB of /usr"
+echo "== base image: ${IMAGE_GIB} GiB, 512 MiB FAT boot partition, ext4 root with /etc and 200 MiB of /usr"
 mkdir -p stage/etc/cloud stage/usr/copy fw
 printf 'ID=ubuntu\nPRETTY_NAME="Ubuntu 24.04 LTS"\n' >stage/etc/os-release
 { find /usr/lib -xdev -type f -size +1k -printf '%s %p\n' 2>/dev/null || true; } |
     awk -v want=$((200 * 1048576)) '{ if (sum >= want) exit; sum += $1; sub(/^[0-9]+ /, ""); print }' >files.list
 tar -cf - --verbatim-files-from -T files.list 2>/dev/null | tar -xf - -C stage/usr/copy || true
 total=$((IMAGE_GIB * 1024 * 1024 * 1024))
-boot_start=2048 boot_sectors=$((256 * 2048))
+boot_start=2048 boot_sectors=$((512 * 2048))
 root_start=$((boot_start + boot_sectors))
 root_sectors=$((total / 512 - root_start))
 truncate -s "$total" base.img
 printf 'label: dos\nunit: sectors\nstart=%d, size=%d, type=c\nstart=%d, size=%d, type=83\n' \
     "$boot_start" "$boot_sectors" "$root_start" "$root_sectors" |
     sfdisk --quiet --no-reread --no-tell-kernel base.img
-mkfs.vfat -F 32 -n system-boot --offset="$boot_start" base.img $((256 * 1024)) >/dev/null
+mkfs.vfat -F 32 -n system-boot --offset="$boot_start" base.img $((512 * 1024)) >/dev/null 2>&1
 printf '[all]\ncmdline=cmdline.txt\n' >fw/config.txt
 printf 'console=tty1 root=LABEL=writable rootwait\n' >fw/cmdline.txt
 printf 'instance_id: cloud-image\n' >fw/meta-data
@@ -55,7 +55,7 @@ nodes:
   - { name: n1, board: rpi4, role: server }
 YAML
 echo "== pikube-image build --format zst"
-"$BIN" build --all --image base.img --format zst --out out >/dev/null
+"$BIN" build --all --image base.img --format zst --out out >/dev/null 2>&1
 ls -l out/n1.img.zst | awk '{ printf "   n1.img.zst: %d MiB\n", $5 / 1048576 }'
 
 cat out/n1.img.zst >/dev/null # in the page cache for both
