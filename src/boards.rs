@@ -39,6 +39,14 @@ pub struct Board {
     /// Kernel arguments every node of this board needs (k3s needs the memory cgroup).
     #[serde(default)]
     pub kernel_args: Vec<String>,
+    /// Whether the board has a wired Ethernet port (default true). Nodes of a board
+    /// without one need Wi-Fi settings.
+    #[serde(default = "has_ethernet")]
+    pub ethernet: bool,
+}
+
+fn has_ethernet() -> bool {
+    true
 }
 
 /// How well a board or an OS image is looked after upstream.
@@ -540,7 +548,11 @@ mod tests {
         let cat = Catalog::load().unwrap();
         assert_eq!(cat.board("rpi400").unwrap().name, "rpi4");
         assert_eq!(cat.board("CM4").unwrap().name, "rpi4");
-        assert_eq!(cat.board("zero2w").unwrap().name, "rpi3");
+        assert_eq!(cat.board("rpi3b").unwrap().name, "rpi3");
+        assert!(cat.board("rpi3").unwrap().ethernet);
+        let zero = cat.board("zero2w").unwrap();
+        assert_eq!(zero.name, "zero2w");
+        assert!(!zero.ethernet, "the Zero 2 W has no wired port");
     }
 
     #[test]

@@ -286,7 +286,80 @@ pub struct Network {
     /// Name of the wired interface in the OS image.
     #[serde(default)]
     pub interface: Option<String>,
+    /// The Wi-Fi network nodes join (a node's own `wifi` replaces it).
+    #[serde(default)]
+    pub wifi: Option<Wifi>,
 }
+
+/// A Wi-Fi network to join: its name, the file holding its WPA passphrase (a secret, like
+/// `k3s.token_file`) and the regulatory country the radio must follow.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Wifi {
+    pub ssid: Ssid,
+    /// Relative to cluster.yaml, mode 0600: the passphrase (8 to 63 characters) or the
+    /// 64-hex-digit key, on one line.
+    pub passphrase_file: PathBuf,
+    pub country: Country,
+}
+
+/// A Wi-Fi network name: 1 to 32 bytes, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ssid(String);
+
+impl TryFrom<String> for Ssid {
+    type Error = String;
+
+    fn try_from(ssid: String) -> std::result::Result<Ssid, String> {
+        if ssid.is_empty() || ssid.len() > 32 {
+            return Err(format!(
+                "ssid {ssid:?} is {} bytes long: a Wi-Fi network name has 1 to 32",
+                ssid.len()
+            ));
+        }
+        if ssid.chars().any(char::is_control) {
+            return Err(format!(
+                "ssid {ssid:?} contains a control character: write the network's name as it shows on your devices"
+            ));
+        }
+        Ok(Ssid(ssid))
+    }
+}
+
+checked_string!(Ssid);
+
+/// The ISO 3166-1 alpha-2 codes a regulatory country may be.
+const COUNTRIES: &str = include_str!("countries.txt");
+
+/// A Wi-Fi regulatory country: an ISO 3166-1 alpha-2 code (`DE`, `US`), which sets the
+/// channels and transmit power the radio may use (cfg80211's regulatory domain).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Country(String);
+
+impl TryFrom<String> for Country {
+    type Error = String;
+
+    fn try_from(code: String) -> std::result::Result<Country, String> {
+        let known = COUNTRIES
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .any(|c| c == code);
+        if !known {
+            let hint = match COUNTRIES.lines().find(|c| c.eq_ignore_ascii_case(&code)) {
+                Some(c) => format!(" (did you mean {c}?)"),
+                None => String::new(),
+            };
+            return Err(format!(
+                "country {code:?} is not an ISO 3166 country code{hint}: use the two capital letters of the country the nodes are in, like DE, GB or US"
+            ));
+        }
+        Ok(Country(code))
+    }
+}
+
+checked_string!(Country);
 
 /// k3s release installed when cluster.yaml names none.
 pub const DEFAULT_K3S_VERSION: &str = "v1.31.4+k3s1";
@@ -553,6 +626,9 @@ pub struct Node {
     /// Container images preloaded on this node only.
     #[serde(default)]
     pub images: Vec<ImageRef>,
+    /// The Wi-Fi network this node joins, in place of `network.wifi`.
+    #[serde(default)]
+    pub wifi: Option<Wifi>,
 }
 
 /// A host name: one DNS label (RFC 1123: 1 to 63 of `a-z`, `0-9` and `-`, not starting or
@@ -755,8 +831,27 @@ impl Cluster {
         crate::flux::check_paths(self)?;
         for node in &self.nodes {
             self.overlays_for(node)?;
+            if let Some((key, w)) = self.wifi_for(node) {
+                self.inventory_path(&format!("{key}.passphrase_file"), &w.passphrase_file)?;
+            }
         }
         Ok(())
+    }
+
+    /// The Wi-Fi network `node` joins, with the key that gives it in the file
+    /// (`nodes[2].wifi`, `network.wifi`): the node's own, else the inventory's.
+    pub fn wifi_for<'a>(&'a self, node: &'a Node) -> Option<(String, &'a Wifi)> {
+        if let Some(w) = &node.wifi {
+            let key = match self.nodes.iter().position(|n| n.name == node.name) {
+                Some(i) => format!("nodes[{i}].wifi"),
+                None => format!("wifi of node '{}'", node.name),
+            };
+            return Some((key, w));
+        }
+        self.network
+            .wifi
+            .as_ref()
+            .map(|w| ("network.wifi".to_string(), w))
     }
 
     /// Overlay directories for `node`: every node's, then its role's, then its own; each with
@@ -1304,6 +1399,46 @@ nodes:
         }
         for bad in ["", "en_US.UTF-8\nLC_ALL=x", "en US", "$(reboot)", ".UTF-8"] {
             assert!(Locale::try_from(bad.to_string()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wifi_settings_are_checked_and_a_nodes_own_wins() {
+        let wifi = |ssid: &str, country: &str| {
+            GOOD.replace(
+                "  prefix: 24\n",
+                &format!("  prefix: 24\n  wifi: {{ ssid: {ssid:?}, passphrase_file: secrets/wifi, country: {country} }}\n"),
+            )
+        };
+        let c = Cluster::parse(&wifi("home", "DE")).unwrap();
+        let (key, w) = c.wifi_for(c.node("w1").unwrap()).unwrap();
+        assert_eq!(
+            (key.as_str(), w.ssid.as_str(), w.country.as_str()),
+            ("network.wifi", "home", "DE")
+        );
+        let own = wifi("home", "DE").replace(
+            "labels: { zone: a }",
+            "labels: { zone: a }\n    wifi: { ssid: shed, passphrase_file: secrets/shed, country: FR }",
+        );
+        let c = Cluster::parse(&own).unwrap();
+        let (key, w) = c.wifi_for(c.node("w1").unwrap()).unwrap();
+        assert_eq!((key.as_str(), w.ssid.as_str()), ("nodes[1].wifi", "shed"));
+        assert_eq!(
+            c.wifi_for(c.node("cp1").unwrap()).unwrap().0,
+            "network.wifi"
+        );
+        for (ssid, country, want) in [
+            ("home", "de", "did you mean DE?"),
+            ("home", "XX", "not an ISO 3166 country code"),
+            ("", "DE", "1 to 32"),
+            (&"x".repeat(33), "DE", "1 to 32"),
+            ("a\tb", "DE", "control character"),
+        ] {
+            let e = err(&wifi(ssid, country));
+            assert!(
+                e.contains(want) && e.contains("line 12"),
+                "{ssid:?} {country}: {e}"
+            );
         }
     }
 

@@ -302,18 +302,123 @@ fn run(
             CopyError::Write(e) => Failure::Write(e),
         });
     }
-    let src = TagSource(ProgressReader::new(input, task.clone()));
-    let mut reader: Box<dyn Read> = match kind {
-        Compression::None => unreachable!("raw images are copied above"),
+    let mut reader = decoder(kind, ProgressReader::new(input, task.clone()), opts.threads)?;
+    pipeline(&mut reader, out, opts.hash)
+}
+
+/// The decoded stream of a compressed `input` (`threads` for `.xz`, 0: one per core).
+fn decoder<R: Read + Send + 'static>(
+    kind: Compression,
+    input: R,
+    threads: u32,
+) -> Result<Box<dyn Read + Send>, Failure> {
+    let src = TagSource(input);
+    Ok(match kind {
+        Compression::None => Box::new(src),
         Compression::Gzip => Box::new(Members::<_, flate2::bufread::GzDecoder<_>>::new(
             io::BufReader::with_capacity(IN_BUF, src),
         )?),
         Compression::Zstd => Box::new(Members::<_, zstd::stream::read::Decoder<_>>::new(
             io::BufReader::with_capacity(IN_BUF, src),
         )?),
-        Compression::Xz => Box::new(XzReader::new(src, opts.threads)?),
-    };
-    pipeline(&mut reader, out, opts.hash)
+        Compression::Xz => Box::new(XzReader::new(src, threads)?),
+    })
+}
+
+/// A compressed image decoded only as far as it is read: reads are served from a sparse
+/// scratch file that the decoder fills, from the start, up to the furthest byte asked for
+/// so far (`inspect` reads a partition table and a few files, near the start of a mostly
+/// empty image). Nothing beyond that is decoded, so what comes after, even a damaged end,
+/// is never looked at.
+pub struct Lazy {
+    src: std::path::PathBuf,
+    kind: Compression,
+    reader: Box<dyn Read + Send>,
+    scratch: File,
+    /// Bytes decoded into `scratch` so far.
+    decoded: u64,
+    /// The stream ended: `decoded` is the image's size.
+    ended: bool,
+}
+
+impl Lazy {
+    /// Opens `src` (compressed or raw) for reading through `scratch`, a new file.
+    pub fn open(src: &Path, scratch: &Path) -> Result<Lazy> {
+        let kind = detect(src)?;
+        let input = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        let reader = decoder(kind, input, 0).map_err(|f| describe(f, kind, src, scratch))?;
+        let scratch_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(scratch)
+            .with_context(|| format!("cannot create {}", scratch.display()))?;
+        Ok(Lazy {
+            src: src.to_path_buf(),
+            kind,
+            reader,
+            scratch: scratch_file,
+            decoded: 0,
+            ended: false,
+        })
+    }
+
+    /// Bytes of the image decoded so far.
+    pub fn decoded(&self) -> u64 {
+        self.decoded
+    }
+
+    /// The image's size, once the whole stream was decoded.
+    pub fn size(&self) -> Option<u64> {
+        self.ended.then_some(self.decoded)
+    }
+
+    /// Decodes until `end` bytes are available or the stream ends.
+    fn fill(&mut self, end: u64) -> Result<()> {
+        let mut buf = vec![0u8; BUF];
+        while self.decoded < end && !self.ended {
+            let mut n = 0;
+            while n < buf.len() {
+                match self.reader.read(&mut buf[n..]) {
+                    Ok(0) => {
+                        self.ended = true;
+                        break;
+                    }
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(describe(classify(e), self.kind, &self.src, Path::new("")));
+                    }
+                }
+            }
+            write_sparse(&self.scratch, self.decoded, &buf[..n]).context(
+                "cannot write the scratch file of a partly decoded image (is the disk full?)",
+            )?;
+            self.decoded += n as u64;
+        }
+        // Zero blocks at the end were skipped: the file reaches as far as what was decoded.
+        if self.scratch.metadata()?.len() < self.decoded {
+            self.scratch.set_len(self.decoded)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, decoding as far as needed first.
+    pub fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        self.fill(end)
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        if end > self.decoded {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the image is {} bytes long; byte {end} was asked for (is it truncated?)",
+                    self.decoded
+                ),
+            ));
+        }
+        self.scratch.read_exact_at(buf, offset)
+    }
 }
 
 /// Decodes on this thread, writes (and hashes) on a writer thread.

@@ -167,6 +167,56 @@ pub fn host_key(secrets: &Path, node: &str) -> Result<HostKey> {
     })
 }
 
+/// What a build may create for a node's host key: the key files and the directories on
+/// the way to them. [`NewKeys::watch`] notes which of them do not exist yet; dropped
+/// without [`NewKeys::keep`], it removes those again (files first, then directories that
+/// are empty), so a build that fails leaves no key behind that it made. What existed before
+/// is never removed.
+pub struct NewKeys {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl NewKeys {
+    pub fn watch(secrets: &Path, node: &str) -> Result<NewKeys> {
+        let (dir, private, public) = key_paths(secrets, node)?;
+        let ssh = secrets.join("ssh");
+        let missing = |p: &Path| fs::symlink_metadata(p).is_err();
+        Ok(NewKeys {
+            files: [private, public]
+                .into_iter()
+                .filter(|p| missing(p))
+                .collect(),
+            dirs: [dir, ssh, secrets.to_path_buf()]
+                .into_iter()
+                .filter(|p| missing(p))
+                .collect(),
+            keep: false,
+        })
+    }
+
+    /// The build succeeded: what it created stays.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for NewKeys {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for f in &self.files {
+            let _ = fs::remove_file(f);
+        }
+        // Innermost first; a directory something else was put into stays.
+        for d in &self.dirs {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
 /// Names a node answers to in `known_hosts`: hostname, fqdn, static address.
 pub fn host_names(cluster: &Cluster, node: &Node) -> Result<Vec<String>> {
     let mut names = vec![node.name.to_string()];

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -18,7 +21,13 @@ pub struct Report {
     pub image: String,
     pub table: String,
     pub disk_id: String,
+    /// Size of the image (of a compressed one, where its partition table says it ends,
+    /// unless it was decoded to the end).
     pub size: u64,
+    /// Of a compressed image: how many bytes of it were decoded to read what is shown
+    /// (decoding stops there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<u64>,
     pub partitions: Vec<PartReport>,
 }
 
@@ -64,22 +73,86 @@ fn yaml_field(text: &str, key: &str) -> Option<String> {
     v.get(key)?.as_str().map(str::to_string)
 }
 
-pub fn inspect(path: &Path, progress: &Progress) -> Result<Report> {
+/// The image as `inspect` reads it: a raw file, or a compressed one decoded only as far
+/// as it is read ([`decompress::Lazy`]).
+#[derive(Clone)]
+enum Source {
+    Raw(Arc<File>),
+    Lazy(Arc<Mutex<decompress::Lazy>>),
+}
+
+impl Source {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            Source::Raw(f) => f.read_exact_at(buf, offset),
+            Source::Lazy(l) => l
+                .lock()
+                .map_err(|_| io::Error::other("the image reader failed earlier"))?
+                .read_exact_at(buf, offset),
+        }
+    }
+}
+
+/// A position in a [`Source`], for readers that want `Read + Seek`.
+struct Cursor {
+    src: Source,
+    pos: u64,
+}
+
+impl Read for Cursor {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.src.read_exact_at(buf, self.pos)?;
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+}
+
+impl Seek for Cursor {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.pos = match pos {
+            SeekFrom::Start(p) => p,
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "seek before the start")
+            })?,
+            SeekFrom::End(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the end of a partly decoded image is not known",
+                ));
+            }
+        };
+        Ok(self.pos)
+    }
+}
+
+/// What `path` holds. A compressed image is decoded only up to the last byte that is read
+/// (`_progress` is for a future progress display of that decoding).
+pub fn inspect(path: &Path, _progress: &Progress) -> Result<Report> {
     let tmp;
-    let raw = match decompress::detect(path)? {
-        Compression::None => path.to_path_buf(),
+    let (src, disk) = match decompress::detect(path)? {
+        Compression::None => {
+            let disk = Disk::read(path)?;
+            let file =
+                File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            (Source::Raw(Arc::new(file)), disk)
+        }
         _ => {
             tmp = tempfile::Builder::new()
                 .prefix("pikube-inspect")
                 .tempdir()
                 .context("cannot create a temporary directory")?;
-            let out = tmp.path().join("image.img");
-            decompress::decompress_to(path, &out, progress)?;
-            out
+            let lazy = decompress::Lazy::open(path, &tmp.path().join("image.img"))?;
+            let src = Source::Lazy(Arc::new(Mutex::new(lazy)));
+            let disk = Disk::read_unsized(
+                &mut Cursor {
+                    src: src.clone(),
+                    pos: 0,
+                },
+                path,
+            )?;
+            (src, disk)
         }
     };
-    let disk = Disk::read(&raw)?;
-    let file = File::open(&raw).with_context(|| format!("cannot open {}", raw.display()))?;
     let mut parts = Vec::new();
     for p in &disk.partitions {
         let mut r = PartReport {
@@ -99,7 +172,11 @@ pub fn inspect(path: &Path, progress: &Progress) -> Result<Report> {
         let res: Result<()> = (|| {
             match p.fs {
                 FsKind::Ext4 => {
-                    let fs = crate::fs::ext4_reader(&file, p)?;
+                    let reader = src.clone();
+                    let fs = crate::fs::ext4_reader_with(
+                        Box::new(move |buf: &mut [u8], off: u64| reader.read_exact_at(buf, off)),
+                        p,
+                    )?;
                     if let Ok(text) = fs.read_to_string("/etc/os-release") {
                         r.os = os_release(&text);
                     } else if let Ok(text) = fs.read_to_string("/usr/lib/os-release") {
@@ -117,7 +194,10 @@ pub fn inspect(path: &Path, progress: &Progress) -> Result<Report> {
                 }
                 FsKind::Fat => {
                     let fat = Fat::open(
-                        ReadOnly(&file),
+                        ReadOnly(Cursor {
+                            src: src.clone(),
+                            pos: 0,
+                        }),
                         p.start,
                         p.size,
                         p.label.as_deref().unwrap_or("?"),
@@ -149,11 +229,21 @@ pub fn inspect(path: &Path, progress: &Progress) -> Result<Report> {
         }
         parts.push(r);
     }
+    let (size, decoded) = match &src {
+        Source::Raw(_) => (disk.size, None),
+        Source::Lazy(l) => {
+            let l = l
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the image reader failed"))?;
+            (l.size().unwrap_or(disk.size), Some(l.decoded()))
+        }
+    };
     Ok(Report {
         image: path.display().to_string(),
         table: format!("{:?}", disk.table).to_uppercase(),
         disk_id: disk.disk_id.clone(),
-        size: disk.size,
+        size,
+        decoded,
         partitions: parts,
     })
 }
@@ -172,6 +262,13 @@ impl Report {
             self.disk_id,
             human_bytes(self.size)
         );
+        if let Some(d) = self.decoded {
+            let _ = writeln!(
+                s,
+                "  (compressed: read by decoding its first {} only)",
+                human_bytes(d)
+            );
+        }
         for p in &self.partitions {
             let _ = writeln!(
                 s,

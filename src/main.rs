@@ -94,8 +94,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error as `--json` prints it: one object on stdout, in place of the summary.
+#[derive(serde::Serialize)]
+struct JsonError {
+    error: JsonErrorBody,
+}
+
+#[derive(serde::Serialize)]
+struct JsonErrorBody {
+    /// The whole message, as the plain-text error line shows it.
+    message: String,
+    /// Each layer of the error, outermost first (what was being done, then why it failed).
+    causes: Vec<String>,
+    exit_code: u8,
+}
+
+fn print_json_error(message: String, causes: Vec<String>, exit_code: u8) {
+    let e = JsonError {
+        error: JsonErrorBody {
+            message,
+            causes,
+            exit_code,
+        },
+    };
+    match serde_json::to_string(&e) {
+        Ok(text) => println!("{text}"),
+        Err(_) => eprintln!("error: {}", e.error.message),
+    }
+}
+
+/// Whether `--json` was given to the command, before the arguments could be parsed.
+fn json_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = e.exit_code();
+            let informational = matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if informational || !json_requested() {
+                e.exit();
+            }
+            let text = e.render().to_string();
+            let text = text.trim();
+            let message = text.strip_prefix("error: ").unwrap_or(text).to_string();
+            print_json_error(message.clone(), vec![message], code as u8);
+            return ExitCode::from(code as u8);
+        }
+    };
+    let json = cli.json();
     // An interrupted build removes its partial outputs before exiting, so nothing
     // half-written is left behind (outputs only get their final names when complete).
     let _ = ctrlc::set_handler(|| {
@@ -105,6 +163,11 @@ fn main() -> ExitCode {
     });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            let causes = e.chain().map(|c| c.to_string()).collect();
+            print_json_error(format!("{e:#}"), causes, 1);
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

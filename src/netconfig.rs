@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use crate::config::{Cluster, Node};
+use crate::config::{Cluster, Country, Node, Ssid};
 
 /// Default name of the wired interface.
 pub const DEFAULT_INTERFACE: &str = "eth0";
+/// Name of the wireless interface (the Raspberry Pi's on-board radio).
+pub const WIFI_INTERFACE: &str = "wlan0";
 
 /// The top-level `network:` mapping's content.
 #[derive(Debug, Serialize)]
@@ -19,7 +21,105 @@ pub struct NetworkConfig {
     /// netplan backend (`networkd`); cloud-init's network-config leaves it out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renderer: Option<&'static str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub ethernets: BTreeMap<String, Ethernet>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub wifis: BTreeMap<String, WifiLink>,
+}
+
+/// A wireless interface: addressing as for a wired one, plus the network it joins.
+#[derive(Debug, Serialize)]
+pub struct WifiLink {
+    #[serde(flatten)]
+    pub link: Ethernet,
+    /// cfg80211's regulatory domain (netplan sets it with `iw reg set` and in
+    /// wpa_supplicant's `country=`).
+    #[serde(rename = "regulatory-domain")]
+    pub regulatory_domain: String,
+    #[serde(rename = "access-points")]
+    pub access_points: BTreeMap<String, AccessPoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccessPoint {
+    /// The WPA passphrase, or the 64-hex-digit pre-shared key.
+    pub password: String,
+}
+
+/// A WPA passphrase (8 to 63 printable ASCII characters) or pre-shared key (64 hex
+/// digits), read from the file the inventory names. Never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Passphrase(String);
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(..)")
+    }
+}
+
+impl Passphrase {
+    /// Reads the passphrase in `path` (given as `key` in cluster.yaml), refusing a file
+    /// others can read and anything WPA would not take, without showing it.
+    pub fn read(path: &std::path::Path, key: &str) -> Result<Passphrase> {
+        use anyhow::Context;
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).with_context(|| {
+            format!(
+                "Wi-Fi passphrase file {} (`{key}` in cluster.yaml) cannot be read: write the passphrase there on one line, with mode 0600",
+                path.display()
+            )
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            bail!(
+                "Wi-Fi passphrase file {} (`{key}`) is readable by others: run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let p = text.strip_suffix('\n').unwrap_or(&text);
+        let p = p.strip_suffix('\r').unwrap_or(p);
+        let psk = p.len() == 64 && p.chars().all(|c| c.is_ascii_hexdigit());
+        let passphrase = (8..=63).contains(&p.len()) && p.chars().all(|c| (' '..='~').contains(&c));
+        if !(psk || passphrase) {
+            bail!(
+                "Wi-Fi passphrase file {} (`{key}`) must hold one line: a WPA passphrase of 8 to 63 printable ASCII characters, or a 64-hex-digit key",
+                path.display()
+            );
+        }
+        Ok(Passphrase(p.to_string()))
+    }
+
+    /// A stand-in of the same kind, for what must not depend on the secret (the
+    /// cloud-init instance-id is derived from the network config).
+    pub fn redacted() -> Passphrase {
+        Passphrase("(secret)".into())
+    }
+}
+
+/// The Wi-Fi network a node joins, with its passphrase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WifiJoin {
+    pub ssid: Ssid,
+    pub passphrase: Passphrase,
+    pub country: Country,
+}
+
+/// The links a node's network config describes: the board's wired port, when it has
+/// one, and Wi-Fi when the inventory gives the node a network to join.
+#[derive(Debug, Clone, Copy)]
+pub struct Links<'a> {
+    pub ethernet: bool,
+    pub wifi: Option<&'a WifiJoin>,
+}
+
+impl Links<'_> {
+    /// A wired port only, as every board has unless its catalog entry says otherwise.
+    pub const WIRED: Links<'static> = Links {
+        ethernet: true,
+        wifi: None,
+    };
 }
 
 /// A netplan file: the configuration under a `network:` key.
@@ -132,16 +232,73 @@ pub fn ethernet(cluster: &Cluster, node: &Node, iface: &str) -> Result<Ethernet>
     Ok(eth)
 }
 
-/// The version 2 configuration of `node` with its one wired interface.
+/// Refuses a node that would have no network: a board without a wired port (catalog
+/// `ethernet: false`) needs Wi-Fi settings. `inventory` names the file in the message.
+pub fn check_links(
+    cluster: &Cluster,
+    node: &Node,
+    board: &crate::boards::Board,
+    inventory: &std::path::Path,
+) -> Result<()> {
+    if !board.ethernet && cluster.wifi_for(node).is_none() {
+        bail!(
+            "node '{}' in {}: board '{}' has no wired Ethernet, so the node needs Wi-Fi settings: add `wifi: {{ssid: ..., passphrase_file: ..., country: ...}}` to the node, or `network.wifi` for every node",
+            node.name,
+            inventory.display(),
+            board.name
+        );
+    }
+    Ok(())
+}
+
+/// The version 2 configuration of `node`: its wired interface `iface` when the board has
+/// one, with the node's address; Wi-Fi when the node joins a network, with the node's
+/// address on a board without a wired port and DHCP next to a wired one.
 pub fn config(
     cluster: &Cluster,
     node: &Node,
     iface: &str,
     renderer: Option<&'static str>,
+    links: Links<'_>,
 ) -> Result<NetworkConfig> {
+    let mut ethernets = BTreeMap::new();
+    let mut wifis = BTreeMap::new();
+    if links.ethernet {
+        ethernets.insert(iface.to_string(), ethernet(cluster, node, iface)?);
+    }
+    if let Some(w) = links.wifi {
+        let link = match links.ethernet {
+            true => Ethernet {
+                dhcp4: true,
+                optional: true,
+                ..Default::default()
+            },
+            false => ethernet(cluster, node, WIFI_INTERFACE)?,
+        };
+        wifis.insert(
+            WIFI_INTERFACE.to_string(),
+            WifiLink {
+                link,
+                regulatory_domain: w.country.to_string(),
+                access_points: BTreeMap::from([(
+                    w.ssid.to_string(),
+                    AccessPoint {
+                        password: w.passphrase.0.clone(),
+                    },
+                )]),
+            },
+        );
+    }
+    if ethernets.is_empty() && wifis.is_empty() {
+        bail!(
+            "node '{}' has neither a wired port nor Wi-Fi settings: add `wifi` to the node or `network.wifi`",
+            node.name
+        );
+    }
     Ok(NetworkConfig {
         version: 2,
         renderer,
-        ethernets: BTreeMap::from([(iface.to_string(), ethernet(cluster, node, iface)?)]),
+        ethernets,
+        wifis,
     })
 }

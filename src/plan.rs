@@ -34,6 +34,8 @@ pub struct Payload {
     pub role_images: Option<Content>,
     /// Container images of this node only (its own list, Argo CD's on the first server).
     pub node_images: Option<Content>,
+    /// The Wi-Fi network the node joins, with its passphrase.
+    pub wifi: Option<crate::netconfig::WifiJoin>,
 }
 
 /// Everything the build does to one node's image.
@@ -97,6 +99,10 @@ impl Plan {
         let payload = inputs.payload;
         let root = &image.root.partition;
         let host_key = payload.host_key.as_ref();
+        let links = crate::netconfig::Links {
+            ethernet: board.ethernet,
+            wifi: payload.wifi.as_ref(),
+        };
         let first = crate::firstboot::ops(
             &image.firstboot,
             cluster,
@@ -104,6 +110,7 @@ impl Plan {
             root,
             &[inputs.base_sha256, &board.name],
             host_key,
+            links,
         )?;
         let mut ops = first.ops;
         let known_host = match host_key {
@@ -296,6 +303,7 @@ mod tests {
                 Content::Bytes(b"zst".to_vec()),
             )),
             token: Some("tok".into()),
+            wifi: None,
             host_key: Some(crate::host_keys::HostKey {
                 private_openssh: "PRIVATE".into(),
                 public_openssh: "ssh-ed25519 AAAA".into(),

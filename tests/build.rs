@@ -630,6 +630,34 @@ fn init_then_adhoc_build_and_dry_run() {
     let name = summary["nodes"][0]["node"].as_str().unwrap().to_string();
     assert!(name.starts_with("agent-rpi4-"), "{name}");
     assert!(env.path(&format!("images/{name}.img")).exists());
+
+    // An ad-hoc build that fails after its node's host key was made leaves no key behind
+    // for a node that had none, and keeps the keys of a node that had them.
+    std::fs::write(env.path("not-a-disk.img"), vec![7u8; 1 << 20]).unwrap();
+    let key_dir = |n: &str| env.path(&format!("secrets/ssh/{n}"));
+    let existing = std::fs::read(key_dir(&name).join("ssh_host_ed25519_key")).unwrap();
+    for (node, had_keys) in [("edge2", false), (name.as_str(), true)] {
+        let out = env.run(&[
+            "build",
+            "--board",
+            "rpi4",
+            "--role",
+            "worker",
+            "--name",
+            node,
+            "--image",
+            "not-a-disk.img",
+            "--offline",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{node}: {}", stderr(&out));
+        assert!(stderr(&out).contains("partition table"), "{}", stderr(&out));
+        assert_eq!(key_dir(node).exists(), had_keys, "{node}");
+    }
+    assert_eq!(
+        std::fs::read(key_dir(&name).join("ssh_host_ed25519_key")).unwrap(),
+        existing,
+        "a key that existed is kept as it was"
+    );
 }
 
 #[test]
@@ -1377,6 +1405,31 @@ fn fleet_outputs_are_reproducible_and_flashable() {
             && shown.contains("address: DHCP"),
         "{shown}"
     );
+    // It decodes only the start it needs: garbage after the compressed stream, which
+    // fails a whole decode, is never reached.
+    let raw_size = std::fs::metadata(out.join("w1.img")).unwrap().len();
+    for ext in ["zst", "xz"] {
+        let f = env.path(&format!("w1-tail.img.{ext}"));
+        let mut bytes = std::fs::read(out.join(format!("w1.img.{ext}"))).unwrap();
+        bytes.extend(std::iter::repeat_n(0xA5u8, 1 << 20));
+        std::fs::write(&f, bytes).unwrap();
+        let tool = if ext == "zst" { "zstd" } else { "xz" };
+        let t = Command::new(tool).arg("-t").arg(&f).output().unwrap();
+        assert!(!t.status.success(), "{tool} -t fails on the tail");
+        let o = env.run(&["inspect", "--json", f.to_str().unwrap()]);
+        assert!(o.status.success(), "{ext}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let node = v["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|p| p["node"].as_object())
+            .unwrap_or_else(|| panic!("{ext}: node identity in {v}"));
+        assert_eq!(node["node"], "w1", "{v}");
+        let decoded = v["decoded"].as_u64().unwrap();
+        assert!(decoded < raw_size, "{ext}: decoded {decoded} of {raw_size}");
+        assert_eq!(v["size"].as_u64(), Some(raw_size), "{v}");
+    }
     // bmaptool flashes the image onto a file with the same content.
     let target = env.path("card.bin");
     let o = Command::new("bmaptool")
@@ -1753,7 +1806,11 @@ fn paths_in_the_inventory_stay_in_its_directory() {
     for (yaml, key) in &cases {
         std::fs::write(inv.join("cluster.yaml"), yaml).unwrap();
         let out = dry_run(false);
-        let err = stderr(&out);
+        // With --json the error is a JSON object on stdout.
+        let err = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| stderr(&out));
         assert_eq!(out.status.code(), Some(1), "{key} is refused: {err}");
         assert!(
             err.contains(key) && err.contains("--allow-outside-paths"),
@@ -2187,4 +2244,150 @@ fn images_are_pulled_through_the_registry_mirror_and_then_need_no_registry() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(env.path("warm/cp1.img").is_file());
+}
+
+/// Puts a network-config through cloud-init as an Ubuntu image does (`cloud-init devel
+/// net-convert` to netplan), then through `netplan generate`, and returns the rendered
+/// wpa_supplicant configuration of wlan0; `None` when netplan is not installed here.
+fn cloud_init_then_netplan_wifi(dir: &Path, network_config: &Path) -> Option<String> {
+    if !pikube_test_oracles::require_tool("netplan", "netplan.io") {
+        return None;
+    }
+    let tree = dir.join("netplan-root");
+    let o = Command::new("cloud-init")
+        .args([
+            "devel",
+            "net-convert",
+            "-k",
+            "yaml",
+            "-D",
+            "ubuntu",
+            "-O",
+            "netplan",
+            "-p",
+        ])
+        .arg(network_config)
+        .arg("-d")
+        .arg(&tree)
+        .output()
+        .expect("cloud-init is installed");
+    assert!(o.status.success(), "cloud-init net-convert: {}", stderr(&o));
+    let f = tree.join("etc/netplan/50-cloud-init.yaml");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let o = Command::new("netplan")
+        .arg("generate")
+        .arg("--root-dir")
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "netplan generate: {}", stderr(&o));
+    let network =
+        std::fs::read_to_string(tree.join("run/systemd/network/10-netplan-wlan0.network"))
+            .expect("netplan renders wlan0");
+    assert!(network.contains("Address=192.168.50.30/24"), "{network}");
+    assert!(
+        tree.join("run/systemd/system/netplan-regdom.service")
+            .exists(),
+        "netplan sets the regulatory domain"
+    );
+    let wpa = std::fs::read_to_string(tree.join("run/netplan/wpa-wlan0.conf")).unwrap();
+    std::fs::remove_dir_all(&tree).unwrap();
+    Some(wpa)
+}
+
+#[test]
+fn a_board_without_ethernet_joins_wifi() {
+    let env = Env::new(FixtureOpts {
+        seed: 23,
+        ..FixtureOpts::default()
+    });
+    let zero = "  - { name: z1, board: zero2w, role: worker, ip: 192.168.50.30 }\n";
+    std::fs::write(env.path("cluster.yaml"), cluster_yaml(zero)).unwrap();
+    // Without Wi-Fi settings: refused before anything is downloaded, naming the node, the
+    // board and the key to add.
+    let hits = env.server.total_hits();
+    let out = env.build(&["--node", "z1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("node 'z1'") && err.contains("zero2w") && err.contains("network.wifi"),
+        "{err}"
+    );
+    assert_eq!(env.server.total_hits(), hits, "nothing was downloaded");
+
+    // A passphrase file others can read is refused.
+    let pass = "correct horse battery";
+    std::fs::write(env.path("secrets/wifi"), format!("{pass}\n")).unwrap();
+    let wifi = "  wifi: { ssid: \"home net: 5G\", passphrase_file: secrets/wifi, country: DE }\n";
+    let yaml = cluster_yaml(zero).replace(
+        "network: { gateway: 192.168.50.1, dns: [192.168.50.2], prefix: 24 }\n",
+        &format!("network:\n  gateway: 192.168.50.1\n  dns: [192.168.50.2]\n  prefix: 24\n{wifi}"),
+    );
+    std::fs::write(env.path("cluster.yaml"), &yaml).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let f = env.path("secrets/wifi");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = env.build(&["--node", "z1"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+        assert_eq!(env.server.total_hits(), hits, "nothing was downloaded");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = env.build(&["--node", "z1", "--node", "cp1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains(pass),
+        "the passphrase is never printed"
+    );
+
+    let boot = env.fixture.part("system-boot").clone();
+    let nc =
+        String::from_utf8(mtype(&env.path("out/z1.img"), boot.start, "network-config")).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&nc).unwrap();
+    assert!(v.get("ethernets").is_none(), "no wired port: {nc}");
+    let w = &v["wifis"]["wlan0"];
+    assert_eq!(w["addresses"][0], "192.168.50.30/24", "{nc}");
+    assert_eq!(w["regulatory-domain"], "DE", "{nc}");
+    assert_eq!(w["access-points"]["home net: 5G"]["password"], pass, "{nc}");
+    // cloud-init hands it to netplan on Ubuntu, which renders the join.
+    let nc_path = env.path("network-config");
+    std::fs::write(&nc_path, &nc).unwrap();
+    if let Some(wpa) = cloud_init_then_netplan_wifi(env.dir.path(), &nc_path) {
+        assert!(
+            wpa.contains("country=DE")
+                && wpa.contains("ssid=\"home net: 5G\"")
+                && wpa.contains(&format!("psk=\"{pass}\"")),
+            "{wpa}"
+        );
+    }
+    // The wired node of the same inventory keeps its port and joins Wi-Fi by DHCP too.
+    let nc = String::from_utf8(mtype(
+        &env.path("out/cp1.img"),
+        boot.start,
+        "network-config",
+    ))
+    .unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&nc).unwrap();
+    assert_eq!(
+        v["ethernets"]["eth0"]["addresses"][0], "192.168.50.10/24",
+        "{nc}"
+    );
+    assert_eq!(v["wifis"]["wlan0"]["dhcp4"], true, "{nc}");
+
+    // The passphrase is a secret: not in the manifest, not in the instance-id.
+    let manifest = std::fs::read_to_string(env.path("out/z1.manifest.json")).unwrap();
+    assert!(!manifest.contains(pass), "{manifest}");
+    let id = instance_id(&env.path("out/z1.img"), boot.start);
+    std::fs::write(env.path("secrets/wifi"), "another passphrase\n").unwrap();
+    let out = env.build(&["--node", "z1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        instance_id(&env.path("out/z1.img"), boot.start),
+        id,
+        "the instance-id does not depend on the passphrase"
+    );
 }

@@ -113,3 +113,85 @@ fn boards_json_lists_each_board_with_one_default_image() {
         assert!(row.contains(&format!("{}*", defaults[0])), "{row}");
     }
 }
+
+/// Runs the binary, returning its exit code, stdout and stderr.
+fn run_json(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(args)
+        .current_dir(dir)
+        .env("PIKUBE_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!("{args:?}: stdout is not one JSON object ({e}): {out}\nstderr: {err}")
+    });
+    (o.status.code(), v, err)
+}
+
+#[test]
+fn with_json_errors_are_one_json_object_on_stdout() {
+    let d = tempfile::tempdir().unwrap();
+    // A usage error: exit 2, the flag and the fix in the message.
+    let (code, v, _) = run_json(d.path(), &["build", "--all", "--json", "--jobs", "0"]);
+    assert_eq!(code, Some(2), "{v}");
+    let e = &v["error"];
+    assert_eq!(e["exit_code"], 2, "{v}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("--jobs") && msg.contains("1 or more"), "{v}");
+    assert!(e["causes"].as_array().is_some_and(|c| !c.is_empty()), "{v}");
+
+    // A build that fails: exit 1, the message and every cause.
+    let (code, v, err) = run_json(d.path(), &["build", "--all", "--json"]);
+    assert_eq!(code, Some(1), "{v}");
+    let e = &v["error"];
+    assert_eq!(e["exit_code"], 1, "{v}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cluster.yaml not found") && msg.contains("pikube-image init"),
+        "{v}"
+    );
+    assert!(
+        !err.contains("error:"),
+        "the error is not printed twice: {err}"
+    );
+
+    // A failure with several layers lists each, outermost first.
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me";
+    std::fs::write(
+        d.path().join("cluster.yaml"),
+        format!("cluster: lab\nadmin: {{ssh_authorized_keys: [\"{key}\"]}}\nnodes:\n  - {{name: cp1, board: rpi9, role: server}}\n"),
+    )
+    .unwrap();
+    let (code, v, _) = run_json(d.path(), &["build", "--all", "--dry-run", "--json"]);
+    assert_eq!(code, Some(1), "{v}");
+    let causes: Vec<&str> = v["error"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        causes.len() >= 2
+            && causes[0].contains("node 'cp1'")
+            && causes.last().unwrap().contains("unknown board 'rpi9'"),
+        "{v}"
+    );
+
+    // inspect and cache list speak JSON too.
+    let (code, v, _) = run_json(d.path(), &["inspect", "--json", "missing.img"]);
+    assert_eq!(code, Some(1), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.img"),
+        "{v}"
+    );
+
+    // Without --json the error stays a line on stderr.
+    let (code, err) = run(d.path(), &["inspect", "missing.img"]);
+    assert_eq!(code, Some(1));
+    assert!(err.starts_with("error: "), "{err}");
+}

@@ -75,6 +75,15 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             progress.message(&format!("shard {}/{} has no nodes to build", s.0, s.1));
         }
     }
+    // A failed ad-hoc build leaves no host key for a node that had none: the next attempt
+    // may well pick another name, and a stray key would only pile up under secrets/ssh/.
+    let adhoc_keys = match (&req.select, nodes.as_slice()) {
+        (Selection::AdHoc(_), [node]) if !req.dry_run => Some(crate::host_keys::NewKeys::watch(
+            &cluster.resolve(std::path::Path::new("secrets")),
+            &node.name,
+        )?),
+        _ => None,
+    };
     let catalog = Catalog::load()?;
     let mirror = req.mirror.clone().or_else(|| cluster.mirror.clone());
 
@@ -86,6 +95,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         let image = catalog
             .image_for(board, node.os.as_deref())
             .with_context(at)?;
+        crate::netconfig::check_links(&cluster, &node, board, &req.config)?;
         let base = req.base.resolve(&image.url, &image.checksum);
         jobs.push((node, board, image, base));
     }
@@ -142,6 +152,10 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         fetcher.as_ref(),
         progress,
     )?;
+    // Secrets the plans need are read before the first download.
+    for (node, ..) in &jobs {
+        resolver.wifi(node)?;
+    }
     let mut results = Vec::new();
     let mut work: Vec<NodeWork> = Vec::new();
     for (node, board, image, base) in jobs {
@@ -269,6 +283,12 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             }
             None => {}
         }
+    }
+    if failed.is_none()
+        && let Some(keys) = adhoc_keys
+    {
+        // The image holds the key now: it stays, whatever happens next.
+        keys.keep();
     }
     let mut known = BTreeMap::new();
     for r in &mut results {

@@ -29,6 +29,8 @@ pub struct Resolver<'a> {
     repo_secret: Option<Vec<u8>>,
     preloader: Option<crate::images::Preloader>,
     role_images: BTreeMap<(Role, &'static str), Option<Content>>,
+    /// Wi-Fi passphrases by file, each read once.
+    passphrases: BTreeMap<PathBuf, crate::netconfig::Passphrase>,
 }
 
 fn downloaded(f: crate::source::Fetched) -> Content {
@@ -132,6 +134,7 @@ impl<'a> Resolver<'a> {
             repo_secret,
             preloader,
             role_images: BTreeMap::new(),
+            passphrases: BTreeMap::new(),
         })
     }
 
@@ -142,8 +145,28 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// The Wi-Fi network `node` joins, with the passphrase read from its file (a secret,
+    /// refused when others can read it).
+    pub fn wifi(&mut self, node: &Node) -> Result<Option<crate::netconfig::WifiJoin>> {
+        let Some((key, w)) = self.cluster.wifi_for(node) else {
+            return Ok(None);
+        };
+        let key = format!("{key}.passphrase_file");
+        let path = self.cluster.inventory_path(&key, &w.passphrase_file)?;
+        if !self.passphrases.contains_key(&path) {
+            let p = crate::netconfig::Passphrase::read(&path, &key)?;
+            self.passphrases.insert(path.clone(), p);
+        }
+        Ok(Some(crate::netconfig::WifiJoin {
+            ssid: w.ssid.clone(),
+            passphrase: self.passphrases[&path].clone(),
+            country: w.country.clone(),
+        }))
+    }
+
     pub fn for_node(&mut self, node: &Node, board: &Board) -> Result<Payload> {
         let c = self.cluster;
+        let wifi = self.wifi(node)?;
         let host_key = Some(if self.dry_run {
             crate::host_keys::host_key_preview(&self.secrets, &node.name)?
         } else {
@@ -219,6 +242,7 @@ impl<'a> Resolver<'a> {
             },
             role_images,
             node_images,
+            wifi,
         })
     }
 

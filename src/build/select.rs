@@ -38,6 +38,7 @@ pub fn select_nodes(cluster: &mut Cluster, select: &Selection, config: &Path) ->
                 labels: BTreeMap::new(),
                 overlays: Vec::new(),
                 images: Vec::new(),
+                wifi: None,
             };
             cluster.nodes.push(node.clone());
             cluster

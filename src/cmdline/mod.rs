@@ -17,6 +17,20 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether the command was asked for JSON output (`--json`): its errors are JSON too.
+    pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Build(a) => a.json,
+            Command::Inspect(a) => a.json,
+            Command::Cache(CacheCommand::List { json }) | Command::Boards { json } => *json,
+            Command::Init(_)
+            | Command::Images(_)
+            | Command::Cache(CacheCommand::Prune { .. }) => false,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Write a commented cluster.yaml and a random k3s join token (secrets/k3s-token).

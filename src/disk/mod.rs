@@ -86,7 +86,17 @@ impl Disk {
     /// Reads the partition table of the image at `path` and probes each partition.
     pub fn read(path: &Path) -> Result<Disk> {
         let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        read_disk(&mut f, path)
+        let size = f.seek(SeekFrom::End(0))?;
+        read_disk(&mut f, path, Some(size))
+            .with_context(|| format!("cannot read the disk image {}", path.display()))
+    }
+
+    /// Reads the partition table of an image whose size is not known without reading it
+    /// whole (a compressed one, decoded as far as it is read). Its size is then taken
+    /// from the table: where the GPT says the disk ends, or where the last MBR partition
+    /// ends. `path` names it in messages.
+    pub fn read_unsized<R: Read + Seek>(r: &mut R, path: &Path) -> Result<Disk> {
+        read_disk(r, path, None)
             .with_context(|| format!("cannot read the disk image {}", path.display()))
     }
 
@@ -113,9 +123,10 @@ impl Disk {
     }
 }
 
-fn read_disk(f: &mut File, path: &Path) -> Result<Disk> {
-    let size = f.seek(SeekFrom::End(0))?;
-    if size < SECTOR {
+fn read_disk<R: Read + Seek>(f: &mut R, path: &Path, size: Option<u64>) -> Result<Disk> {
+    if let Some(size) = size
+        && size < SECTOR
+    {
         bail!("the file is {size} bytes long, too small to hold a partition table");
     }
     let mut mbr = [0u8; 512];
@@ -127,11 +138,32 @@ fn read_disk(f: &mut File, path: &Path) -> Result<Disk> {
         );
     }
     let protective = (0..4).any(|i| mbr[446 + i * 16 + 4] == 0xEE);
-    let (table, disk_id, mut parts) = if protective {
-        read_gpt(f)?
-    } else {
-        read_mbr(f, &mbr)?
+    // The table readers ask for the disk's end; of an image of unknown size, it is where
+    // the primary entries end (the extended partition holds the logical ones; a GPT's
+    // protective entry covers the disk).
+    let primary_end = (0..4)
+        .map(|i| {
+            let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
+            let start = u32::from_le_bytes(e[8..12].try_into().expect("4 bytes"));
+            let sectors = u32::from_le_bytes(e[12..16].try_into().expect("4 bytes"));
+            (u64::from(start) + u64::from(sectors)) * SECTOR
+        })
+        .max()
+        .unwrap_or(SECTOR)
+        .max(SECTOR);
+    let mut sized = KnownEnd {
+        inner: f,
+        end: size.unwrap_or(primary_end),
     };
+    let f = &mut sized;
+    let (table, disk_id, mut parts, table_size) = if protective {
+        let (t, id, parts, backup_lba) = read_gpt(f)?;
+        (t, id, parts, (backup_lba + 1) * SECTOR)
+    } else {
+        let (t, id, parts) = read_mbr(f, &mbr)?;
+        (t, id, parts, primary_end)
+    };
+    let size = size.unwrap_or(table_size);
     for p in &mut parts {
         if p.end() > size {
             bail!(
@@ -151,6 +183,32 @@ fn read_disk(f: &mut File, path: &Path) -> Result<Disk> {
         disk_id,
         partitions: parts,
     })
+}
+
+/// A reader whose end is given rather than found by seeking there.
+struct KnownEnd<'a, R> {
+    inner: &'a mut R,
+    end: u64,
+}
+
+impl<R: Read> Read for KnownEnd<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<R: Seek> Seek for KnownEnd<'_, R> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match pos {
+            SeekFrom::End(d) => {
+                let at = self.end.checked_add_signed(d).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+                })?;
+                self.inner.seek(SeekFrom::Start(at))
+            }
+            other => self.inner.seek(other),
+        }
+    }
 }
 
 /// Refuses a table whose entries share bytes (or that starts a partition inside the table
@@ -199,7 +257,10 @@ fn blank(number: u32, start: u64, size: u64) -> Partition {
     }
 }
 
-fn read_mbr(f: &mut File, sector0: &[u8; 512]) -> Result<(TableKind, String, Vec<Partition>)> {
+fn read_mbr<R: Read + Seek>(
+    f: &mut R,
+    sector0: &[u8; 512],
+) -> Result<(TableKind, String, Vec<Partition>)> {
     let mbr = mbrman::MBR::read_from(f, SECTOR as u32)
         .map_err(|e| anyhow::anyhow!("invalid MBR: {e}"))?;
     let sig = u32::from_le_bytes(sector0[440..444].try_into().expect("4 bytes"));
@@ -220,7 +281,8 @@ fn read_mbr(f: &mut File, sector0: &[u8; 512]) -> Result<(TableKind, String, Vec
     Ok((TableKind::Mbr, format!("{sig:08x}"), parts))
 }
 
-fn read_gpt(f: &mut File) -> Result<(TableKind, String, Vec<Partition>)> {
+/// The table, with the sector of the backup GPT header (the disk's last).
+fn read_gpt<R: Read + Seek>(f: &mut R) -> Result<(TableKind, String, Vec<Partition>, u64)> {
     let gpt = gptman::GPT::read_from(f, SECTOR)
         .map_err(|e| anyhow::anyhow!("the MBR announces a GPT but it cannot be read: {e}"))?;
     let mut parts = Vec::new();
@@ -242,7 +304,12 @@ fn read_gpt(f: &mut File) -> Result<(TableKind, String, Vec<Partition>)> {
         p.bootable = e.attribute_bits & (1 << 2) != 0;
         parts.push(p);
     }
-    Ok((TableKind::Gpt, guid_string(&gpt.header.disk_guid), parts))
+    Ok((
+        TableKind::Gpt,
+        guid_string(&gpt.header.disk_guid),
+        parts,
+        gpt.header.backup_lba,
+    ))
 }
 
 /// Formats a GUID stored in the GPT mixed-endian layout as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
@@ -270,12 +337,12 @@ pub fn uuid_string(u: &[u8; 16]) -> String {
     )
 }
 
-fn read_at(f: &mut File, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
+fn read_at<R: Read + Seek>(f: &mut R, off: u64, buf: &mut [u8]) -> std::io::Result<()> {
     f.seek(SeekFrom::Start(off))?;
     f.read_exact(buf)
 }
 
-fn probe(f: &mut File, p: &mut Partition) -> Result<()> {
+fn probe<R: Read + Seek>(f: &mut R, p: &mut Partition) -> Result<()> {
     if p.size < 2048 {
         return Ok(());
     }
@@ -380,7 +447,7 @@ fn clean_label(raw: &[u8]) -> Option<String> {
 }
 
 /// Looks for the volume-label entry in the root directory (first cluster on FAT32).
-fn fat_root_label(f: &mut File, p: &Partition, b: &Bpb) -> Result<Option<String>> {
+fn fat_root_label<R: Read + Seek>(f: &mut R, p: &Partition, b: &Bpb) -> Result<Option<String>> {
     let bps = b.bytes_per_sector;
     let fat_area = b.reserved + b.fats * b.fat_size;
     let (off, len) = match b.root_cluster {

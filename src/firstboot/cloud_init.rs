@@ -6,6 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Cluster, Node};
+use crate::netconfig::{Links, WifiJoin};
 use crate::op::Op;
 
 /// The three seed files, ready to write.
@@ -82,16 +83,31 @@ pub fn seed(
     node: &Node,
     host_keys: HostKeys,
     build_inputs: &[&str],
+    links: Links<'_>,
 ) -> Result<Seed> {
     let user_data = user_data(cluster, node, host_keys)?;
-    let network_config = network_config(cluster, node)?;
+    let network = network_config(cluster, node, links)?;
+    // The instance-id is shown and recorded: it is derived from the network config with
+    // any Wi-Fi passphrase left out, so it cannot be used to guess the passphrase.
+    let redacted_wifi = links.wifi.map(|w| WifiJoin {
+        passphrase: crate::netconfig::Passphrase::redacted(),
+        ..w.clone()
+    });
+    let identity_network = network_config(
+        cluster,
+        node,
+        Links {
+            wifi: redacted_wifi.as_ref(),
+            ..links
+        },
+    )?;
 
     let mut h = Sha256::new();
     for part in [
         cluster.cluster.as_str(),
         node.name.as_str(),
         user_data.as_str(),
-        network_config.as_str(),
+        identity_network.as_str(),
     ]
     .into_iter()
     .chain(build_inputs.iter().copied())
@@ -109,7 +125,7 @@ pub fn seed(
         instance_id,
         meta_data,
         user_data,
-        network_config,
+        network_config: network,
     })
 }
 
@@ -140,9 +156,11 @@ fn user_data(cluster: &Cluster, node: &Node, host_keys: HostKeys) -> Result<Stri
     Ok(format!("#cloud-config\n{}", yaml(&cfg)?))
 }
 
-fn network_config(cluster: &Cluster, node: &Node) -> Result<String> {
+fn network_config(cluster: &Cluster, node: &Node, links: Links<'_>) -> Result<String> {
     let iface = crate::netconfig::interface(cluster, None)?;
-    yaml(&crate::netconfig::config(cluster, node, &iface, None)?)
+    yaml(&crate::netconfig::config(
+        cluster, node, &iface, None, links,
+    )?)
 }
 
 /// The seed files of `node` on the FAT partition `seed_partition`, all the node's own.
@@ -153,12 +171,24 @@ pub fn ops(
     seed_partition: &str,
     build_inputs: &[&str],
     host_key_provided: bool,
+    links: Links<'_>,
 ) -> Result<super::Contribution> {
     let host_keys = match host_key_provided {
         true => HostKeys::Provided,
         false => HostKeys::Generate,
     };
-    let seed = seed(cluster, node, host_keys, build_inputs)?;
+    let seed = seed(cluster, node, host_keys, build_inputs, links)?;
+    // With Wi-Fi, network-config holds the passphrase.
+    let network_config = Op::file(
+        seed_partition,
+        "/network-config",
+        seed.network_config.into_bytes(),
+        0o644,
+    );
+    let network_config = match links.wifi {
+        Some(_) => network_config.secret(),
+        None => network_config,
+    };
     Ok(super::Contribution {
         ops: vec![
             Op::file(
@@ -173,12 +203,7 @@ pub fn ops(
                 seed.user_data.into_bytes(),
                 0o644,
             ),
-            Op::file(
-                seed_partition,
-                "/network-config",
-                seed.network_config.into_bytes(),
-                0o644,
-            ),
+            network_config,
         ],
         instance_id: Some(seed.instance_id),
     })
@@ -209,7 +234,7 @@ nodes:
     #[test]
     fn user_data_round_trips_tricky_keys() {
         let c = cluster();
-        let s = seed(&c, &c.nodes[0], HostKeys::Provided, &["base"]).unwrap();
+        let s = seed(&c, &c.nodes[0], HostKeys::Provided, &["base"], Links::WIRED).unwrap();
         assert!(s.user_data.starts_with("#cloud-config\n"));
         #[derive(serde::Deserialize)]
         struct U {
@@ -238,7 +263,7 @@ nodes:
     #[test]
     fn static_and_dhcp_network() {
         let c = cluster();
-        let s = seed(&c, &c.nodes[0], HostKeys::Generate, &[]).unwrap();
+        let s = seed(&c, &c.nodes[0], HostKeys::Generate, &[], Links::WIRED).unwrap();
         let v: serde_json::Value = serde_saphyr::from_str(&s.network_config).unwrap();
         let e = &v["ethernets"]["eth0"];
         assert_eq!(v["version"], 2);
@@ -247,7 +272,7 @@ nodes:
         assert_eq!(e["nameservers"]["addresses"][0], "10.0.0.2");
         assert_eq!(e["match"]["macaddress"], "dc:a6:32:00:00:01");
         assert_eq!(e["dhcp4"], false);
-        let s = seed(&c, &c.nodes[1], HostKeys::Generate, &[]).unwrap();
+        let s = seed(&c, &c.nodes[1], HostKeys::Generate, &[], Links::WIRED).unwrap();
         let v: serde_json::Value = serde_saphyr::from_str(&s.network_config).unwrap();
         assert_eq!(v["ethernets"]["eth0"]["dhcp4"], true);
         assert!(v["ethernets"]["eth0"].get("addresses").is_none());
@@ -256,10 +281,10 @@ nodes:
     #[test]
     fn instance_id_is_unique_per_node_and_deterministic() {
         let c = cluster();
-        let a = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"]).unwrap();
-        let a2 = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"]).unwrap();
-        let b = seed(&c, &c.nodes[1], HostKeys::Generate, &["x"]).unwrap();
-        let a3 = seed(&c, &c.nodes[0], HostKeys::Generate, &["y"]).unwrap();
+        let a = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"], Links::WIRED).unwrap();
+        let a2 = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"], Links::WIRED).unwrap();
+        let b = seed(&c, &c.nodes[1], HostKeys::Generate, &["x"], Links::WIRED).unwrap();
+        let a3 = seed(&c, &c.nodes[0], HostKeys::Generate, &["y"], Links::WIRED).unwrap();
         assert_eq!(a.instance_id, a2.instance_id);
         assert_ne!(a.instance_id, b.instance_id);
         assert_ne!(a.instance_id, a3.instance_id, "build inputs change the id");

@@ -11,7 +11,7 @@ use anyhow::Result;
 use super::{NetworkStack, edits};
 use crate::config::{Cluster, Locale, Node, Timezone};
 use crate::host_keys::HostKey;
-use crate::netconfig::{self, Ethernet, NetplanFile};
+use crate::netconfig::{self, Ethernet, Links, NetplanFile};
 use crate::op::{Action, Op};
 use crate::systemd::{UNIT_DIR, Unit};
 
@@ -70,9 +70,9 @@ pub fn hosts(cluster: &Cluster, node: &Node) -> String {
 
 /// `/etc/netplan/20-pikube.yaml`: the shared version 2 network config, rendered by
 /// systemd-networkd.
-pub fn netplan(cluster: &Cluster, node: &Node, iface: &str) -> Result<String> {
+pub fn netplan(cluster: &Cluster, node: &Node, iface: &str, links: Links<'_>) -> Result<String> {
     let file = NetplanFile {
-        network: netconfig::config(cluster, node, iface, Some("networkd"))?,
+        network: netconfig::config(cluster, node, iface, Some("networkd"), links)?,
     };
     serde_saphyr::to_string(&file).map_err(|e| anyhow::anyhow!("cannot serialise YAML: {e}"))
 }
@@ -169,6 +169,7 @@ pub fn ops(
     network: NetworkStack,
     image_interface: Option<&str>,
     host_key: Option<&HostKey>,
+    links: Links<'_>,
 ) -> Result<Vec<Op>> {
     let mut ops = vec![
         Op::file(root, "/etc/hostname", hostname(node).into_bytes(), 0o644),
@@ -188,13 +189,22 @@ pub fn ops(
                 0o600,
             ));
             // netplan warns about (and future versions refuse) files others can read.
-            ops.push(Op::file(
+            let file = Op::file(
                 root,
                 NETPLAN_FILE,
-                netplan(cluster, node, &iface)?.into_bytes(),
+                netplan(cluster, node, &iface, links)?.into_bytes(),
                 0o600,
-            ));
+            );
+            // With Wi-Fi it holds the passphrase.
+            ops.push(match links.wifi {
+                Some(_) => file.secret(),
+                None => file,
+            });
         }
+        NetworkStack::Networkd if links.wifi.is_some() || !links.ethernet => anyhow::bail!(
+            "node '{}': its OS image configures the network with systemd-networkd alone, which cannot join a Wi-Fi network: choose an OS image that uses netplan (`nodes[].os`), or give the node a board with a wired port and no `wifi`",
+            node.name
+        ),
         NetworkStack::Networkd => ops.push(Op::file(
             root,
             NETWORKD_FILE,
@@ -354,7 +364,8 @@ nodes:
     fn netplan_static_dhcp_and_mac() {
         let c = cluster(true);
         let v: serde_json::Value =
-            serde_saphyr::from_str(&netplan(&c, &c.nodes[0], "end0").unwrap()).unwrap();
+            serde_saphyr::from_str(&netplan(&c, &c.nodes[0], "end0", Links::WIRED).unwrap())
+                .unwrap();
         let n = &v["network"];
         assert_eq!(n["version"], 2);
         assert_eq!(n["renderer"], "networkd");
@@ -365,13 +376,82 @@ nodes:
         assert_eq!(e["nameservers"]["addresses"][1], "10.0.0.3");
         assert_eq!(e["nameservers"]["search"][0], "home.arpa");
         let v: serde_json::Value =
-            serde_saphyr::from_str(&netplan(&c, &c.nodes[1], "eth0").unwrap()).unwrap();
+            serde_saphyr::from_str(&netplan(&c, &c.nodes[1], "eth0", Links::WIRED).unwrap())
+                .unwrap();
         assert_eq!(v["network"]["ethernets"]["eth0"]["dhcp4"], true);
         let v: serde_json::Value =
-            serde_saphyr::from_str(&netplan(&c, &c.nodes[2], "eth0").unwrap()).unwrap();
+            serde_saphyr::from_str(&netplan(&c, &c.nodes[2], "eth0", Links::WIRED).unwrap())
+                .unwrap();
         let e = &v["network"]["ethernets"]["eth0"];
         assert_eq!(e["match"]["macaddress"], "02:ab:00:00:00:02");
         assert_eq!(e["set-name"], "eth0");
+    }
+
+    fn wifi_join() -> crate::netconfig::WifiJoin {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("wifi");
+        std::fs::write(&f, "correct horse\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        crate::netconfig::WifiJoin {
+            ssid: crate::config::Ssid::try_from("home".to_string()).unwrap(),
+            passphrase: crate::netconfig::Passphrase::read(&f, "network.wifi.passphrase_file")
+                .unwrap(),
+            country: crate::config::Country::try_from("NL".to_string()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn netplan_joins_wifi_on_a_board_without_ethernet() {
+        let c = cluster(true);
+        let w = wifi_join();
+        let links = Links {
+            ethernet: false,
+            wifi: Some(&w),
+        };
+        let yaml = netplan(&c, &c.nodes[0], "end0", links).unwrap();
+        let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        let n = &v["network"];
+        assert!(n.get("ethernets").is_none(), "{yaml}");
+        let wl = &n["wifis"]["wlan0"];
+        assert_eq!(wl["addresses"][0], "10.0.0.10/24");
+        assert_eq!(wl["regulatory-domain"], "NL");
+        assert_eq!(wl["access-points"]["home"]["password"], "correct horse");
+        // What netplan makes of it.
+        if pikube_test_oracles::require_tool("netplan", "netplan.io") {
+            use std::os::unix::fs::PermissionsExt;
+            let tree = tempfile::tempdir().unwrap();
+            let f = tree.path().join("etc/netplan/20-pikube.yaml");
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, &yaml).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let o = std::process::Command::new("netplan")
+                .arg("generate")
+                .arg("--root-dir")
+                .arg(tree.path())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let wpa =
+                std::fs::read_to_string(tree.path().join("run/netplan/wpa-wlan0.conf")).unwrap();
+            assert!(
+                wpa.contains("country=NL") && wpa.contains("ssid=\"home\""),
+                "{wpa}"
+            );
+        }
+        // systemd-networkd alone cannot join Wi-Fi: refused, naming the node.
+        let e = ops(
+            &c,
+            &c.nodes[0],
+            "root",
+            NetworkStack::Networkd,
+            None,
+            None,
+            links,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cp1") && e.contains("Wi-Fi"), "{e}");
     }
 
     #[test]

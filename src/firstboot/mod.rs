@@ -51,7 +51,8 @@ pub struct Contribution {
 
 /// The ops that give `node` its identity at first boot. `root` is the label of the root
 /// partition; `build_inputs` are digests of what else shapes the image (for cloud-init's
-/// instance-id); `host_key` is the node's SSH host key when the build provides one.
+/// instance-id); `host_key` is the node's SSH host key when the build provides one;
+/// `links` the wired port and Wi-Fi network the node's network config describes.
 pub fn ops(
     kind: &Firstboot,
     cluster: &Cluster,
@@ -59,6 +60,7 @@ pub fn ops(
     root: &str,
     build_inputs: &[&str],
     host_key: Option<&HostKey>,
+    links: crate::netconfig::Links<'_>,
 ) -> Result<Contribution> {
     match kind {
         Firstboot::CloudInit { seed_partition } => cloud_init::ops(
@@ -67,6 +69,7 @@ pub fn ops(
             seed_partition,
             build_inputs,
             host_key.is_some(),
+            links,
         ),
         Firstboot::Direct { network, interface } => Ok(Contribution {
             ops: direct::ops(
@@ -76,6 +79,7 @@ pub fn ops(
                 *network,
                 interface.as_deref(),
                 host_key,
+                links,
             )?,
             instance_id: None,
         }),

@@ -194,8 +194,23 @@ pub fn ext4_shortfall(image: &Image, disk: &Disk, ops: &[&Op]) -> Result<Vec<Sho
 
 /// Reads the ext4 filesystem in a partition with ext4-view (inspection and checks).
 pub fn ext4_reader(file: &File, part: &Partition) -> Result<ext4_view::Ext4> {
+    use std::os::unix::fs::FileExt;
+    let file = file
+        .try_clone()
+        .context("cannot duplicate the image file handle")?;
+    ext4_reader_with(
+        Box::new(move |buf: &mut [u8], off: u64| file.read_exact_at(buf, off)),
+        part,
+    )
+}
+
+/// Reads `buf.len()` bytes of the image at an offset.
+pub type ReadAt = Box<dyn FnMut(&mut [u8], u64) -> std::io::Result<()>>;
+
+/// [`ext4_reader`] over any image that can be read at offsets (a partly decoded one).
+pub fn ext4_reader_with(read: ReadAt, part: &Partition) -> Result<ext4_view::Ext4> {
     struct PartRead {
-        file: File,
+        read: ReadAt,
         start: u64,
         len: u64,
     }
@@ -205,18 +220,15 @@ pub fn ext4_reader(file: &File, part: &Partition) -> Result<ext4_view::Ext4> {
             start_byte: u64,
             dst: &mut [u8],
         ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-            use std::os::unix::fs::FileExt;
             if start_byte + dst.len() as u64 > self.len {
                 return Err("read past the end of the partition".into());
             }
-            self.file.read_exact_at(dst, self.start + start_byte)?;
+            (self.read)(dst, self.start + start_byte)?;
             Ok(())
         }
     }
     let reader = PartRead {
-        file: file
-            .try_clone()
-            .context("cannot duplicate the image file handle")?,
+        read,
         start: part.start,
         len: part.size,
     };
