@@ -1,6 +1,8 @@
 //! The board catalog: which boards exist, which OS images they run and how those images are laid
 //! out. It is YAML data under `boards/`, embedded in the binary; extra entries can be loaded from
-//! the directory named by `$PIKUBE_BOARDS_DIR` (same layout) for boards not shipped yet.
+//! the directory named by `$PIKUBE_BOARDS_DIR` (same layout) for boards not shipped yet. Image
+//! entries name the OpenPGP key their signature must be made by: one of `keys/` (built in), or
+//! `keys/<name>.asc` in that directory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::arch::Arch;
 pub use crate::boot::BootConfig;
 pub use crate::firstboot::{Firstboot, NetworkStack};
-pub use crate::source::base::ImageChecksum;
+pub use crate::source::base::{ImageChecksum, SignatureSpec};
+use crate::source::keys::Keyring;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
@@ -102,15 +105,23 @@ impl OsImage {
 pub struct Catalog {
     boards: BTreeMap<String, Board>,
     images: BTreeMap<String, OsImage>,
+    /// The keys signatures may name: the built-in ones, and `keys/*.asc` of a directory.
+    keys: Keyring,
 }
 
 impl Catalog {
     /// The catalog built into the binary, plus `$PIKUBE_BOARDS_DIR` when set.
     pub fn load() -> Result<Catalog> {
-        let mut cat = Catalog::default();
+        let mut cat = Catalog {
+            keys: Keyring::builtin()?,
+            ..Catalog::default()
+        };
         for (name, text) in embedded::EMBEDDED {
             cat.add_yaml(name, text)
                 .with_context(|| format!("built-in board catalog file boards/{name}"))?;
+        }
+        if let Some(dir) = std::env::var_os(crate::source::keys::TEST_KEYS_VAR) {
+            cat.keys.replace_for_tests(Path::new(&dir))?;
         }
         if let Some(dir) = std::env::var_os("PIKUBE_BOARDS_DIR") {
             cat.add_dir(Path::new(&dir))?;
@@ -119,7 +130,8 @@ impl Catalog {
         Ok(cat)
     }
 
-    /// Adds every `*.yaml` below `dir` (boards at the top, OS images under `images/`).
+    /// Adds every `*.yaml` below `dir` (boards at the top, OS images under `images/`), and
+    /// every OpenPGP key `keys/<name>.asc` (known to image entries as `<name>`).
     pub fn add_dir(&mut self, dir: &Path) -> Result<()> {
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -131,6 +143,10 @@ impl Catalog {
                     .path();
                 if p.is_dir() {
                     stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "asc") && d == dir.join("keys") {
+                    self.keys
+                        .add_file(&p)
+                        .with_context(|| format!("catalog key {}", p.display()))?;
                 } else if p.extension().is_some_and(|e| e == "yaml") {
                     let text = std::fs::read_to_string(&p)
                         .with_context(|| format!("cannot read {}", p.display()))?;
@@ -155,8 +171,14 @@ impl Catalog {
         Ok(())
     }
 
-    /// Cross-checks boards against images and aliases against names.
-    fn check(&self) -> Result<()> {
+    /// Cross-checks boards against images, aliases against names, signatures against keys.
+    pub fn check(&self) -> Result<()> {
+        for img in self.images.values() {
+            if let Some(sig) = img.checksum.signature() {
+                sig.resolve(&self.keys)
+                    .with_context(|| format!("OS image '{}'", img.name))?;
+            }
+        }
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for b in self.boards.values() {
             for n in std::iter::once(&b.name).chain(&b.aliases) {
@@ -192,6 +214,11 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    /// The keys image signatures are checked with.
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
     }
 
     pub fn boards(&self) -> impl Iterator<Item = &Board> {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use pikube_image::progress::{Mode, Progress};
 use pikube_image::source::base::{BaseSource, ImageChecksum, Origin};
 use pikube_image::source::{
-    Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, Timeouts, lookup_checksum,
-    mirror_url,
+    Artifact, Cache, Checksum, Fetcher, Keyring, RetryPolicy, SourceError, Timeouts,
+    lookup_checksum, mirror_url,
 };
 use support::http::TestServer;
 use support::{pseudo_random, sha256_hex};
@@ -412,6 +412,7 @@ fn sums_file_checksums_work_online_and_offline() {
         checksum: Checksum::SumsFile {
             url: srv.url_for("/rel/SHA256SUMS"),
             name: name.to_string(),
+            signature: None,
         },
     };
     let got = fetcher(td.path(), None, false).fetch(&a).unwrap();
@@ -480,6 +481,7 @@ fn every_checksum_file_format_is_understood() {
                 checksum: Checksum::SumsFile {
                     url: srv.url_for(&format!("/{dist}/{sums}")),
                     name: "a.img.xz".into(),
+                    signature: None,
                 },
             })
             .unwrap_or_else(|e| panic!("{dist}: {e:#}"));
@@ -501,6 +503,7 @@ fn name_missing_from_checksum_file_names_the_file() {
             checksum: Checksum::SumsFile {
                 url: sums.clone(),
                 name: "y.img".into(),
+                signature: None,
             },
         })
         .unwrap_err();
@@ -525,6 +528,7 @@ fn mirror_serves_every_url_including_checksum_files() {
         checksum: Checksum::SumsFile {
             url: format!("{upstream}/sha256sum-arm64.txt"),
             name: "k3s-arm64".into(),
+            signature: None,
         },
     };
     let td = tempfile::tempdir().unwrap();
@@ -589,7 +593,9 @@ fn catalog_pin_wins_over_a_mirrors_checksum_list() {
             sha256: None,
         },
     ] {
-        let image = base.resolve(&entry_url, &checksum);
+        let image = base
+            .resolve(&entry_url, &checksum, &Keyring::default())
+            .unwrap();
         assert_eq!(image.content_id, pin);
         let Origin::Download(a) = &image.origin else {
             panic!("{image:?}")
@@ -604,7 +610,9 @@ fn catalog_pin_wins_over_a_mirrors_checksum_list() {
 
     // The genuine image from the same mirror passes.
     srv.add(&format!("{on_mirror}/x.img.xz"), genuine.clone());
-    let image = BaseSource::Catalog.resolve(&entry_url, &checksum);
+    let image = BaseSource::Catalog
+        .resolve(&entry_url, &checksum, &Keyring::default())
+        .unwrap();
     let Origin::Download(a) = &image.origin else {
         panic!("{image:?}")
     };
@@ -995,6 +1003,7 @@ fn local_files_are_verified_into_the_cache() {
             checksum: Checksum::SumsFile {
                 url: sums,
                 name: "local image.img.xz".into(),
+                signature: None,
             },
         })
         .unwrap();
@@ -1059,6 +1068,7 @@ fn directory_server_serves_files_below_its_root() {
             checksum: Checksum::SumsFile {
                 url: format!("{up}/a.img.xz.sha"),
                 name: "a.img.xz".into(),
+                signature: None,
             },
         })
         .unwrap();
