@@ -170,6 +170,39 @@ fn a_good_signature_passes_and_is_reverified_offline() {
 }
 
 #[test]
+fn a_signature_file_by_two_keys_passes_on_ours() {
+    let Some(gpg) = Gpg::new() else { return };
+    let retired = gpg.generate("retired@example.org", "rsa2048");
+    let trusted = gpg.generate("cdimage@example.org", "ed25519");
+    let rel = Release::new(9);
+    // Older Ubuntu releases: one file, a signature by a retired key and one by the current.
+    let both = gpg.sign_by(&[&retired, &trusted], rel.sums.as_bytes(), true);
+    let packets = String::from_utf8(gpg.run(&["--list-packets"], Some(&both))).unwrap();
+    assert_eq!(
+        packets.matches(":signature packet:").count(),
+        2,
+        "{packets}"
+    );
+    rel.srv.add("/rel/SHA256SUMS.gpg", both);
+    let td = tempfile::tempdir().unwrap();
+    let cat = catalog(
+        &td.path().join("boards"),
+        &rel.srv.url_for(&format!("/rel/{NAME}")),
+        &rel.checksum_yaml(),
+        ("test-cdimage", &gpg.export(&trusted)),
+    );
+    let f = fetcher(&td.path().join("cache"), None, false);
+    assert_eq!(
+        f.fetch(&artifact(&cat)).unwrap().sha256,
+        sha256_hex(&rel.image)
+    );
+    // A list changed after signing: our signature in the file no longer matches.
+    rel.srv.add("/rel/SHA256SUMS", format!("{}\n", rel.sums));
+    let err = f.fetch(&artifact(&cat)).unwrap_err();
+    assert!(bad_signature(&err).0.contains("altered"), "{err:#}");
+}
+
+#[test]
 fn a_tampered_list_fails_before_any_line_is_used() {
     let Some(gpg) = Gpg::new() else { return };
     let fpr = gpg.generate("cdimage@example.org", "ed25519");

@@ -65,13 +65,23 @@ impl std::fmt::Display for Rejection {
 /// Checks that one of the detached signatures in `sig` (armored or binary) was made by `key`
 /// (its primary key or a signing subkey) over exactly the bytes `data` yields.
 pub fn verify(sig: &[u8], key: &TrustedKey, data: impl Read) -> Result<(), Rejection> {
-    let sigs = DetachedSignature::from_reader_many(sig)
+    // A file may hold several signatures (older Ubuntu releases add one by a retired key);
+    // one this parser cannot read does not hide the others.
+    let mut sigs = Vec::new();
+    let mut unreadable = None;
+    for s in DetachedSignature::from_reader_many(sig)
         .map_err(|e| Rejection::Unreadable(e.to_string()))?
         .0
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Rejection::Unreadable(e.to_string()))?;
+    {
+        match s {
+            Ok(s) => sigs.push(s),
+            Err(e) => unreadable = unreadable.or(Some(e.to_string())),
+        }
+    }
     if sigs.is_empty() {
-        return Err(Rejection::Unreadable("no signature packet".into()));
+        return Err(Rejection::Unreadable(
+            unreadable.unwrap_or_else(|| "no signature packet".into()),
+        ));
     }
     let pk = key.public_key();
     let ours = |s: &DetachedSignature| {

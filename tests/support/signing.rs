@@ -81,7 +81,16 @@ impl Gpg {
 
     /// A detached signature by `fpr` over `data`, binary (`.gpg`) or armored (`.asc`).
     pub fn sign(&self, fpr: &str, data: &[u8], armor: bool) -> Vec<u8> {
-        let mut args = vec!["--local-user", fpr, "--detach-sign", "--output", "-"];
+        self.sign_by(&[fpr], data, armor)
+    }
+
+    /// One detached signature file holding a signature by each of `fprs`.
+    pub fn sign_by(&self, fprs: &[&str], data: &[u8], armor: bool) -> Vec<u8> {
+        let mut args = Vec::new();
+        for f in fprs {
+            args.extend(["--local-user", f]);
+        }
+        args.extend(["--detach-sign", "--output", "-"]);
         if armor {
             args.push("--armor");
         }
