@@ -1,6 +1,8 @@
 //! The board catalog: which boards exist, which OS images they run and how those images are laid
 //! out. It is YAML data under `boards/`, embedded in the binary; extra entries can be loaded from
-//! the directory named by `$PIKUBE_BOARDS_DIR` (same layout) for boards not shipped yet.
+//! the directory named by `$PIKUBE_BOARDS_DIR` (same layout) for boards not shipped yet. Image
+//! entries name the OpenPGP key their signature must be made by: one of `keys/` (built in), or
+//! `keys/<name>.asc` in that directory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,7 +14,8 @@ pub use crate::arch::Arch;
 pub use crate::boot::BootConfig;
 pub use crate::disk::protect::BootArea;
 pub use crate::firstboot::{Firstboot, NetworkStack};
-pub use crate::source::base::ImageChecksum;
+pub use crate::source::base::{ImageChecksum, SignatureSpec};
+use crate::source::keys::Keyring;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
@@ -115,15 +118,23 @@ impl OsImage {
 pub struct Catalog {
     boards: BTreeMap<String, Board>,
     images: BTreeMap<String, OsImage>,
+    /// The keys signatures may name: the built-in ones, and `keys/*.asc` of a directory.
+    keys: Keyring,
 }
 
 impl Catalog {
     /// The catalog built into the binary, plus `$PIKUBE_BOARDS_DIR` when set.
     pub fn load() -> Result<Catalog> {
-        let mut cat = Catalog::default();
+        let mut cat = Catalog {
+            keys: Keyring::builtin()?,
+            ..Catalog::default()
+        };
         for (name, text) in embedded::EMBEDDED {
             cat.add_yaml(name, text)
                 .with_context(|| format!("built-in board catalog file boards/{name}"))?;
+        }
+        if let Some(dir) = std::env::var_os(crate::source::keys::TEST_KEYS_VAR) {
+            cat.keys.replace_for_tests(Path::new(&dir))?;
         }
         if let Some(dir) = std::env::var_os("PIKUBE_BOARDS_DIR") {
             cat.add_dir(Path::new(&dir))?;
@@ -132,7 +143,8 @@ impl Catalog {
         Ok(cat)
     }
 
-    /// Adds every `*.yaml` below `dir` (boards at the top, OS images under `images/`).
+    /// Adds every `*.yaml` below `dir` (boards at the top, OS images under `images/`), and
+    /// every OpenPGP key `keys/<name>.asc` (known to image entries as `<name>`).
     pub fn add_dir(&mut self, dir: &Path) -> Result<()> {
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
@@ -144,6 +156,10 @@ impl Catalog {
                     .path();
                 if p.is_dir() {
                     stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "asc") && d == dir.join("keys") {
+                    self.keys
+                        .add_file(&p)
+                        .with_context(|| format!("catalog key {}", p.display()))?;
                 } else if p.extension().is_some_and(|e| e == "yaml") {
                     let text = std::fs::read_to_string(&p)
                         .with_context(|| format!("cannot read {}", p.display()))?;
@@ -168,11 +184,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// Cross-checks boards against images and aliases against names.
-    fn check(&self) -> Result<()> {
+    /// Cross-checks boards against images, aliases against names, signatures against keys.
+    pub fn check(&self) -> Result<()> {
         for img in self.images.values() {
             crate::disk::protect::check_areas(&img.bootloader)
                 .with_context(|| format!("OS image '{}': bootloader", img.name))?;
+            if let Some(sig) = img.checksum.signature() {
+                sig.resolve(&self.keys)
+                    .with_context(|| format!("OS image '{}'", img.name))?;
+            }
         }
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for b in self.boards.values() {
@@ -209,6 +229,11 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    /// The keys image signatures are checked with.
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
     }
 
     pub fn boards(&self) -> impl Iterator<Item = &Board> {
@@ -506,9 +531,25 @@ mod tests {
                     .ends_with("_trixie_current_6.18.43_minimal.img.xz")
             );
             assert!(img.file_name().contains("26.8.1"), "{}", img.url);
-            let ImageChecksum::SumsUrl(sums) = &img.checksum else {
-                panic!("{name}: checksum from the .sha file");
+            let ImageChecksum::SumsUrl {
+                url: sums,
+                signature: Some(sig),
+            } = &img.checksum
+            else {
+                panic!("{name}: checksum from the .sha file, signed");
             };
+            assert_eq!(sig.key, "armbian", "{name}");
+            assert_eq!(
+                sig.url,
+                format!(
+                    "{}.asc",
+                    img.url.replace(
+                        img.url.rsplit_once('/').unwrap().0,
+                        sums.rsplit_once('/').unwrap().0,
+                    )
+                ),
+                "{name}: the .asc beside the .sha"
+            );
             assert_eq!(
                 sums.rsplit('/').next().unwrap(),
                 format!("{}.sha", img.file_name())

@@ -63,6 +63,8 @@ pub fn artifacts(version: &str, arch: Arch) -> (Artifact, Artifact) {
             url: sums_url.clone(),
             name: name.to_string(),
             pinned: true,
+            // k3s publishes no signature over its checksum lists.
+            signature: None,
         },
     };
     (art(bin), art(airgap))
@@ -138,6 +140,7 @@ pub fn local_artifacts(
                 url: sums_url.clone(),
                 name: name.to_string(),
                 pinned: false,
+                signature: None,
             },
         })
     };
@@ -474,7 +477,7 @@ k3s:
         );
         assert!(air.url.ends_with("/k3s-airgap-images-arm64.tar.zst"));
         assert!(
-            matches!(&bin.checksum, Checksum::SumsFile { url, name, pinned: true }
+            matches!(&bin.checksum, Checksum::SumsFile { url, name, pinned: true, .. }
             if url.ends_with("/sha256sum-arm64.txt") && name == "k3s-arm64")
         );
         assert_eq!(asset_names(Arch::Armhf).1, "sha256sum-arm.txt");

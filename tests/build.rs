@@ -12,6 +12,7 @@ use support::build_env::{
 };
 use support::fixtures::{self, Fixture, FixtureOpts};
 use support::http::TestServer;
+use support::signing::CatalogSigner;
 
 const CATALOG_DIR: &str = "cdimage.ubuntu.com/releases/24.04.3/release";
 const CATALOG_FILE: &str = "ubuntu-24.04.3-preinstalled-server-arm64+raspi.img.xz";
@@ -37,6 +38,8 @@ struct Env {
     fixture: Fixture,
     xz: PathBuf,
     server: TestServer,
+    /// Signs the catalog's checksum list in place of Ubuntu's key (`$PIKUBE_TEST_KEYS`).
+    signer: CatalogSigner,
 }
 
 impl Env {
@@ -51,9 +54,13 @@ impl Env {
         let server = TestServer::start();
         let sha = pikube_image::io::sha256_bytes(&bytes);
         server.add(&format!("/{CATALOG_DIR}/{CATALOG_FILE}"), bytes);
-        server.add(
-            &format!("/{CATALOG_DIR}/SHA256SUMS"),
-            format!("0000000000000000000000000000000000000000000000000000000000000000 *other.img.xz\n{sha} *{CATALOG_FILE}\n"),
+        let signer = CatalogSigner::new();
+        serve_sums(
+            &server,
+            &signer,
+            format!(
+                "0000000000000000000000000000000000000000000000000000000000000000 *other.img.xz\n{sha} *{CATALOG_FILE}\n"
+            ),
         );
         std::fs::write(dir.path().join("cluster.yaml"), cluster_yaml("")).unwrap();
         write_token(dir.path());
@@ -68,6 +75,7 @@ impl Env {
             fixture,
             xz,
             server,
+            signer,
         }
     }
 
@@ -76,7 +84,11 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        run_cli(self.dir.path(), &[], args)
+        run_cli(
+            self.dir.path(),
+            &[("PIKUBE_TEST_KEYS", self.signer.keys_dir())],
+            args,
+        )
     }
 
     fn build(&self, extra: &[&str]) -> Output {
@@ -93,6 +105,15 @@ impl Env {
             .filter(|p| !p.to_string_lossy().contains("/locks/") && !p.ends_with("CACHEDIR.TAG"))
             .collect()
     }
+}
+
+/// Serves the catalog image's checksum list, and its signature as the catalog expects.
+fn serve_sums(server: &TestServer, signer: &CatalogSigner, list: String) {
+    server.add(
+        &format!("/{CATALOG_DIR}/SHA256SUMS.gpg"),
+        signer.sign(list.as_bytes()),
+    );
+    server.add(&format!("/{CATALOG_DIR}/SHA256SUMS"), list);
 }
 
 fn mtype(img: &Path, offset: u64, path: &str) -> Vec<u8> {
@@ -447,8 +468,9 @@ fn dropped_connection_is_resumed() {
 #[test]
 fn wrong_checksum_leaves_nothing_behind() {
     let env = Env::new(FixtureOpts::default());
-    env.server.add(
-        &format!("/{CATALOG_DIR}/SHA256SUMS"),
+    serve_sums(
+        &env.server,
+        &env.signer,
         format!("{} *{CATALOG_FILE}\n", "ab".repeat(32)),
     );
     let out = env.build(&["--node", "w1"]);
@@ -1033,6 +1055,7 @@ fn nodes_derive_from_one_prepared_base_in_parallel_and_in_shards() {
             .args(&all)
             .current_dir(env.path(""))
             .env("PIKUBE_CACHE_DIR", env.path("cache"))
+            .env("PIKUBE_TEST_KEYS", env.signer.keys_dir())
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .output()
             .unwrap()
@@ -1227,6 +1250,7 @@ fn container_images_are_pulled_for_the_board_and_preloaded() {
         ])
         .current_dir(env.path(""))
         .env("PIKUBE_CACHE_DIR", &empty)
+        .env("PIKUBE_TEST_KEYS", env.signer.keys_dir())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -1255,6 +1279,7 @@ fn an_interrupted_build_leaves_no_partial_output() {
         ])
         .current_dir(env.path(""))
         .env("PIKUBE_CACHE_DIR", env.path("cache"))
+        .env("PIKUBE_TEST_KEYS", env.signer.keys_dir())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1337,6 +1362,7 @@ fn fleet_outputs_are_reproducible_and_flashable() {
             ])
             .current_dir(dir)
             .env("PIKUBE_CACHE_DIR", cache)
+            .env("PIKUBE_TEST_KEYS", env.signer.keys_dir())
             .env("SOURCE_DATE_EPOCH", "1700000000")
             .output()
             .unwrap();
@@ -1483,6 +1509,7 @@ fn outputs_and_cache_entries_holding_secrets_are_private_under_umask_000() {
         ])
         .current_dir(env.path(""))
         .env("PIKUBE_CACHE_DIR", env.path("cache"))
+        .env("PIKUBE_TEST_KEYS", env.signer.keys_dir())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1647,6 +1674,7 @@ fn a_build_killed_before_the_image_rename_leaves_consistent_outputs() {
             .args(["build", "--mirror", &url, "--out", "out", "--all"])
             .current_dir(env.path(""))
             .env("PIKUBE_CACHE_DIR", env.path("cache"))
+            .env("PIKUBE_TEST_KEYS", env.signer.keys_dir())
             .env("PIKUBE_TEST_PAUSE_BEFORE_RENAME", "w1.img")
             .stderr(std::process::Stdio::piped())
             .spawn()

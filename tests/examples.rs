@@ -20,6 +20,7 @@ use support::build_env::{
 use support::fixtures::{self, FixtureOpts};
 use support::http::TestServer;
 use support::registry::{Registry, TestImage, build_layout};
+use support::signing::CatalogSigner;
 
 const EXAMPLES: [&str; 4] = [
     "pi4-ha-vip-argocd",
@@ -111,6 +112,7 @@ fn every_example_plans_every_node_with_a_dry_run() {
 struct Lab {
     dir: tempfile::TempDir,
     server: TestServer,
+    signer: CatalogSigner,
     _registry: Option<Registry>,
     cluster: Cluster,
 }
@@ -168,6 +170,7 @@ impl Lab {
         let path = dir.path().join("cluster.yaml");
         let cluster = Cluster::load(&path).unwrap();
         let server = TestServer::start();
+        let signer = CatalogSigner::new();
         let fixture = fixtures::ubuntu_raspi(
             dir.path(),
             FixtureOpts {
@@ -178,7 +181,7 @@ impl Lab {
         let xz = std::fs::read(fixtures::compress(&fixture.image, Compression::Xz)).unwrap();
         let boards: BTreeSet<&str> = cluster.nodes.iter().map(|n| n.board.as_str()).collect();
         for b in boards {
-            serve_board_image(&server, b, xz.clone());
+            serve_board_image(&server, b, xz.clone(), &signer);
         }
         serve_k3s(
             &server,
@@ -255,6 +258,7 @@ impl Lab {
         Some(Lab {
             dir,
             server,
+            signer,
             _registry: registry,
             cluster,
         })
@@ -267,7 +271,11 @@ impl Lab {
             args.extend(["--node", n]);
         }
         let started = std::time::Instant::now();
-        let out = run_cli(self.dir.path(), &[], &args);
+        let out = run_cli(
+            self.dir.path(),
+            &[("PIKUBE_TEST_KEYS", self.signer.keys_dir())],
+            &args,
+        );
         let took = started.elapsed();
         assert!(out.status.success(), "{}", stderr(&out));
         took

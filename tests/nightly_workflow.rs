@@ -24,6 +24,7 @@ use support::build_env::{
 };
 use support::fixtures::{self, FixtureOpts};
 use support::http::TestServer;
+use support::signing::CatalogSigner;
 
 const WORKFLOW: &str = include_str!("../examples/nightly-images.yml");
 
@@ -153,6 +154,8 @@ struct Runner<'a> {
     scratch: PathBuf,
     path: std::ffi::OsString,
     secrets: BTreeMap<&'static str, String>,
+    /// `$PIKUBE_TEST_KEYS`: the key the mirror's checksum lists are signed with.
+    test_keys: PathBuf,
 }
 
 impl Runner<'_> {
@@ -181,6 +184,7 @@ impl Runner<'_> {
                 .env("PATH", &self.path)
                 .env("GITHUB_WORKSPACE", workspace)
                 .env("CI", "true")
+                .env("PIKUBE_TEST_KEYS", &self.test_keys)
                 .env_remove("PIKUBE_CACHE_DIR")
                 .env_remove("XDG_CACHE_HOME")
                 .env_remove("SOURCE_DATE_EPOCH")
@@ -228,8 +232,9 @@ fn nightly_workflow_builds_every_shard_with_consistent_checksums() {
     ))
     .unwrap();
     let server = TestServer::start();
-    serve_board_image(&server, "rpi4", xz.clone());
-    serve_board_image(&server, "rpi5", xz);
+    let signer = CatalogSigner::new();
+    serve_board_image(&server, "rpi4", xz.clone(), &signer);
+    serve_board_image(&server, "rpi5", xz, &signer);
     serve_k3s(&server, DEFAULT_K3S_VERSION, b"#!/bin/sh\n", b"airgap");
 
     // The cluster's repository: what `init` wrote, with a mirror, committed without
@@ -281,6 +286,7 @@ fn nightly_workflow_builds_every_shard_with_consistent_checksums() {
         scratch: root.path().to_path_buf(),
         path: path_with_binary(),
         secrets,
+        test_keys: signer.keys_dir().to_path_buf(),
     };
 
     let mut built = Vec::new();

@@ -21,6 +21,7 @@ use support::build_env::{
 };
 use support::fixtures::{self, ARMBIAN_ROOT_GPT_TYPE, ARMBIAN_ROOT_HASH, Fixture, FixtureOpts};
 use support::http::TestServer;
+use support::signing::CatalogSigner;
 
 const MIB: u64 = 1 << 20;
 
@@ -77,9 +78,9 @@ fn nearly_full(family: &Family, dir: &Path) -> Fixture {
     )
 }
 
-fn serve(server: &TestServer, board: &str, f: &Fixture) {
+fn serve(server: &TestServer, signer: &CatalogSigner, board: &str, f: &Fixture) {
     let xz = fixtures::compress(&f.image, Compression::Xz);
-    serve_board_image(server, board, std::fs::read(&xz).unwrap());
+    serve_board_image(server, board, std::fs::read(&xz).unwrap(), signer);
     std::fs::remove_file(xz).unwrap();
 }
 
@@ -329,7 +330,8 @@ fn family_builds_a_server_and_an_agent(family: &Family, server_alias: &str, agen
     let d = dir.path();
     let input = nearly_full(family, d);
     let server = TestServer::start();
-    serve(&server, family.board, &input);
+    let signer = CatalogSigner::new();
+    serve(&server, &signer, family.board, &input);
     let k3s = k3s_binary();
     serve_k3s(&server, K3S_VERSION, &k3s, b"airgap");
     std::fs::write(
@@ -344,7 +346,7 @@ fn family_builds_a_server_and_an_agent(family: &Family, server_alias: &str, agen
     let url = server.url();
     let out = run_cli(
         d,
-        &[],
+        &[("PIKUBE_TEST_KEYS", signer.keys_dir())],
         &["build", "--all", "--mirror", &url, "--out", "out"],
     );
     assert!(out.status.success(), "build failed: {}", stderr(&out));
@@ -388,7 +390,7 @@ fn family_builds_a_server_and_an_agent(family: &Family, server_alias: &str, agen
     }
     let out = run_cli(
         d,
-        &[],
+        &[("PIKUBE_TEST_KEYS", signer.keys_dir())],
         &["build", "--all", "--mirror", &url, "--out", "again"],
     );
     assert!(
@@ -483,11 +485,12 @@ fn mixed_inventory_builds_each_node_from_its_own_base() {
         .unwrap();
     let d = dir.path();
     let server = TestServer::start();
+    let signer = CatalogSigner::new();
     let raspi = fixtures::ubuntu_raspi(&d.join("rpi"), {
         std::fs::create_dir_all(d.join("rpi")).unwrap();
         FixtureOpts::default()
     });
-    serve(&server, "rpi4", &raspi);
+    serve(&server, &signer, "rpi4", &raspi);
     let mut armbian = Vec::new();
     for family in [&ROCKCHIP, &ALLWINNER] {
         let sub = d.join(family.board);
@@ -499,7 +502,7 @@ fn mixed_inventory_builds_each_node_from_its_own_base() {
                 ..FixtureOpts::default()
             },
         );
-        serve(&server, family.board, &f);
+        serve(&server, &signer, family.board, &f);
         armbian.push((family, f));
     }
     let k3s = k3s_binary();
@@ -516,7 +519,7 @@ fn mixed_inventory_builds_each_node_from_its_own_base() {
     write_token(d);
     let out = run_cli(
         d,
-        &[],
+        &[("PIKUBE_TEST_KEYS", signer.keys_dir())],
         &["build", "--all", "--mirror", &server.url(), "--out", "out"],
     );
     assert!(out.status.success(), "build failed: {}", stderr(&out));

@@ -28,6 +28,7 @@ use support::build_env::{keygen, path_with_binary, serve_board_image, serve_k3s,
 use support::fixtures::{self, FixtureOpts};
 use support::http::TestServer;
 use support::readme::{self, Block};
+use support::signing::CatalogSigner;
 
 const README: &str = include_str!("../README.md");
 
@@ -45,6 +46,8 @@ struct Session {
     path: std::ffi::OsString,
     /// Holds the working directory between blocks.
     cwd_file: PathBuf,
+    /// Signs the Ubuntu release the mirror serves; its key stands in for Ubuntu's.
+    signer: CatalogSigner,
 }
 
 impl Session {
@@ -58,6 +61,7 @@ impl Session {
             home,
             path: path_with_binary(),
             cwd_file,
+            signer: CatalogSigner::new(),
         }
     }
 
@@ -66,7 +70,8 @@ impl Session {
     }
 
     /// Runs `script` with `bash -e` in the session's directory and keeps the directory it
-    /// ends in. The environment is the user's: HOME, PATH, no cache or catalog overrides.
+    /// ends in. The environment is the user's: HOME, PATH, no cache or catalog overrides;
+    /// only the key the mirror's checksum lists are signed with is the test's.
     fn run(&self, script: &str) -> Output {
         let wrapped = format!("cd -- \"$(cat \"$QS_CWD\")\"\n{script}\npwd -P > \"$QS_CWD\"\n");
         let out = Command::new("bash")
@@ -74,6 +79,7 @@ impl Session {
             .env("HOME", &self.home)
             .env("PATH", &self.path)
             .env("QS_CWD", &self.cwd_file)
+            .env("PIKUBE_TEST_KEYS", self.signer.keys_dir())
             .env_remove("PIKUBE_CACHE_DIR")
             .env_remove("XDG_CACHE_HOME")
             .env_remove("PIKUBE_BOARDS_DIR")
@@ -160,9 +166,19 @@ fn readme_quick_start_works_as_written() {
     let fixture = fixtures::ubuntu_raspi(root.path(), FixtureOpts::default());
     let xz = fixtures::compress(&fixture.image, pikube_image::decompress::Compression::Xz);
     let server = TestServer::start();
-    let rpi4 = serve_board_image(&server, "rpi4", std::fs::read(&xz).unwrap());
+    let rpi4 = serve_board_image(
+        &server,
+        "rpi4",
+        std::fs::read(&xz).unwrap(),
+        &session.signer,
+    );
     assert_eq!(
-        serve_board_image(&server, "rpi5", std::fs::read(&xz).unwrap()),
+        serve_board_image(
+            &server,
+            "rpi5",
+            std::fs::read(&xz).unwrap(),
+            &session.signer
+        ),
         rpi4,
         "the example's rpi4 and rpi5 nodes share one OS image"
     );

@@ -124,3 +124,37 @@ fn readme_lists_the_boards_of_the_catalog() {
         "README's supported-boards table differs from the catalog; replace it with:\n{want}"
     );
 }
+
+/// README's example of a catalog image's `checksum` parses as one, and README's key table
+/// shows every built-in key with its recorded fingerprint.
+#[test]
+fn readme_shows_the_checksum_schema_and_the_keys() {
+    use pikube_image::source::base::ImageChecksum;
+    use pikube_image::source::keys::{BUILTIN, group_fingerprint};
+    use pikube_image::source::{Keyring, Signs};
+
+    let example = README
+        .split_once("An OS image says how its download is verified in `checksum`:\n\n```yaml\n")
+        .expect("README shows the checksum schema")
+        .1
+        .split_once("```")
+        .unwrap()
+        .0;
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        checksum: ImageChecksum,
+    }
+    let entry: Entry = serde_saphyr::from_str(example).expect("README's example parses");
+    let sig = entry.checksum.signature().expect("the example is signed");
+    assert_eq!(sig.signs, Signs::ChecksumList);
+    sig.resolve(&Keyring::builtin().unwrap())
+        .expect("the example names a built-in key");
+    for key in BUILTIN {
+        let row = format!(
+            "| `{}` | `{}` |",
+            key.name,
+            group_fingerprint(key.fingerprint)
+        );
+        assert!(README.contains(&row), "README's key table lacks {row}");
+    }
+}

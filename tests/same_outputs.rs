@@ -23,6 +23,7 @@ use pikube_image::decompress::Compression;
 use support::build_env::{K3S_VERSION, KEY, serve_k3s, stderr, walk, write_token};
 use support::fixtures::{self, FixtureOpts};
 use support::http::TestServer;
+use support::signing::CatalogSigner;
 
 const RASPI: &str = "cdimage.ubuntu.com/releases/24.04.3/release/ubuntu-24.04.3-preinstalled-server-arm64+raspi.img.xz";
 const ARMBIAN: &str = "dl.armbian.com/orangepizero3/archive/Armbian_25.8.1_Orangepizero3_bookworm_current_6.12.43_minimal.img.xz";
@@ -99,6 +100,7 @@ fn make_inputs(dir: &Path) {
 /// returns the SHA-256 of every file written.
 fn build(dir: &Path) -> BTreeMap<String, String> {
     let server = TestServer::start();
+    let signer = CatalogSigner::new();
     for (path, file) in [(RASPI, "raspi.img.xz"), (ARMBIAN, "armbian.img.xz")] {
         let bytes = std::fs::read(dir.join(file)).unwrap();
         let sha = pikube_image::io::sha256_bytes(&bytes);
@@ -112,6 +114,10 @@ fn build(dir: &Path) -> BTreeMap<String, String> {
         } else {
             (format!("/{path}.sha"), format!("{sha} {name}\n"))
         };
+        if path == RASPI {
+            // The built-in entry expects its list signed (by Ubuntu's key; here the test's).
+            server.add(&format!("{sums}.gpg"), signer.sign(line.as_bytes()));
+        }
         server.add(&sums, line);
     }
     server.add(&format!("/{ARGOCD}"), ARGOCD_INSTALL);
@@ -142,6 +148,7 @@ fn build(dir: &Path) -> BTreeMap<String, String> {
         .current_dir(&project)
         .env("PIKUBE_CACHE_DIR", scratch.path().join("cache"))
         .env("PIKUBE_BOARDS_DIR", &boards)
+        .env("PIKUBE_TEST_KEYS", signer.keys_dir())
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use pikube_image::progress::{Mode, Progress};
 use pikube_image::source::base::{BaseSource, ImageChecksum, Origin};
 use pikube_image::source::{
-    Artifact, Cache, Checksum, Fetcher, RetryPolicy, SourceError, Timeouts, lookup_checksum,
-    mirror_url,
+    Artifact, Cache, Checksum, Fetcher, Keyring, RetryPolicy, SourceError, Timeouts,
+    lookup_checksum, mirror_url,
 };
 use support::http::TestServer;
 use support::{pseudo_random, sha256_hex};
@@ -416,6 +416,7 @@ fn sums_file_checksums_work_online_and_offline() {
             url: srv.url_for("/rel/SHA256SUMS"),
             name: name.to_string(),
             pinned: false,
+            signature: None,
         },
     };
     let got = fetcher(td.path(), None, false).fetch(&a).unwrap();
@@ -485,6 +486,7 @@ fn every_checksum_file_format_is_understood() {
                     url: srv.url_for(&format!("/{dist}/{sums}")),
                     name: "a.img.xz".into(),
                     pinned: false,
+                    signature: None,
                 },
             })
             .unwrap_or_else(|e| panic!("{dist}: {e:#}"));
@@ -507,6 +509,7 @@ fn name_missing_from_checksum_file_names_the_file() {
                 url: sums.clone(),
                 name: "y.img".into(),
                 pinned: false,
+                signature: None,
             },
         })
         .unwrap_err();
@@ -532,6 +535,7 @@ fn mirror_serves_every_url_including_checksum_files() {
             url: format!("{upstream}/sha256sum-arm64.txt"),
             name: "k3s-arm64".into(),
             pinned: false,
+            signature: None,
         },
     };
     let td = tempfile::tempdir().unwrap();
@@ -596,7 +600,9 @@ fn catalog_pin_wins_over_a_mirrors_checksum_list() {
             sha256: None,
         },
     ] {
-        let image = base.resolve(&entry_url, &checksum);
+        let image = base
+            .resolve(&entry_url, &checksum, &Keyring::default())
+            .unwrap();
         assert_eq!(image.content_id, pin);
         let Origin::Download(a) = &image.origin else {
             panic!("{image:?}")
@@ -611,7 +617,9 @@ fn catalog_pin_wins_over_a_mirrors_checksum_list() {
 
     // The genuine image from the same mirror passes.
     srv.add(&format!("{on_mirror}/x.img.xz"), genuine.clone());
-    let image = BaseSource::Catalog.resolve(&entry_url, &checksum);
+    let image = BaseSource::Catalog
+        .resolve(&entry_url, &checksum, &Keyring::default())
+        .unwrap();
     let Origin::Download(a) = &image.origin else {
         panic!("{image:?}")
     };
@@ -1007,6 +1015,7 @@ fn local_files_are_verified_into_the_cache() {
                 url: sums,
                 name: "local image.img.xz".into(),
                 pinned: false,
+                signature: None,
             },
         })
         .unwrap();
@@ -1072,6 +1081,7 @@ fn directory_server_serves_files_below_its_root() {
                 url: format!("{up}/a.img.xz.sha"),
                 name: "a.img.xz".into(),
                 pinned: false,
+                signature: None,
             },
         })
         .unwrap();
@@ -1103,6 +1113,7 @@ fn a_pinned_release_is_read_from_the_cache_without_its_list() {
             url: srv.url_for("/rel/v1/sha256sum-arm64.txt"),
             name: name.into(),
             pinned: true,
+            signature: None,
         },
     };
     let td = tempfile::tempdir().unwrap();

@@ -96,7 +96,11 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             .image_for(board, node.os.as_deref())
             .with_context(at)?;
         crate::netconfig::check_links(&cluster, &node, board, &req.config)?;
-        let base = req.base.resolve(&image.url, &image.checksum);
+        let base = req
+            .base
+            .resolve(&image.url, &image.checksum, catalog.keys())
+            .with_context(|| format!("OS image '{}'", image.name))
+            .with_context(at)?;
         jobs.push((node, board, image, base));
     }
 

@@ -24,9 +24,9 @@ impl Cli {
             Command::Build(a) => a.json,
             Command::Inspect(a) => a.json,
             Command::Cache(CacheCommand::List { json }) | Command::Boards { json } => *json,
-            Command::Init(_)
-            | Command::Images(_)
-            | Command::Cache(CacheCommand::Prune { .. }) => false,
+            Command::Init(_) | Command::Images(_) | Command::Cache(CacheCommand::Prune { .. }) => {
+                false
+            }
         }
     }
 }

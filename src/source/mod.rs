@@ -9,8 +9,10 @@
 pub mod base;
 mod cache;
 mod download;
+pub mod keys;
 pub mod layout;
 mod mirror;
+pub mod signature;
 mod sums;
 
 use std::collections::HashMap;
@@ -25,7 +27,9 @@ use anyhow::{Context, Result, bail};
 
 pub use cache::{Cache, normalize_sha256, touch};
 pub(crate) use download::why_unreachable;
+pub use keys::{Keyring, TrustedKey};
 pub use mirror::mirror_url;
+pub use signature::{Signature, Signs};
 pub use sums::lookup_checksum;
 
 use crate::io::ProgressReader;
@@ -37,7 +41,8 @@ pub enum Checksum {
     /// A known hex digest.
     Sha256(String),
     /// A checksum list (`SHA256SUMS`, `*.sha256`, `.sha`, `sha256sum-*.txt`) to fetch, in
-    /// which `name` is looked up.
+    /// which `name` is looked up; with a `signature`, none of it is trusted before the
+    /// signature verified with its key.
     SumsFile {
         url: String,
         name: String,
@@ -47,6 +52,7 @@ pub enum Checksum {
         /// given by hand, which may be replaced), the list is fetched again on every online
         /// build, and the build says so.
         pinned: bool,
+        signature: Option<Signature>,
     },
 }
 
@@ -102,6 +108,33 @@ pub enum SourceError {
         "{name} is not listed in the checksum file {sums_url}; check the file name and version"
     )]
     NotInSums { name: String, sums_url: String },
+    #[error(
+        "{what} must be signed by key {key}, but its signature {url} was not found (HTTP \
+         {status}); nothing from it was used. Check `checksum.signature.url` in the catalog \
+         entry, or, with --mirror, copy the signature to the mirror beside the file"
+    )]
+    SignatureMissing {
+        what: String,
+        url: String,
+        status: u16,
+        key: String,
+    },
+    #[error(
+        "the signature {url} does not vouch for {what}: {reason}. It must be signed by key \
+         {key} (from {key_origin}). Nothing from either file was used, and both cached copies \
+         ({path} and {signed_path}) were deleted. Retry without --mirror, or check the \
+         mirror's copies against upstream; if upstream itself fails, check \
+         `checksum.signature` (url, key, signs) in the catalog entry"
+    )]
+    BadSignature {
+        what: String,
+        url: String,
+        path: PathBuf,
+        signed_path: PathBuf,
+        key: String,
+        key_origin: String,
+        reason: String,
+    },
     #[error(
         "the cached copy of {url} ({path}) is damaged: its SHA-256 is now {actual}, not the \
          {expected} it was verified with. It was deleted, and --offline forbids downloading it \
@@ -176,6 +209,9 @@ pub struct Fetcher {
     /// Blobs this fetcher hashed (or stored), with their metadata at the time: a build asks
     /// for the same base image once per node, and hashes it only once unless it changed.
     verified: Mutex<HashMap<PathBuf, Stamp>>,
+    /// Images whose own signature (by the SHA-256 of its bytes) this fetcher checked, with
+    /// their state at the time.
+    signed: Mutex<HashMap<(PathBuf, String), Stamp>>,
 }
 
 /// What identifies a file's state without reading it: any write or `chmod` changes the
@@ -216,6 +252,7 @@ impl Fetcher {
             timeouts: Timeouts::default(),
             client: OnceLock::new(),
             verified: Mutex::new(HashMap::new()),
+            signed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -255,7 +292,12 @@ impl Fetcher {
             Checksum::Sha256(h) => {
                 normalize_sha256(h).with_context(|| format!("invalid checksum for {}", a.url))?
             }
-            Checksum::SumsFile { url, name, pinned } => {
+            Checksum::SumsFile {
+                url,
+                name,
+                pinned,
+                signature,
+            } => {
                 // A release's file verified once stays what it was: no list is needed.
                 if *pinned
                     && let Some(d) = self.cache.lookup_url(&a.url)
@@ -278,12 +320,10 @@ impl Fetcher {
                         a.url
                     ));
                 }
-                let text = if *pinned {
-                    self.fetch_text_pinned(url)
-                } else {
-                    self.fetch_text(url)
-                };
-                match text {
+                let list_signature = signature
+                    .as_ref()
+                    .filter(|s| s.signs == Signs::ChecksumList);
+                match self.fetch_list(url, list_signature, *pinned) {
                     Ok(text) => {
                         lookup_checksum(&text, name).ok_or_else(|| SourceError::NotInSums {
                             name: name.clone(),
@@ -291,27 +331,45 @@ impl Fetcher {
                         })?
                     }
                     // Without the list, the digest recorded when the artifact itself was
-                    // verified still identifies it.
-                    Err(e) if self.offline => match self.cache.lookup_url(&a.url) {
-                        Some(d) => d,
-                        None => return Err(e),
-                    },
+                    // verified (its list's signature included) still identifies it. A list
+                    // whose signature failed is never worked around.
+                    Err(e) if self.offline && !is_signature_error(&e) => {
+                        match self.cache.lookup_url(&a.url) {
+                            Some(d) => d,
+                            None => return Err(e),
+                        }
+                    }
                     Err(e) => return Err(e),
                 }
             }
         };
-        if let Some(path) = self.cached(&a.url, &expected)? {
-            if self.cache.lookup_url(&a.url).as_deref() != Some(expected.as_str()) {
-                let _ = self.cache.record_url(&a.url, &expected);
+        let got = self.fetch_digest(a, &expected)?;
+        if let Checksum::SumsFile {
+            url,
+            signature: Some(sig),
+            ..
+        } = &a.checksum
+            && sig.signs == Signs::Image
+        {
+            self.check_image_signature(sig, &got, url)?;
+        }
+        Ok(got)
+    }
+
+    /// The cached or downloaded file for `a`, whose SHA-256 must be `expected`.
+    fn fetch_digest(&self, a: &Artifact, expected: &str) -> Result<Fetched> {
+        if let Some(path) = self.cached(&a.url, expected)? {
+            if self.cache.lookup_url(&a.url).as_deref() != Some(expected) {
+                let _ = self.cache.record_url(&a.url, expected);
             }
             self.progress.message(&format!(
                 "using the verified copy of {} from the cache",
                 a.url
             ));
-            return fetched(a.url.clone(), expected, path, true);
+            return fetched(a.url.clone(), expected.to_string(), path, true);
         }
         if let Some(local) = file_url_path(&a.url)? {
-            return self.store_local(&a.url, &local, &expected);
+            return self.store_local(&a.url, &local, expected);
         }
         if self.offline {
             return Err(SourceError::OfflineMiss {
@@ -320,14 +378,17 @@ impl Fetcher {
             }
             .into());
         }
-        let got = self.download(&a.url, Some(&expected), None);
-        if let (Err(e), Checksum::SumsFile { url, .. }) = (&got, &a.checksum) {
-            if matches!(
+        let got = self.download(&a.url, Some(expected), None);
+        if let (Err(e), Checksum::SumsFile { url, signature, .. }) = (&got, &a.checksum)
+            && matches!(
                 e.downcast_ref::<SourceError>(),
                 Some(SourceError::ChecksumMismatch { .. })
-            ) {
-                // Either the artifact or the list is wrong; keep neither.
-                self.cache.forget_url(url);
+            )
+        {
+            // Either the artifact or the list is wrong; keep neither (nor its signature).
+            self.cache.forget_url(url);
+            if let Some(sig) = signature {
+                self.cache.forget_url(&sig.url);
             }
         }
         got
@@ -337,21 +398,130 @@ impl Fetcher {
     /// checksum list, a tagged release's manifest): the copy verified into the cache by an
     /// earlier build is read without any request.
     pub fn fetch_text_pinned(&self, url: &str) -> Result<String> {
-        if file_url_path(url)?.is_none()
-            && let Some(d) = self.cache.lookup_url(url)
-            && let Some(path) = self.cached(url, &d)?
-        {
-            return read_text(url, &path);
-        }
-        self.fetch_text(url)
+        let (_, bytes) = self.fetch_small(url, true)?;
+        into_text(url, bytes)
     }
 
     /// Downloads (or, offline, reads from the cache) a small text file such as a
     /// checksum list. Online, the file is always downloaded afresh; the copy is kept so
     /// later offline builds can read it.
     pub fn fetch_text(&self, url: &str) -> Result<String> {
+        let (_, bytes) = self.fetch_small(url, false)?;
+        into_text(url, bytes)
+    }
+
+    /// A checksum list, only once `signature` (when given) verified over its exact bytes. A
+    /// `pinned` list (and its signature) verified into the cache before is read from there.
+    fn fetch_list(&self, url: &str, signature: Option<&Signature>, pinned: bool) -> Result<String> {
+        let (path, bytes) = self.fetch_small(url, pinned)?;
+        if let Some(sig) = signature {
+            let what = format!("the checksum list {url}");
+            let (sig_path, sig_bytes) = self.fetch_signature(sig, &what, pinned)?;
+            if let Err(reason) = signature::verify(&sig_bytes, &sig.key, &bytes[..]) {
+                return Err(self.rejected(sig, &what, url, &path, &sig_path, reason));
+            }
+            self.progress.message(&format!(
+                "the checksum list {url} is signed by key {}{}",
+                sig.key,
+                key_note(&sig.key)
+            ));
+        }
+        into_text(url, bytes)
+    }
+
+    /// Checks an image's own signature (once per fetcher while the file stays unchanged).
+    fn check_image_signature(&self, sig: &Signature, got: &Fetched, sums_url: &str) -> Result<()> {
+        let what = format!("the image {}", got.url);
+        let (sig_path, sig_bytes) = self.fetch_signature(sig, &what, false)?;
+        let memo = (got.path.clone(), crate::io::sha256_bytes(&sig_bytes));
+        let stamp = Stamp::of(&got.path);
+        if stamp.is_some() && self.signed.lock().expect("lock").get(&memo) == stamp.as_ref() {
+            return Ok(());
+        }
+        let f =
+            File::open(&got.path).with_context(|| format!("cannot open {}", got.path.display()))?;
+        let task = self.progress.task(
+            &format!(
+                "check the signature of {}",
+                download::display_name(&got.url)
+            ),
+            Some(got.size),
+        );
+        let r = ProgressReader::new(io::BufReader::with_capacity(1 << 20, f), task.clone());
+        if let Err(reason) = signature::verify(&sig_bytes, &sig.key, r) {
+            task.finish("bad signature");
+            self.cache.forget_url(sums_url);
+            return Err(self.rejected(sig, &what, &got.url, &got.path, &sig_path, reason));
+        }
+        task.finish(&format!("signed by key {}{}", sig.key, key_note(&sig.key)));
+        if let Some(s) = stamp {
+            self.signed.lock().expect("lock").insert(memo, s);
+        }
+        Ok(())
+    }
+
+    /// The bytes of a detached signature (downloaded afresh online, from the cache offline).
+    fn fetch_signature(
+        &self,
+        sig: &Signature,
+        what: &str,
+        pinned: bool,
+    ) -> Result<(PathBuf, Vec<u8>)> {
+        self.fetch_small(&sig.url, pinned)
+            .map_err(|e| match e.downcast_ref::<SourceError>() {
+                Some(SourceError::NotFound { url, status }) => SourceError::SignatureMissing {
+                    what: what.to_string(),
+                    url: url.clone(),
+                    status: *status,
+                    key: sig.key.to_string(),
+                }
+                .into(),
+                _ => e.context(format!(
+                    "cannot get the signature of {what}, which must be signed by key {}",
+                    sig.key
+                )),
+            })
+    }
+
+    /// The error for a signature that did not verify; neither file is found by URL again.
+    fn rejected(
+        &self,
+        sig: &Signature,
+        what: &str,
+        signed_url: &str,
+        signed_path: &Path,
+        sig_path: &Path,
+        reason: signature::Rejection,
+    ) -> anyhow::Error {
+        self.cache.forget_url(signed_url);
+        self.cache.forget_url(&sig.url);
+        SourceError::BadSignature {
+            what: what.to_string(),
+            url: sig.url.clone(),
+            path: sig_path.to_path_buf(),
+            signed_path: signed_path.to_path_buf(),
+            key: sig.key.to_string(),
+            key_origin: sig.key.origin().to_string(),
+            reason: reason.to_string(),
+        }
+        .into()
+    }
+
+    /// A small file (checksum list, signature, manifest): its path and bytes. Online it is
+    /// downloaded afresh unless `pinned` (a file that never changes once published) and
+    /// already in the cache; the copy is kept so later offline builds can read it.
+    fn fetch_small(&self, url: &str, pinned: bool) -> Result<(PathBuf, Vec<u8>)> {
+        let cached_pinned = match file_url_path(url)? {
+            None if pinned => match self.cache.lookup_url(url) {
+                Some(d) => self.cached(url, &d)?,
+                None => None,
+            },
+            _ => None,
+        };
         let path = if let Some(local) = file_url_path(url)? {
             local
+        } else if let Some(cached) = cached_pinned {
+            cached
         } else if self.offline {
             let miss = || SourceError::OfflineMiss {
                 url: url.to_string(),
@@ -362,7 +532,16 @@ impl Fetcher {
         } else {
             self.download(url, None, Some(MAX_TEXT))?.path
         };
-        read_text(url, &path)
+        let meta =
+            fs::metadata(&path).with_context(|| format!("cannot stat {}", path.display()))?;
+        if meta.len() > MAX_TEXT {
+            bail!(
+                "{url} is {} bytes, too large for a checksum file; check the URL",
+                meta.len()
+            );
+        }
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok((path, bytes))
     }
 
     /// The cached blob `digest` for `url`, hashed again before it is trusted (once per
@@ -483,19 +662,26 @@ const _: () = {
     assert_send_sync::<Cache>();
 };
 
-/// The text of `path`, fetched from `url`, refusing what cannot be a checksum list or a
-/// manifest.
-fn read_text(url: &str, path: &Path) -> Result<String> {
-    let meta = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-    if meta.len() > MAX_TEXT {
-        bail!(
-            "{url} is {} bytes, too large for a checksum file; check the URL",
-            meta.len()
-        );
-    }
-    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+fn into_text(url: &str, bytes: Vec<u8>) -> Result<String> {
     String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("{url} is not a text file (invalid UTF-8); check the URL"))
+}
+
+/// Where a key that is not built in came from, for messages.
+fn key_note(key: &TrustedKey) -> String {
+    if key.origin().starts_with("built-in") {
+        String::new()
+    } else {
+        format!(", from {}", key.origin())
+    }
+}
+
+/// A signature was missing or did not verify: never worked around.
+fn is_signature_error(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<SourceError>(),
+        Some(SourceError::SignatureMissing { .. } | SourceError::BadSignature { .. })
+    )
 }
 
 /// The local path of a `file://` URL, `None` for any other scheme.

@@ -47,14 +47,26 @@ pub fn serve_k3s(server: &TestServer, version: &str, binary: &[u8], airgap: &[u8
 
 /// Publishes `image` (compressed as the catalog's download is) on the mirror at the URL of
 /// `board`'s default OS image in the built-in catalog (`boards/`), with the checksum list the
-/// catalog names beside it, in the format its publisher uses. Returns the upstream URL.
-pub fn serve_board_image(server: &TestServer, board: &str, image: Vec<u8>) -> String {
+/// catalog names beside it, in the format its publisher uses, and, when the catalog expects
+/// one, the signature by `signer` over the list or the image (trusted by a build run with
+/// `$PIKUBE_TEST_KEYS` = `signer.keys_dir()`). Returns the upstream URL.
+pub fn serve_board_image(
+    server: &TestServer,
+    board: &str,
+    image: Vec<u8>,
+    signer: &super::signing::CatalogSigner,
+) -> String {
+    use pikube_image::source::Signs;
     use pikube_image::source::base::ImageChecksum;
     let catalog = pikube_image::boards::Catalog::load().unwrap();
     let entry = catalog
         .image_for(catalog.board(board).unwrap(), None)
         .unwrap();
-    let ImageChecksum::SumsUrl(sums) = &entry.checksum else {
+    let ImageChecksum::SumsUrl {
+        url: sums,
+        signature,
+    } = &entry.checksum
+    else {
         panic!("{board}'s image pins its digest: serve it by that instead");
     };
     let path = |url: &str| {
@@ -68,6 +80,13 @@ pub fn serve_board_image(server: &TestServer, board: &str, image: Vec<u8>) -> St
         pikube_image::io::sha256_bytes(&image),
         entry.file_name()
     );
+    if let Some(sig) = signature {
+        let signed = match sig.signs {
+            Signs::ChecksumList => line.as_bytes(),
+            Signs::Image => &image[..],
+        };
+        server.add(&path(&sig.url), signer.sign(signed));
+    }
     server.add(&path(&entry.url), image);
     server.add(&path(sums), line);
     entry.url.clone()

@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod http;
 pub mod readme;
 pub mod registry;
+pub mod signing;
 pub mod vm;
 
 /// Deterministic, incompressible-looking bytes (xorshift), so tests need no fixtures.
