@@ -41,3 +41,20 @@ pub fn enable(partition: &str, unit: &str, unit_path: &str) -> Op {
         unit_path,
     )
 }
+
+/// Refuses a unit name that is not one file name of a unit (`ssh.service`).
+pub fn check_unit_name(unit: &str) -> Result<()> {
+    let ok = !unit.is_empty()
+        && unit
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@:\\".contains(c))
+        && unit.rsplit_once('.').is_some_and(|(name, kind)| {
+            !name.is_empty() && ["service", "socket", "timer", "target", "path"].contains(&kind)
+        });
+    if !ok {
+        bail!(
+            "'{unit}' is not a systemd unit name like ssh.service: fix enable_units in the OS image's definition"
+        );
+    }
+    Ok(())
+}
