@@ -107,15 +107,25 @@ fn cluster_yaml(nodes: &str) -> String {
     )
 }
 
-fn build(dir: &Path, server: &TestServer) -> Output {
+/// Builds `nodes` (`--all` when empty) and prints how long the build took.
+fn build(dir: &Path, server: &TestServer, nodes: &[&str]) -> Output {
     let url = server.url();
+    let mut args = vec!["build", "--mirror", &url, "--out", "out"];
+    match nodes {
+        [] => args.push("--all"),
+        _ => nodes.iter().for_each(|n| args.extend(["--node", n])),
+    }
     let started = std::time::Instant::now();
-    let out = run_cli(
-        dir,
-        &[],
-        &["build", "--all", "--mirror", &url, "--out", "out"],
+    let out = run_cli(dir, &[], &args);
+    eprintln!(
+        "build of {} took {:.1} s",
+        if nodes.is_empty() {
+            "every node".to_string()
+        } else {
+            nodes.join(", ")
+        },
+        started.elapsed().as_secs_f64()
     );
-    eprintln!("build took {:.1} s", started.elapsed().as_secs_f64());
     out
 }
 
@@ -177,8 +187,11 @@ fn server_and_agent_build_from(layout: &Layout) {
         )),
     )
     .unwrap();
-    let out = build(dir.path(), &server);
-    assert!(out.status.success(), "build: {}", stderr(&out));
+    // One node at a time, so each build's time is that of one node from the download.
+    for node in ["cp1", "w1"] {
+        let out = build(dir.path(), &server, &[node]);
+        assert!(out.status.success(), "build {node}: {}", stderr(&out));
+    }
 
     let boot = fixture.part(layout.boot);
     let root = fixture.part(layout.root);
@@ -342,7 +355,7 @@ fn an_arm64_server_and_an_armhf_agent_get_their_own_k3s() {
         ),
     )
     .unwrap();
-    let out = build(dir.path(), &server);
+    let out = build(dir.path(), &server, &[]);
     assert!(out.status.success(), "build: {}", stderr(&out));
     for (node, layout, f) in &fixtures_by_node {
         let img = dir.path().join(format!("out/{node}.img"));
@@ -384,5 +397,76 @@ fn an_arm64_server_and_an_armhf_agent_get_their_own_k3s() {
             String::from_utf8(content).unwrap(),
             format!("airgap images for {want}")
         );
+    }
+}
+
+/// `debugfs stat`'s modification time of `path`, in seconds since the epoch.
+fn ext4_mtime(img: &Path, p: &fixtures::PartInfo, path: &str, scratch: &Path) -> i64 {
+    let part = fixtures::extract(img, p.start, p.size, &scratch.join("mtime.ext4"));
+    let o = Command::new("debugfs")
+        .args(["-R", &format!("stat {path}")])
+        .arg(&part)
+        .output()
+        .expect("debugfs");
+    std::fs::remove_file(&part).unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let hex = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("mtime: 0x"))
+        .unwrap_or_else(|| panic!("no mtime for {path}: {text}"));
+    i64::from_str_radix(&hex[..8], 16).unwrap()
+}
+
+#[test]
+fn manifests_keep_an_mtime_k3s_applies_under_source_date_epoch_0() {
+    if !have_oracles() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-rpi-epoch")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    let layout = &UBUNTU_26_04;
+    let fixture = (layout.make)(dir.path(), FixtureOpts::default());
+    let xz = fixtures::compress(&fixture.image, Compression::Xz);
+    let server = TestServer::start();
+    serve_catalog_image(&server, layout.board, None, std::fs::read(&xz).unwrap());
+    serve_release(&server, "arm64");
+    let version = pikube_image::config::DEFAULT_ARGOCD_VERSION;
+    server.add(
+        &format!("/raw.githubusercontent.com/argoproj/argo-cd/{version}/manifests/install.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: argocd-server\n",
+    );
+    write_token(dir.path());
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        cluster_yaml("  - { name: cp1, board: rpi4, role: server, ip: 192.168.50.10 }\n").replace(
+            "nodes:\n",
+            "gitops: { repo: \"https://git.example.com/lab.git\" }\nimages: { argocd: none }\nnodes:\n",
+        ),
+    )
+    .unwrap();
+    let url = server.url();
+    let out = run_cli(
+        dir.path(),
+        &[("SOURCE_DATE_EPOCH", Path::new("0"))],
+        &["build", "--all", "--mirror", &url, "--out", "out"],
+    );
+    assert!(out.status.success(), "build: {}", stderr(&out));
+    let img = dir.path().join("out/cp1.img");
+    let root = fixture.part(layout.root);
+    assert_eq!(
+        ext4_mtime(&img, root, "/etc/rancher/k3s/config.yaml", dir.path()),
+        0,
+        "other files keep SOURCE_DATE_EPOCH"
+    );
+    for f in ["pikube-argocd-install.yaml", "pikube-argocd-root-app.yaml"] {
+        let t = ext4_mtime(
+            &img,
+            root,
+            &format!("/var/lib/rancher/k3s/server/manifests/{f}"),
+            dir.path(),
+        );
+        assert_eq!(t, 946_684_800, "{f}: 2000-01-01, not the epoch");
     }
 }
