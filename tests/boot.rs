@@ -29,6 +29,14 @@ const TOKEN: &str = "K10boot-test-token::server:5ecret";
 /// Per guest; both guests boot at the same time, one vCPU each.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(9 * 60);
 
+/// Held while a test's guests run: tests prepare their images in parallel but boot one pair
+/// at a time, so no guest shares the machine's cores with more than one other under TCG.
+static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn guests_slot() -> std::sync::MutexGuard<'static, ()> {
+    GUESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cluster_yaml(board: &str) -> String {
     format!(
         r#"cluster: boottest
@@ -135,6 +143,7 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
     let nodes = [("cp1", "server"), ("w1", "agent")];
     let t = Instant::now();
     // Boot both at once: one vCPU each.
+    let slot = guests_slot();
     let boots: Vec<(String, String, Boot, bool)> = std::thread::scope(|s| {
         let handles: Vec<_> = nodes
             .iter()
@@ -151,6 +160,7 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    drop(slot);
 
     let mut failures = Vec::new();
     for (name, role, boot, has_k3s) in &boots {
@@ -282,6 +292,7 @@ fn raspberry_pi_layouts_boot_as_their_nodes() {
     );
     assert!(out.status.success(), "pikube-image build failed");
 
+    let slot = guests_slot();
     let boots: Vec<(&str, &str, vm::Layout, Boot)> = std::thread::scope(|s| {
         let handles: Vec<_> = layouts
             .iter()
@@ -297,6 +308,7 @@ fn raspberry_pi_layouts_boot_as_their_nodes() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    drop(slot);
     let mut failures = Vec::new();
     for (name, role, layout, boot) in &boots {
         eprintln!(
