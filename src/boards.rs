@@ -161,6 +161,21 @@ impl Catalog {
 
     /// Cross-checks boards against images and aliases against names.
     fn check(&self) -> Result<()> {
+        for img in self.images.values() {
+            if let (
+                Firstboot::CloudInit {
+                    cmdline_datasource: true,
+                    ..
+                },
+                BootConfig::ArmbianEnv { .. },
+            ) = (&img.firstboot, &img.boot)
+            {
+                bail!(
+                    "OS image '{}': cmdline_datasource needs a Raspberry Pi firmware command line (boot kind raspi-firmware)",
+                    img.name
+                );
+            }
+        }
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for b in self.boards.values() {
             for n in std::iter::once(&b.name).chain(&b.aliases) {

@@ -283,7 +283,7 @@ fn server_and_agent_build_from(layout: &Layout) {
         assert_eq!(got, airgap, "{node}");
 
         if layout.os.starts_with("raspios") {
-            // sshd ships disabled: enabled in the image and by the seed, as Imager does.
+            // sshd ships disabled: enabled in the image, so the seed needs no command for it.
             assert_eq!(
                 ext4_link(
                     &img,

@@ -45,9 +45,6 @@ struct CloudConfig<'a> {
     /// the locale is not generated.
     #[serde(skip_serializing_if = "Option::is_none")]
     locale: Option<&'a str>,
-    /// Commands of the final stage: enabling and starting units the image ships disabled.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    runcmd: Vec<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -85,9 +82,8 @@ pub fn seed(
     node: &Node,
     host_keys: HostKeys,
     build_inputs: &[&str],
-    enable_units: &[String],
 ) -> Result<Seed> {
-    let user_data = user_data(cluster, node, host_keys, enable_units)?;
+    let user_data = user_data(cluster, node, host_keys)?;
     let network_config = network_config(cluster, node)?;
 
     let mut h = Sha256::new();
@@ -117,12 +113,7 @@ pub fn seed(
     })
 }
 
-fn user_data(
-    cluster: &Cluster,
-    node: &Node,
-    host_keys: HostKeys,
-    enable_units: &[String],
-) -> Result<String> {
+fn user_data(cluster: &Cluster, node: &Node, host_keys: HostKeys) -> Result<String> {
     let cfg = CloudConfig {
         hostname: &node.name,
         fqdn: cluster.fqdn(&node.name),
@@ -145,17 +136,6 @@ fn user_data(
         ssh_genkeytypes: (host_keys == HostKeys::Provided).then(|| vec!["ed25519"]),
         timezone: cluster.timezone.as_str(),
         locale: cluster.locale.as_ref().map(|l| l.as_str()),
-        runcmd: enable_units
-            .iter()
-            .map(|u| {
-                vec![
-                    "systemctl".into(),
-                    "enable".into(),
-                    "--now".into(),
-                    u.clone(),
-                ]
-            })
-            .collect(),
     };
     Ok(format!("#cloud-config\n{}", yaml(&cfg)?))
 }
@@ -166,21 +146,19 @@ fn network_config(cluster: &Cluster, node: &Node) -> Result<String> {
 }
 
 /// The seed files of `node` on the FAT partition `seed_partition`, all the node's own.
-/// `host_key_provided`: the build writes the node's host key into the image; `enable_units`
-/// are units the image ships disabled, enabled and started by the seed's `runcmd`.
+/// `host_key_provided`: the build writes the node's host key into the image.
 pub fn ops(
     cluster: &Cluster,
     node: &Node,
     seed_partition: &str,
     build_inputs: &[&str],
     host_key_provided: bool,
-    enable_units: &[String],
 ) -> Result<super::Contribution> {
     let host_keys = match host_key_provided {
         true => HostKeys::Provided,
         false => HostKeys::Generate,
     };
-    let seed = seed(cluster, node, host_keys, build_inputs, enable_units)?;
+    let seed = seed(cluster, node, host_keys, build_inputs)?;
     Ok(super::Contribution {
         ops: vec![
             Op::file(
@@ -231,7 +209,7 @@ nodes:
     #[test]
     fn user_data_round_trips_tricky_keys() {
         let c = cluster();
-        let s = seed(&c, &c.nodes[0], HostKeys::Provided, &["base"], &[]).unwrap();
+        let s = seed(&c, &c.nodes[0], HostKeys::Provided, &["base"]).unwrap();
         assert!(s.user_data.starts_with("#cloud-config\n"));
         #[derive(serde::Deserialize)]
         struct U {
@@ -260,7 +238,7 @@ nodes:
     #[test]
     fn static_and_dhcp_network() {
         let c = cluster();
-        let s = seed(&c, &c.nodes[0], HostKeys::Generate, &[], &[]).unwrap();
+        let s = seed(&c, &c.nodes[0], HostKeys::Generate, &[]).unwrap();
         let v: serde_json::Value = serde_saphyr::from_str(&s.network_config).unwrap();
         let e = &v["ethernets"]["eth0"];
         assert_eq!(v["version"], 2);
@@ -269,7 +247,7 @@ nodes:
         assert_eq!(e["nameservers"]["addresses"][0], "10.0.0.2");
         assert_eq!(e["match"]["macaddress"], "dc:a6:32:00:00:01");
         assert_eq!(e["dhcp4"], false);
-        let s = seed(&c, &c.nodes[1], HostKeys::Generate, &[], &[]).unwrap();
+        let s = seed(&c, &c.nodes[1], HostKeys::Generate, &[]).unwrap();
         let v: serde_json::Value = serde_saphyr::from_str(&s.network_config).unwrap();
         assert_eq!(v["ethernets"]["eth0"]["dhcp4"], true);
         assert!(v["ethernets"]["eth0"].get("addresses").is_none());
@@ -278,10 +256,10 @@ nodes:
     #[test]
     fn instance_id_is_unique_per_node_and_deterministic() {
         let c = cluster();
-        let a = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"], &[]).unwrap();
-        let a2 = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"], &[]).unwrap();
-        let b = seed(&c, &c.nodes[1], HostKeys::Generate, &["x"], &[]).unwrap();
-        let a3 = seed(&c, &c.nodes[0], HostKeys::Generate, &["y"], &[]).unwrap();
+        let a = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"]).unwrap();
+        let a2 = seed(&c, &c.nodes[0], HostKeys::Generate, &["x"]).unwrap();
+        let b = seed(&c, &c.nodes[1], HostKeys::Generate, &["x"]).unwrap();
+        let a3 = seed(&c, &c.nodes[0], HostKeys::Generate, &["y"]).unwrap();
         assert_eq!(a.instance_id, a2.instance_id);
         assert_ne!(a.instance_id, b.instance_id);
         assert_ne!(a.instance_id, a3.instance_id, "build inputs change the id");

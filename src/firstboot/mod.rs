@@ -24,10 +24,10 @@ pub enum Firstboot {
         #[serde(default)]
         cmdline_datasource: bool,
         /// Units the image ships disabled that a node needs (Raspberry Pi OS: `ssh.service`),
-        /// from `/usr/lib/systemd/system`: enabled in the image for `multi-user.target`, and
-        /// by the seed's `runcmd` too, as Raspberry Pi Imager's seed does.
+        /// from `/usr/lib/systemd/system`: enabled in the image for `multi-user.target`, so
+        /// they start with the first boot and the seed needs no command for them.
         #[serde(default)]
-        enable_units: Vec<String>,
+        enable_units: Vec<crate::systemd::UnitName>,
     },
     /// No first-boot configuration tool in the image: the identity is written straight into
     /// the root filesystem, plus a small first-boot unit for what needs the running system
@@ -87,7 +87,6 @@ pub fn ops(
                 seed_partition,
                 build_inputs,
                 host_key.is_some(),
-                enable_units,
             )?;
             if *cmdline_datasource {
                 let id = c
@@ -100,8 +99,7 @@ pub fn ops(
                     &format!("nocloud;i={id}"),
                 )?);
             }
-            for unit in enable_units {
-                crate::systemd::check_unit_name(unit)?;
+            for unit in enable_units.iter().map(|u| u.as_str()) {
                 c.ops.push(
                     crate::systemd::enable(root, unit, &format!("{VENDOR_UNIT_DIR}/{unit}"))
                         .role_wide(),
