@@ -905,7 +905,16 @@ pub fn boot(image: &Path, arch: GuestArch, work: &Path, timeout: Duration) -> Re
         ));
     }
     let log_path = work.join("console.log");
-    let append = format!("{} console={}", files.cmdline, arch.console());
+    // no_timer_check: on a loaded host a TCG x86 guest can fail the kernel's IO-APIC timer
+    // check and panic ("IO-APIC + timer doesn't work") before it mounts anything.
+    let append = match arch {
+        GuestArch::Amd64 => format!(
+            "{} console={} no_timer_check",
+            files.cmdline,
+            arch.console()
+        ),
+        GuestArch::Arm64 => format!("{} console={}", files.cmdline, arch.console()),
+    };
     let accel = accel();
     let mut cmd = Command::new(arch.qemu_system());
     match arch {
