@@ -31,6 +31,10 @@ pub struct Board {
     #[serde(default)]
     pub aliases: Vec<String>,
     pub arch: Arch,
+    /// The amounts of RAM the board is sold with, in MiB (`[1024, 2048, 4096]`); empty when
+    /// unknown. A board that never has 2 GiB is warned about as a k3s server.
+    #[serde(default)]
+    pub memory_mib: Vec<u32>,
     /// Who keeps the board working in its OS images.
     #[serde(default)]
     pub support: Support,
@@ -193,6 +197,19 @@ impl Catalog {
                 sig.resolve(&self.keys)
                     .with_context(|| format!("OS image '{}'", img.name))?;
             }
+            if let (
+                Firstboot::CloudInit {
+                    cmdline_datasource: true,
+                    ..
+                },
+                BootConfig::ArmbianEnv { .. },
+            ) = (&img.firstboot, &img.boot)
+            {
+                bail!(
+                    "OS image '{}': cmdline_datasource needs a Raspberry Pi firmware command line (boot kind raspi-firmware)",
+                    img.name
+                );
+            }
         }
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for b in self.boards.values() {
@@ -270,6 +287,43 @@ impl Catalog {
     }
 }
 
+/// RAM a k3s server needs (k3s's documented minimum for servers is 2 GiB).
+pub const SERVER_MIN_MEMORY_MIB: u32 = 2048;
+
+impl Board {
+    /// The most RAM any variant of the board has, when the catalog says.
+    pub fn max_memory_mib(&self) -> Option<u32> {
+        self.memory_mib.iter().copied().max()
+    }
+}
+
+impl Catalog {
+    /// What the inventory asks of its boards that is allowed but likely to go wrong: a server
+    /// on a board that never has the 2 GiB a k3s server needs. Nodes whose board is unknown
+    /// are left to the build, which names them.
+    pub fn warnings(&self, cluster: &crate::config::Cluster) -> Vec<String> {
+        let mut out = Vec::new();
+        for node in &cluster.nodes {
+            let Ok(board) = self.board(&node.board) else {
+                continue;
+            };
+            if node.role != crate::config::Role::Server {
+                continue;
+            }
+            if let Some(max) = board
+                .max_memory_mib()
+                .filter(|m| *m < SERVER_MIN_MEMORY_MIB)
+            {
+                out.push(format!(
+                    "node '{}' is a server on board '{}', which has at most {} MiB of RAM: a k3s server needs {} MiB; make it an agent (`role: agent`) and put the server on a board with more memory",
+                    node.name, board.name, max, SERVER_MIN_MEMORY_MIB
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// One board as `pikube-image boards --json` prints it.
 #[derive(Debug, Serialize)]
 pub struct BoardListing<'a> {
@@ -277,6 +331,7 @@ pub struct BoardListing<'a> {
     pub description: &'a str,
     pub soc: &'a str,
     pub arch: Arch,
+    pub memory_mib: &'a [u32],
     pub aliases: &'a [String],
     pub support: Support,
     pub note: Option<&'a str>,
@@ -326,6 +381,7 @@ impl Catalog {
                     description: &b.description,
                     soc: &b.soc,
                     arch: b.arch,
+                    memory_mib: &b.memory_mib,
                     aliases: &b.aliases,
                     support: b.support,
                     note: b.note.as_deref(),
@@ -582,6 +638,61 @@ mod tests {
                 .unwrap()
                 .contains("cannot netboot")
         );
+    }
+
+    #[test]
+    fn raspberry_pi_boards_default_to_ubuntu_26_04_and_rpi2_is_32_bit() {
+        let cat = Catalog::load().unwrap();
+        for name in ["rpi3", "rpi4", "rpi5"] {
+            let b = cat.board(name).unwrap();
+            assert_eq!(cat.image_for(b, None).unwrap().name, "ubuntu-26.04");
+            for os in ["ubuntu-24.04", "raspios-trixie-arm64"] {
+                assert_eq!(cat.image_for(b, Some(os)).unwrap().arch, Arch::Arm64);
+            }
+        }
+        let b = cat.board("rpi2").unwrap();
+        assert_eq!(b.arch, Arch::Armhf);
+        assert!(b.kernel_args.iter().any(|a| a == "cgroup_memory=1"));
+        let img = cat.image_for(b, Some("ubuntu-22.04-armhf")).unwrap();
+        assert!(
+            img.url.ends_with("-preinstalled-server-armhf+raspi.img.xz"),
+            "{}",
+            img.url
+        );
+        let img = cat.image_for(b, None).unwrap();
+        assert_eq!(img.name, "raspios-trixie-armhf");
+        let ImageChecksum::SumsUrl {
+            url: sums,
+            signature: None,
+        } = &img.checksum
+        else {
+            panic!("Raspberry Pi OS is checked against the .sha256 beside it, unsigned");
+        };
+        assert_eq!(*sums, format!("{}.sha256", img.url));
+    }
+
+    #[test]
+    fn a_server_on_a_board_without_2_gib_is_warned_about() {
+        let cat = Catalog::load().unwrap();
+        let yaml = |b: &str, role: &str| {
+            format!(
+                "cluster: lab\nadmin: {{ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me]}}\nnodes:\n  - {{name: cp1, board: {b}, role: {role}}}\n"
+            )
+        };
+        let c = crate::config::Cluster::parse(&yaml("rpi2", "server")).unwrap();
+        let w = cat.warnings(&c);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("'cp1'") && w[0].contains("1024 MiB") && w[0].contains("role: agent"),
+            "{w:?}"
+        );
+        for (b, role) in [("rpi2", "agent"), ("rpi4", "server"), ("rpi5", "server")] {
+            let text = yaml(b, role).replace("nodes:", "k3s: {api: https://10.0.0.1:6443}\nnodes:");
+            let c = crate::config::Cluster::parse(&text).unwrap();
+            assert!(cat.warnings(&c).is_empty(), "{b} {role}");
+        }
+        let c = crate::config::Cluster::parse(&yaml("rpi3", "server")).unwrap();
+        assert_eq!(cat.warnings(&c).len(), 1);
     }
 
     #[test]

@@ -362,7 +362,7 @@ impl TryFrom<String> for Country {
 checked_string!(Country);
 
 /// k3s release installed when cluster.yaml names none.
-pub const DEFAULT_K3S_VERSION: &str = "v1.31.4+k3s1";
+pub const DEFAULT_K3S_VERSION: &str = "v1.36.3+k3s1";
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -506,7 +506,7 @@ pub struct RegistryTls {
 }
 
 /// Argo CD release installed when cluster.yaml names none.
-pub const DEFAULT_ARGOCD_VERSION: &str = "v2.13.3";
+pub const DEFAULT_ARGOCD_VERSION: &str = "v3.5.3";
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

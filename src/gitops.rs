@@ -310,6 +310,40 @@ pub fn repo_secret(cluster: &str, g: &Gitops, creds: &RepoCredentials) -> Result
         .map_err(|e| anyhow::anyhow!("cannot serialise the Secret: {e}"))
 }
 
+/// Whether Argo CD publishes images for boards of `arch` (it has none for 32-bit ARM).
+pub fn runs_on(arch: crate::arch::Arch) -> bool {
+    arch != crate::arch::Arch::Armhf
+}
+
+/// Refuses an inventory with GitOps whose first server, the node that runs Argo CD, is on a
+/// board Argo CD publishes no images for.
+pub fn check_host(
+    cluster: &crate::config::Cluster,
+    catalog: &crate::boards::Catalog,
+    config: &std::path::Path,
+) -> Result<()> {
+    if cluster.gitops.is_none() {
+        return Ok(());
+    }
+    let Some(first) = cluster.first_server() else {
+        return Ok(());
+    };
+    let board = catalog
+        .board(&first.board)
+        .with_context(|| format!("node '{}' in {}", first.name, config.display()))?;
+    if !runs_on(board.arch) {
+        bail!(
+            "{}: node '{}' would run Argo CD (gitops is set and it is the first server), but its board '{}' is {} and Argo CD publishes no images for 32-bit ARM (linux/arm/v7): list a server on a 64-bit board (rpi3, rpi4, rpi5) first under nodes, or make '{}' an agent",
+            config.display(),
+            first.name,
+            board.name,
+            board.arch.as_str(),
+            first.name
+        );
+    }
+    Ok(())
+}
+
 /// The first server's GitOps files in k3s's manifests directory: the namespaced install
 /// manifest, the root Application and, for a private repository, its Secret.
 pub fn ops(
@@ -338,6 +372,51 @@ pub fn ops(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argo_cd_3_images_are_found_with_their_registries() {
+        let yaml = "kind: Deployment\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      initContainers: [{name: copyutil, image: quay.io/argoproj/argocd:v3.5.3}]\n      containers:\n      - {name: dex, image: ghcr.io/dexidp/dex:v2.45.1}\n---\nkind: Deployment\nmetadata: {name: r}\nspec: {template: {spec: {containers: [{name: redis, image: public.ecr.aws/docker/library/redis:8.2.3-alpine}]}}}\n";
+        let imgs: Vec<String> = install_images(yaml)
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(imgs.len(), 3, "{imgs:?}");
+        for want in [
+            "quay.io/argoproj/argocd:v3.5.3",
+            "ghcr.io/dexidp/dex:v2.45.1",
+            "public.ecr.aws/docker/library/redis:8.2.3-alpine",
+        ] {
+            assert!(imgs.iter().any(|i| i == want), "{want} in {imgs:?}");
+        }
+    }
+
+    #[test]
+    fn a_32_bit_first_server_cannot_host_argo_cd() {
+        let cat = crate::boards::Catalog::load().unwrap();
+        let yaml = |first: &str| {
+            format!(
+                "cluster: lab\nadmin: {{ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me]}}\ngitops: {{repo: https://example.org/x.git}}\nnodes:\n  - {{name: cp1, board: {first}, role: server}}\n  - {{name: w1, board: rpi2, role: agent}}\n"
+            )
+        };
+        let path = std::path::Path::new("cluster.yaml");
+        let c = crate::config::Cluster::parse(&yaml("rpi2")).unwrap();
+        let e = format!("{:#}", check_host(&c, &cat, path).unwrap_err());
+        assert!(
+            e.contains("cluster.yaml")
+                && e.contains("'cp1'")
+                && e.contains("linux/arm/v7")
+                && e.contains("64-bit"),
+            "{e}"
+        );
+        let c = crate::config::Cluster::parse(&yaml("rpi4")).unwrap();
+        check_host(&c, &cat, path).unwrap();
+        let c = crate::config::Cluster::parse(
+            &yaml("rpi2").replace("gitops: {repo: https://example.org/x.git}\n", ""),
+        )
+        .unwrap();
+        check_host(&c, &cat, path).unwrap();
+    }
 
     const INSTALL: &str = r#"# This is an auto-generated file.
 apiVersion: apiextensions.k8s.io/v1

@@ -164,6 +164,7 @@ pub fn update_images(
 ) -> Result<(PathBuf, usize)> {
     let cluster = Cluster::load(config)?;
     let catalog = Catalog::load()?;
+    crate::gitops::check_host(&cluster, &catalog, config)?;
     let cache = match cache_dir {
         Some(d) => Cache::open(d)?,
         None => Cache::open_default()?,
@@ -222,7 +223,7 @@ pub fn update_images(
             crate::config::ArgocdImages::AllServers => node.role == crate::config::Role::Server,
             crate::config::ArgocdImages::None => false,
         };
-        if argocd_here {
+        if argocd_here && crate::gitops::runs_on(board.arch) {
             refs.extend(argocd_images.iter().cloned());
         }
         if first.as_deref() == Some(node.name.as_str()) {

@@ -23,6 +23,11 @@ pub const CONFIG: &str = "/etc/rancher/k3s/config.yaml";
 pub const REGISTRIES: &str = "/etc/rancher/k3s/registries.yaml";
 pub const IMAGES_DIR: &str = "/var/lib/rancher/k3s/agent/images";
 pub const MANIFESTS_DIR: &str = "/var/lib/rancher/k3s/server/manifests";
+/// The earliest modification time of a file the build puts in [`MANIFESTS_DIR`]
+/// (2000-01-01T00:00:00Z). k3s releases before v1.37.1 do not re-apply a manifest whose
+/// mtime is pinned to the Unix epoch, which a reproducible build with `SOURCE_DATE_EPOCH=0`
+/// would give it; any later time is honoured, and a fixed one keeps builds reproducible.
+pub const MANIFEST_MIN_MTIME: i64 = 946_684_800;
 /// Tools k3s provides under other names.
 pub const LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];
 

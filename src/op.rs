@@ -53,6 +53,9 @@ pub struct Meta {
     pub mode: u16,
     pub uid: u32,
     pub gid: u32,
+    /// The earliest modification time the entry may get, in seconds since the epoch: trees
+    /// that stamp entries with the build's time use this instead when the build's is earlier.
+    pub min_mtime: Option<i64>,
 }
 
 /// A tree of files that operations are applied to: a FAT partition, an ext4 partition, a
@@ -146,6 +149,8 @@ pub struct Op {
     /// Secret content: never printed, never hashed into the manifest.
     pub secret: bool,
     pub scope: Scope,
+    /// See [`Meta::min_mtime`].
+    pub min_mtime: Option<i64>,
 }
 
 impl Op {
@@ -160,6 +165,7 @@ impl Op {
             gid: 0,
             secret: false,
             scope: Scope::Node,
+            min_mtime: None,
         }
     }
 
@@ -201,6 +207,12 @@ impl Op {
         self
     }
 
+    /// Gives the entry a modification time no earlier than `t`.
+    pub fn not_older_than(mut self, t: i64) -> Op {
+        self.min_mtime = Some(t);
+        self
+    }
+
     pub fn is_role_wide(&self) -> bool {
         self.scope == Scope::Role
     }
@@ -210,6 +222,7 @@ impl Op {
             mode: self.mode,
             uid: self.uid,
             gid: self.gid,
+            min_mtime: self.min_mtime,
         }
     }
 }

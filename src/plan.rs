@@ -108,6 +108,7 @@ impl Plan {
             cluster,
             node,
             root,
+            &image.boot,
             &[inputs.base_sha256, &board.name],
             host_key,
             links,
@@ -187,6 +188,18 @@ impl Plan {
         if !board.kernel_args.is_empty() {
             ops.push(crate::boot::kernel_args(&image.boot, &board.kernel_args));
         }
+        // Whatever lands in k3s's manifests directory (GitOps, overlays) gets an mtime that
+        // k3s's deploy controller honours, whatever SOURCE_DATE_EPOCH says.
+        let manifests = format!("{}/", crate::k3s::MANIFESTS_DIR);
+        let ops = ops
+            .into_iter()
+            .map(
+                |op| match op.partition == *root && op.path.starts_with(&manifests) {
+                    true => op.not_older_than(crate::k3s::MANIFEST_MIN_MTIME),
+                    false => op,
+                },
+            )
+            .collect();
         Ok(Plan {
             node: node.name.to_string(),
             board: board.name.clone(),

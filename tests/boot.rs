@@ -29,6 +29,14 @@ const TOKEN: &str = "K10boot-test-token::server:5ecret";
 /// Per guest; both guests boot at the same time, one vCPU each.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(9 * 60);
 
+/// Held while a test's guests run: tests prepare their images in parallel but boot one pair
+/// at a time, so no guest shares the machine's cores with more than one other under TCG.
+static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn guests_slot() -> std::sync::MutexGuard<'static, ()> {
+    GUESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cluster_yaml(board: &str) -> String {
     format!(
         r#"cluster: boottest
@@ -135,6 +143,7 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
     let nodes = [("cp1", "server"), ("w1", "agent")];
     let t = Instant::now();
     // Boot both at once: one vCPU each.
+    let slot = guests_slot();
     let boots: Vec<(String, String, Boot, bool)> = std::thread::scope(|s| {
         let handles: Vec<_> = nodes
             .iter()
@@ -151,6 +160,7 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    drop(slot);
 
     let mut failures = Vec::new();
     for (name, role, boot, has_k3s) in &boots {
@@ -205,6 +215,222 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// Nodes on the other Raspberry Pi layouts of the catalog: `cp1` (server) on Ubuntu 26.04's
+/// (kernel, initrd and command line under `current/`, as the firmware reads them) and `w1`
+/// (agent) on Raspberry Pi OS's (root by PARTUUID, seed on `bootfs` with the datasource on
+/// the command line, sshd shipped disabled). amd64 guests only.
+#[test]
+fn raspberry_pi_layouts_boot_as_their_nodes() {
+    let arch = GuestArch::Amd64;
+    if GuestArch::from_env().is_ok_and(|a| a != arch) {
+        eprintln!(
+            "boot test of the Raspberry Pi layouts: amd64 guests only, not run for PIKUBE_BOOT_ARCH"
+        );
+        return;
+    }
+    if let Err(why) = vm::preflight(arch) {
+        skip(format_args!(
+            "end-to-end boot test of the Raspberry Pi layouts: {why}"
+        ));
+        return;
+    }
+    // The whole test in the guests' slot: laying out its images (xz on every core) next to
+    // another test's guests slows them past their timeout.
+    let slot = guests_slot();
+    let t0 = Instant::now();
+    let layouts = [
+        ("cp1", "server", vm::Layout::Ubuntu2604),
+        ("w1", "agent", vm::Layout::Raspios),
+    ];
+    let images: Vec<_> = layouts
+        .iter()
+        .map(|(_, _, l)| vm::layout_image(*l).unwrap_or_else(|e| panic!("{} image: {e}", l.name())))
+        .collect();
+    eprintln!("boot test: layout images ready after {:.0?}", t0.elapsed());
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-boot-layouts")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    let srv = TestServer::start();
+    for ((_, _, layout), image) in layouts.iter().zip(&images) {
+        vm::serve_layout_image(&srv, *layout, image);
+    }
+    let release = vm::serve_k3s_standin(&srv, K3S_VERSION, arch);
+    let yaml = cluster_yaml("testpc-rpi")
+        .replace(
+            "board: testpc-rpi, role: server",
+            &format!("board: testpc-rpi, os: {}, role: server", layouts[0].2.os()),
+        )
+        .replace(
+            "board: testpc-rpi, role: agent",
+            &format!("board: testpc-rpi, os: {}, role: agent", layouts[1].2.os()),
+        );
+    std::fs::write(d.join("cluster.yaml"), yaml).unwrap();
+    std::fs::create_dir_all(d.join("secrets")).unwrap();
+    std::fs::write(d.join("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            d.join("secrets/k3s-token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["build", "--config", "cluster.yaml", "--all", "--out", "out"])
+        .arg("--mirror")
+        .arg(srv.url())
+        .current_dir(d)
+        .env("PIKUBE_CACHE_DIR", d.join("cache"))
+        .env("PIKUBE_BOARDS_DIR", vm::boards_dir())
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ pikube-image build --all\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pikube-image build failed");
+
+    let boots: Vec<(&str, &str, vm::Layout, Boot)> = std::thread::scope(|s| {
+        let handles: Vec<_> = layouts
+            .iter()
+            .map(|&(name, role, layout)| {
+                let img = d.join("out").join(format!("{name}.img"));
+                let work = d.join("out/vm").join(name);
+                s.spawn(move || {
+                    let boot = vm::boot(&img, arch, &work, BOOT_TIMEOUT)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    (name, role, layout, boot)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    drop(slot);
+    let mut failures = Vec::new();
+    for (name, role, layout, boot) in &boots {
+        eprintln!(
+            "boot test: {name} ({} layout) {} after {:.0?}",
+            layout.name(),
+            if boot.timed_out {
+                "TIMED OUT"
+            } else {
+                "powered off"
+            },
+            boot.elapsed
+        );
+        for (k, v) in &boot.facts.facts {
+            eprintln!("  {name}: {k}={v}");
+        }
+        let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("boot-{}-{name}.console.log", layout.name()));
+        let _ = std::fs::write(&kept, &boot.log);
+        let mut c = Checks {
+            node: name.to_string(),
+            failures: Vec::new(),
+        };
+        check_layout_node(&mut c, *layout, boot);
+        if c.failures.is_empty() || boot.facts.get("facts") == Some("complete") {
+            check_k3s(&mut c, role, boot, &release.airgap_name);
+        }
+        failures.extend(c.failures);
+    }
+    eprintln!(
+        "boot test of the Raspberry Pi layouts: total {:.0?}",
+        t0.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed expectation(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// What a node on `layout` must show after first boot: the root file system its command line
+/// names, cloud-init done with the node's identity, the admin user, sshd enabled and running.
+fn check_layout_node(c: &mut Checks, layout: vm::Layout, boot: &Boot) {
+    let f = &boot.facts;
+    let name = c.node.clone();
+    if boot.timed_out || f.get("facts") != Some("complete") {
+        c.that(false, || {
+            format!(
+                "did not report its facts and power off (timed out: {}); console log tail:\n{}",
+                boot.timed_out,
+                boot.tail(80)
+            )
+        });
+        return;
+    }
+    let root = f.get("root").unwrap_or_default();
+    c.that(
+        root.starts_with("/dev/vda2 ext4 ") && root.contains(" rw"),
+        || format!("root mount is '{root}', expected /dev/vda2 ext4 rw"),
+    );
+    c.eq(
+        "EXT4-fs errors in the kernel log",
+        f.get("ext4-errors"),
+        "0",
+    );
+    c.that(
+        f.get("boot-firmware")
+            .is_some_and(|v| v.starts_with("/dev/vda1 vfat")),
+        || format!("/boot/firmware is {:?}", f.get("boot-firmware")),
+    );
+    c.that(f.get("cloud-init") == Some("done"), || {
+        format!(
+            "cloud-init status {:?}:\n{}\nproblems:\n{}",
+            f.get("cloud-init"),
+            f.block("cloud-init-status").join("\n"),
+            f.block("cloud-init-problems").join("\n")
+        )
+    });
+    c.eq("hostname", f.get("hostname"), &name);
+    c.eq("fqdn", f.get("fqdn"), &format!("{name}.lab.test"));
+    let users = f.all("user");
+    c.that(users.contains(&"ops"), || {
+        format!("no admin user 'ops' among {users:?}")
+    });
+    c.that(f.all("user.ops.authorized_key") == [KEY], || {
+        format!("ops's keys: {:?}", f.all("user.ops.authorized_key"))
+    });
+    c.eq("sshd", f.get("unit.ssh.service"), "enabled/active");
+    let cmdline = f.get("cmdline").unwrap_or_default();
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    let mut once = vec!["cgroup_enable=memory", "cgroup_memory=1"];
+    match layout {
+        vm::Layout::Ubuntu2604 => {
+            once.extend(["root=LABEL=writable", "panic=10"]);
+            c.eq("root file system label", f.get("root-label"), "writable");
+        }
+        vm::Layout::Raspios => {
+            once.push("root=PARTUUID=6c3a4d1e-02");
+            c.eq("root file system label", f.get("root-label"), "rootfs");
+            let ds: Vec<&&str> = words
+                .iter()
+                .filter(|w| w.starts_with("ds=nocloud;i=pikube-w1-"))
+                .collect();
+            c.that(ds.len() == 1, || {
+                format!("ds=nocloud;i=<instance-id> once in {cmdline}")
+            });
+            c.that(f.get("machine-id").is_some_and(|m| m.len() == 32), || {
+                format!(
+                    "machine id {:?}, expected one made at first boot",
+                    f.get("machine-id")
+                )
+            });
+        }
+    }
+    for arg in once {
+        let n = words.iter().filter(|w| **w == arg).count();
+        c.that(n == 1, || {
+            format!("'{arg}' appears {n} times in /proc/cmdline: {cmdline}")
+        });
+    }
 }
 
 /// Boots images built earlier (`PIKUBE_BOOT_IMAGES=<dir with cp1.img and w1.img>`, e.g. the

@@ -1,5 +1,6 @@
 //! End-to-end builds through the command line, against fixture images that mimic the real
-//! Ubuntu 24.04 raspi layout, served by a real HTTP server on 127.0.0.1 through `--mirror`.
+//! Ubuntu 24.04 raspi layout (its nodes name `os: ubuntu-24.04`; the other layouts are built
+//! in `tests/raspberry_pi.rs`), served by a real HTTP server on 127.0.0.1 through `--mirror`.
 
 mod support;
 
@@ -27,8 +28,8 @@ admin:
   ssh_authorized_keys: ["{KEY}"]
 network: {{ gateway: 192.168.50.1, dns: [192.168.50.2], prefix: 24 }}
 nodes:
-  - {{ name: cp1, board: rpi4, role: server, ip: 192.168.50.10 }}
-  - {{ name: w1, board: rpi400, role: worker }}
+  - {{ name: cp1, board: rpi4, os: ubuntu-24.04, role: server, ip: 192.168.50.10 }}
+  - {{ name: w1, board: rpi400, os: ubuntu-24.04, role: worker }}
 {extra_nodes}"#
     )
 }
@@ -434,21 +435,6 @@ fn build_through_mirror_gives_a_valid_per_node_image() {
 }
 
 #[test]
-fn os_prefix_moves_the_command_line() {
-    let env = Env::new(FixtureOpts {
-        os_prefix: true,
-        seed: 7,
-        ..FixtureOpts::default()
-    });
-    let out = env.build(&["--node", "w1"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let boot = env.fixture.part("system-boot").clone();
-    let img = env.path("out/w1.img");
-    let cmdline = String::from_utf8(mtype(&img, boot.start, "current/cmdline.txt")).unwrap();
-    assert!(cmdline.contains("cgroup_enable=memory"), "{cmdline}");
-}
-
-#[test]
 fn dropped_connection_is_resumed() {
     let env = Env::new(FixtureOpts::default());
     let path = format!("/{CATALOG_DIR}/{CATALOG_FILE}");
@@ -776,9 +762,9 @@ fn whole_fleet_with_gitops_on_the_first_server_only() {
         "/raw.githubusercontent.com/argoproj/argo-cd/v2.13.3/manifests/install.yaml",
         ARGOCD_INSTALL,
     );
-    let yaml = cluster_yaml("  - { name: w2, board: rpi4, role: agent }\n").replace(
+    let yaml = cluster_yaml("  - { name: w2, board: rpi4, os: ubuntu-24.04, role: agent }\n").replace(
         "nodes:\n",
-        "gitops: { repo: \"https://git.example.com/lab.git\", revision: main, path: apps }\nnodes:\n",
+        "gitops: { repo: \"https://git.example.com/lab.git\", revision: main, path: apps, argocd_version: v2.13.3 }\nnodes:\n",
     );
     std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
     let out = env.build(&["--all", "--json"]);
@@ -1003,8 +989,7 @@ fn nodes_derive_from_one_prepared_base_in_parallel_and_in_shards() {
         seed: 51,
         ..FixtureOpts::default()
     });
-    let extra =
-        "  - { name: w2, board: rpi4, role: agent }\n  - { name: w3, board: rpi4, role: agent }\n";
+    let extra = "  - { name: w2, board: rpi4, os: ubuntu-24.04, role: agent }\n  - { name: w3, board: rpi4, os: ubuntu-24.04, role: agent }\n";
     std::fs::write(env.path("cluster.yaml"), cluster_yaml(extra)).unwrap();
     // Shards split the inventory deterministically.
     let out = env.build(&["--all", "--shard", "2/2", "--json"]);
@@ -1085,7 +1070,7 @@ fn a_node_too_big_for_the_prepared_base_is_built_on_its_own() {
     let big = support::pseudo_random(140 << 20, 43);
     std::fs::create_dir_all(env.path("big/opt")).unwrap();
     std::fs::write(env.path("big/opt/big.bin"), &big).unwrap();
-    let extra = "  - { name: w2, board: rpi4, role: agent, overlays: [big] }\n";
+    let extra = "  - { name: w2, board: rpi4, os: ubuntu-24.04, role: agent, overlays: [big] }\n";
     std::fs::write(env.path("cluster.yaml"), cluster_yaml(extra)).unwrap();
     let out = env.build(&["--all", "--jobs", "2", "--format", "raw,zst"]);
     let err = stderr(&out);
@@ -1342,7 +1327,9 @@ fn fleet_outputs_are_reproducible_and_flashable() {
     });
     std::fs::write(
         env.path("cluster.yaml"),
-        cluster_yaml("  - { name: w2, board: rpi4, role: agent, ip: 192.168.50.22 }\n"),
+        cluster_yaml(
+            "  - { name: w2, board: rpi4, os: ubuntu-24.04, role: agent, ip: 192.168.50.22 }\n",
+        ),
     )
     .unwrap();
     let url = env.server.url();
@@ -1426,7 +1413,9 @@ fn fleet_outputs_are_reproducible_and_flashable() {
     let shown = String::from_utf8_lossy(&o.stdout);
     assert!(
         shown.contains("node w1 (agent) of cluster lab, board rpi4")
-            && shown.contains("k3s: v1.31.4+k3s1, joins https://192.168.50.10:6443")
+            && shown.contains(&format!(
+                "k3s: {K3S_VERSION}, joins https://192.168.50.10:6443"
+            ))
             && shown.contains("admin user: ops")
             && shown.contains("address: DHCP"),
         "{shown}"

@@ -225,7 +225,7 @@ fn nightly_workflow_builds_every_shard_with_consistent_checksums() {
     std::fs::create_dir_all(home.join(".ssh")).unwrap();
     std::fs::write(home.join(".ssh/id_ed25519.pub"), format!("{KEY}\n")).unwrap();
 
-    let fixture = fixtures::ubuntu_raspi(root.path(), FixtureOpts::default());
+    let fixture = fixtures::ubuntu_26_04_raspi(root.path(), FixtureOpts::default());
     let xz = std::fs::read(fixtures::compress(
         &fixture.image,
         pikube_image::decompress::Compression::Xz,

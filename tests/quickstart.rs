@@ -163,7 +163,7 @@ fn readme_quick_start_works_as_written() {
     let session = Session::new(root.path());
     let key = keygen(&session.home, "ed25519", "me@laptop");
 
-    let fixture = fixtures::ubuntu_raspi(root.path(), FixtureOpts::default());
+    let fixture = fixtures::ubuntu_26_04_raspi(root.path(), FixtureOpts::default());
     let xz = fixtures::compress(&fixture.image, pikube_image::decompress::Compression::Xz);
     let server = TestServer::start();
     let rpi4 = serve_board_image(

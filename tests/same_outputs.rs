@@ -40,12 +40,12 @@ admin:
   ssh_authorized_keys: ["{KEY}"]
 network: {{ gateway: 192.168.50.1, dns: [192.168.50.2], prefix: 24 }}
 overlays: {{ all: [overlay-all], agent: [overlay-agent] }}
-gitops: {{ repo: "https://git.example.com/lab.git", revision: main, path: apps }}
+gitops: {{ repo: "https://git.example.com/lab.git", revision: main, path: apps, argocd_version: v2.13.3 }}
 images: {{ argocd: none }}
 nodes:
-  - {{ name: cp1, board: rpi4, role: server, ip: 192.168.50.10 }}
-  - {{ name: w1, board: rpi4, role: agent }}
-  - {{ name: w2, board: rpi5, role: agent, ip: 192.168.50.12, overlays: [overlay-w2], labels: {{ zone: a }} }}
+  - {{ name: cp1, board: rpi4, os: ubuntu-24.04, role: server, ip: 192.168.50.10 }}
+  - {{ name: w1, board: rpi4, os: ubuntu-24.04, role: agent }}
+  - {{ name: w2, board: rpi5, os: ubuntu-24.04, role: agent, ip: 192.168.50.12, overlays: [overlay-w2], labels: {{ zone: a }} }}
   - {{ name: a1, board: opizero3-test, role: agent, ip: 192.168.50.13 }}
 "#
     )

@@ -7,6 +7,7 @@ pub mod raspi;
 
 use std::sync::Arc;
 
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::op::{Action, Op};
@@ -103,4 +104,27 @@ pub fn kernel_args(boot: &BootConfig, args: &[String]) -> Op {
         0o644,
     )
     .role_wide()
+}
+
+/// The node's own op that sets `key=value` on the kernel command line, replacing any other
+/// value of `key` (cloud-init's `ds=nocloud;i=<instance-id>`). Only the Raspberry Pi
+/// firmware's command line is a place for it.
+pub fn set_kernel_arg(boot: &BootConfig, key: &str, value: &str) -> Result<Op> {
+    match boot {
+        BootConfig::RaspiFirmware {
+            partition,
+            config_txt,
+        } => Ok(Op::new(
+            partition,
+            &format!("/{}", config_txt.trim_start_matches('/')),
+            Action::Edit(Arc::new(raspi::SetKernelArg {
+                key: key.into(),
+                value: value.into(),
+            })),
+            0o644,
+        )),
+        BootConfig::ArmbianEnv { path, .. } => bail!(
+            "the image boots through {path}, where cloud-init's datasource cannot be named on the kernel command line: remove `cmdline_datasource` from its firstboot"
+        ),
+    }
 }

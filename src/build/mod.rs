@@ -85,6 +85,10 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         _ => None,
     };
     let catalog = Catalog::load()?;
+    for w in catalog.warnings(&cluster) {
+        progress.message(&format!("warning: {w}"));
+    }
+    crate::gitops::check_host(&cluster, &catalog, &req.config)?;
     let mirror = req.mirror.clone().or_else(|| cluster.mirror.clone());
 
     // Resolve every node's board and image first: a typo fails before any download.

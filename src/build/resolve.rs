@@ -214,7 +214,10 @@ impl<'a> Resolver<'a> {
             use crate::config::ArgocdImages;
             match c.images.argocd {
                 ArgocdImages::FirstServer if first => node_refs.extend(self.argocd(g)?.1),
-                ArgocdImages::AllServers if node.role == Role::Server => {
+                // Argo CD has no images for 32-bit ARM: such servers get none.
+                ArgocdImages::AllServers
+                    if node.role == Role::Server && crate::gitops::runs_on(board.arch) =>
+                {
                     role_refs.extend(self.argocd(g)?.1)
                 }
                 _ => {}

@@ -44,7 +44,7 @@ impl Ext4Tree {
             mode: m.mode,
             uid: m.uid,
             gid: m.gid,
-            mtime: self.mtime,
+            mtime: m.min_mtime.map_or(self.mtime, |t| self.mtime.max(t)),
         }
     }
 
@@ -54,6 +54,7 @@ impl Ext4Tree {
             mode: 0o755,
             uid: 0,
             gid: 0,
+            min_mtime: None,
         })
     }
 

@@ -8,7 +8,8 @@ use super::http::TestServer;
 
 pub const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c ops@laptop";
-pub const K3S_VERSION: &str = "v1.31.4+k3s1";
+/// The k3s release the builds fetch when cluster.yaml names none.
+pub const K3S_VERSION: &str = pikube_image::config::DEFAULT_K3S_VERSION;
 pub const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 /// Writes `secrets/k3s-token` (0600) under `dir`.
@@ -25,34 +26,73 @@ pub fn write_token(dir: &Path) {
 
 /// Publishes a k3s release (arm64 binary, airgap tarball, checksum list) on the mirror.
 pub fn serve_k3s(server: &TestServer, version: &str, binary: &[u8], airgap: &[u8]) {
+    serve_k3s_arch(server, version, "arm64", binary, airgap);
+}
+
+/// Publishes a k3s release for `arch` (`arm64` or `armhf`) on the mirror, with the asset
+/// names k3s's releases use: the armhf binary is `k3s-armhf`, but its checksum list and
+/// airgap images say `arm`.
+pub fn serve_k3s_arch(
+    server: &TestServer,
+    version: &str,
+    arch: &str,
+    binary: &[u8],
+    airgap: &[u8],
+) {
     let dir = format!(
         "/github.com/k3s-io/k3s/releases/download/{}",
         version.replace('+', "%2B")
     );
-    let sha = pikube_image::io::sha256_bytes;
-    server.add(&format!("{dir}/k3s-arm64"), binary.to_vec());
-    server.add(
-        &format!("{dir}/k3s-airgap-images-arm64.tar.zst"),
-        airgap.to_vec(),
-    );
-    server.add(
-        &format!("{dir}/sha256sum-arm64.txt"),
-        format!(
-            "{}  k3s-arm64\n{}  k3s-airgap-images-arm64.tar.zst\n",
-            sha(binary),
-            sha(airgap)
+    let (bin, sums, air) = match arch {
+        "arm64" => (
+            "k3s-arm64",
+            "sha256sum-arm64.txt",
+            "k3s-airgap-images-arm64.tar.zst",
         ),
+        "armhf" => (
+            "k3s-armhf",
+            "sha256sum-arm.txt",
+            "k3s-airgap-images-arm.tar.zst",
+        ),
+        other => panic!("no k3s release layout for {other} in the tests"),
+    };
+    let sha = pikube_image::io::sha256_bytes;
+    server.add(&format!("{dir}/{bin}"), binary.to_vec());
+    server.add(&format!("{dir}/{air}"), airgap.to_vec());
+    server.add(
+        &format!("{dir}/{sums}"),
+        format!("{}  {bin}\n{}  {air}\n", sha(binary), sha(airgap)),
     );
 }
 
-/// Publishes `image` (compressed as the catalog's download is) on the mirror at the URL of
-/// `board`'s default OS image in the built-in catalog (`boards/`), with the checksum list the
-/// catalog names beside it, in the format its publisher uses, and, when the catalog expects
-/// one, the signature by `signer` over the list or the image (trusted by a build run with
+/// The first bytes of an ELF executable for `e_machine` (40 ARM, 183 AArch64): enough for
+/// a test to tell which architecture's k3s binary an image holds.
+pub fn elf_header(e_machine: u16, class64: bool) -> Vec<u8> {
+    let mut h = vec![0x7f, b'E', b'L', b'F', if class64 { 2 } else { 1 }, 1, 1, 0];
+    h.resize(16, 0);
+    h.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    h.extend_from_slice(&e_machine.to_le_bytes());
+    h.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    h.resize(64, 0);
+    h
+}
+
+/// The `e_machine` field of an ELF file.
+pub fn elf_machine(bytes: &[u8]) -> u16 {
+    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
+    u16::from_le_bytes([bytes[18], bytes[19]])
+}
+
+/// Publishes `image` on the mirror at the URL of OS image `os` of `board` (its default when
+/// `None`) in the built-in catalog, with a checksum list beside it in that publisher's
+/// format (`<hex> *<name>` in Ubuntu's SHA256SUMS, `<hex>  <name>` in Raspberry Pi's
+/// `<image>.sha256`, `<hex> <name>` in Armbian's `.sha`) and, when the catalog expects one,
+/// the signature by `signer` over the list or the image (trusted by a build run with
 /// `$PIKUBE_TEST_KEYS` = `signer.keys_dir()`). Returns the upstream URL.
-pub fn serve_board_image(
+pub fn serve_catalog_image(
     server: &TestServer,
     board: &str,
+    os: Option<&str>,
     image: Vec<u8>,
     signer: &super::signing::CatalogSigner,
 ) -> String {
@@ -60,7 +100,7 @@ pub fn serve_board_image(
     use pikube_image::source::base::ImageChecksum;
     let catalog = pikube_image::boards::Catalog::load().unwrap();
     let entry = catalog
-        .image_for(catalog.board(board).unwrap(), None)
+        .image_for(catalog.board(board).unwrap(), os)
         .unwrap();
     let ImageChecksum::SumsUrl {
         url: sums,
@@ -73,13 +113,15 @@ pub fn serve_board_image(
         let mirrored = pikube_image::source::mirror_url(url, &server.url()).unwrap();
         mirrored[server.url().len()..].to_string()
     };
-    // Armbian's `.sha` files: digest, one space, name; Ubuntu's SHA256SUMS: binary mode.
-    let sep = if sums.ends_with(".sha") { " " } else { " *" };
-    let line = format!(
-        "{}{sep}{}\n",
-        pikube_image::io::sha256_bytes(&image),
-        entry.file_name()
-    );
+    let sha = pikube_image::io::sha256_bytes(&image);
+    let name = entry.file_name();
+    let line = if sums.ends_with(".sha256") {
+        format!("{sha}  {name}\n")
+    } else if sums.ends_with(".sha") {
+        format!("{sha} {name}\n")
+    } else {
+        format!("{sha} *{name}\n")
+    };
     if let Some(sig) = signature {
         let signed = match sig.signs {
             Signs::ChecksumList => line.as_bytes(),
@@ -90,6 +132,16 @@ pub fn serve_board_image(
     server.add(&path(&entry.url), image);
     server.add(&path(sums), line);
     entry.url.clone()
+}
+
+/// [`serve_catalog_image`] for `board`'s default OS image.
+pub fn serve_board_image(
+    server: &TestServer,
+    board: &str,
+    image: Vec<u8>,
+    signer: &super::signing::CatalogSigner,
+) -> String {
+    serve_catalog_image(server, board, None, image, signer)
 }
 
 /// `ssh-keygen -t KIND -C COMMENT` into `home/.ssh/id_KIND`; returns the `.pub` line.

@@ -351,31 +351,90 @@ datasource:\n\
 \x20 NoCloud:\n\
 \x20   fs_label: system-boot\n";
 
-pub const UBUNTU_OS_RELEASE: &str = "PRETTY_NAME=\"Ubuntu 24.04.3 LTS\"\n\
-NAME=\"Ubuntu\"\n\
-VERSION_ID=\"24.04\"\n\
-VERSION=\"24.04.3 LTS (Noble Numbat)\"\n\
-VERSION_CODENAME=noble\n\
-ID=ubuntu\n\
-ID_LIKE=debian\n\
-UBUNTU_CODENAME=noble\n";
-
 /// ext4 features of Ubuntu 22.04/24.04 root filesystems.
 pub const UBUNTU_EXT4_FEATURES: &str = "has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize,sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr,^orphan_file,^metadata_csum_seed";
 
+/// ext4 features of Ubuntu 24.10 and later (26.04) root filesystems.
+pub const UBUNTU_26_04_EXT4_FEATURES: &str = "has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize,sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr,orphan_file,metadata_csum_seed";
+
+/// config.txt of the Ubuntu raspi images; with `os_prefix`, as Ubuntu 25.10 and later write
+/// it for their A/B boot: `current/` normally, `new/` when the firmware tries new assets.
 fn ubuntu_config_txt(os_prefix: bool) -> String {
     let mut s = String::from(
         "[all]\nkernel=vmlinuz\ncmdline=cmdline.txt\ninitramfs initrd.img followkernel\n\n[pi4]\nmax_framebuffers=2\narm_boost=1\n\n[all]\ndtparam=audio=on\ndtparam=i2c_arm=on\ndtparam=spi=on\ndisable_overscan=1\nenable_uart=1\n",
     );
     if os_prefix {
-        s.push_str("os_prefix=current/\n");
+        s.push_str(
+            "os_prefix=current/\n\n[tryboot]\nos_prefix=new/\n\n[all]\ndtparam=watchdog=on\n",
+        );
     }
     s
 }
 
+/// Which Ubuntu release an [`ubuntu_raspi_release`] fixture imitates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UbuntuRelease {
+    /// 22.04 armhf: 256 MiB system-boot (set by the caller's `boot_mib`), files at its root.
+    Jammy,
+    /// 24.04: files at the root of system-boot.
+    Noble,
+    /// 26.04: A/B boot under `current/`, ext4 with `orphan_file,metadata_csum_seed`.
+    Resolute,
+}
+
+impl UbuntuRelease {
+    fn os_release(self) -> String {
+        let (id, ver, code) = match self {
+            UbuntuRelease::Jammy => ("22.04", "22.04.5 LTS (Jammy Jellyfish)", "jammy"),
+            UbuntuRelease::Noble => ("24.04", "24.04.3 LTS (Noble Numbat)", "noble"),
+            UbuntuRelease::Resolute => ("26.04", "26.04 LTS (Resolute Raccoon)", "resolute"),
+        };
+        format!(
+            "PRETTY_NAME=\"Ubuntu {} LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"{id}\"\nVERSION=\"{ver}\"\nVERSION_CODENAME={code}\nID=ubuntu\nID_LIKE=debian\nUBUNTU_CODENAME={code}\n",
+            ver.split(' ').next().unwrap()
+        )
+    }
+}
+
+/// Ubuntu 26.04 raspi layout: `current/` A/B boot and 26.04's ext4 features.
+pub fn ubuntu_26_04_raspi(dir: &Path, opts: FixtureOpts) -> Fixture {
+    ubuntu_raspi_release(
+        dir,
+        FixtureOpts {
+            os_prefix: true,
+            ..opts
+        },
+        UbuntuRelease::Resolute,
+    )
+}
+
+/// Ubuntu 22.04 armhf raspi layout: a 256 MiB system-boot.
+pub fn ubuntu_22_04_armhf_raspi(dir: &Path, opts: FixtureOpts) -> Fixture {
+    ubuntu_raspi_release(
+        dir,
+        FixtureOpts {
+            boot_mib: 256,
+            // Room for the root filesystem after the large boot partition.
+            total_mib: opts.total_mib.max(360),
+            os_prefix: false,
+            ..opts
+        },
+        UbuntuRelease::Jammy,
+    )
+}
+
 /// Ubuntu Server preinstalled raspi image: MBR, p1 FAT32 `system-boot` (type 0x0c, boot flag)
-/// at sector 2048, p2 ext4 `writable` to the end.
+/// at sector 2048, p2 ext4 `writable` to the end; 24.04's, or with `os_prefix` 26.04's.
 pub fn ubuntu_raspi(dir: &Path, opts: FixtureOpts) -> Fixture {
+    let release = match opts.os_prefix {
+        true => UbuntuRelease::Resolute,
+        false => UbuntuRelease::Noble,
+    };
+    ubuntu_raspi_release(dir, opts, release)
+}
+
+/// [`ubuntu_raspi`] of a given release.
+pub fn ubuntu_raspi_release(dir: &Path, opts: FixtureOpts, release: UbuntuRelease) -> Fixture {
     let image = dir.join("ubuntu-raspi.img");
     let total = opts.total_mib * MIB;
     let boot_start = MIB;
@@ -451,7 +510,10 @@ pub fn ubuntu_raspi(dir: &Path, opts: FixtureOpts) -> Fixture {
     // Root partition.
     let uuid = uuid_from(opts.seed + 20);
     let mut tree: BTreeMap<String, (u32, Vec<u8>)> = BTreeMap::new();
-    tree.insert("/etc/os-release".into(), (0o644, UBUNTU_OS_RELEASE.into()));
+    tree.insert(
+        "/etc/os-release".into(),
+        (0o644, release.os_release().into()),
+    );
     tree.insert(
         "/etc/cloud/cloud.cfg.d/99-fake_cloud.cfg".into(),
         (0o644, UBUNTU_FAKE_CLOUD.into()),
@@ -487,7 +549,10 @@ pub fn ubuntu_raspi(dir: &Path, opts: FixtureOpts) -> Fixture {
         root_size,
         "writable",
         &uuid,
-        UBUNTU_EXT4_FEATURES,
+        match release {
+            UbuntuRelease::Resolute => UBUNTU_26_04_EXT4_FEATURES,
+            UbuntuRelease::Jammy | UbuntuRelease::Noble => UBUNTU_EXT4_FEATURES,
+        },
         &[],
         &tree_dir,
     );
@@ -521,6 +586,15 @@ pub fn ubuntu_raspi(dir: &Path, opts: FixtureOpts) -> Fixture {
 }
 
 // ---------------------------------------------------------------- Raspberry Pi OS
+
+/// cloud-init's configuration in Raspberry Pi OS trixie images (`rpi-cloud-init-mods`).
+pub const RASPIOS_CLOUD_CFG: &str = "datasource_list: [ NoCloud, None ]\n\
+datasource:\n\
+\x20 NoCloud:\n\
+\x20   seedfrom: file:///boot/firmware/\n";
+
+/// openssh-server's unit in Debian trixie; Raspberry Pi OS ships it disabled.
+pub const RASPIOS_SSH_SERVICE: &str = "[Unit]\nDescription=OpenBSD Secure Shell server\nAfter=network.target auditd.service\n\n[Service]\nExecStart=/usr/sbin/sshd -D $SSHD_OPTS\nType=notify\n\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n";
 
 /// Raspberry Pi OS lite: MBR, p1 FAT32 `bootfs` at 8 MiB, p2 ext4 `rootfs`
 /// (`^64bit,^huge_file`), root found by PARTUUID.
@@ -596,6 +670,18 @@ pub fn raspios(dir: &Path, opts: FixtureOpts) -> Fixture {
         (0o444, b"uninitialized\n".to_vec()),
     );
     tree.insert("/etc/hostname".into(), (0o644, b"raspberrypi\n".to_vec()));
+    tree.insert(
+        "/etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg".into(),
+        (0o644, RASPIOS_CLOUD_CFG.into()),
+    );
+    tree.insert(
+        "/usr/lib/systemd/system/ssh.service".into(),
+        (0o644, RASPIOS_SSH_SERVICE.into()),
+    );
+    tree.insert(
+        "/usr/bin/cloud-init".into(),
+        (0o755, b"#!/bin/sh\necho cloud-init placeholder\n".to_vec()),
+    );
     add_fill(&mut tree, opts.fill_mib, opts.seed + 130);
     for (p, (_, d)) in &tree {
         record(&mut files, "rootfs", p, d);
@@ -609,7 +695,7 @@ pub fn raspios(dir: &Path, opts: FixtureOpts) -> Fixture {
         root_size,
         "rootfs",
         &uuid,
-        "^64bit,^huge_file,^orphan_file,^metadata_csum_seed",
+        "^64bit,^huge_file,orphan_file,^metadata_csum_seed",
         &[],
         &tree_dir,
     );

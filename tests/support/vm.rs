@@ -625,16 +625,29 @@ pub struct BootFiles {
 }
 
 pub fn extract_boot_files(image: &Path, dir: &Path) -> Result<BootFiles, String> {
-    let off = partition_offset(image, "system-boot")?;
+    // Ubuntu's boot partition, else Raspberry Pi OS's.
+    let off =
+        partition_offset(image, "system-boot").or_else(|_| partition_offset(image, "bootfs"))?;
     let config = String::from_utf8_lossy(&fat_read(image, off, "config.txt")?).to_string();
-    let (mut kernel, mut initrd, mut cmdline, mut prefix) = (
+    let (mut kernel, mut initrd, mut cmdline, mut prefix, mut auto_initramfs) = (
         "kernel8.img".to_string(),
         None,
         "cmdline.txt".to_string(),
         String::new(),
+        false,
     );
+    // As the firmware does on a normal boot: settings before any section and in `[all]`
+    // sections; conditional sections (`[tryboot]`, `[pi4]`, ...) do not apply.
+    let mut applies = true;
     for line in config.lines() {
-        let line = line.trim();
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            applies = line.eq_ignore_ascii_case("[all]");
+            continue;
+        }
+        if !applies {
+            continue;
+        }
         if let Some(v) = line.strip_prefix("kernel=") {
             kernel = v.trim().to_string();
         } else if let Some(v) = line.strip_prefix("cmdline=") {
@@ -643,7 +656,16 @@ pub fn extract_boot_files(image: &Path, dir: &Path) -> Result<BootFiles, String>
             prefix = v.trim().to_string();
         } else if let Some(v) = line.strip_prefix("initramfs ") {
             initrd = v.split_whitespace().next().map(str::to_string);
+        } else if let Some(v) = line.strip_prefix("auto_initramfs=") {
+            auto_initramfs = v.trim() == "1";
         }
+    }
+    // auto_initramfs: kernelN.img boots with initramfsN.
+    if initrd.is_none() && auto_initramfs {
+        initrd = kernel
+            .strip_prefix("kernel")
+            .and_then(|k| k.strip_suffix(".img"))
+            .map(|n| format!("initramfs{n}"));
     }
     let initrd = initrd.ok_or_else(|| {
         format!(
@@ -663,6 +685,112 @@ pub fn extract_boot_files(image: &Path, dir: &Path) -> Result<BootFiles, String>
         initrd: i,
         cmdline: String::from_utf8_lossy(&cmd).trim().to_string(),
     })
+}
+
+/// Raspberry Pi OS image layouts other than Ubuntu 24.04's, laid out from the same root file
+/// system by `tests/vm/make-disk-layout.sh` (amd64 guests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Ubuntu 26.04: A/B boot under `current/`.
+    Ubuntu2604,
+    /// Raspberry Pi OS trixie: `bootfs`/`rootfs`, root by PARTUUID, sshd disabled.
+    Raspios,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Ubuntu2604 => "ubuntu-26.04",
+            Layout::Raspios => "raspios",
+        }
+    }
+
+    /// The OS image of board `testpc-rpi` (tests/vm/boards) with this layout.
+    pub fn os(self) -> &'static str {
+        match self {
+            Layout::Ubuntu2604 => "debian-testpc-ab",
+            Layout::Raspios => "debian-testpc-raspios",
+        }
+    }
+
+    /// File name at the end of its catalog URL.
+    pub fn image_file(self) -> String {
+        format!("{}.img.xz", self.os())
+    }
+}
+
+fn layout_image_path(layout: Layout) -> PathBuf {
+    let arch = GuestArch::Amd64;
+    let key = hash_files(&[
+        rootfs_key(arch).as_bytes(),
+        layout.name().as_bytes(),
+        &read_fixture("make-disk-layout.sh"),
+        &read_fixture("pikube-facts"),
+        &read_fixture("pikube-facts.service"),
+    ]);
+    cache_dir().join(format!("layout-{}-{arch}-{key}.img.xz", layout.name()))
+}
+
+/// The amd64 base image with `layout`, from the cache or laid out from the cached root file
+/// system (built first when missing, as [`base_image`] does).
+pub fn layout_image(layout: Layout) -> Result<PathBuf, String> {
+    let image = layout_image_path(layout);
+    if image.exists() {
+        eprintln!(
+            "boot test: using cached {} image {}",
+            layout.name(),
+            image.display()
+        );
+        return Ok(image);
+    }
+    // Makes sure the root file system is in the cache.
+    base_image(GuestArch::Amd64)?;
+    let rootfs = cached_rootfs_path(GuestArch::Amd64);
+    let tmp = image.with_extension("part");
+    let _ = std::fs::remove_file(&tmp);
+    let r = run_logged(
+        Command::new("sh")
+            .arg(fixture_dir().join("make-disk-layout.sh"))
+            .arg(layout.name())
+            .arg(&rootfs)
+            .arg(&tmp)
+            .env("TMPDIR", cache_dir()),
+        &format!("{}-layout disk image", layout.name()),
+    );
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &image).map_err(|e| {
+        format!(
+            "cannot rename {} to {}: {e}",
+            tmp.display(),
+            image.display()
+        )
+    })?;
+    prune(&format!("layout-{}-", layout.name()), &image);
+    Ok(image)
+}
+
+/// Serves a layout's image with its checksum list where its catalog URL lands through
+/// `--mirror srv.url()`: `SHA256SUMS` for Ubuntu's layout, `<file>.sha256` for Raspberry Pi
+/// OS's, as their publishers do.
+pub fn serve_layout_image(srv: &TestServer, layout: Layout, image: &Path) {
+    let bytes = std::fs::read(image)
+        .unwrap_or_else(|e| panic!("cannot read base image {}: {e}", image.display()));
+    let sha = sha256_hex(&bytes);
+    let file = layout.image_file();
+    srv.add(&format!("/{IMAGE_HOST}/{}/{file}", layout.name()), bytes);
+    match layout {
+        Layout::Ubuntu2604 => srv.add(
+            &format!("/{IMAGE_HOST}/{}/SHA256SUMS", layout.name()),
+            format!("{sha} *{file}\n"),
+        ),
+        Layout::Raspios => srv.add(
+            &format!("/{IMAGE_HOST}/{}/{file}.sha256", layout.name()),
+            format!("{sha}  {file}\n"),
+        ),
+    }
 }
 
 /// Facts a booted guest printed (`PIKUBE-FACT`, `PIKUBE-BEGIN`/`PIKUBE|`/`PIKUBE-END`).
@@ -777,7 +905,16 @@ pub fn boot(image: &Path, arch: GuestArch, work: &Path, timeout: Duration) -> Re
         ));
     }
     let log_path = work.join("console.log");
-    let append = format!("{} console={}", files.cmdline, arch.console());
+    // no_timer_check: on a loaded host a TCG x86 guest can fail the kernel's IO-APIC timer
+    // check and panic ("IO-APIC + timer doesn't work") before it mounts anything.
+    let append = match arch {
+        GuestArch::Amd64 => format!(
+            "{} console={} no_timer_check",
+            files.cmdline,
+            arch.console()
+        ),
+        GuestArch::Arm64 => format!("{} console={}", files.cmdline, arch.console()),
+    };
     let accel = accel();
     let mut cmd = Command::new(arch.qemu_system());
     match arch {
