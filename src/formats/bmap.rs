@@ -360,7 +360,11 @@ mod tests {
         assert_eq!(map.image_size, data.len() as u64);
         assert_eq!(map.block_size, 4096);
         let last = map.ranges.last().unwrap();
-        assert_eq!(last.end, data.len() as u64, "the partial block ends with the image");
+        assert_eq!(
+            last.end,
+            data.len() as u64,
+            "the partial block ends with the image"
+        );
         for r in &map.ranges {
             let want = Sha256::digest(&data[r.start as usize..r.end as usize]);
             assert_eq!(r.sha256.unwrap(), want.as_slice(), "{r:?}");
