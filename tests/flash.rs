@@ -244,7 +244,7 @@ fn refused(args: &[&str], device: &Loop, needles: &[&str]) {
 fn refusals_leave_the_device_as_it_was() {
     if !loop_devices()
         || !pikube_test_oracles::require_tool("sfdisk", "fdisk")
-        || !pikube_test_oracles::require_tool("mkfs.vfat", "dosfstools")
+        || !pikube_test_oracles::require_tool("mkfs.ext4", "e2fsprogs")
     {
         return;
     }
@@ -315,44 +315,74 @@ fn refusals_leave_the_device_as_it_was() {
             c.stdin
                 .take()
                 .unwrap()
-                .write_all(b"label: dos\nstart=2048, size=65536, type=c\n")?;
+                .write_all(b"label: dos\nstart=2048, size=65536, type=83\n")?;
             c.wait_with_output()
         })
         .unwrap();
     assert!(o.status.success(), "sfdisk: {}", stderr(&o));
     let l = Loop::new(&parted, &["-P"]);
-    let part = PathBuf::from(format!("{}p1", l.dev.display()));
-    for _ in 0..50 {
-        if part.exists() {
+    let name = l.dev.file_name().unwrap().to_str().unwrap().to_string();
+    let sys_part = PathBuf::from(format!("/sys/block/{name}/{name}p1"));
+    for _ in 0..30 {
+        if sys_part.exists() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mkfs = Command::new("mkfs.vfat").arg(&part).output().unwrap();
-    assert!(mkfs.status.success(), "mkfs.vfat: {}", stderr(&mkfs));
+    let dev = s(&l.dev).to_string();
     let mnt = scratch.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let m = Command::new("mount").arg(&part).arg(&mnt).output().unwrap();
-    if !m.status.success() {
-        pikube_test_oracles::skip(format_args!(
-            "cannot mount a loop partition here: {}",
-            stderr(&m)
-        ));
-        return;
+    let mount = |what: &Path| {
+        let mkfs = Command::new("mkfs.ext4")
+            .arg("-q")
+            .arg(what)
+            .output()
+            .unwrap();
+        assert!(mkfs.status.success(), "mkfs.ext4: {}", stderr(&mkfs));
+        let m = Command::new("mount")
+            .args(["-o", "ro"])
+            .arg(what)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(m.status.success(), "mount: {}", stderr(&m));
+    };
+    if sys_part.exists() {
+        // Without udev, the partition's device node may be missing: make it.
+        let part = PathBuf::from(format!("{dev}p1"));
+        if !part.exists() {
+            let num = std::fs::read_to_string(sys_part.join("dev")).unwrap();
+            let (major, minor) = num.trim().split_once(':').unwrap();
+            let mk = Command::new("mknod")
+                .arg(&part)
+                .args(["b", major, minor])
+                .status()
+                .unwrap();
+            assert!(mk.success());
+        }
+        mount(&part);
+        refused(
+            &[s(&img), &dev, "--yes", "--allow-fixed"],
+            &l,
+            &[&dev, "mounted on", s(&mnt), "--unmount"],
+        );
+        // The partition itself is not a disk.
+        refused(
+            &[s(&img), s(&part), "--yes", "--allow-fixed"],
+            &l,
+            &["partition of", &dev],
+        );
+    } else {
+        // A kernel without MBR partition support (CONFIG_MSDOS_PARTITION) shows no
+        // partition: the whole device is mounted instead, which is refused the same way.
+        eprintln!("no partition scanning on this kernel: mounting the whole {dev}");
+        mount(&l.dev);
+        refused(
+            &[s(&img), &dev, "--yes", "--allow-fixed"],
+            &l,
+            &[&dev, "mounted on", s(&mnt), "--unmount"],
+        );
     }
-    let dev = s(&l.dev).to_string();
-    let partition = s(&part).to_string();
-    refused(
-        &[s(&img), &dev, "--yes", "--allow-fixed"],
-        &l,
-        &[&dev, "mounted on", s(&mnt), "--unmount"],
-    );
-    // The partition itself is not a disk.
-    refused(
-        &[s(&img), &partition, "--yes", "--allow-fixed"],
-        &l,
-        &["partition of", &dev],
-    );
     let _ = Command::new("umount").arg(&mnt).status();
     drop(l);
 
