@@ -223,11 +223,13 @@ impl Usage {
             };
             let mp = unescape(mp);
             u.mounts.push((dev, mp.clone()));
-            if let Some(dash) = f.iter().position(|x| *x == "-") {
-                if let Some(src) = f.get(dash + 2).filter(|s| s.starts_with("/dev/")) {
-                    let name = unescape(src.trim_start_matches("/dev/"));
-                    u.mounts_by_name.push((name, mp));
-                }
+            let dash = f.iter().position(|x| *x == "-");
+            if let Some(src) = dash
+                .and_then(|d| f.get(d + 2))
+                .filter(|s| s.starts_with("/dev/"))
+            {
+                u.mounts_by_name
+                    .push((unescape(src.trim_start_matches("/dev/")), mp));
             }
         }
         // A missing /proc/swaps means no swap support at all.
@@ -413,7 +415,7 @@ fn disk_with(host: &Host, name: &str, usage: &Usage, system: &[(String, String)]
             });
         }
     }
-    partitions.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+    partitions.sort_by_key(|p| natural_key(&p.name));
     let vendor = read_trim(&dir.join("device/vendor")).unwrap_or_default();
     let model = read_trim(&dir.join("device/model"))
         .or_else(|| read_trim(&dir.join("device/name")))

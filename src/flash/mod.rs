@@ -367,7 +367,11 @@ pub fn flash(
                 device.display()
             );
         }
-        task.finish(&format!("{}, every range matches", rate(total, t0)));
+        let how = match target.bypasses_cache() {
+            true => "read back with direct I/O",
+            false => "read back after dropping the page cache",
+        };
+        task.finish(&format!("{}, every range matches ({how})", rate(total, t0)));
     }
     Ok(FlashReport {
         device: device.to_path_buf(),

@@ -100,15 +100,13 @@ impl Image {
                 count_decompressed(path, progress)?
             }
         };
-        if let Some((p, m)) = &bmap {
-            if m.image_size != size {
-                bail!(
-                    "the block map {} describes an image of {} bytes, but {} holds {size}: it belongs to another image; build again, or pass the right one with --bmap",
-                    p.display(),
-                    m.image_size,
-                    path.display()
-                );
-            }
+        if let Some((p, m)) = bmap.as_ref().filter(|(_, m)| m.image_size != size) {
+            bail!(
+                "the block map {} describes an image of {} bytes, but {} holds {size}: it belongs to another image; build again, or pass the right one with --bmap",
+                p.display(),
+                m.image_size,
+                path.display()
+            );
         }
         if size == 0 {
             bail!("{} is empty: there is nothing to flash", path.display());

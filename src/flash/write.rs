@@ -87,7 +87,7 @@ impl Target {
     }
 
     /// Whether reads and writes bypass the page cache.
-    pub fn direct(&self) -> bool {
+    pub fn bypasses_cache(&self) -> bool {
         self.direct_ok
     }
 
