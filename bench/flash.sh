@@ -31,8 +31,11 @@ IMG="$BENCH_DIR/flash.img"
 BMAP="$BENCH_DIR/flash.img.bmap"
 DEV_FILE="$BENCH_DIR/flash-device"
 
-echo "== cargo build --release"
-(cd "$ROOT" && cargo build --release --bin pikube-image)
+if [ "${BUILD:-1}" = 1 ]; then
+    echo "== cargo build --release (BUILD=0 uses the binary as it is)"
+    (cd "$ROOT" && cargo build --release --bin pikube-image)
+fi
+[ -x "$BIN" ] || die "$BIN is missing: run with BUILD=1"
 
 make_image() {
     echo "== making a ${IMAGE_GIB} GiB image with ${DATA_MIB} MiB of data (once)"
