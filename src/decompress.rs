@@ -151,6 +151,36 @@ pub fn decompress_with(
     }
 }
 
+/// The decompressed bytes of `src` (xz, gzip, zstd, or a raw image read as it is), as a
+/// stream; `task` advances by the bytes of `src` read. Errors of its reads go through
+/// [`read_error`] to name the file, the cause and the fix.
+pub fn open_stream(src: &Path, task: &Task) -> Result<(Compression, Box<dyn Read>)> {
+    let kind = detect(src)?;
+    let input = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    let src_reader = TagSource(ProgressReader::new(input, task.clone()));
+    let reader: Result<Box<dyn Read>, Failure> = match kind {
+        Compression::None => Ok(Box::new(src_reader)),
+        Compression::Gzip => Members::<_, flate2::bufread::GzDecoder<_>>::new(
+            io::BufReader::with_capacity(IN_BUF, src_reader),
+        )
+        .map(|r| Box::new(r) as Box<dyn Read>),
+        Compression::Zstd => Members::<_, zstd::stream::read::Decoder<_>>::new(
+            io::BufReader::with_capacity(IN_BUF, src_reader),
+        )
+        .map(|r| Box::new(r) as Box<dyn Read>),
+        Compression::Xz => XzReader::new(src_reader, 0).map(|r| Box::new(r) as Box<dyn Read>),
+    };
+    match reader {
+        Ok(r) => Ok((kind, r)),
+        Err(f) => Err(describe(f, kind, src, src)),
+    }
+}
+
+/// What an error of a [`decoder`] of `src` means: a damaged file or a failed read.
+pub fn read_error(e: io::Error, kind: Compression, src: &Path) -> anyhow::Error {
+    describe(classify(e), kind, src, src)
+}
+
 /// Granularity of hole detection; output offsets of skipped blocks are multiples of it.
 pub const SPARSE_BLOCK: usize = 64 << 10;
 /// Size of the buffers passed from the decoder to the writer thread.

@@ -5,7 +5,8 @@
 //! `disk` (partition tables, grow) -> `plan` (declarative file operations, contributed by
 //! `firstboot`, `boot`, `k3s`, `gitops`, `images`, `host_keys`, `overlay`) -> `fs` (apply
 //! them through one `op::Tree` trait to FAT, ext4 or a directory) -> `target` (what is made
-//! of each built node: image files today). `build` runs the stages for each node.
+//! of each built node: image files today). `build` runs the stages for each node; `flash`
+//! writes a built image to a card.
 
 pub mod arch;
 pub mod boards;
@@ -17,6 +18,7 @@ pub mod decompress;
 pub mod disk;
 pub mod emit;
 pub mod firstboot;
+pub mod flash;
 pub mod flux;
 pub mod formats;
 pub mod fs;

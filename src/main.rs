@@ -3,11 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use pikube_image::progress::{Mode, Progress, human_bytes};
-use pikube_image::{boards, build, cache_admin, images, init, inspect};
+use pikube_image::{boards, build, cache_admin, flash, images, init, inspect};
 
 mod cmdline;
 
-use cmdline::{CacheCommand, Cli, Command, ImagesCommand};
+use cmdline::{CacheCommand, Cli, Command, FlashJob, ImagesCommand};
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -73,6 +73,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match a.json {
                 true => println!("{}", serde_json::to_string_pretty(&report)?),
                 false => print!("{}", report.render()),
+            }
+        }
+        Command::Flash(a) => {
+            let host = a.host();
+            let opts = a.options();
+            let progress = Progress::new(Mode::detect(a.json));
+            match a.job()? {
+                FlashJob::List => {
+                    let disks = flash::list(&host)?;
+                    match a.json {
+                        true => println!("{}", serde_json::to_string_pretty(&disks)?),
+                        false => print!("{}", flash::render_list(&disks)),
+                    }
+                }
+                FlashJob::One {
+                    image,
+                    node,
+                    device,
+                } => {
+                    let r =
+                        flash::flash(&host, &image, node.as_deref(), &device, &opts, &progress)?;
+                    match a.json {
+                        true => println!("{}", serde_json::to_string_pretty(&r)?),
+                        false => eprint!("{}", r.render()),
+                    }
+                }
+                FlashJob::All => {
+                    let cluster = pikube_image::config::Cluster::load(&a.config)?;
+                    let nodes: Vec<String> =
+                        cluster.nodes.iter().map(|n| n.name.to_string()).collect();
+                    let done =
+                        flash::flash_all(&host, &nodes, &a.out, &opts, flash::POLL, &progress)?;
+                    if a.json {
+                        println!("{}", serde_json::to_string_pretty(&done)?);
+                    }
+                    if done.len() < nodes.len() {
+                        anyhow::bail!(
+                            "stopped after {} of {} nodes; flash the rest with --node NAME",
+                            done.len(),
+                            nodes.len()
+                        );
+                    }
+                }
             }
         }
         Command::Build(a) => {
@@ -156,10 +199,18 @@ fn main() -> ExitCode {
     let json = cli.json();
     // An interrupted build removes its partial outputs before exiting, so nothing
     // half-written is left behind (outputs only get their final names when complete).
-    let _ = ctrlc::set_handler(|| {
-        pikube_image::emit::remove_temporaries();
-        eprintln!("interrupted: partial outputs removed");
-        std::process::exit(130);
+    // A flash in progress says what it leaves behind; `flash --all` finishes its card first.
+    let _ = ctrlc::set_handler(|| match flash::interrupt() {
+        flash::Interrupt::Deferred(msg) => eprintln!("{msg}"),
+        flash::Interrupt::Exit(msg) => {
+            pikube_image::emit::remove_temporaries();
+            eprintln!(
+                "{}",
+                msg.as_deref()
+                    .unwrap_or("interrupted: partial outputs removed")
+            );
+            std::process::exit(130);
+        }
     });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -117,31 +117,23 @@ impl BuildSummary {
                 names.join(", ")
             ));
         }
-        s.push_str("next: write each image to its card (check the device with lsblk first; it is overwritten):\n");
+        s.push_str("next: write each image to its card (`pikube-image flash --list` shows the cards; the one named is overwritten):\n");
+        let out_flag = match out == std::path::Path::new("images") {
+            true => String::new(),
+            false => format!(" --out {}", out.display()),
+        };
         for n in &self.nodes {
-            let has = |suffix: &str| n.outputs.iter().find(|o| o.file.ends_with(suffix));
-            let path = |o: &OutputRecord| out.join(&o.file).display().to_string();
-            let cmd = match (has(".img"), has(".bmap"), has(".img.zst"), has(".img.xz")) {
-                (Some(img), Some(bmap), _, _) => format!(
-                    "sudo bmaptool copy --bmap {} {} /dev/sdX",
-                    path(bmap),
-                    path(img)
-                ),
-                (Some(img), None, _, _) => format!(
-                    "sudo dd if={} of=/dev/sdX bs=4M conv=fsync status=progress",
-                    path(img)
-                ),
-                (None, _, Some(zst), _) => format!(
-                    "zstd -dc {} | sudo dd of=/dev/sdX bs=4M conv=fsync status=progress",
-                    path(zst)
-                ),
-                (None, _, None, Some(xz)) => format!(
-                    "xz -dc {} | sudo dd of=/dev/sdX bs=4M conv=fsync status=progress",
-                    path(xz)
-                ),
-                _ => continue,
-            };
-            s.push_str(&format!("  {}: {cmd}\n", n.node));
+            let flashable = n.outputs.iter().any(|o| {
+                [".img", ".img.zst", ".img.xz"]
+                    .iter()
+                    .any(|k| o.file == format!("{}{k}", n.node))
+            });
+            if flashable {
+                s.push_str(&format!(
+                    "  {}: sudo pikube-image flash --node {}{out_flag} /dev/sdX\n",
+                    n.node, n.node
+                ));
+            }
         }
         s
     }
@@ -226,12 +218,17 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("cp1: sudo bmaptool copy --bmap images/cp1.bmap images/cp1.img /dev/sdX"),
+            text.contains("cp1: sudo pikube-image flash --node cp1 /dev/sdX"),
             "{text}"
         );
         assert!(
-            text.contains("w1: zstd -dc images/w1.img.zst | sudo dd of=/dev/sdX"),
+            text.contains("w1: sudo pikube-image flash --node w1 /dev/sdX"),
             "{text}"
+        );
+        let elsewhere = s.render_closing(std::path::Path::new("/srv/out"), 1.0);
+        assert!(
+            elsewhere.contains("cp1: sudo pikube-image flash --node cp1 --out /srv/out /dev/sdX"),
+            "{elsewhere}"
         );
     }
 }

@@ -23,6 +23,7 @@ impl Cli {
         match &self.command {
             Command::Build(a) => a.json,
             Command::Inspect(a) => a.json,
+            Command::Flash(a) => a.json,
             Command::Cache(CacheCommand::List { json }) | Command::Boards { json } => *json,
             Command::Init(_) | Command::Images(_) | Command::Cache(CacheCommand::Prune { .. }) => {
                 false
@@ -45,6 +46,9 @@ pub enum Command {
     },
     /// Show an image's partitions, filesystems, detected OS and cloud-init seed.
     Inspect(InspectArgs),
+    /// Write a node image to an SD card or USB disk (only its data, verified by reading
+    /// back); list removable disks with --list.
+    Flash(FlashArgs),
     /// Container images preloaded into the nodes.
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -172,6 +176,126 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  pikube-image flash --list\n  sudo pikube-image flash --node cp1 /dev/sdX\n  sudo pikube-image flash images/cp1.img.zst /dev/mmcblk0\n  sudo pikube-image flash --all --wait"
+)]
+pub struct FlashArgs {
+    /// IMAGE DEVICE, or only DEVICE with --node. IMAGE is a .img, .img.zst or .img.xz; its
+    /// block map (X.bmap or X.img.bmap beside it) is used when present.
+    #[arg(value_name = "IMAGE|DEVICE", num_args = 0..=2)]
+    pub paths: Vec<PathBuf>,
+    /// Flash this node's image from the output directory.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["all", "list"])]
+    pub node: Option<String>,
+    /// Every node of the inventory, one card after another (with --wait).
+    #[arg(long, requires = "wait", conflicts_with = "list")]
+    pub all: bool,
+    /// Wait for each card to be inserted (a new removable disk), flash it, and wait for the
+    /// next; Ctrl-C stops between cards.
+    #[arg(long, requires = "all")]
+    pub wait: bool,
+    /// List the removable disks: path, model, size, transport, whether mounted.
+    #[arg(long)]
+    pub list: bool,
+    /// Output directory of the build, where --node and --all find the images.
+    #[arg(long, default_value = "images")]
+    pub out: PathBuf,
+    /// Cluster inventory, for --all.
+    #[arg(long, default_value = "cluster.yaml")]
+    pub config: PathBuf,
+    /// Block map to use instead of the one beside the image.
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
+    /// Write without asking to type the device's name.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Unmount the device's mounted partitions first.
+    #[arg(long)]
+    pub unmount: bool,
+    /// Write a disk that is not removable (not USB or an SD card): internal disks, loop
+    /// devices.
+    #[arg(long)]
+    pub allow_fixed: bool,
+    /// Write a regular file (an image file) instead of a device.
+    #[arg(long)]
+    pub allow_file: bool,
+    /// Do not read the device back to compare.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Progress as JSON lines on stderr and a JSON report (or list) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Where sysfs is (tests use a fake tree).
+    #[arg(long, hide = true, default_value = "/sys")]
+    pub sys_root: PathBuf,
+    /// Where device nodes are (tests use a fake tree).
+    #[arg(long, hide = true, default_value = "/dev")]
+    pub dev_root: PathBuf,
+}
+
+/// What `flash` was asked to do.
+pub enum FlashJob {
+    List,
+    One {
+        image: PathBuf,
+        node: Option<String>,
+        device: PathBuf,
+    },
+    All,
+}
+
+impl FlashArgs {
+    pub fn host(&self) -> pikube_image::flash::device::Host {
+        pikube_image::flash::device::Host {
+            sys: self.sys_root.clone(),
+            dev: self.dev_root.clone(),
+            ..pikube_image::flash::device::Host::real()
+        }
+    }
+
+    pub fn options(&self) -> pikube_image::flash::Options {
+        pikube_image::flash::Options {
+            yes: self.yes,
+            allow: pikube_image::flash::device::Allow {
+                fixed: self.allow_fixed,
+                unmount: self.unmount,
+            },
+            allow_file: self.allow_file,
+            verify: !self.no_verify,
+            bmap: self.bmap.clone(),
+        }
+    }
+
+    pub fn job(&self) -> anyhow::Result<FlashJob> {
+        let p = &self.paths;
+        match (self.list, self.all, &self.node, p.len()) {
+            (true, _, _, 0) => Ok(FlashJob::List),
+            (true, ..) => anyhow::bail!("--list takes no IMAGE or DEVICE"),
+            (_, true, _, 0) => Ok(FlashJob::All),
+            (_, true, ..) => {
+                anyhow::bail!("--all --wait takes no DEVICE: it flashes each card that is inserted")
+            }
+            (_, _, Some(node), 1) => Ok(FlashJob::One {
+                image: pikube_image::flash::node_image(&self.out, node)?,
+                node: Some(node.clone()),
+                device: p[0].clone(),
+            }),
+            (_, _, Some(_), _) => {
+                anyhow::bail!("give the device to write: pikube-image flash --node NAME /dev/sdX")
+            }
+            (_, _, None, 2) => Ok(FlashJob::One {
+                image: p[0].clone(),
+                node: None,
+                device: p[1].clone(),
+            }),
+            _ => anyhow::bail!(
+                "give IMAGE and DEVICE (pikube-image flash images/cp1.img /dev/sdX), or --node NAME DEVICE; --list shows the removable disks"
+            ),
+        }
+    }
 }
 
 /// The largest `--grow-margin`: 1 TiB, far beyond any SD card.

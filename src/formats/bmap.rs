@@ -171,6 +171,133 @@ pub fn bmap_text(raw: &Path, zero_blocks_unmapped: bool, progress: &Progress) ->
     Ok(t)
 }
 
+/// A block map read back: which byte ranges of an image hold data, and their SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bmap {
+    pub image_size: u64,
+    pub block_size: u64,
+    /// Mapped ranges in bytes, sorted and disjoint; the last may end at `image_size` inside a
+    /// block.
+    pub ranges: Vec<MappedRange>,
+}
+
+/// One `<Range>` of a bmap, in bytes `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedRange {
+    pub start: u64,
+    pub end: u64,
+    /// SHA-256 of the range's bytes, when the map gives one.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl Bmap {
+    /// Reads and checks the bmap at `path` (its own checksum, the ranges within the image).
+    pub fn load(path: &Path) -> Result<Bmap> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the block map {}", path.display()))?;
+        Bmap::parse(&text).with_context(|| {
+            format!(
+                "{} is not a usable block map: build the image again with --format bmap, or flash without it",
+                path.display()
+            )
+        })
+    }
+
+    /// Parses bmap text (format 1.x or 2.x with SHA-256 checksums, as bmaptool and
+    /// [`bmap_text`] write it).
+    pub fn parse(text: &str) -> Result<Bmap> {
+        let field = |name: &str| -> Result<&str> {
+            let open = format!("<{name}>");
+            let close = format!("</{name}>");
+            let at = text
+                .find(&open)
+                .with_context(|| format!("no <{name}> element"))?
+                + open.len();
+            let end = text[at..]
+                .find(&close)
+                .with_context(|| format!("<{name}> is not closed"))?;
+            Ok(text[at..at + end].trim())
+        };
+        let number = |name: &str| -> Result<u64> {
+            let v = field(name)?;
+            v.parse()
+                .with_context(|| format!("<{name}> holds {v:?}, not a number"))
+        };
+        let image_size = number("ImageSize")?;
+        let block_size = number("BlockSize")?;
+        if block_size == 0 || !block_size.is_multiple_of(512) {
+            bail!("<BlockSize> {block_size} is not a multiple of 512");
+        }
+        let checksum_type = field("ChecksumType").unwrap_or("sha256");
+        if checksum_type != "sha256" {
+            bail!("checksums of type {checksum_type:?}: only sha256 block maps are read");
+        }
+        if let Ok(sum) = field("BmapFileChecksum") {
+            let zeroed = text.replacen(sum, &"0".repeat(sum.len()), 1);
+            let want = crate::io::sha256_bytes(zeroed.as_bytes());
+            if sum.len() != 64 || !sum.eq_ignore_ascii_case(&want) {
+                bail!("its own checksum does not match its contents: the file is damaged");
+            }
+        }
+        let map = field("BlockMap")?;
+        let mut ranges: Vec<MappedRange> = Vec::new();
+        let mut rest = map;
+        while let Some(at) = rest.find("<Range") {
+            rest = &rest[at + "<Range".len()..];
+            let gt = rest.find('>').context("a <Range> element is not closed")?;
+            let attrs = &rest[..gt];
+            let body_end = rest.find("</Range>").context("a <Range> is not closed")?;
+            let body = rest[gt + 1..body_end].trim();
+            rest = &rest[body_end..];
+            let (first, last) = match body.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (body, body),
+            };
+            let block = |v: &str| -> Result<u64> {
+                v.parse()
+                    .with_context(|| format!("range {body:?} is not block numbers"))
+            };
+            let (first, last) = (block(first)?, block(last)?);
+            let start = first
+                .checked_mul(block_size)
+                .context("a range lies beyond any disk")?;
+            let end = last
+                .checked_add(1)
+                .and_then(|l| l.checked_mul(block_size))
+                .context("a range lies beyond any disk")?
+                .min(image_size);
+            if last < first || start >= image_size {
+                bail!("range {body:?} lies outside the image of {image_size} bytes");
+            }
+            if ranges.last().is_some_and(|r| r.end > start) {
+                bail!("range {body:?} overlaps or precedes the one before it");
+            }
+            let sha256 = match attrs.split_once("chksum=\"") {
+                Some((_, v)) => {
+                    let hex_sum = v.split('"').next().unwrap_or_default();
+                    let mut sum = [0u8; 32];
+                    hex::decode_to_slice(hex_sum, &mut sum).with_context(|| {
+                        format!("range {body:?} has the checksum {hex_sum:?}, not a SHA-256")
+                    })?;
+                    Some(sum)
+                }
+                None => None,
+            };
+            ranges.push(MappedRange { start, end, sha256 });
+        }
+        Ok(Bmap {
+            image_size,
+            block_size,
+            ranges,
+        })
+    }
+
+    /// Bytes the map says hold data.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +348,36 @@ mod tests {
             skipped.contains("<MappedBlocksCount> 3 </MappedBlocksCount>"),
             "{skipped}"
         );
+    }
+
+    #[test]
+    fn bmap_reads_back_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = sample(dir.path());
+        let data = std::fs::read(&img).unwrap();
+        let text = bmap_text(&img, false, &Progress::quiet()).unwrap();
+        let map = Bmap::parse(&text).unwrap();
+        assert_eq!(map.image_size, data.len() as u64);
+        assert_eq!(map.block_size, 4096);
+        let last = map.ranges.last().unwrap();
+        assert_eq!(
+            last.end,
+            data.len() as u64,
+            "the partial block ends with the image"
+        );
+        for r in &map.ranges {
+            let want = Sha256::digest(&data[r.start as usize..r.end as usize]);
+            assert_eq!(r.sha256.unwrap(), want.as_slice(), "{r:?}");
+        }
+        assert_eq!(map.ranges[0].start, 0);
+        assert_eq!(map.ranges[0].end, 8192);
+        // A changed byte breaks the file's own checksum.
+        let damaged = text.replacen("<ImageSize> ", "<ImageSize> 1", 1);
+        let err = Bmap::parse(&damaged).unwrap_err().to_string();
+        assert!(err.contains("own checksum"), "{err}");
+        // Ranges out of order are refused.
+        let bad = "<bmap><ImageSize> 100000 </ImageSize><BlockSize> 4096 </BlockSize>\
+                   <BlockMap><Range> 5 </Range><Range> 2-3 </Range></BlockMap></bmap>";
+        assert!(Bmap::parse(bad).is_err());
     }
 }

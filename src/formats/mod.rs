@@ -24,7 +24,7 @@ mod frames;
 mod xz;
 mod zst;
 
-pub use bmap::{bmap_text, write_bmap, write_bmap_with};
+pub use bmap::{Bmap, MappedRange, bmap_text, write_bmap, write_bmap_with};
 pub use frames::{
     CompressStats, FRAME_SIZE, FrameIndex, FrameRecord, compress_into, compress_overlay_into,
     write_compressed, write_compressed_overlay, write_compressed_stats,
