@@ -158,7 +158,7 @@ impl Plan {
             );
         }
         if !board.kernel_args.is_empty() {
-            ops.push(crate::boot::kernel_args(&image.boot, &board.kernel_args));
+            ops.extend(crate::boot::kernel_args(&image.boot, &board.kernel_args));
         }
         Ok(Plan {
             node: node.name.to_string(),
