@@ -264,7 +264,7 @@ fn ubuntu_rockchip_server_and_agent_keep_the_layout_and_boot_with_the_arguments(
 }
 
 #[test]
-fn ubuntu_rockchip_dry_run_names_both_boot_files() {
+fn ubuntu_rockchip_plan_and_inspect_show_the_boot_files() {
     if !oracles() {
         return;
     }
@@ -288,4 +288,24 @@ fn ubuntu_rockchip_dry_run_names_both_boot_files() {
     ] {
         assert!(plan.contains(p), "{p} in the plan:\n{plan}");
     }
+    let out = env.run(&[
+        "build", "--mirror", &env.url, "--out", "out", "--node", "w1",
+    ]);
+    assert!(out.status.success(), "build failed: {}", stderr(&out));
+    let out = env.run(&["inspect", "out/w1.img"]);
+    assert!(out.status.success(), "inspect failed: {}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("CIDATA") && text.contains("cloudimg-rootfs"),
+        "{text}"
+    );
+    let cmdline = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cmdline: "))
+        .unwrap_or_else(|| panic!("no cmdline in:\n{text}"));
+    assert!(
+        cmdline.starts_with(&format!("root=UUID={} rootwait", env.fixture.root_uuid))
+            && cmdline.ends_with("cgroup_enable=memory swapaccount=1"),
+        "{cmdline}"
+    );
 }
