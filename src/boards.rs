@@ -696,6 +696,33 @@ mod tests {
     }
 
     #[test]
+    fn ubuntu_rockchip_image_boots_through_extlinux() {
+        let cat = Catalog::load().unwrap();
+        let img = &cat.images["ubuntu-24.04-rockchip"];
+        assert_eq!(img.support, Support::Unmaintained);
+        assert!(img.note.as_deref().is_some_and(|n| n.contains("2025-04")));
+        assert_eq!(
+            img.boot,
+            BootConfig::Extlinux {
+                partition: "cloudimg-rootfs".into(),
+                path: "/boot/extlinux/extlinux.conf".into(),
+                cmdline: "/etc/kernel/cmdline".into(),
+            }
+        );
+        assert_eq!(
+            img.firstboot,
+            Firstboot::CloudInit {
+                seed_partition: "CIDATA".into(),
+                cmdline_datasource: false,
+                enable_units: Vec::new(),
+            }
+        );
+        assert!(
+            matches!(&img.checksum, ImageChecksum::SumsUrl { url: u, signature: None } if u == &format!("{}.sha256", img.url))
+        );
+    }
+
+    #[test]
     fn aliases_resolve() {
         let cat = Catalog::load().unwrap();
         assert_eq!(cat.board("rpi400").unwrap().name, "rpi4");

@@ -182,6 +182,12 @@ pub fn inspect(path: &Path, _progress: &Progress) -> Result<Report> {
                     } else if let Ok(text) = fs.read_to_string("/usr/lib/os-release") {
                         r.os = os_release(&text);
                     }
+                    // U-Boot's extlinux.conf (Ubuntu for Rockchip): the first entry's
+                    // command line is the one that boots.
+                    if let Ok(text) = fs.read_to_string("/boot/extlinux/extlinux.conf") {
+                        let conf = crate::boot::extlinux::ExtlinuxConf::parse(&text);
+                        r.cmdline = conf.appends().first().map(|a| a.join(" "));
+                    }
                     if let Ok(text) = fs.read_to_string(crate::nodeinfo::PATH) {
                         r.node = Some(serde_json::from_str(&text).with_context(|| {
                             format!(

@@ -186,7 +186,7 @@ impl Plan {
             );
         }
         if !board.kernel_args.is_empty() {
-            ops.push(crate::boot::kernel_args(&image.boot, &board.kernel_args));
+            ops.extend(crate::boot::kernel_args(&image.boot, &board.kernel_args));
         }
         // Whatever lands in k3s's manifests directory (GitOps, overlays) gets an mtime that
         // k3s's deploy controller honours, whatever SOURCE_DATE_EPOCH says.

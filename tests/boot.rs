@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use pikube_test_oracles::{require_tool, skip};
 use support::http::TestServer;
-use support::vm::{self, Boot, GuestArch};
+use support::vm::{self, Boot, DiskLayout, GuestArch};
 
 const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c ops@laptop";
@@ -197,7 +197,7 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
             node: name.clone(),
             failures: Vec::new(),
         };
-        check_node(&mut c, role, boot, arch);
+        check_node(&mut c, role, boot, arch, DiskLayout::Raspi);
         if *has_k3s {
             check_k3s(&mut c, role, boot, airgap_name);
         } else {
@@ -214,6 +214,99 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
         "{} failed expectation(s):\n\n{}",
         failures.len(),
         failures.join("\n\n")
+    );
+}
+
+/// An image in Ubuntu for Rockchip's layout (GPT, CIDATA seed, extlinux.conf on the root file
+/// system) builds and boots as its node: kernel, initrd and command line are taken from the
+/// built image's extlinux.conf as U-Boot takes them. amd64 guests only. Shares the cached
+/// root file system of the other boot tests and boots when they leave the guests' slot.
+#[test]
+fn rockchip_layout_image_boots_as_its_node() {
+    let arch = GuestArch::from_env().unwrap_or_else(|e| panic!("{e}"));
+    if arch != GuestArch::Amd64 {
+        skip(format_args!(
+            "Rockchip-layout boot test: only amd64 guests ({arch} asked)"
+        ));
+        return;
+    }
+    if let Err(why) = vm::preflight(arch) {
+        skip(format_args!("Rockchip-layout boot test ({arch}): {why}"));
+        return;
+    }
+    let t0 = Instant::now();
+    let base =
+        vm::base_image_in(arch, DiskLayout::Rockchip).unwrap_or_else(|e| panic!("base image: {e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-boot-rk")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    let srv = TestServer::start();
+    vm::serve_rockchip_image(&srv, &base);
+    let release = vm::serve_k3s_standin(&srv, K3S_VERSION, arch);
+    let cluster = cluster_yaml("testpc-rockchip").replace(
+        "  - { name: w1, board: testpc-rockchip, role: agent }\n",
+        "",
+    );
+    std::fs::write(d.join("cluster.yaml"), cluster).unwrap();
+    std::fs::create_dir_all(d.join("secrets")).unwrap();
+    std::fs::write(d.join("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            d.join("secrets/k3s-token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["build", "--config", "cluster.yaml", "--node", "cp1"])
+        .arg("--mirror")
+        .arg(srv.url())
+        .args(["--out", "out"])
+        .current_dir(d)
+        .env("PIKUBE_CACHE_DIR", d.join("cache"))
+        .env("PIKUBE_BOARDS_DIR", vm::boards_dir())
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ pikube-image build --node cp1 (Rockchip layout)\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pikube-image build failed");
+    let img = d.join("out/cp1.img");
+    let slot = guests_slot();
+    let boot = vm::boot(&img, arch, &d.join("vm/cp1"), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("cp1 (Rockchip layout): {e}"));
+    drop(slot);
+    eprintln!(
+        "boot test: cp1 (Rockchip layout) {} after {:.0?}",
+        if boot.timed_out {
+            "TIMED OUT"
+        } else {
+            "powered off"
+        },
+        boot.elapsed
+    );
+    for (k, v) in &boot.facts.facts {
+        eprintln!("  rk cp1: {k}={v}");
+    }
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-amd64-rockchip-cp1.console.log");
+    let _ = std::fs::write(&kept, &boot.log);
+    let mut c = Checks {
+        node: "cp1".into(),
+        failures: Vec::new(),
+    };
+    check_node(&mut c, "server", &boot, arch, DiskLayout::Rockchip);
+    check_k3s(&mut c, "server", &boot, &release.airgap_name);
+    eprintln!("boot test: Rockchip layout total {:.0?}", t0.elapsed());
+    assert!(
+        c.failures.is_empty(),
+        "{} failed expectation(s):\n\n{}",
+        c.failures.len(),
+        c.failures.join("\n\n")
     );
 }
 
@@ -476,7 +569,7 @@ impl Checks {
     }
 }
 
-fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch) {
+fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: DiskLayout) {
     let f = &boot.facts;
     let name = c.node.clone();
     if boot.timed_out || f.get("reporter") != Some("started") || f.get("facts") != Some("complete")
@@ -496,7 +589,12 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch) {
         root.starts_with("/dev/vda2 ext4 ") && root.contains(" rw"),
         || format!("root mount is '{root}', expected /dev/vda2 ext4 rw"),
     );
-    c.eq("root file system label", f.get("root-label"), "writable");
+    // The raspi layout names its root by label, extlinux.conf by file system UUID.
+    let (root_label, root_prefix) = match layout {
+        DiskLayout::Raspi => ("writable", "root=LABEL=writable"),
+        DiskLayout::Rockchip => ("cloudimg-rootfs", "root=UUID="),
+    };
+    c.eq("root file system label", f.get("root-label"), root_label);
     c.eq(
         "EXT4-fs errors in the kernel log",
         f.get("ext4-errors"),
@@ -508,9 +606,12 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch) {
             f.block("ext4-kernel-log")
         )
     });
+    // The raspi layout mounts its boot partition; the Rockchip one keeps its seed partition
+    // out of fstab.
+    let want_firmware = layout == DiskLayout::Raspi;
     c.that(
         f.get("boot-firmware")
-            .is_some_and(|v| v.starts_with("/dev/vda1 vfat")),
+            .is_some_and(|v| v.starts_with("/dev/vda1 vfat") == want_firmware),
         || format!("/boot/firmware is {:?}", f.get("boot-firmware")),
     );
     // cloud-init consumed the node's seed without errors.
@@ -537,16 +638,17 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch) {
     // Kernel arguments from the board, once.
     let cmdline = f.get("cmdline").unwrap_or_default();
     let words: Vec<&str> = cmdline.split_whitespace().collect();
-    for arg in [
-        "cgroup_enable=memory",
-        "cgroup_memory=1",
-        "root=LABEL=writable",
-    ] {
+    for arg in ["cgroup_enable=memory", "cgroup_memory=1"] {
         let n = words.iter().filter(|w| **w == arg).count();
         c.that(n == 1, || {
             format!("'{arg}' appears {n} times in /proc/cmdline: {cmdline}")
         });
     }
+    let roots: Vec<&&str> = words.iter().filter(|w| w.starts_with("root=")).collect();
+    c.that(
+        roots.len() == 1 && roots[0].starts_with(root_prefix),
+        || format!("root arguments {roots:?} in /proc/cmdline, expected one {root_prefix}..."),
+    );
     // The admin account, with the key, sudo, and no password; the stock user was not made.
     let users = f.all("user");
     c.that(users.contains(&"ops"), || {

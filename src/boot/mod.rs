@@ -3,6 +3,7 @@
 //! mechanism of each OS image (`boot: {kind: ...}`).
 
 pub mod armbian_env;
+pub mod extlinux;
 pub mod raspi;
 
 use std::sync::Arc;
@@ -28,10 +29,28 @@ pub enum BootConfig {
         #[serde(default = "default_armbian_env")]
         path: String,
     },
+    /// U-Boot's distro boot reads `extlinux.conf` from the root partition; kernel arguments
+    /// go into its `append` lines and into the file `u-boot-update` rebuilds it from.
+    Extlinux {
+        partition: String,
+        #[serde(default = "default_extlinux_conf")]
+        path: String,
+        /// The command line `u-boot-update` puts into `append` at every kernel update.
+        #[serde(default = "default_kernel_cmdline")]
+        cmdline: String,
+    },
 }
 
 fn default_armbian_env() -> String {
     "/boot/armbianEnv.txt".into()
+}
+
+fn default_extlinux_conf() -> String {
+    "/boot/extlinux/extlinux.conf".into()
+}
+
+fn default_kernel_cmdline() -> String {
+    "/etc/kernel/cmdline".into()
 }
 
 impl BootConfig {
@@ -39,6 +58,7 @@ impl BootConfig {
         match self {
             BootConfig::RaspiFirmware { partition, .. } => partition,
             BootConfig::ArmbianEnv { partition, .. } => partition,
+            BootConfig::Extlinux { partition, .. } => partition,
         }
     }
 }
@@ -52,7 +72,7 @@ pub fn check_root(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     match &image.boot {
-        BootConfig::RaspiFirmware { .. } => Ok(()),
+        BootConfig::RaspiFirmware { .. } | BootConfig::Extlinux { .. } => Ok(()),
         BootConfig::ArmbianEnv { partition, path } => {
             let part = crate::fs::partition(disk, partition)?;
             let root = crate::fs::partition(disk, &image.root.partition)?;
@@ -74,36 +94,58 @@ pub fn check_root(
     }
 }
 
-/// The role-wide op that adds `args` to the kernel command line of an image booted by
+/// The role-wide ops that add `args` to the kernel command line of an image booted by
 /// `boot`, each at most once.
-pub fn kernel_args(boot: &BootConfig, args: &[String]) -> Op {
-    let (partition, path, edit): (&str, &str, Action) = match boot {
+pub fn kernel_args(boot: &BootConfig, args: &[String]) -> Vec<Op> {
+    let edit = |partition: &str, path: &str, edit: Action| {
+        Op::new(
+            partition,
+            &format!("/{}", path.trim_start_matches('/')),
+            edit,
+            0o644,
+        )
+        .role_wide()
+    };
+    match boot {
         BootConfig::RaspiFirmware {
             partition,
             config_txt,
-        } => (
+        } => vec![edit(
             partition,
             config_txt,
             Action::Edit(Arc::new(raspi::KernelArgs {
                 args: args.to_vec(),
             })),
-        ),
-        BootConfig::ArmbianEnv { partition, path } => (
+        )],
+        BootConfig::ArmbianEnv { partition, path } => vec![edit(
             partition,
             path,
             Action::Edit(Arc::new(armbian_env::AppendWords {
                 key: "extraargs".into(),
                 words: args.to_vec(),
             })),
-        ),
-    };
-    Op::new(
-        partition,
-        &format!("/{}", path.trim_start_matches('/')),
-        edit,
-        0o644,
-    )
-    .role_wide()
+        )],
+        BootConfig::Extlinux {
+            partition,
+            path,
+            cmdline,
+        } => vec![
+            edit(
+                partition,
+                path,
+                Action::Edit(Arc::new(extlinux::AppendArgs {
+                    args: args.to_vec(),
+                })),
+            ),
+            edit(
+                partition,
+                cmdline,
+                Action::Edit(Arc::new(extlinux::CmdlineFile {
+                    args: args.to_vec(),
+                })),
+            ),
+        ],
+    }
 }
 
 /// The node's own op that sets `key=value` on the kernel command line, replacing any other
@@ -123,7 +165,7 @@ pub fn set_kernel_arg(boot: &BootConfig, key: &str, value: &str) -> Result<Op> {
             })),
             0o644,
         )),
-        BootConfig::ArmbianEnv { path, .. } => bail!(
+        BootConfig::ArmbianEnv { path, .. } | BootConfig::Extlinux { path, .. } => bail!(
             "the image boots through {path}, where cloud-init's datasource cannot be named on the kernel command line: remove `cmdline_datasource` from its firstboot"
         ),
     }

@@ -137,6 +137,24 @@ mod tests {
     }
 
     #[test]
+    fn ubuntu_rockchip_sha256_file() {
+        // `sha256sum NAME > NAME.sha256` in ubuntu-rockchip's build-image.sh; binary mode too.
+        let name = "ubuntu-24.04-preinstalled-server-arm64-orangepi-5.img.xz";
+        assert_eq!(
+            lookup_checksum(&format!("{A}  {name}\n"), name),
+            Some(A.into())
+        );
+        assert_eq!(
+            lookup_checksum(&format!("{B} *{name}\n"), name),
+            Some(B.into())
+        );
+        assert_eq!(
+            lookup_checksum(&format!("{A}  {name}\n"), "other.img.xz"),
+            None
+        );
+    }
+
+    #[test]
     fn armbian_one_space() {
         let s = format!("{A} Armbian_25.8.1_Orangepi5_noble_vendor_6.1.115_minimal.img.xz\n");
         assert_eq!(

@@ -164,7 +164,7 @@ pub fn preflight(arch: GuestArch) -> Result<(), String> {
         "xz",
         "tar",
     ];
-    if !cached_image_path(arch).exists() {
+    if !cached_image_path(arch, DiskLayout::Raspi).exists() {
         tools.push("mmdebstrap");
     }
     let missing: Vec<&str> = tools.into_iter().filter(|t| !have_tool(t)).collect();
@@ -186,7 +186,7 @@ pub fn preflight(arch: GuestArch) -> Result<(), String> {
         }
         Err(e) => return Err(format!("cannot run {}: {e}", arch.qemu_system())),
     }
-    if !arch.host_native() && !cached_image_path(arch).exists() {
+    if !arch.host_native() && !cached_image_path(arch, DiskLayout::Raspi).exists() {
         enable_binfmt(arch)?;
     }
     Ok(())
@@ -300,12 +300,38 @@ fn rootfs_key(arch: GuestArch) -> String {
     ])
 }
 
+/// How the Debian test image is laid out: like which distribution's download.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskLayout {
+    /// Ubuntu's preinstalled raspi image (tests/vm/make-disk.sh).
+    Raspi,
+    /// Ubuntu for Rockchip's preinstalled server image (tests/vm/make-disk-rockchip.sh).
+    Rockchip,
+}
+
+impl DiskLayout {
+    fn script(self) -> &'static str {
+        match self {
+            DiskLayout::Raspi => "make-disk.sh",
+            DiskLayout::Rockchip => "make-disk-rockchip.sh",
+        }
+    }
+
+    /// Cache file prefix and catalog file stem.
+    fn stem(self) -> &'static str {
+        match self {
+            DiskLayout::Raspi => "debian-testpc",
+            DiskLayout::Rockchip => "debian-testpc-rockchip",
+        }
+    }
+}
+
 /// Cache key of the disk image: the root file system, the layout script and the fact reporter
 /// it adds.
-fn disk_key(arch: GuestArch) -> String {
+fn disk_key(arch: GuestArch, layout: DiskLayout) -> String {
     hash_files(&[
         rootfs_key(arch).as_bytes(),
-        &read_fixture("make-disk.sh"),
+        &read_fixture(layout.script()),
         &read_fixture("pikube-facts"),
         &read_fixture("pikube-facts.service"),
     ])
@@ -315,8 +341,12 @@ fn cached_rootfs_path(arch: GuestArch) -> PathBuf {
     cache_dir().join(format!("rootfs-{arch}-{}.tar", rootfs_key(arch)))
 }
 
-fn cached_image_path(arch: GuestArch) -> PathBuf {
-    cache_dir().join(format!("debian-testpc-{arch}-{}.img.xz", disk_key(arch)))
+fn cached_image_path(arch: GuestArch, layout: DiskLayout) -> PathBuf {
+    cache_dir().join(format!(
+        "{}-{arch}-{}.img.xz",
+        layout.stem(),
+        disk_key(arch, layout)
+    ))
 }
 
 /// Removes older cache entries `<prefix>*` other than `keep`, so the cache does not grow with
@@ -353,10 +383,16 @@ fn run_logged(cmd: &mut Command, what: &str) -> Result<(), String> {
 
 /// The Debian test image in raspi layout (`.img.xz`), from the cache or built now.
 pub fn base_image(arch: GuestArch) -> Result<PathBuf, String> {
+    base_image_in(arch, DiskLayout::Raspi)
+}
+
+/// The Debian test image in `layout` (`.img.xz`), from the cache or built now; every layout
+/// shares the cached root file system.
+pub fn base_image_in(arch: GuestArch, layout: DiskLayout) -> Result<PathBuf, String> {
     let cache = cache_dir();
     std::fs::create_dir_all(&cache)
         .map_err(|e| format!("cannot create the VM cache {}: {e}", cache.display()))?;
-    let image = cached_image_path(arch);
+    let image = cached_image_path(arch, layout);
     if image.exists() {
         eprintln!(
             "boot test: using cached {arch} image {} (delete it to rebuild)",
@@ -404,11 +440,11 @@ pub fn base_image(arch: GuestArch) -> Result<PathBuf, String> {
     let _ = std::fs::remove_file(&tmp);
     let r = run_logged(
         Command::new("sh")
-            .arg(fixture_dir().join("make-disk.sh"))
+            .arg(fixture_dir().join(layout.script()))
             .arg(&rootfs)
             .arg(&tmp)
             .env("TMPDIR", &cache),
-        "raspi-layout disk image",
+        &format!("{layout:?}-layout disk image"),
     );
     if let Err(e) = r {
         let _ = std::fs::remove_file(&tmp);
@@ -421,7 +457,7 @@ pub fn base_image(arch: GuestArch) -> Result<PathBuf, String> {
             image.display()
         )
     })?;
-    prune(&format!("debian-testpc-{arch}-"), &image);
+    prune(&format!("{}-{arch}-", layout.stem()), &image);
     Ok(image)
 }
 
@@ -436,6 +472,21 @@ pub fn serve_base_image(srv: &TestServer, arch: GuestArch, image: &Path) {
     srv.add(
         &format!("/{IMAGE_HOST}/SHA256SUMS"),
         format!("{sha} *{file}\n"),
+    );
+}
+
+/// Serves the Rockchip-layout base image (amd64) and its `.sha256` (`<hex>  <name>`, as
+/// ubuntu-rockchip publishes it) where `tests/vm/boards/images/debian-testpc-rockchip.yaml`
+/// points through `--mirror srv.url()`.
+pub fn serve_rockchip_image(srv: &TestServer, image: &Path) {
+    let bytes = std::fs::read(image)
+        .unwrap_or_else(|e| panic!("cannot read base image {}: {e}", image.display()));
+    let sha = sha256_hex(&bytes);
+    let file = "debian-testpc-rockchip.img.xz";
+    srv.add(&format!("/{IMAGE_HOST}/{file}"), bytes);
+    srv.add(
+        &format!("/{IMAGE_HOST}/{file}.sha256"),
+        format!("{sha}  {file}\n"),
     );
 }
 
@@ -626,8 +677,11 @@ pub struct BootFiles {
 
 pub fn extract_boot_files(image: &Path, dir: &Path) -> Result<BootFiles, String> {
     // Ubuntu's boot partition, else Raspberry Pi OS's.
-    let off =
-        partition_offset(image, "system-boot").or_else(|_| partition_offset(image, "bootfs"))?;
+    let Ok(off) =
+        partition_offset(image, "system-boot").or_else(|_| partition_offset(image, "bootfs"))
+    else {
+        return extract_extlinux_boot_files(image, dir);
+    };
     let config = String::from_utf8_lossy(&fat_read(image, off, "config.txt")?).to_string();
     let (mut kernel, mut initrd, mut cmdline, mut prefix, mut auto_initramfs) = (
         "kernel8.img".to_string(),
@@ -791,6 +845,63 @@ pub fn serve_layout_image(srv: &TestServer, layout: Layout, image: &Path) {
             format!("{sha}  {file}\n"),
         ),
     }
+}
+
+/// Kernel, initrd and command line as U-Boot's distro boot finds them on an Ubuntu for
+/// Rockchip image: the first `label` of `/boot/extlinux/extlinux.conf` on the root file
+/// system (`cloudimg-rootfs`), its `linux`, `initrd` and `append` lines.
+pub fn extract_extlinux_boot_files(image: &Path, dir: &Path) -> Result<BootFiles, String> {
+    let off = partition_offset(image, "cloudimg-rootfs")?;
+    let conf = String::from_utf8_lossy(&ext4_read(image, off, "/boot/extlinux/extlinux.conf")?)
+        .to_string();
+    let (mut kernel, mut initrd, mut append) = (None, None, None);
+    let mut labels = 0;
+    for line in conf.lines() {
+        let line = line.trim();
+        let (key, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        match key.to_ascii_lowercase().as_str() {
+            "label" => labels += 1,
+            "linux" | "kernel" if labels == 1 => kernel = Some(value.trim().to_string()),
+            "initrd" if labels == 1 => initrd = Some(value.trim().to_string()),
+            "append" if labels == 1 => append = Some(value.trim().to_string()),
+            _ => {}
+        }
+    }
+    let (Some(kernel), Some(initrd), Some(append)) = (kernel, initrd, append) else {
+        return Err(format!(
+            "the first entry of extlinux.conf in {} lacks linux, initrd or append:\n{conf}",
+            image.display()
+        ));
+    };
+    let k = dir.join("vmlinuz");
+    let i = dir.join("initrd.img");
+    std::fs::write(&k, ext4_read(image, off, &kernel)?)
+        .map_err(|e| format!("cannot write {}: {e}", k.display()))?;
+    std::fs::write(&i, ext4_read(image, off, &initrd)?)
+        .map_err(|e| format!("cannot write {}: {e}", i.display()))?;
+    Ok(BootFiles {
+        kernel: k,
+        initrd: i,
+        cmdline: append,
+    })
+}
+
+/// Contents of `path` in the ext4 file system at `offset` (debugfs).
+pub fn ext4_read(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>, String> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(format!("{}?offset={offset}", image.display()))
+        .output()
+        .map_err(|e| format!("cannot run debugfs: {e}"))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        return Err(format!(
+            "debugfs cannot read {path} in {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(out.stdout)
 }
 
 /// Facts a booted guest printed (`PIKUBE-FACT`, `PIKUBE-BEGIN`/`PIKUBE|`/`PIKUBE-END`).
