@@ -38,6 +38,19 @@ pub struct Board {
     /// Kernel arguments every node of this board needs (k3s needs the memory cgroup).
     #[serde(default)]
     pub kernel_args: Vec<String>,
+    /// Whether the board's own boot loader boots from the network (`build --netboot`
+    /// warns when it does not); absent means it does.
+    #[serde(default)]
+    pub netboot: Option<NetbootSupport>,
+}
+
+/// A board's network boot, as its shipped boot loader does it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetbootSupport {
+    pub supported: bool,
+    /// Why not, and what to do instead (another boot loader in SPI flash, say).
+    pub note: String,
 }
 
 /// How well a board or an OS image is looked after upstream.

@@ -7,7 +7,7 @@ use pikube_image::{boards, build, cache_admin, images, init, inspect};
 
 mod cmdline;
 
-use cmdline::{CacheCommand, Cli, Command, ImagesCommand};
+use cmdline::{CacheCommand, Cli, Command, ImagesCommand, NetbootCommand};
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -68,6 +68,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Netboot(NetbootCommand::Serve { dir }) => {
+            pikube_image::target::netboot::serve::serve(&dir)?
+        }
         Command::Inspect(a) => {
             let report = inspect::inspect(&a.image, &Progress::new(Mode::detect(false)))?;
             match a.json {
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
     // half-written is left behind (outputs only get their final names when complete).
     let _ = ctrlc::set_handler(|| {
         pikube_image::emit::remove_temporaries();
+        pikube_image::target::netboot::serve::stop_children();
         eprintln!("interrupted: partial outputs removed");
         std::process::exit(130);
     });
