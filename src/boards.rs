@@ -50,10 +50,23 @@ pub struct Board {
     /// without one need Wi-Fi settings.
     #[serde(default = "has_ethernet")]
     pub ethernet: bool,
+    /// Whether the board's own boot loader boots from the network (`build --netboot`
+    /// warns when it does not); absent means it does.
+    #[serde(default)]
+    pub netboot: Option<NetbootSupport>,
 }
 
 fn has_ethernet() -> bool {
     true
+}
+
+/// A board's network boot, as its shipped boot loader does it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetbootSupport {
+    pub supported: bool,
+    /// Why not, and what to do instead (another boot loader in SPI flash, say).
+    pub note: String,
 }
 
 /// How well a board or an OS image is looked after upstream.

@@ -69,6 +69,9 @@ pub struct Cluster {
     /// Default output formats of `build` (raw, zst, xz, bmap); `--format` overrides.
     #[serde(default, deserialize_with = "formats_list")]
     pub formats: Vec<crate::formats::Format>,
+    /// How `build --netboot DIR` serves the nodes over the network.
+    #[serde(default)]
+    pub netboot: Option<crate::target::netboot::Settings>,
     #[serde(default)]
     pub nodes: Vec<Node>,
     /// Directory that relative paths in the file are resolved against (the file's own).
@@ -617,6 +620,9 @@ pub struct Node {
     /// MAC address of the wired interface; the network config matches on it when set.
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// Raspberry Pi serial number, naming its TFTP directory for network boot.
+    #[serde(default)]
+    pub serial: Option<crate::target::netboot::PiSerial>,
     /// Extra Kubernetes node labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -748,6 +754,13 @@ impl TryFrom<String> for MacAddr {
 }
 
 checked_string!(MacAddr);
+
+impl MacAddr {
+    /// Lower case, dash separated (`dc-a6-32-01-02-03`), as network bootloaders name files.
+    pub fn dashed(&self) -> String {
+        self.0.to_ascii_lowercase().replace(':', "-")
+    }
+}
 
 /// A node's static address with its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

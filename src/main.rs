@@ -7,7 +7,7 @@ use pikube_image::{boards, build, cache_admin, flash, images, init, inspect};
 
 mod cmdline;
 
-use cmdline::{CacheCommand, Cli, Command, FlashJob, ImagesCommand};
+use cmdline::{CacheCommand, Cli, Command, FlashJob, ImagesCommand, NetbootCommand};
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -67,6 +67,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        Command::Netboot(NetbootCommand::Serve { dir }) => {
+            pikube_image::target::netboot::serve::serve(&dir)?
         }
         Command::Inspect(a) => {
             let report = inspect::inspect(&a.image, &Progress::new(Mode::detect(false)))?;
@@ -204,6 +207,7 @@ fn main() -> ExitCode {
         flash::Interrupt::Deferred(msg) => eprintln!("{msg}"),
         flash::Interrupt::Exit(msg) => {
             pikube_image::emit::remove_temporaries();
+            pikube_image::target::netboot::serve::stop_children();
             eprintln!(
                 "{}",
                 msg.as_deref()

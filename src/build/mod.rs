@@ -29,7 +29,7 @@ use crate::plan::{Plan, PlanInputs};
 use crate::progress::Progress;
 use crate::source::base::{BaseImage, Origin};
 use crate::source::{Cache, Fetcher};
-use crate::target::{Target, disk_image};
+use crate::target::{Target, disk_image, netboot};
 use derive::NodeInput;
 use prepared::{Prepared, PreparedStore};
 
@@ -57,13 +57,17 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     }
     cluster.allow_outside_paths = req.allow_outside_paths;
     cluster.check_paths()?;
-    let formats = if !req.formats.is_empty() {
+    let mut formats = if !req.formats.is_empty() {
         req.formats.clone()
     } else if !cluster.formats.is_empty() {
         cluster.formats.clone()
     } else {
         vec![Format::Raw]
     };
+    // A network boot serves each node's raw image as its root disk.
+    if req.netboot.is_some() && !formats.contains(&Format::Raw) {
+        formats.insert(0, Format::Raw);
+    }
     let target = Target::DiskImage(disk_image::Spec {
         dir: req.out.clone(),
         formats: formats.clone(),
@@ -106,6 +110,16 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             .with_context(|| format!("OS image '{}'", image.name))
             .with_context(at)?;
         jobs.push((node, board, image, base));
+    }
+    let netboot_nodes: Vec<(Node, &Board, &OsImage)> = match &req.netboot {
+        Some(_) => jobs.iter().map(|j| (j.0.clone(), j.1, j.2)).collect(),
+        None => Vec::new(),
+    };
+    if req.netboot.is_some() {
+        let checked: Vec<_> = netboot_nodes.iter().map(|(n, b, i)| (n, *b, *i)).collect();
+        for w in netboot::check_inventory(&cluster, &checked)? {
+            progress.message(&format!("warning: {w}"));
+        }
     }
 
     // Local base files are hashed once; their digest is part of each node's identity.
@@ -331,8 +345,49 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
         return Err(e);
     }
     resolver.save_lock()?;
+    if let Some(dir) = &req.netboot {
+        export_netboot(&cluster, &netboot_nodes, &results, dir, progress)?;
+    }
     Ok(BuildSummary {
         dry_run: false,
         nodes: results,
     })
+}
+
+/// Exports the built nodes for network boot, from their raw images.
+fn export_netboot(
+    cluster: &crate::config::Cluster,
+    nodes: &[(Node, &Board, &OsImage)],
+    results: &[NodeResult],
+    dir: &std::path::Path,
+    progress: &Progress,
+) -> Result<()> {
+    let mut built = Vec::new();
+    for ((node, board, image), r) in nodes.iter().zip(results) {
+        let disk_image = r
+            .image
+            .clone()
+            .with_context(|| format!("node '{}' has no raw image to serve", node.name))?;
+        built.push(netboot::BuiltImage {
+            node,
+            board,
+            image,
+            disk_image,
+            secrets: r
+                .plan
+                .iter()
+                .filter(|o| o.secret)
+                .map(|o| (o.partition.clone(), o.path.clone()))
+                .collect(),
+        });
+    }
+    netboot::export(
+        cluster,
+        &built,
+        &netboot::Spec {
+            dir: dir.to_path_buf(),
+        },
+        progress,
+    )?;
+    Ok(())
 }

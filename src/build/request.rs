@@ -50,6 +50,8 @@ pub struct BuildRequest {
     pub formats: Vec<Format>,
     /// Let paths in the inventory lead outside its directory.
     pub allow_outside_paths: bool,
+    /// Also export the nodes for network boot into this directory.
+    pub netboot: Option<PathBuf>,
 }
 
 /// Default of `--grow-margin`.

@@ -35,6 +35,7 @@ pub fn select_nodes(cluster: &mut Cluster, select: &Selection, config: &Path) ->
                 role: adhoc.role,
                 ip: None,
                 mac: None,
+                serial: None,
                 labels: BTreeMap::new(),
                 overlays: Vec::new(),
                 images: Vec::new(),

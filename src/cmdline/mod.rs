@@ -25,9 +25,10 @@ impl Cli {
             Command::Inspect(a) => a.json,
             Command::Flash(a) => a.json,
             Command::Cache(CacheCommand::List { json }) | Command::Boards { json } => *json,
-            Command::Init(_) | Command::Images(_) | Command::Cache(CacheCommand::Prune { .. }) => {
-                false
-            }
+            Command::Init(_)
+            | Command::Netboot(_)
+            | Command::Images(_)
+            | Command::Cache(CacheCommand::Prune { .. }) => false,
         }
     }
 }
@@ -55,6 +56,19 @@ pub enum Command {
     /// The download and build cache ($PIKUBE_CACHE_DIR, else ~/.cache/pikube-image).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Network boot trees written by `build --netboot DIR`.
+    #[command(subcommand)]
+    Netboot(NetbootCommand),
+}
+
+#[derive(Subcommand)]
+pub enum NetbootCommand {
+    /// Run the installed dnsmasq (DHCP, TFTP) and nbd-server (root disks) in the foreground
+    /// with the tree's configuration, as root; Ctrl-C stops both.
+    Serve {
+        /// The directory written by `build --netboot DIR`.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -157,6 +171,10 @@ pub struct BuildArgs {
     /// any zstd/xz), bmap (for `bmaptool copy`). Default: raw, or `formats:` in cluster.yaml.
     #[arg(long, value_name = "LIST", value_parser = parse_formats)]
     pub format: Option<FormatList>,
+    /// Also write a network boot tree for the built nodes into DIR (TFTP files, dnsmasq and
+    /// nbd-server configuration; the root is each node's raw image, so raw is always made).
+    #[arg(long, value_name = "DIR")]
+    pub netboot: Option<PathBuf>,
     /// Print the plan (every file, partition, size, mode) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -383,6 +401,7 @@ impl BuildArgs {
             shard: self.shard,
             formats: self.format.map(|f| f.0).unwrap_or_default(),
             allow_outside_paths: self.allow_outside_paths,
+            netboot: self.netboot,
         })
     }
 }

@@ -160,6 +160,31 @@ impl<S: Read + Write + Seek> Fat<S> {
         Ok(None)
     }
 
+    /// Every regular file, as absolute paths (`/overlays/README`), directories first visited
+    /// in on-disk order.
+    pub fn files(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), self.fs.root_dir())];
+        while let Some((prefix, dir)) = stack.pop() {
+            for e in dir.iter() {
+                let e = e.with_context(|| format!("cannot list {}:{prefix}/", self.label))?;
+                let name = e.file_name();
+                if name == "."
+                    || name == ".."
+                    || e.attributes().contains(fatfs::FileAttributes::VOLUME_ID)
+                {
+                    continue;
+                }
+                let path = format!("{prefix}/{name}");
+                match e.is_dir() {
+                    true => stack.push((path, e.to_dir())),
+                    false => out.push(path),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates or replaces `path` with the bytes of `data`. Its directory must exist: new FAT
     /// directories are not created, because fatfs 0.3 writes malformed `.`/`..` entries
     /// (long-name records before them) that fsck.fat rejects.

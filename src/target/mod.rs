@@ -2,6 +2,7 @@
 //! [`Target`] is the kind of output; each kind is one module that consumes a [`BuiltNode`].
 
 pub mod disk_image;
+pub mod netboot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

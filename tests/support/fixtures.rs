@@ -30,6 +30,9 @@ pub struct FixtureOpts {
     pub fill_mib: u64,
     /// Seed for the pseudo-random firmware bytes and identifiers.
     pub seed: u64,
+    /// Boot files a network boot reads: an initramfs that is a real cpio with Debian's
+    /// nbd-client hook output, and (Armbian) a kernel, initramfs and DTBs under /boot.
+    pub netboot: bool,
 }
 
 impl Default for FixtureOpts {
@@ -40,6 +43,7 @@ impl Default for FixtureOpts {
             os_prefix: false,
             fill_mib: 0,
             seed: 1,
+            netboot: false,
         }
     }
 }
@@ -492,7 +496,10 @@ pub fn ubuntu_raspi_release(dir: &Path, opts: FixtureOpts, release: UbuntuReleas
     );
     boot.insert(
         format!("{prefix}/initrd.img"),
-        pseudo_random(700_000, opts.seed + 14),
+        match opts.netboot {
+            true => nbd_initramfs(opts.seed + 14),
+            false => pseudo_random(700_000, opts.seed + 14),
+        },
     );
     boot.insert(
         format!("{prefix}/bcm2711-rpi-4-b.dtb"),
@@ -584,6 +591,23 @@ pub fn ubuntu_raspi_release(dir: &Path, opts: FixtureOpts, release: UbuntuReleas
         raw_blobs: Vec::new(),
     }
 }
+
+/// A gzip-compressed initramfs holding what Debian's nbd-client initramfs hook adds.
+pub fn nbd_initramfs(seed: u64) -> Vec<u8> {
+    use std::io::Write as _;
+    let client = pseudo_random(90_000, seed);
+    let cpio = pikube_image::target::netboot::initramfs::newc(&[
+        ("init", b"#!/bin/sh\n"),
+        ("usr/sbin/nbd-client", &client),
+        ("scripts/local-top/nbd", b"#!/bin/sh\n# nbdroot=\n"),
+    ]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&cpio).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Armbian's kernel version in the netboot fixtures.
+pub const ARMBIAN_KERNEL: &str = "6.12.43-current-sunxi64";
 
 // ---------------------------------------------------------------- Raspberry Pi OS
 
@@ -866,6 +890,25 @@ fn armbian_common(
     sfdisk(&image, &script);
     let uuid = uuid_from(opts.seed + 210);
     let mut tree = armbian_root_tree(&uuid, board, env_extra);
+    if opts.netboot {
+        let v = ARMBIAN_KERNEL;
+        tree.insert(
+            format!("/boot/vmlinuz-{v}"),
+            (0o644, pseudo_random(800_000, opts.seed + 240)),
+        );
+        tree.insert(
+            format!("/boot/initrd.img-{v}"),
+            (0o644, nbd_initramfs(opts.seed + 241)),
+        );
+        tree.insert(
+            format!("/boot/dtb-{v}/allwinner/sun50i-h618-orangepi-zero3.dtb"),
+            (0o644, pseudo_random(40_000, opts.seed + 242)),
+        );
+        tree.insert(
+            format!("/boot/dtb-{v}/allwinner/overlay/sun50i-h616-uart5.dtbo"),
+            (0o644, pseudo_random(1_000, opts.seed + 243)),
+        );
+    }
     add_fill(&mut tree, opts.fill_mib, opts.seed + 230);
     let mut files = BTreeMap::new();
     for (p, (_, d)) in &tree {
@@ -873,6 +916,12 @@ fn armbian_common(
     }
     let tree_dir = dir.join(format!("{name}-root.tree"));
     make_tree(&tree_dir, &tree);
+    if opts.netboot {
+        let v = ARMBIAN_KERNEL;
+        let boot = tree_dir.join("boot");
+        std::os::unix::fs::symlink(format!("vmlinuz-{v}"), boot.join("Image")).unwrap();
+        std::os::unix::fs::symlink(format!("dtb-{v}"), boot.join("dtb")).unwrap();
+    }
     mkfs_ext4(
         &image,
         part_start,
