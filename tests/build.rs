@@ -1944,10 +1944,11 @@ fn no_network(no_proxy: &str) -> Vec<(&'static str, PathBuf)> {
     env
 }
 
-fn run_without_network(dir: &Path, no_proxy: &str, args: &[&str]) -> Output {
-    let env = no_network(no_proxy);
-    let refs: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    run_cli(dir, &refs, args)
+fn run_without_network(env: &Env, no_proxy: &str, args: &[&str]) -> Output {
+    let vars = no_network(no_proxy);
+    let mut refs: Vec<(&str, &Path)> = vars.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    refs.push(("PIKUBE_TEST_KEYS", env.signer.keys_dir()));
+    run_cli(env.dir.path(), &refs, args)
 }
 
 /// An inventory with GitOps: k3s, the Argo CD manifest and the base image all come from
@@ -1955,7 +1956,9 @@ fn run_without_network(dir: &Path, no_proxy: &str, args: &[&str]) -> Output {
 fn with_gitops(extra: &str) -> String {
     cluster_yaml("").replace(
         "nodes:\n",
-        &format!("gitops: {{ repo: \"https://git.example.com/lab.git\" }}\n{extra}nodes:\n"),
+        &format!(
+            "gitops: {{ repo: \"https://git.example.com/lab.git\", argocd_version: v2.13.3 }}\n{extra}nodes:\n"
+        ),
     )
 }
 
@@ -1975,7 +1978,7 @@ fn a_warm_cache_builds_without_any_request() {
 
     // No --offline, no mirror, and no network: everything comes from the cache.
     let out = run_without_network(
-        env.path("").as_path(),
+        &env,
         "",
         &["build", "--node", "cp1", "--out", "warm"],
     );
@@ -1990,7 +1993,7 @@ fn a_warm_cache_builds_without_any_request() {
     let refusing = TestServer::start();
     let url = refusing.url();
     let out = run_without_network(
-        env.path("").as_path(),
+        &env,
         "127.0.0.1",
         &["build", "--node", "cp1", "--out", "warm2", "--mirror", &url],
     );
@@ -2004,7 +2007,7 @@ fn a_warm_cache_builds_without_any_request() {
     std::fs::remove_file(&blob).unwrap();
     let started = std::time::Instant::now();
     let out = run_without_network(
-        env.path("").as_path(),
+        &env,
         "",
         &["build", "--node", "cp1", "--out", "cold"],
     );
@@ -2057,7 +2060,7 @@ fn local_k3s_release_and_argocd_manifest_need_no_server() {
     // A copied file that is not the release's own is refused.
     std::fs::write(rel.join("k3s-arm64"), b"truncated").unwrap();
     let out = run_without_network(
-        env.path("").as_path(),
+        &env,
         "",
         &["build", "--node", "cp1", "--image", &image, "--out", "out2"],
     );
@@ -2070,7 +2073,7 @@ fn local_k3s_release_and_argocd_manifest_need_no_server() {
 
     std::fs::write(rel.join("k3s-arm64"), &binary).unwrap();
     let out = run_without_network(
-        env.path("").as_path(),
+        &env,
         "",
         &["build", "--node", "cp1", "--image", &image, "--out", "out"],
     );
@@ -2099,7 +2102,7 @@ fn local_k3s_release_and_argocd_manifest_need_no_server() {
     )
     .unwrap();
     let out = run_without_network(
-        env.path("").as_path(),
+        &env,
         "",
         &["build", "--node", "cp1", "--image", &image, "--out", "out3"],
     );
@@ -2136,7 +2139,7 @@ fn unreachable_downloads_name_the_fixes_that_apply() {
     let build = |out: &str| {
         let started = std::time::Instant::now();
         let o = run_without_network(
-            env.path("").as_path(),
+            &env,
             "",
             &["build", "--node", "cp1", "--image", &image, "--out", out],
         );
@@ -2233,7 +2236,7 @@ fn images_are_pulled_through_the_registry_mirror_and_then_need_no_registry() {
     let url = env.server.url();
     // registry.example does not exist: only the mirror can serve the image.
     let out = run_without_network(
-        env.path("").as_path(),
+        &env,
         "127.0.0.1",
         &["build", "--node", "cp1", "--mirror", &url, "--out", "out"],
     );
@@ -2255,7 +2258,7 @@ fn images_are_pulled_through_the_registry_mirror_and_then_need_no_registry() {
     // The mirror gone too: what images.lock pins comes from the cache, without --offline.
     drop(reg);
     let out = run_without_network(
-        env.path("").as_path(),
+        &env,
         "",
         &["build", "--node", "cp1", "--out", "warm"],
     );
@@ -2321,7 +2324,7 @@ fn a_board_without_ethernet_joins_wifi() {
         seed: 23,
         ..FixtureOpts::default()
     });
-    let zero = "  - { name: z1, board: zero2w, role: worker, ip: 192.168.50.30 }\n";
+    let zero = "  - { name: z1, board: zero2w, os: ubuntu-24.04, role: worker, ip: 192.168.50.30 }\n";
     std::fs::write(env.path("cluster.yaml"), cluster_yaml(zero)).unwrap();
     // Without Wi-Fi settings: refused before anything is downloaded, naming the node, the
     // board and the key to add.
