@@ -15,9 +15,9 @@ use pikube_image::decompress::Compression;
 use pikube_image::registry::ImageRef;
 use serde_json::Value;
 use support::build_env::{
-    e2fsck_clean, run_cli, serve_board_image, serve_k3s, stderr, write_token,
+    e2fsck_clean, run_cli, serve_board_image, serve_k3s_arch, stderr, write_token,
 };
-use support::fixtures::{self, FixtureOpts};
+use support::fixtures::{self, Fixture, FixtureOpts};
 use support::http::TestServer;
 use support::registry::{Registry, TestImage, build_layout};
 use support::signing::CatalogSigner;
@@ -171,24 +171,33 @@ impl Lab {
         let cluster = Cluster::load(&path).unwrap();
         let server = TestServer::start();
         let signer = CatalogSigner::new();
-        let fixture = fixtures::ubuntu_raspi(
-            dir.path(),
-            FixtureOpts {
+        // Each board's default OS image, as a fixture with that image's layout, and the k3s
+        // release of every architecture in the inventory.
+        let catalog = pikube_image::boards::Catalog::load().unwrap();
+        let boards: BTreeSet<&str> = cluster.nodes.iter().map(|n| n.board.as_str()).collect();
+        let mut arches = BTreeSet::new();
+        for b in boards {
+            let image = catalog.image_for(catalog.board(b).unwrap(), None).unwrap();
+            arches.insert(image.arch.as_str());
+            let sub = dir.path().join(format!("fixture-{b}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let opts = FixtureOpts {
                 seed,
                 ..FixtureOpts::default()
-            },
-        );
-        let xz = std::fs::read(fixtures::compress(&fixture.image, Compression::Xz)).unwrap();
-        let boards: BTreeSet<&str> = cluster.nodes.iter().map(|n| n.board.as_str()).collect();
-        for b in boards {
-            serve_board_image(&server, b, xz.clone(), &signer);
+            };
+            let fixture = fixture_for(&image.name)(&sub, opts);
+            let xz = std::fs::read(fixtures::compress(&fixture.image, Compression::Xz)).unwrap();
+            serve_board_image(&server, b, xz, &signer);
         }
-        serve_k3s(
-            &server,
-            &cluster.k3s.version,
-            b"#!/bin/sh\necho stand-in k3s \"$@\"\n",
-            b"airgap",
-        );
+        for arch in arches {
+            serve_k3s_arch(
+                &server,
+                &cluster.k3s.version,
+                arch,
+                b"#!/bin/sh\necho stand-in k3s \"$@\"\n",
+                b"airgap",
+            );
+        }
 
         let mut images: Vec<ImageRef> = cluster.images.all.clone();
         images.extend(cluster.images.server.iter().cloned());
@@ -284,7 +293,11 @@ impl Lab {
     fn node(&self, name: &str) -> Built {
         let img = self.dir.path().join(format!("out/{name}.img"));
         let disk = pikube_image::disk::Disk::read(&img).unwrap();
-        let part = disk.by_label("writable").unwrap().clone();
+        let node = self.cluster.nodes.iter().find(|n| n.name.as_str() == name);
+        let catalog = pikube_image::boards::Catalog::load().unwrap();
+        let board = catalog.board(&node.unwrap().board).unwrap();
+        let root = &catalog.image_for(board, None).unwrap().root.partition;
+        let part = disk.by_label(root).unwrap().clone();
         e2fsck_clean(
             &img,
             part.start,
@@ -396,6 +409,21 @@ fn strings(v: &Value) -> Vec<&str> {
     v.as_array()
         .map(|a| a.iter().map(|s| s.as_str().unwrap()).collect())
         .unwrap_or_default()
+}
+
+/// The fixture that imitates catalog OS image `image`'s layout.
+fn fixture_for(image: &str) -> fn(&Path, FixtureOpts) -> Fixture {
+    match image {
+        "ubuntu-26.04" => fixtures::ubuntu_26_04_raspi,
+        "ubuntu-24.04" => fixtures::ubuntu_raspi,
+        "ubuntu-22.04-armhf" => fixtures::ubuntu_22_04_armhf_raspi,
+        "raspios-trixie-arm64" | "raspios-trixie-armhf" => fixtures::raspios,
+        "armbian-orangepi5" | "armbian-orangepi5-plus" | "armbian-orangepi3b" => {
+            fixtures::armbian_rockchip_gpt
+        }
+        i if i.starts_with("armbian-") => fixtures::armbian_allwinner,
+        other => panic!("no fixture imitates OS image {other}"),
+    }
 }
 
 fn first_and_agent(c: &Cluster) -> (String, String) {
