@@ -1977,11 +1977,7 @@ fn a_warm_cache_builds_without_any_request() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     // No --offline, no mirror, and no network: everything comes from the cache.
-    let out = run_without_network(
-        &env,
-        "",
-        &["build", "--node", "cp1", "--out", "warm"],
-    );
+    let out = run_without_network(&env, "", &["build", "--node", "cp1", "--out", "warm"]);
     assert!(
         out.status.success(),
         "a warm cache is enough: {}",
@@ -2006,11 +2002,7 @@ fn a_warm_cache_builds_without_any_request() {
         .join(pikube_image::io::sha256_bytes(b"airgap"));
     std::fs::remove_file(&blob).unwrap();
     let started = std::time::Instant::now();
-    let out = run_without_network(
-        &env,
-        "",
-        &["build", "--node", "cp1", "--out", "cold"],
-    );
+    let out = run_without_network(&env, "", &["build", "--node", "cp1", "--out", "cold"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -2052,8 +2044,8 @@ fn local_k3s_release_and_argocd_manifest_need_no_server() {
     .unwrap();
     std::fs::write(env.path("install.yaml"), ARGOCD_INSTALL).unwrap();
     let yaml = with_gitops("").replace(
-        "gitops: { repo: \"https://git.example.com/lab.git\" }",
-        "gitops: { repo: \"https://git.example.com/lab.git\", argocd_manifest: install.yaml }\nk3s: { release_dir: k3s-release, airgap: false }",
+        "gitops: { repo: \"https://git.example.com/lab.git\", argocd_version: v2.13.3 }",
+        "gitops: { repo: \"https://git.example.com/lab.git\", argocd_version: v2.13.3, argocd_manifest: install.yaml }\nk3s: { release_dir: k3s-release, airgap: false }",
     );
     std::fs::write(env.path("cluster.yaml"), &yaml).unwrap();
     let image = env.xz.to_string_lossy().into_owned();
@@ -2157,7 +2149,10 @@ fn unreachable_downloads_name_the_fixes_that_apply() {
     std::fs::write(env.path("cluster.yaml"), with_gitops("")).unwrap();
     let err = build("o1");
     assert!(
-        err.contains("k3s v1.31.4+k3s1 for arm64") && err.contains("cannot reach"),
+        err.contains(&format!(
+            "k3s {} for arm64",
+            pikube_image::config::DEFAULT_K3S_VERSION
+        )) && err.contains("cannot reach"),
         "{err}"
     );
     for fix in ["--mirror", "k3s.release_dir"] {
@@ -2198,8 +2193,8 @@ fn unreachable_downloads_name_the_fixes_that_apply() {
         "{local_k3s}images: {{ all: [\"registry.example/team/app:1\"] }}\n"
     ))
     .replace(
-        "gitops: { repo: \"https://git.example.com/lab.git\" }",
-        "gitops: { repo: \"https://git.example.com/lab.git\", argocd_manifest: install.yaml }",
+        "gitops: { repo: \"https://git.example.com/lab.git\", argocd_version: v2.13.3 }",
+        "gitops: { repo: \"https://git.example.com/lab.git\", argocd_version: v2.13.3, argocd_manifest: install.yaml }",
     );
     std::fs::write(env.path("cluster.yaml"), yaml).unwrap();
     let err = build("o3");
@@ -2257,11 +2252,7 @@ fn images_are_pulled_through_the_registry_mirror_and_then_need_no_registry() {
 
     // The mirror gone too: what images.lock pins comes from the cache, without --offline.
     drop(reg);
-    let out = run_without_network(
-        &env,
-        "",
-        &["build", "--node", "cp1", "--out", "warm"],
-    );
+    let out = run_without_network(&env, "", &["build", "--node", "cp1", "--out", "warm"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(env.path("warm/cp1.img").is_file());
 }
@@ -2324,7 +2315,8 @@ fn a_board_without_ethernet_joins_wifi() {
         seed: 23,
         ..FixtureOpts::default()
     });
-    let zero = "  - { name: z1, board: zero2w, os: ubuntu-24.04, role: worker, ip: 192.168.50.30 }\n";
+    let zero =
+        "  - { name: z1, board: zero2w, os: ubuntu-24.04, role: worker, ip: 192.168.50.30 }\n";
     std::fs::write(env.path("cluster.yaml"), cluster_yaml(zero)).unwrap();
     // Without Wi-Fi settings: refused before anything is downloaded, naming the node, the
     // board and the key to add.
