@@ -154,23 +154,10 @@ pub fn decompress_with(
 /// The decompressed bytes of `src` (xz, gzip, zstd, or a raw image read as it is), as a
 /// stream; `task` advances by the bytes of `src` read. Errors of its reads go through
 /// [`read_error`] to name the file, the cause and the fix.
-pub fn open_stream(src: &Path, task: &Task) -> Result<(Compression, Box<dyn Read>)> {
+pub fn open_stream(src: &Path, task: &Task) -> Result<(Compression, Box<dyn Read + Send>)> {
     let kind = detect(src)?;
     let input = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-    let src_reader = TagSource(ProgressReader::new(input, task.clone()));
-    let reader: Result<Box<dyn Read>, Failure> = match kind {
-        Compression::None => Ok(Box::new(src_reader)),
-        Compression::Gzip => Members::<_, flate2::bufread::GzDecoder<_>>::new(
-            io::BufReader::with_capacity(IN_BUF, src_reader),
-        )
-        .map(|r| Box::new(r) as Box<dyn Read>),
-        Compression::Zstd => Members::<_, zstd::stream::read::Decoder<_>>::new(
-            io::BufReader::with_capacity(IN_BUF, src_reader),
-        )
-        .map(|r| Box::new(r) as Box<dyn Read>),
-        Compression::Xz => XzReader::new(src_reader, 0).map(|r| Box::new(r) as Box<dyn Read>),
-    };
-    match reader {
+    match decoder(kind, ProgressReader::new(input, task.clone()), 0) {
         Ok(r) => Ok((kind, r)),
         Err(f) => Err(describe(f, kind, src, src)),
     }
