@@ -1983,7 +1983,28 @@ fn a_warm_cache_builds_without_any_request() {
         "a warm cache is enough: {}",
         stderr(&out)
     );
-    assert!(env.path("warm/cp1.img").is_file());
+    // The same inputs as the online build: base image and every file the plan wrote
+    // (but node.json, which records the build time).
+    let inputs = |dir: &str| {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(env.path(&format!("{dir}/cp1.manifest.json"))).unwrap(),
+        )
+        .unwrap();
+        let files: Vec<serde_json::Value> = m["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["path"] != "/etc/pikube/node.json")
+            .cloned()
+            .collect();
+        assert!(files.iter().any(|f| f["path"] == "/usr/local/bin/k3s"));
+        (m["base"].clone(), files)
+    };
+    assert_eq!(
+        inputs("warm"),
+        inputs("out"),
+        "the cache served what was downloaded"
+    );
 
     // The same through a mirror that answers nothing: not one request reaches it.
     let refusing = TestServer::start();
