@@ -10,6 +10,7 @@
 # cache on a hash of this script. The console fact reporter is added by make-disk.sh.
 #
 # net-tools: cloud-init's ifupdown renderer writes static routes as `route add` commands.
+# nbd-client: its initramfs hook and nbdroot= script mount the root of a netbooted node.
 # en_US.UTF-8 is generated up front because Debian's locale-gen, unlike Ubuntu's, ignores the
 # locale cloud-init passes to it (update-locale then rejects a locale that was never built).
 # The initramfs hook goes in before the kernel, so the initramfs is generated once (that is
@@ -29,7 +30,7 @@ esac
 
 packages="systemd,systemd-sysv,udev,dbus,cloud-init,openssh-server,sudo,locales,$kernel,\
 initramfs-tools,zstd,iproute2,ifupdown,isc-dhcp-client,netbase,procps,kmod,tzdata,\
-cloud-guest-utils,net-tools"
+cloud-guest-utils,net-tools,nbd-client"
 
 # Everything below runs with the new tree as $1.
 mmdebstrap \
