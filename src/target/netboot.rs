@@ -464,6 +464,15 @@ fn env_values(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// What Armbian's boot scripts add for `docker_optimizations` (on unless armbianEnv.txt says
+/// otherwise): the memory cgroup k3s needs, which a pxelinux entry must carry itself.
+fn docker_optimizations(env: &BTreeMap<String, String>) -> Vec<String> {
+    match env.get("docker_optimizations").map(String::as_str) {
+        None | Some("on") => vec!["cgroup_enable=memory".into(), "swapaccount=1".into()],
+        Some(_) => Vec::new(),
+    }
+}
+
 fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result<()> {
     let BootConfig::ArmbianEnv { partition, path } = &b.image.boot else {
         bail!("not an Armbian U-Boot image");
@@ -561,6 +570,7 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
             append.extend(v.split_whitespace().map(str::to_string));
         }
     }
+    append.extend(docker_optimizations(&env));
     let entry = pxelinux::PxeEntry {
         label: b.node.name.to_string(),
         kernel: format!("{shared}/vmlinuz-{version}"),
@@ -607,6 +617,17 @@ fn readme(s: &Settings, nodes: &[BuiltImage<'_>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn armbian_docker_optimizations_default_on() {
+        let on = env_values("rootdev=UUID=x\n");
+        assert_eq!(
+            docker_optimizations(&on),
+            ["cgroup_enable=memory", "swapaccount=1"]
+        );
+        let off = env_values("docker_optimizations=off\n");
+        assert!(docker_optimizations(&off).is_empty());
+    }
 
     #[test]
     fn the_command_line_boots_the_root_from_nbd() {
