@@ -570,7 +570,12 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
             append.extend(v.split_whitespace().map(str::to_string));
         }
     }
-    append.extend(docker_optimizations(&env));
+    // Once, even when the board's own arguments in extraargs name them too.
+    for arg in docker_optimizations(&env) {
+        if !append.contains(&arg) {
+            append.push(arg);
+        }
+    }
     let entry = pxelinux::PxeEntry {
         label: b.node.name.to_string(),
         kernel: format!("{shared}/vmlinuz-{version}"),
