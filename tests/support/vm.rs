@@ -904,6 +904,35 @@ pub fn ext4_read(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>, Strin
     Ok(out.stdout)
 }
 
+/// Names of the regular files in directory `dir` of the ext4 file system at `offset`
+/// (debugfs `ls -p`), sorted.
+pub fn ext4_list(image: &Path, offset: u64, dir: &str) -> Result<Vec<String>, String> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("ls -p {dir}"))
+        .arg(format!("{}?offset={offset}", image.display()))
+        .output()
+        .map_err(|e| format!("cannot run debugfs: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.starts_with('/') {
+        return Err(format!(
+            "debugfs cannot list {dir} in {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // `/inode/mode/uid/gid/name/size/`; regular files have mode 100xxx.
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('/').collect();
+            (f.len() >= 7 && f[2].starts_with("100")).then(|| f[5].to_string())
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Facts a booted guest printed (`PIKUBE-FACT`, `PIKUBE-BEGIN`/`PIKUBE|`/`PIKUBE-END`).
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
