@@ -42,6 +42,7 @@ pub struct PreparedImage {
 /// it, growing it first when all of `room_for` would not fit (by the shortfall plus
 /// `margin`). The boot loader `areas` must lie outside every partition, stay out of the
 /// growth, and keep every byte.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare_image(
     base: &Path,
     img: &Path,

@@ -283,9 +283,10 @@ impl ImageLocales {
             Setter::Nothing => Err(format!(
                 "{not_generated}, and without cloud-init nothing generates a locale at its first boot"
             )),
-            Setter::RaspiConfig if !self.raspi_config || !self.locale_gen => Err(format!(
+            Setter::RaspiConfig if !self.raspi_config || !self.locale_gen => Err(
                 "its cloud-init sets the locale with raspi-config and locale-gen, which it lacks"
-            )),
+                    .to_string(),
+            ),
             Setter::RaspiConfig => match self.supported_as_spelled(spelled) {
                 Some(e) if self.has_data(e) => Ok(()),
                 Some(e) => Err(format!(
