@@ -4,6 +4,7 @@
 pub mod build_env;
 pub mod fixtures;
 pub mod http;
+pub mod nbd;
 pub mod readme;
 pub mod registry;
 pub mod signing;
