@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use pikube_test_oracles::{require_tool, skip};
 use support::http::TestServer;
+use support::nbd::{self, NbdServer};
 use support::vm::{self, Boot, DiskLayout, GuestArch};
 
 const KEY: &str =
@@ -197,7 +198,7 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
             node: name.clone(),
             failures: Vec::new(),
         };
-        check_node(&mut c, role, boot, arch, DiskLayout::Raspi);
+        check_node(&mut c, role, boot, arch, DiskLayout::Raspi, Medium::Disk);
         if *has_k3s {
             check_k3s(&mut c, role, boot, airgap_name);
         } else {
@@ -299,7 +300,14 @@ fn rockchip_layout_image_boots_as_its_node() {
         node: "cp1".into(),
         failures: Vec::new(),
     };
-    check_node(&mut c, "server", &boot, arch, DiskLayout::Rockchip);
+    check_node(
+        &mut c,
+        "server",
+        &boot,
+        arch,
+        DiskLayout::Rockchip,
+        Medium::Disk,
+    );
     check_k3s(&mut c, "server", &boot, &release.airgap_name);
     eprintln!("boot test: Rockchip layout total {:.0?}", t0.elapsed());
     assert!(
@@ -526,6 +534,222 @@ fn check_layout_node(c: &mut Checks, layout: vm::Layout, boot: &Boot) {
     }
 }
 
+/// MAC addresses of the netbooted guests' NICs, naming their TFTP directories.
+const NETBOOT_MACS: [(&str, &str, &str); 2] = [
+    ("cp1", "server", "52:54:00:70:00:01"),
+    ("w1", "agent", "52:54:00:70:00:02"),
+];
+
+/// `build --netboot` exports both nodes of the test board as Raspberry Pis booting from the
+/// network (TFTP directories by MAC, root over NBD from QEMU's host address 10.0.2.2), and
+/// each boots the kernel, initramfs and `cmdline.txt` of its TFTP directory, as the firmware
+/// names them in its `config.txt`, with no disk attached: the initramfs mounts the node's
+/// disk image, served by nbd-server on the host, as its root. amd64 guests only.
+#[test]
+fn pi_netboot_export_boots_from_nbd() {
+    let arch = GuestArch::Amd64;
+    if GuestArch::from_env().is_ok_and(|a| a != arch) {
+        eprintln!("netboot boot test: amd64 guests only, not run for PIKUBE_BOOT_ARCH");
+        return;
+    }
+    if let Err(why) = vm::preflight(arch) {
+        skip(format_args!("netboot boot test: {why}"));
+        return;
+    }
+    if !require_tool("nbd-server", "nbd-server") {
+        return;
+    }
+    let t0 = Instant::now();
+    let base = vm::base_image(arch).unwrap_or_else(|e| panic!("base image: {e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-boot-netboot")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    let srv = TestServer::start();
+    vm::serve_base_image(&srv, arch, &base);
+    let release = vm::serve_k3s_standin(&srv, K3S_VERSION, arch);
+    let port = nbd::free_port();
+    let mut yaml = cluster_yaml(arch.board()).replace(
+        "nodes:\n",
+        &format!(
+            "netboot: {{ server: 10.0.2.2, tftp_prefix: mac, nbd_port: {port}, \
+             dhcp_range: \"10.0.2.15,10.0.2.31\" }}\nnodes:\n"
+        ),
+    );
+    for (name, _, mac) in NETBOOT_MACS {
+        yaml = yaml.replace(
+            &format!("{{ name: {name}, "),
+            &format!("{{ name: {name}, mac: \"{mac}\", "),
+        );
+    }
+    std::fs::write(d.join("cluster.yaml"), yaml).unwrap();
+    std::fs::create_dir_all(d.join("secrets")).unwrap();
+    std::fs::write(d.join("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            d.join("secrets/k3s-token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["build", "--config", "cluster.yaml", "--all", "--out", "out"])
+        .args(["--netboot", "netboot"])
+        .arg("--mirror")
+        .arg(srv.url())
+        .current_dir(d)
+        .env("PIKUBE_CACHE_DIR", d.join("cache"))
+        .env("PIKUBE_BOARDS_DIR", vm::boards_dir())
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ pikube-image build --all --netboot netboot\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pikube-image build --netboot failed");
+    // The downloads are not needed any more; the disk images are the NBD exports.
+    let _ = std::fs::remove_dir_all(d.join("cache"));
+
+    let nbd_server =
+        NbdServer::start(&d.join("netboot")).unwrap_or_else(|e| panic!("nbd-server: {e}"));
+    let files: Vec<vm::BootFiles> = NETBOOT_MACS
+        .iter()
+        .map(|(name, _, mac)| {
+            let tftp = d.join("netboot/tftp").join(mac.replace(':', "-"));
+            vm::tftp_boot_files(&tftp).unwrap_or_else(|e| panic!("{name}: {e}"))
+        })
+        .collect();
+    let slot = guests_slot();
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let handles: Vec<_> = NETBOOT_MACS
+            .iter()
+            .zip(&files)
+            .map(|((name, _, mac), files)| {
+                let work = d.join("vm").join(name);
+                s.spawn(move || {
+                    vm::run_guest(&vm::Guest {
+                        what: format!("{name} from the network (no disk)"),
+                        files,
+                        arch,
+                        work: &work,
+                        timeout: BOOT_TIMEOUT,
+                        disk: None,
+                        network: vm::Network::HostReachable {
+                            mac: Some(mac.to_string()),
+                        },
+                    })
+                    .unwrap_or_else(|e| panic!("{name}: {e}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    drop(slot);
+    drop(nbd_server);
+
+    let mut failures = Vec::new();
+    for ((name, role, _), boot) in NETBOOT_MACS.iter().zip(&boots) {
+        eprintln!(
+            "boot test: {name} (netboot) {} after {:.0?}",
+            if boot.timed_out {
+                "TIMED OUT"
+            } else {
+                "powered off"
+            },
+            boot.elapsed
+        );
+        for (k, v) in &boot.facts.facts {
+            eprintln!("  nb {name}: {k}={v}");
+        }
+        for (block, (lines, rc)) in &boot.facts.blocks {
+            eprintln!("  nb {name}: [{block}] (exit {rc:?})");
+            for l in lines {
+                eprintln!("  nb {name}: | {l}");
+            }
+        }
+        let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("boot-{arch}-netboot-{name}.console.log"));
+        let _ = std::fs::write(&kept, &boot.log);
+        eprintln!("boot test: {name}: console log kept in {}", kept.display());
+        let mut c = Checks {
+            node: name.to_string(),
+            failures: Vec::new(),
+        };
+        check_node(&mut c, role, boot, arch, DiskLayout::Raspi, Medium::Nbd);
+        if boot.facts.get("facts") == Some("complete") {
+            check_k3s(&mut c, role, boot, &release.airgap_name);
+            check_netboot_network(&mut c, role, boot, port);
+        }
+        // The guest unmounted its root before powering off: the image is clean.
+        let img = d.join("out").join(format!("{name}.img"));
+        let off = vm::partition_offset(&img, "writable").unwrap_or_else(|e| panic!("{e}"));
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(format!("{}?offset={off}", img.display()))
+            .output()
+            .unwrap();
+        c.that(fsck.status.success(), || {
+            format!(
+                "e2fsck -fn of its root file system after the boot ({}):\n{}{}",
+                fsck.status,
+                String::from_utf8_lossy(&fsck.stdout),
+                String::from_utf8_lossy(&fsck.stderr)
+            )
+        });
+        failures.extend(c.failures);
+    }
+    eprintln!("netboot boot test: total {:.0?}", t0.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} failed expectation(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The command line of a netbooted node and the network configuration the running system
+/// took from it: the server's static address from cluster.yaml (configured by the initramfs,
+/// kept by cloud-init), DHCP for the agent.
+fn check_netboot_network(c: &mut Checks, role: &str, boot: &Boot, port: u16) {
+    let f = &boot.facts;
+    let name = c.node.clone();
+    let cmdline = f.get("cmdline").unwrap_or_default();
+    let ip = if role == "server" {
+        format!("ip=10.0.2.15::10.0.2.2:255.255.255.0:{name}:eth0:off:10.0.2.3")
+    } else {
+        "ip=dhcp".to_string()
+    };
+    for want in [ip, format!("nbdroot=10.0.2.2:{port}/{name}")] {
+        let n = cmdline.split_whitespace().filter(|w| *w == want).count();
+        c.that(n == 1, || {
+            format!("'{want}' appears {n} times in /proc/cmdline: {cmdline}")
+        });
+    }
+    let config = f.block("network-config");
+    let has = |line: &str| config.iter().any(|l| l.trim() == line);
+    let want: &[&str] = if role == "server" {
+        &[
+            "iface eth0 inet static",
+            "address 10.0.2.15/24",
+            "gateway 10.0.2.2",
+            "dns-nameservers 10.0.2.3",
+        ]
+    } else {
+        &["iface eth0 inet dhcp"]
+    };
+    for line in want {
+        c.that(has(line), || {
+            format!(
+                "'{line}' not in the network configuration:\n{}",
+                config.join("\n")
+            )
+        });
+    }
+}
+
 /// Boots images built earlier (`PIKUBE_BOOT_IMAGES=<dir with cp1.img and w1.img>`, e.g. the
 /// `out` directory of a run with PIKUBE_BOOT_KEEP=1) and runs the same checks.
 #[test]
@@ -569,7 +793,32 @@ impl Checks {
     }
 }
 
-fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: DiskLayout) {
+/// Where a guest's disk is: attached (virtio, `/dev/vda`), or its image served by nbd-server
+/// (`/dev/nbd0`, partitions `p1`, `p2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Medium {
+    Disk,
+    Nbd,
+}
+
+impl Medium {
+    /// Device of partition `n`.
+    fn partition(self, n: u32) -> String {
+        match self {
+            Medium::Disk => format!("/dev/vda{n}"),
+            Medium::Nbd => format!("/dev/nbd0p{n}"),
+        }
+    }
+}
+
+fn check_node(
+    c: &mut Checks,
+    role: &str,
+    boot: &Boot,
+    arch: GuestArch,
+    layout: DiskLayout,
+    medium: Medium,
+) {
     let f = &boot.facts;
     let name = c.node.clone();
     if boot.timed_out || f.get("reporter") != Some("started") || f.get("facts") != Some("complete")
@@ -585,14 +834,20 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: 
     }
     // The kernel found and mounted the root file system the image names, cleanly.
     let root = f.get("root").unwrap_or_default();
+    let root_dev = medium.partition(2);
     c.that(
-        root.starts_with("/dev/vda2 ext4 ") && root.contains(" rw"),
-        || format!("root mount is '{root}', expected /dev/vda2 ext4 rw"),
+        root.starts_with(&format!("{root_dev} ext4 ")) && root.contains(" rw"),
+        || format!("root mount is '{root}', expected {root_dev} ext4 rw"),
     );
-    // The raspi layout names its root by label, extlinux.conf by file system UUID.
+    // The raspi layout names its root by label, extlinux.conf by file system UUID; a network
+    // boot by the NBD device's partition.
     let (root_label, root_prefix) = match layout {
         DiskLayout::Raspi => ("writable", "root=LABEL=writable"),
         DiskLayout::Rockchip => ("cloudimg-rootfs", "root=UUID="),
+    };
+    let root_prefix = match medium {
+        Medium::Disk => root_prefix.to_string(),
+        Medium::Nbd => format!("root={root_dev}"),
     };
     c.eq("root file system label", f.get("root-label"), root_label);
     c.eq(
@@ -609,9 +864,10 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: 
     // The raspi layout mounts its boot partition; the Rockchip one keeps its seed partition
     // out of fstab.
     let want_firmware = layout == DiskLayout::Raspi;
+    let firmware = format!("{} vfat", medium.partition(1));
     c.that(
         f.get("boot-firmware")
-            .is_some_and(|v| v.starts_with("/dev/vda1 vfat") == want_firmware),
+            .is_some_and(|v| v.starts_with(&firmware) == want_firmware),
         || format!("/boot/firmware is {:?}", f.get("boot-firmware")),
     );
     // cloud-init consumed the node's seed without errors.
@@ -646,7 +902,7 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: 
     }
     let roots: Vec<&&str> = words.iter().filter(|w| w.starts_with("root=")).collect();
     c.that(
-        roots.len() == 1 && roots[0].starts_with(root_prefix),
+        roots.len() == 1 && roots[0].starts_with(&root_prefix),
         || format!("root arguments {roots:?} in /proc/cmdline, expected one {root_prefix}..."),
     );
     // The admin account, with the key, sudo, and no password; the stock user was not made.
@@ -683,7 +939,9 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: 
     });
     c.eq("timezone", f.get("timezone"), "Europe/Berlin");
     // Network: the server's static address from cluster.yaml, DHCP for the agent.
-    let expect = if role == "server" {
+    // Over NBD the initramfs configured the interface (an address without a lifetime, also
+    // for a DHCP lease) and the system leaves it as it is: the root is reached through it.
+    let expect = if role == "server" || medium == Medium::Nbd {
         "eth0 10.0.2.15/24 static;"
     } else {
         "eth0 10.0.2.15/24 dynamic;"

@@ -7,7 +7,7 @@ mod support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use pikube_image::decompress::Compression;
 use pikube_test_oracles::require_tool;
@@ -16,6 +16,7 @@ use support::build_env::{
 };
 use support::fixtures::{self, ARMBIAN_KERNEL, Fixture, FixtureOpts};
 use support::http::TestServer;
+use support::nbd::{self, NbdServer};
 use support::signing::CatalogSigner;
 
 const ARMBIAN_DIR: &str = "dl.armbian.com/orangepizero3/archive";
@@ -137,18 +138,9 @@ fn files(dir: &Path) -> Vec<String> {
     out
 }
 
-/// A free TCP port on the loopback interface.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
-    let port = free_port();
+    let port = nbd::free_port();
     let env = Env::new(NODES, port);
     let o = env.build();
     assert!(o.status.success(), "build failed: {}", stderr(&o));
@@ -235,8 +227,9 @@ fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
         .chain(
             [
                 "rootfstype=ext4",
-                "ip=dhcp",
-                "nbdroot=192.168.50.2,cp1,nbd0",
+                // The node's static address, configured by the initramfs.
+                "ip=192.168.50.10::192.168.50.1:255.255.255.0:cp1:eth0:off:192.168.50.2",
+                &format!("nbdroot=192.168.50.2:{port}/cp1"),
                 "root=/dev/nbd0p2",
             ]
             .map(String::from),
@@ -251,7 +244,7 @@ fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
     assert_eq!(
         std::fs::read_to_string(nb.join("tftp/pxelinux.cfg/01-02-00-00-00-00-11")).unwrap(),
         format!(
-            "# written by pikube-image build --netboot\ndefault opi1\nprompt 0\ntimeout 1\n\nlabel opi1\n    kernel /boot/{shared}/vmlinuz-{v}\n    fdtdir /boot/{shared}/dtb/\n    initrd /boot/{shared}/initrd.img-{v}\n    append rootwait rootfstype=ext4 ip=dhcp nbdroot=192.168.50.2,opi1,nbd0 root=/dev/nbd0p1 loglevel=1 usb-storage.quirks=0x2537:0x1066:u,0x2537:0x1068:u cgroup_enable=memory swapaccount=1\n"
+            "# written by pikube-image build --netboot\ndefault opi1\nprompt 0\ntimeout 1\n\nlabel opi1\n    kernel /boot/{shared}/vmlinuz-{v}\n    fdtdir /boot/{shared}/dtb/\n    initrd /boot/{shared}/initrd.img-{v}\n    append rootwait rootfstype=ext4 ip=192.168.50.11::192.168.50.1:255.255.255.0:opi1:end0:off:192.168.50.2 nbdroot=192.168.50.2:{port}/opi1 root=/dev/nbd0p1 loglevel=1 usb-storage.quirks=0x2537:0x1066:u,0x2537:0x1068:u cgroup_enable=memory swapaccount=1\n"
         )
     );
 
@@ -309,32 +302,22 @@ fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
     }
 }
 
-/// Starts nbd-server in the foreground on the tree's configuration and lists its exports
-/// with `nbd-client -l`.
+/// Starts nbd-server on the tree's configuration (the helper the boot tests use), lists its
+/// exports with `nbd-client -l` and checks that dropping the handle stops the server.
 fn list_exports(nb: &Path, port: u16) -> Vec<String> {
-    let mut server = Command::new("nbd-server")
-        .arg("-d")
-        .arg("-C")
-        .arg(nb.join("nbd-server.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let server = NbdServer::start(nb).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(server.port(), port);
+    let o = Command::new("nbd-client")
+        .args(["-l", "127.0.0.1", &port.to_string()])
+        .output()
         .unwrap();
-    let mut listed = None;
-    for _ in 0..50 {
-        let o = Command::new("nbd-client")
-            .args(["-l", "127.0.0.1", &port.to_string()])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            listed = Some(String::from_utf8_lossy(&o.stdout).to_string());
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let listed = listed.expect("nbd-server answered nbd-client -l");
+    assert!(o.status.success(), "nbd-client -l: {}", stderr(&o));
+    drop(server);
+    assert!(
+        !nbd::greets(port),
+        "nbd-server still answers after the drop"
+    );
+    let listed = String::from_utf8_lossy(&o.stdout).to_string();
     let mut names: Vec<String> = listed
         .lines()
         .filter(|l| !l.starts_with("Negotiation") && !l.trim().is_empty())
@@ -342,6 +325,13 @@ fn list_exports(nb: &Path, port: u16) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+#[test]
+fn the_nbd_port_is_read_from_the_generic_section() {
+    let conf = "# c\n[generic]\nport = 40123\nallowlist = true\n[cp1]\nport = 1\n";
+    assert_eq!(nbd::config_port(conf), Some(40123));
+    assert_eq!(nbd::config_port("[cp1]\nport = 1\n"), None);
 }
 
 #[test]

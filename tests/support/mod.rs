@@ -5,6 +5,7 @@ pub mod build_env;
 pub mod examples;
 pub mod fixtures;
 pub mod http;
+pub mod nbd;
 pub mod readme;
 pub mod registry;
 pub mod signing;
