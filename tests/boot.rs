@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use pikube_test_oracles::{require_tool, skip};
 use support::http::TestServer;
+use support::nbd::{self, NbdServer};
 use support::vm::{self, Boot, DiskLayout, GuestArch};
 
 const KEY: &str =
@@ -197,7 +198,7 @@ fn boot_and_check(out: &Path, arch: GuestArch, airgap_name: &str) {
             node: name.clone(),
             failures: Vec::new(),
         };
-        check_node(&mut c, role, boot, arch, DiskLayout::Raspi);
+        check_node(&mut c, role, boot, arch, DiskLayout::Raspi, Medium::Disk);
         if *has_k3s {
             check_k3s(&mut c, role, boot, airgap_name);
         } else {
@@ -299,7 +300,14 @@ fn rockchip_layout_image_boots_as_its_node() {
         node: "cp1".into(),
         failures: Vec::new(),
     };
-    check_node(&mut c, "server", &boot, arch, DiskLayout::Rockchip);
+    check_node(
+        &mut c,
+        "server",
+        &boot,
+        arch,
+        DiskLayout::Rockchip,
+        Medium::Disk,
+    );
     check_k3s(&mut c, "server", &boot, &release.airgap_name);
     eprintln!("boot test: Rockchip layout total {:.0?}", t0.elapsed());
     assert!(
@@ -526,6 +534,222 @@ fn check_layout_node(c: &mut Checks, layout: vm::Layout, boot: &Boot) {
     }
 }
 
+/// MAC addresses of the netbooted guests' NICs, naming their TFTP directories.
+const NETBOOT_MACS: [(&str, &str, &str); 2] = [
+    ("cp1", "server", "52:54:00:70:00:01"),
+    ("w1", "agent", "52:54:00:70:00:02"),
+];
+
+/// `build --netboot` exports both nodes of the test board as Raspberry Pis booting from the
+/// network (TFTP directories by MAC, root over NBD from QEMU's host address 10.0.2.2), and
+/// each boots the kernel, initramfs and `cmdline.txt` of its TFTP directory, as the firmware
+/// names them in its `config.txt`, with no disk attached: the initramfs mounts the node's
+/// disk image, served by nbd-server on the host, as its root. amd64 guests only.
+#[test]
+fn pi_netboot_export_boots_from_nbd() {
+    let arch = GuestArch::Amd64;
+    if GuestArch::from_env().is_ok_and(|a| a != arch) {
+        eprintln!("netboot boot test: amd64 guests only, not run for PIKUBE_BOOT_ARCH");
+        return;
+    }
+    if let Err(why) = vm::preflight(arch) {
+        skip(format_args!("netboot boot test: {why}"));
+        return;
+    }
+    if !require_tool("nbd-server", "nbd-server") {
+        return;
+    }
+    let t0 = Instant::now();
+    let base = vm::base_image(arch).unwrap_or_else(|e| panic!("base image: {e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-boot-netboot")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    let srv = TestServer::start();
+    vm::serve_base_image(&srv, arch, &base);
+    let release = vm::serve_k3s_standin(&srv, K3S_VERSION, arch);
+    let port = nbd::free_port();
+    let mut yaml = cluster_yaml(arch.board()).replace(
+        "nodes:\n",
+        &format!(
+            "netboot: {{ server: 10.0.2.2, tftp_prefix: mac, nbd_port: {port}, \
+             dhcp_range: \"10.0.2.15,10.0.2.31\" }}\nnodes:\n"
+        ),
+    );
+    for (name, _, mac) in NETBOOT_MACS {
+        yaml = yaml.replace(
+            &format!("{{ name: {name}, "),
+            &format!("{{ name: {name}, mac: \"{mac}\", "),
+        );
+    }
+    std::fs::write(d.join("cluster.yaml"), yaml).unwrap();
+    std::fs::create_dir_all(d.join("secrets")).unwrap();
+    std::fs::write(d.join("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            d.join("secrets/k3s-token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["build", "--config", "cluster.yaml", "--all", "--out", "out"])
+        .args(["--netboot", "netboot"])
+        .arg("--mirror")
+        .arg(srv.url())
+        .current_dir(d)
+        .env("PIKUBE_CACHE_DIR", d.join("cache"))
+        .env("PIKUBE_BOARDS_DIR", vm::boards_dir())
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ pikube-image build --all --netboot netboot\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pikube-image build --netboot failed");
+    // The downloads are not needed any more; the disk images are the NBD exports.
+    let _ = std::fs::remove_dir_all(d.join("cache"));
+
+    let nbd_server =
+        NbdServer::start(&d.join("netboot")).unwrap_or_else(|e| panic!("nbd-server: {e}"));
+    let files: Vec<vm::BootFiles> = NETBOOT_MACS
+        .iter()
+        .map(|(name, _, mac)| {
+            let tftp = d.join("netboot/tftp").join(mac.replace(':', "-"));
+            vm::tftp_boot_files(&tftp).unwrap_or_else(|e| panic!("{name}: {e}"))
+        })
+        .collect();
+    let slot = guests_slot();
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let handles: Vec<_> = NETBOOT_MACS
+            .iter()
+            .zip(&files)
+            .map(|((name, _, mac), files)| {
+                let work = d.join("vm").join(name);
+                s.spawn(move || {
+                    vm::run_guest(&vm::Guest {
+                        what: format!("{name} from the network (no disk)"),
+                        files,
+                        arch,
+                        work: &work,
+                        timeout: BOOT_TIMEOUT,
+                        disk: None,
+                        network: vm::Network::HostReachable {
+                            mac: Some(mac.to_string()),
+                        },
+                    })
+                    .unwrap_or_else(|e| panic!("{name}: {e}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    drop(slot);
+    drop(nbd_server);
+
+    let mut failures = Vec::new();
+    for ((name, role, _), boot) in NETBOOT_MACS.iter().zip(&boots) {
+        eprintln!(
+            "boot test: {name} (netboot) {} after {:.0?}",
+            if boot.timed_out {
+                "TIMED OUT"
+            } else {
+                "powered off"
+            },
+            boot.elapsed
+        );
+        for (k, v) in &boot.facts.facts {
+            eprintln!("  nb {name}: {k}={v}");
+        }
+        for (block, (lines, rc)) in &boot.facts.blocks {
+            eprintln!("  nb {name}: [{block}] (exit {rc:?})");
+            for l in lines {
+                eprintln!("  nb {name}: | {l}");
+            }
+        }
+        let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("boot-{arch}-netboot-{name}.console.log"));
+        let _ = std::fs::write(&kept, &boot.log);
+        eprintln!("boot test: {name}: console log kept in {}", kept.display());
+        let mut c = Checks {
+            node: name.to_string(),
+            failures: Vec::new(),
+        };
+        check_node(&mut c, role, boot, arch, DiskLayout::Raspi, Medium::Nbd);
+        if boot.facts.get("facts") == Some("complete") {
+            check_k3s(&mut c, role, boot, &release.airgap_name);
+            check_netboot_network(&mut c, role, boot, port);
+        }
+        // The guest unmounted its root before powering off: the image is clean.
+        let img = d.join("out").join(format!("{name}.img"));
+        let off = vm::partition_offset(&img, "writable").unwrap_or_else(|e| panic!("{e}"));
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(format!("{}?offset={off}", img.display()))
+            .output()
+            .unwrap();
+        c.that(fsck.status.success(), || {
+            format!(
+                "e2fsck -fn of its root file system after the boot ({}):\n{}{}",
+                fsck.status,
+                String::from_utf8_lossy(&fsck.stdout),
+                String::from_utf8_lossy(&fsck.stderr)
+            )
+        });
+        failures.extend(c.failures);
+    }
+    eprintln!("netboot boot test: total {:.0?}", t0.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} failed expectation(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The command line of a netbooted node and the network configuration the running system
+/// took from it: the server's static address from cluster.yaml (configured by the initramfs,
+/// kept by cloud-init), DHCP for the agent.
+fn check_netboot_network(c: &mut Checks, role: &str, boot: &Boot, port: u16) {
+    let f = &boot.facts;
+    let name = c.node.clone();
+    let cmdline = f.get("cmdline").unwrap_or_default();
+    let ip = if role == "server" {
+        format!("ip=10.0.2.15::10.0.2.2:255.255.255.0:{name}:eth0:off:10.0.2.3")
+    } else {
+        "ip=dhcp".to_string()
+    };
+    for want in [ip, format!("nbdroot=10.0.2.2:{port}/{name}")] {
+        let n = cmdline.split_whitespace().filter(|w| *w == want).count();
+        c.that(n == 1, || {
+            format!("'{want}' appears {n} times in /proc/cmdline: {cmdline}")
+        });
+    }
+    let config = f.block("network-config");
+    let has = |line: &str| config.iter().any(|l| l.trim() == line);
+    let want: &[&str] = if role == "server" {
+        &[
+            "iface eth0 inet static",
+            "address 10.0.2.15/24",
+            "gateway 10.0.2.2",
+            "dns-nameservers 10.0.2.3",
+        ]
+    } else {
+        &["iface eth0 inet dhcp"]
+    };
+    for line in want {
+        c.that(has(line), || {
+            format!(
+                "'{line}' not in the network configuration:\n{}",
+                config.join("\n")
+            )
+        });
+    }
+}
+
 /// Boots images built earlier (`PIKUBE_BOOT_IMAGES=<dir with cp1.img and w1.img>`, e.g. the
 /// `out` directory of a run with PIKUBE_BOOT_KEEP=1) and runs the same checks.
 #[test]
@@ -569,7 +793,32 @@ impl Checks {
     }
 }
 
-fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: DiskLayout) {
+/// Where a guest's disk is: attached (virtio, `/dev/vda`), or its image served by nbd-server
+/// (`/dev/nbd0`, partitions `p1`, `p2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Medium {
+    Disk,
+    Nbd,
+}
+
+impl Medium {
+    /// Device of partition `n`.
+    fn partition(self, n: u32) -> String {
+        match self {
+            Medium::Disk => format!("/dev/vda{n}"),
+            Medium::Nbd => format!("/dev/nbd0p{n}"),
+        }
+    }
+}
+
+fn check_node(
+    c: &mut Checks,
+    role: &str,
+    boot: &Boot,
+    arch: GuestArch,
+    layout: DiskLayout,
+    medium: Medium,
+) {
     let f = &boot.facts;
     let name = c.node.clone();
     if boot.timed_out || f.get("reporter") != Some("started") || f.get("facts") != Some("complete")
@@ -585,15 +834,21 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: 
     }
     // The kernel found and mounted the root file system the image names, cleanly.
     let root = f.get("root").unwrap_or_default();
+    let root_dev = medium.partition(2);
     c.that(
-        root.starts_with("/dev/vda2 ext4 ") && root.contains(" rw"),
-        || format!("root mount is '{root}', expected /dev/vda2 ext4 rw"),
+        root.starts_with(&format!("{root_dev} ext4 ")) && root.contains(" rw"),
+        || format!("root mount is '{root}', expected {root_dev} ext4 rw"),
     );
-    // The raspi layout names its root by label, extlinux.conf by file system UUID.
+    // The raspi layout names its root by label, extlinux.conf by file system UUID; a network
+    // boot by the NBD device's partition.
     let (root_label, root_prefix) = match layout {
         DiskLayout::Raspi => ("writable", "root=LABEL=writable"),
         DiskLayout::Rockchip => ("cloudimg-rootfs", "root=UUID="),
         DiskLayout::Armbian => ("armbi_root", "root=UUID="),
+    };
+    let root_prefix = match medium {
+        Medium::Disk => root_prefix.to_string(),
+        Medium::Nbd => format!("root={root_dev}"),
     };
     c.eq("root file system label", f.get("root-label"), root_label);
     c.eq(
@@ -610,9 +865,10 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: 
     // The raspi layout mounts its boot partition; the Rockchip one keeps its seed partition
     // out of fstab.
     let want_firmware = layout == DiskLayout::Raspi;
+    let firmware = format!("{} vfat", medium.partition(1));
     c.that(
         f.get("boot-firmware")
-            .is_some_and(|v| v.starts_with("/dev/vda1 vfat") == want_firmware),
+            .is_some_and(|v| v.starts_with(&firmware) == want_firmware),
         || format!("/boot/firmware is {:?}", f.get("boot-firmware")),
     );
     // cloud-init consumed the node's seed without errors.
@@ -647,7 +903,7 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: 
     }
     let roots: Vec<&&str> = words.iter().filter(|w| w.starts_with("root=")).collect();
     c.that(
-        roots.len() == 1 && roots[0].starts_with(root_prefix),
+        roots.len() == 1 && roots[0].starts_with(&root_prefix),
         || format!("root arguments {roots:?} in /proc/cmdline, expected one {root_prefix}..."),
     );
     // The admin account, with the key, sudo, and no password; the stock user was not made.
@@ -684,7 +940,9 @@ fn check_node(c: &mut Checks, role: &str, boot: &Boot, arch: GuestArch, layout: 
     });
     c.eq("timezone", f.get("timezone"), "Europe/Berlin");
     // Network: the server's static address from cluster.yaml, DHCP for the agent.
-    let expect = if role == "server" {
+    // Over NBD the initramfs configured the interface (an address without a lifetime, also
+    // for a DHCP lease) and the system leaves it as it is: the root is reached through it.
+    let expect = if role == "server" || medium == Medium::Nbd {
         "eth0 10.0.2.15/24 static;"
     } else {
         "eth0 10.0.2.15/24 dynamic;"
@@ -851,6 +1109,459 @@ fn http_get(srv: &TestServer, path: &str) -> Vec<u8> {
     let head = String::from_utf8_lossy(&resp[..split]);
     assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
     resp[split + 4..].to_vec()
+}
+
+/// The example whose first server [`ha_example_first_server_boots_with_its_vip`] boots.
+const HA_EXAMPLE: &str = "pi4-ha-vip-argocd";
+/// QEMU's user network: the gateway, the DNS forwarder, and the address of its first lease,
+/// which the guest's only NIC (`eth0`) takes.
+const GUEST_GATEWAY: &str = "10.0.2.2";
+const GUEST_DNS: &str = "10.0.2.3";
+const GUEST_PREFIX: u8 = 24;
+const GUEST_IP: &str = "10.0.2.15";
+const GUEST_NIC: &str = "eth0";
+/// A free address of the user network for the example's VIP.
+const GUEST_VIP: &str = "10.0.2.50";
+const MANIFESTS: &str = "/var/lib/rancher/k3s/server/manifests";
+const IMAGES: &str = "/var/lib/rancher/k3s/agent/images";
+
+/// The HA example's cluster.yaml (parsed) moved into QEMU's user network: the first server
+/// on the test board of `arch` at [`GUEST_IP`], the other static nodes at free addresses of
+/// the same subnet, the VIP at [`GUEST_VIP`] on [`GUEST_NIC`], and the stand-in's k3s
+/// release. Everything else stays as the example says.
+fn into_guest_network(doc: &mut serde_json::Value, first: &str, arch: GuestArch) {
+    use serde_json::json;
+    doc["network"]["gateway"] = json!(GUEST_GATEWAY);
+    doc["network"]["dns"] = json!([GUEST_DNS]);
+    doc["network"]["prefix"] = json!(GUEST_PREFIX);
+    doc["k3s"]["version"] = json!(K3S_VERSION);
+    doc["k3s"]["vip"]["address"] = json!(GUEST_VIP);
+    doc["k3s"]["vip"]["interface"] = json!(GUEST_NIC);
+    let mut next = 100;
+    for node in doc["nodes"]
+        .as_array_mut()
+        .expect("cluster.yaml lists nodes")
+    {
+        if node["name"] == first {
+            node["board"] = json!(arch.board());
+            node["ip"] = json!(GUEST_IP);
+        } else if node.get("ip").is_some() {
+            node["ip"] = json!(format!("10.0.2.{next}"));
+            next += 1;
+        }
+    }
+}
+
+/// What the build wrote into a server's root file system, read back with debugfs.
+struct Written {
+    config: serde_json::Value,
+    /// manifest file name → (size, sha256)
+    manifests: std::collections::BTreeMap<String, (usize, String)>,
+    /// preloaded archive name → size
+    images: std::collections::BTreeMap<String, usize>,
+}
+
+impl Written {
+    fn read(img: &Path) -> Written {
+        let off = vm::partition_offset(img, "writable").unwrap_or_else(|e| panic!("{e}"));
+        let read = |p: &str| vm::ext4_read(img, off, p).unwrap_or_else(|e| panic!("{e}"));
+        let list = |d: &str| vm::ext4_list(img, off, d).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            serde_saphyr::from_str(&String::from_utf8_lossy(&read(pikube_image::k3s::CONFIG)))
+                .unwrap();
+        let manifests = list(MANIFESTS)
+            .into_iter()
+            .map(|n| {
+                let b = read(&format!("{MANIFESTS}/{n}"));
+                (n, (b.len(), support::sha256_hex(&b)))
+            })
+            .collect();
+        let images = list(IMAGES)
+            .into_iter()
+            .map(|n| {
+                let len = read(&format!("{IMAGES}/{n}")).len();
+                (n, len)
+            })
+            .collect();
+        Written {
+            config,
+            manifests,
+            images,
+        }
+    }
+}
+
+/// What the stand-in k3s logged when the unit started it (tests/vm/k3s-standin.sh).
+#[derive(Default)]
+struct StandinLog {
+    argv: Option<String>,
+    config: String,
+    manifests: std::collections::BTreeMap<String, (usize, String)>,
+    manifest_lines: Vec<String>,
+    images: std::collections::BTreeMap<String, usize>,
+    ready: bool,
+}
+
+impl StandinLog {
+    fn parse(lines: &[String]) -> StandinLog {
+        let mut s = StandinLog::default();
+        let fields = |rest: &str| -> std::collections::BTreeMap<String, String> {
+            rest.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for l in lines {
+            let Some(rest) = l.strip_prefix("K3S-STANDIN ") else {
+                continue;
+            };
+            if let Some(a) = rest.strip_prefix("argv=") {
+                s.argv = Some(a.to_string());
+            } else if let Some(c) = rest.strip_prefix("config| ") {
+                s.config.push_str(c);
+                s.config.push('\n');
+            } else if let Some(m) = rest.strip_prefix("manifest-line| ") {
+                s.manifest_lines.push(m.trim().to_string());
+            } else if rest.starts_with("manifest=") {
+                let f = fields(rest);
+                let size = f["size"].parse().unwrap_or(usize::MAX);
+                s.manifests
+                    .insert(f["manifest"].clone(), (size, f["sha256"].clone()));
+            } else if rest.starts_with("image=") {
+                let f = fields(rest);
+                s.images
+                    .insert(f["image"].clone(), f["size"].parse().unwrap_or(usize::MAX));
+            } else if rest == "ready" {
+                s.ready = true;
+            }
+        }
+        s
+    }
+
+    /// The value on the line after `- name: <name>` among the grepped manifest lines
+    /// (kube-vip's environment).
+    fn env(&self, name: &str) -> Option<&str> {
+        let at = self
+            .manifest_lines
+            .iter()
+            .position(|l| *l == format!("- name: {name}"))?;
+        let v = self.manifest_lines.get(at + 1)?.strip_prefix("value: ")?;
+        Some(v.trim_matches(|c| c == '"' || c == '\''))
+    }
+}
+
+/// The HA example's first server, moved into QEMU's user network and onto the test board,
+/// boots with k3s running on the configuration that carries the VIP, and with kube-vip's and
+/// Argo CD's manifests and kube-vip's image archive in place for k3s to take up: as written
+/// by the build, unchanged by first boot. What the build writes is checked without a boot in
+/// tests/examples.rs; this checks what needs one. Boots one guest, in the guests' slot.
+#[test]
+fn ha_example_first_server_boots_with_its_vip() {
+    use pikube_image::config::Cluster;
+    use support::examples;
+
+    let arch = GuestArch::from_env().unwrap_or_else(|e| panic!("{e}"));
+    if let Err(why) = vm::preflight(arch) {
+        skip(format_args!("boot test of the HA example ({arch}): {why}"));
+        return;
+    }
+    let t0 = Instant::now();
+    let base = vm::base_image(arch).unwrap_or_else(|e| panic!("base image: {e}"));
+    let Some(registry) = support::registry::Registry::start() else {
+        return;
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-boot-ha")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // PIKUBE_BOOT_KEEP=1 keeps cluster.yaml, the built image and the guest's files.
+    let d = if std::env::var_os("PIKUBE_BOOT_KEEP").is_some_and(|v| v == "1") {
+        let p = dir.keep();
+        eprintln!("boot test: keeping {}", p.display());
+        p
+    } else {
+        dir.path().to_path_buf()
+    };
+    let d = d.as_path();
+
+    let source = examples::cluster_yaml(HA_EXAMPLE);
+    let example = Cluster::load(&source).unwrap();
+    let first = example
+        .first_server()
+        .expect("the HA example has servers")
+        .name
+        .to_string();
+    let mut doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&source).unwrap()).unwrap();
+    into_guest_network(&mut doc, &first, arch);
+    let srv = TestServer::start();
+    vm::serve_base_image(&srv, arch, &base);
+    let release = vm::serve_k3s_standin(&srv, K3S_VERSION, arch);
+    examples::pull_from_local_registry(
+        &registry,
+        &example,
+        &mut doc,
+        &examples::preloaded_images(&example),
+        &format!("linux/{}", arch.debian()),
+        91,
+    );
+    examples::serve_argocd_install(&srv, &example);
+    std::fs::write(
+        d.join("cluster.yaml"),
+        serde_saphyr::to_string(&doc).unwrap(),
+    )
+    .unwrap();
+    support::build_env::write_token(d);
+    let cluster = Cluster::load(&d.join("cluster.yaml")).unwrap();
+    let vip = cluster.k3s.vip.clone().expect("the HA example has a VIP");
+    let gitops = cluster.gitops.clone().expect("the HA example has GitOps");
+
+    let url = srv.url();
+    let boards = vm::boards_dir();
+    let out = support::build_env::run_cli(
+        d,
+        &[("PIKUBE_BOARDS_DIR", &boards)],
+        &["build", "--node", &first, "--mirror", &url, "--out", "out"],
+    );
+    assert!(out.status.success(), "pikube-image build failed");
+    let img = d.join(format!("out/{first}.img"));
+    let written = Written::read(&img);
+    eprintln!(
+        "boot test: {HA_EXAMPLE} {first} built after {:.0?}; manifests {:?}; images {:?}",
+        t0.elapsed(),
+        written.manifests.keys().collect::<Vec<_>>(),
+        written.images
+    );
+
+    let slot = guests_slot();
+    let boot = vm::boot(&img, arch, &d.join("vm"), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{first}: {e}"));
+    drop(slot);
+    eprintln!(
+        "boot test: {HA_EXAMPLE} {first} ({arch}, {}) {} after {:.0?}",
+        boot.accel,
+        if boot.timed_out {
+            "TIMED OUT"
+        } else {
+            "powered off"
+        },
+        boot.elapsed
+    );
+    let f = &boot.facts;
+    for block in ["k3s-standin", "k3s-config", "k3s-images"] {
+        eprintln!("  {first}: [{block}]");
+        for l in f.block(block) {
+            eprintln!("  {first}: | {l}");
+        }
+    }
+    let kept =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{arch}-ha-{first}.console.log"));
+    let _ = std::fs::write(&kept, &boot.log);
+    eprintln!("boot test: console log kept in {}", kept.display());
+
+    let mut c = Checks {
+        node: first.clone(),
+        failures: Vec::new(),
+    };
+    let done = !boot.timed_out
+        && f.get("reporter") == Some("started")
+        && f.get("facts") == Some("complete");
+    c.that(done, || {
+        format!(
+            "did not report its facts and power off (timed out: {}); console log tail:\n{}",
+            boot.timed_out,
+            boot.tail(80)
+        )
+    });
+    c.eq("hostname", f.get("hostname"), &first);
+    c.eq(
+        "IPv4 addresses",
+        f.get("ipv4"),
+        &format!("{GUEST_NIC} {GUEST_IP}/{GUEST_PREFIX} static;"),
+    );
+    c.eq(
+        "EXT4-fs errors in the kernel log",
+        f.get("ext4-errors"),
+        "0",
+    );
+    c.that(!boot.log.contains("EXT4-fs error"), || {
+        format!(
+            "EXT4-fs error on the console: {:?}",
+            f.block("ext4-kernel-log")
+        )
+    });
+
+    // The k3s server unit runs, on the configuration the build wrote.
+    c.eq("k3s.service", f.get("unit.k3s.service"), "enabled/active");
+    let agent = f.get("unit.k3s-agent.service").unwrap_or_default();
+    c.that(!agent.starts_with("enabled"), || {
+        format!("k3s-agent.service should not be enabled on a server: {agent}")
+    });
+    let config: serde_json::Value =
+        serde_saphyr::from_str(&f.block("k3s-config").join("\n")).unwrap_or_default();
+    c.that(config == written.config, || {
+        format!(
+            "config.yaml in the guest differs from the built one:\n{config:#}\nbuilt:\n{:#}",
+            written.config
+        )
+    });
+    let vip_addr = vip.address.to_string();
+    let strs = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    c.that(config["cluster-init"] == true, || {
+        format!("config.yaml does not initialise the cluster: {config}")
+    });
+    c.that(strs(&config["tls-san"]).contains(&vip_addr), || {
+        format!("tls-san lacks the VIP {vip_addr}: {config}")
+    });
+    let disabled = strs(&config["disable"]);
+    for component in &cluster.k3s.disable {
+        c.that(disabled.iter().any(|d| d == component.as_str()), || {
+            format!("disable lacks {}: {disabled:?}", component.as_str())
+        });
+    }
+    let backend = cluster.k3s.flannel_backend.map(|b| b.as_str());
+    c.that(config["flannel-backend"].as_str() == backend, || {
+        format!(
+            "flannel-backend is {}, the example says {backend:?}",
+            config["flannel-backend"]
+        )
+    });
+    c.that(
+        config["disable-network-policy"] == cluster.k3s.disable_network_policy,
+        || {
+            format!(
+                "disable-network-policy: {}",
+                config["disable-network-policy"]
+            )
+        },
+    );
+
+    // The stand-in k3s started as a server, read that configuration, and found the manifests
+    // and the image archives the build wrote, unchanged.
+    let log = StandinLog::parse(f.block("k3s-standin"));
+    c.that(
+        log.ready
+            && log
+                .argv
+                .as_deref()
+                .is_some_and(|a| a.split_whitespace().next() == Some("server")),
+        || {
+            format!(
+                "the stand-in did not start as a server: {:?}",
+                f.block("k3s-standin")
+            )
+        },
+    );
+    let read: serde_json::Value = serde_saphyr::from_str(&log.config).unwrap_or_default();
+    c.that(strs(&read["tls-san"]).contains(&vip_addr), || {
+        format!(
+            "the config.yaml k3s read lacks the VIP {vip_addr}:\n{}",
+            log.config
+        )
+    });
+    c.that(log.manifests == written.manifests, || {
+        format!(
+            "manifests in {MANIFESTS} at k3s's start {:?}, built {:?}",
+            log.manifests, written.manifests
+        )
+    });
+    for name in [
+        "pikube-kube-vip-rbac.yaml",
+        "pikube-kube-vip.yaml",
+        "pikube-argocd-install.yaml",
+        "pikube-argocd-root-app.yaml",
+    ] {
+        c.that(log.manifests.contains_key(name), || {
+            format!("{name} missing from {MANIFESTS}: {:?}", log.manifests)
+        });
+    }
+    c.that(log.env("address") == Some(vip_addr.as_str()), || {
+        format!("kube-vip's address in the guest: {:?}", log.manifest_lines)
+    });
+    c.that(log.env("vip_interface") == Some(GUEST_NIC), || {
+        format!(
+            "kube-vip's interface in the guest: {:?}",
+            log.manifest_lines
+        )
+    });
+    c.that(
+        log.manifest_lines
+            .iter()
+            .any(|l| l.strip_prefix("repoURL: ") == Some(gitops.repo.as_str())),
+        || {
+            format!(
+                "the app of apps' repoURL in the guest: {:?}",
+                log.manifest_lines
+            )
+        },
+    );
+    c.that(
+        written
+            .images
+            .contains_key(pikube_image::images::ROLE_IMAGES)
+            && log.images == written.images,
+        || {
+            format!(
+                "image archives at k3s's start {:?}, built {:?} (kube-vip's in {})",
+                log.images,
+                written.images,
+                pikube_image::images::ROLE_IMAGES
+            )
+        },
+    );
+    c.that(log.images.contains_key(&release.airgap_name), || {
+        format!("{} not among {:?}", release.airgap_name, log.images)
+    });
+    eprintln!("boot test: {HA_EXAMPLE} total {:.0?}", t0.elapsed());
+    assert!(
+        c.failures.is_empty(),
+        "{} failed expectation(s):\n\n{}",
+        c.failures.len(),
+        c.failures.join("\n\n")
+    );
+}
+
+/// The stand-in's log as it prints it for a server with kube-vip's and Argo CD's manifests.
+#[test]
+fn standin_log_parse() {
+    let lines: Vec<String> = [
+        "K3S-STANDIN argv=server",
+        "K3S-STANDIN config| cluster-init: true",
+        "K3S-STANDIN config| tls-san:",
+        "K3S-STANDIN config| - \"10.0.2.50\"",
+        "K3S-STANDIN image=pikube-role-images.tar.zst size=5540",
+        "K3S-STANDIN manifest=pikube-kube-vip.yaml size=2034 sha256=06ce",
+        "K3S-STANDIN manifest-line|     repoURL: https://github.com/example/pi-ha-fleet.git",
+        "K3S-STANDIN manifest-line|     targetRevision: main",
+        "K3S-STANDIN manifest-line|         - name: vip_interface",
+        "K3S-STANDIN manifest-line|           value: eth0",
+        "K3S-STANDIN manifest-line|         - name: address",
+        "K3S-STANDIN manifest-line|           value: \"10.0.2.50\"",
+        "K3S-STANDIN ready",
+    ]
+    .map(String::from)
+    .to_vec();
+    let log = StandinLog::parse(&lines);
+    assert_eq!(log.argv.as_deref(), Some("server"));
+    assert!(log.ready);
+    let config: serde_json::Value = serde_saphyr::from_str(&log.config).unwrap();
+    assert_eq!(config["tls-san"][0], "10.0.2.50");
+    assert_eq!(log.images["pikube-role-images.tar.zst"], 5540);
+    assert_eq!(
+        log.manifests["pikube-kube-vip.yaml"],
+        (2034, "06ce".to_string())
+    );
+    assert_eq!(log.env("address"), Some("10.0.2.50"));
+    assert_eq!(log.env("vip_interface"), Some("eth0"));
+    assert_eq!(log.env("port"), None);
 }
 
 /// Writes `yaml` as `d/cluster.yaml` with the token file it names.

@@ -54,6 +54,12 @@ impl Env {
             dir.path(),
             FixtureOpts {
                 total_mib: 96,
+                // The inventory's de_DE.UTF-8, generated as Armbian generates its locales.
+                root_files: [(
+                    "/usr/lib/locale/de_DE.utf8/LC_CTYPE".to_string(),
+                    (0o644, b"glibc".to_vec()),
+                )]
+                .into(),
                 ..FixtureOpts::default()
             },
         );

@@ -12,14 +12,17 @@ use std::process::Command;
 
 use pikube_image::config::{Cluster, GitopsEngine, Role};
 use pikube_image::decompress::Compression;
-use pikube_image::registry::ImageRef;
 use serde_json::Value;
 use support::build_env::{
     e2fsck_clean, run_cli, serve_board_image, serve_k3s_arch, stderr, write_token,
 };
+use support::examples::{
+    cluster_yaml, preloaded_images, pull_from_local_registry, push, serve_argocd_install,
+    serve_upstream,
+};
 use support::fixtures::{self, Fixture, FixtureOpts};
 use support::http::TestServer;
-use support::registry::{Registry, TestImage, build_layout};
+use support::registry::Registry;
 use support::signing::CatalogSigner;
 
 const EXAMPLES: [&str; 4] = [
@@ -38,10 +41,7 @@ fn example_dir(name: &str) -> tempfile::TempDir {
         .prefix(&format!("pikube-example-{name}-"))
         .tempdir_in(std::env::temp_dir())
         .unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name);
-    std::fs::copy(src.join("cluster.yaml"), dir.path().join("cluster.yaml")).unwrap();
+    std::fs::copy(cluster_yaml(name), dir.path().join("cluster.yaml")).unwrap();
     write_token(dir.path());
     let cluster = Cluster::load(&dir.path().join("cluster.yaml")).unwrap();
     if let Some(f) = cluster.gitops.as_ref().and_then(|g| g.flux.as_ref()) {
@@ -117,21 +117,6 @@ struct Lab {
     cluster: Cluster,
 }
 
-fn push(reg: &Registry, repo_tag: &str, seed: u64) {
-    let layout = tempfile::tempdir().unwrap();
-    build_layout(layout.path(), "1", &[TestImage::new("linux/arm64", seed)]);
-    reg.push_layout(layout.path(), "1", repo_tag).unwrap();
-}
-
-/// `image` as served by the local registry `host`: same repository and tag.
-fn local(host: &str, image: &ImageRef) -> String {
-    format!(
-        "{host}/{}:{}",
-        image.repository,
-        image.tag.as_deref().unwrap_or("latest")
-    )
-}
-
 /// A Flux install manifest shaped like the release's: shared objects, and per controller a
 /// CRD, a Deployment (image from the local registry) and a Service, labelled by component.
 fn flux_install(host: &str, version: &str) -> String {
@@ -154,13 +139,6 @@ fn flux_install(host: &str, version: &str) -> String {
         docs.push(serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": c, "namespace": "flux-system", "labels": labels}}));
     }
     serde_saphyr::to_string_multiple(&docs).unwrap()
-}
-
-const ARGOCD_INSTALL: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: applications.argoproj.io\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: argocd-server\n";
-
-fn serve(server: &TestServer, url: &str, body: impl Into<Vec<u8>>) {
-    let mirrored = pikube_image::source::mirror_url(url, &server.url()).unwrap();
-    server.add(&mirrored[server.url().len()..], body);
 }
 
 impl Lab {
@@ -199,12 +177,7 @@ impl Lab {
             );
         }
 
-        let mut images: Vec<ImageRef> = cluster.images.all.clone();
-        images.extend(cluster.images.server.iter().cloned());
-        images.extend(cluster.images.agent.iter().cloned());
-        if let Some(vip) = &cluster.k3s.vip {
-            images.push(vip.image());
-        }
+        let images = preloaded_images(&cluster);
         let flux = cluster
             .gitops
             .as_ref()
@@ -218,50 +191,25 @@ impl Lab {
         let mut doc: Value =
             serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         if let Some(reg) = &registry {
-            let host = reg.host();
-            for (i, image) in images.iter().enumerate() {
-                push(reg, &local("", image)[1..], seed * 100 + i as u64);
-            }
-            for list in ["all", "server", "agent"] {
-                if let Some(Value::Array(refs)) = doc.pointer_mut(&format!("/images/{list}")) {
-                    for r in refs.iter_mut() {
-                        let parsed = ImageRef::parse(r.as_str().unwrap()).unwrap();
-                        *r = Value::from(local(&host, &parsed));
-                    }
-                }
-            }
-            if let Some(vip) = doc.pointer_mut("/k3s/vip") {
-                let img = cluster.k3s.vip.as_ref().unwrap().image();
-                vip["image"] = Value::from(local(&host, &img));
-            }
-            let obj = doc.as_object_mut().unwrap();
-            let sets = obj.entry("images").or_insert_with(|| serde_json::json!({}));
-            sets["insecure_registries"] = serde_json::json!([host]);
+            pull_from_local_registry(reg, &cluster, &mut doc, &images, "linux/arm64", seed);
             if let Some(f) = &flux {
                 // Only the core controllers are in the registry: pulling another one fails.
                 for c in pikube_image::flux::CORE {
                     push(
                         reg,
                         &format!("fluxcd/{}:{}", c.as_str(), f.version),
+                        "linux/arm64",
                         seed + 7,
                     );
                 }
-                serve(
+                serve_upstream(
                     &server,
                     &pikube_image::flux::install_url(&f.version),
-                    flux_install(&host, &f.version),
+                    flux_install(&reg.host(), &f.version),
                 );
             }
         }
-        if let Some(g) = &cluster.gitops
-            && g.engine == GitopsEngine::Argocd
-        {
-            serve(
-                &server,
-                &pikube_image::gitops::install_url(&g.argocd_version),
-                ARGOCD_INSTALL,
-            );
-        }
+        serve_argocd_install(&server, &cluster);
         std::fs::write(&path, serde_saphyr::to_string(&doc).unwrap()).unwrap();
         let cluster = Cluster::load(&path).unwrap();
         Some(Lab {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
+use super::locale::LocaleCheck;
 use super::prepared::Prepared;
 use crate::boards::OsImage;
 use crate::decompress;
@@ -37,9 +38,11 @@ pub struct PreparedImage {
     pub boot_areas: Vec<AreaDigest>,
 }
 
-/// Decompresses `base` into `img` and writes `ops` into it, growing it first when all of
-/// `room_for` would not fit (by the shortfall plus `margin`). The boot loader `areas` must
-/// lie outside every partition, stay out of the growth, and keep every byte.
+/// Decompresses `base` into `img`, runs `check` on it as decompressed, and writes `ops` into
+/// it, growing it first when all of `room_for` would not fit (by the shortfall plus
+/// `margin`). The boot loader `areas` must lie outside every partition, stay out of the
+/// growth, and keep every byte.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare_image(
     base: &Path,
     img: &Path,
@@ -47,10 +50,12 @@ pub fn prepare_image(
     ops: &[&Op],
     os: &OsImage,
     margin: u64,
+    check: &dyn Fn(&Path) -> Result<()>,
     progress: &Progress,
 ) -> Result<PreparedImage> {
     let areas = &os.bootloader;
     decompress::decompress_to(base, img, progress)?;
+    check(img)?;
     let mut disk = Disk::read(img)?;
     protect::check_disk(areas, &disk).with_context(|| img.display().to_string())?;
     let file = open_rw(img)?;
@@ -80,6 +85,8 @@ pub struct NodeInput<'a> {
     pub base: BaseRef,
     pub out_dir: &'a Path,
     pub grow_margin: u64,
+    /// The inventory's locale, when the base image was not checked for it yet.
+    pub locale: Option<LocaleCheck<'a>>,
 }
 
 /// One node image. With a prepared base, the node's own ops are written to an overlay on
@@ -141,6 +148,10 @@ pub fn derive<'a>(
         &plan.shared_ops(),
         &plan.image,
         input.grow_margin,
+        &|img| match input.locale {
+            Some(c) => c.check(img, plan, &input.base.file),
+            None => Ok(()),
+        },
         progress,
     )?;
     let disk = Disk::read(pending.path())?;

@@ -3,6 +3,7 @@
 //! role and image; derive each node from it; hand each built node to the output target.
 
 mod derive;
+mod locale;
 mod pool;
 mod prepared;
 mod request;
@@ -250,6 +251,13 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
     // image once, straight into the output file.
     let store = PreparedStore::new(open_cache(&req.cache_dir)?.layout());
     let mut prepared: BTreeMap<String, Prepared> = BTreeMap::new();
+    // The inventory's locale is checked against each base image as it is decompressed,
+    // once per base image, before any node image is written.
+    let locale_check = cluster.locale.as_ref().map(|l| locale::LocaleCheck {
+        locale: l,
+        config: &req.config,
+    });
+    let mut checked = locale::Checked::default();
     for w in &work {
         let key = w.key.clone();
         if !prepared.contains_key(&key) && (work.len() > 1 || store.contains(&key)) {
@@ -263,10 +271,18 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
                         &w.plan.shared_ops(),
                         &w.plan.image,
                         req.grow_margin,
+                        &|_| Ok(()),
                         progress,
                     )
                 })
                 .with_context(|| format!("preparing the base image for node '{}'", w.plan.node))?;
+            checked.once(
+                locale_check,
+                &w.base_sha256,
+                &p.path,
+                &w.plan,
+                &w.base.file_name,
+            )?;
             store.add_frames(&key, &mut p, &formats, progress)?;
             prepared.insert(key, p);
         }
@@ -286,6 +302,7 @@ pub fn build(req: &BuildRequest, progress: &Progress) -> Result<BuildSummary> {
             },
             out_dir: &req.out,
             grow_margin: req.grow_margin,
+            locale: locale_check.filter(|_| !checked.contains(&w.base_sha256)),
         };
         let mut overlay: Option<Arc<crate::io::cow::CowImage>> = None;
         derive::derive(&input, prepared.get(&w.key), &mut overlay, progress)

@@ -5,6 +5,7 @@
 pub mod cloud_init;
 pub mod direct;
 pub mod edits;
+pub mod locale;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};

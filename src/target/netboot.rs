@@ -14,7 +14,8 @@
 //! ```
 //!
 //! The root filesystem is the node's own disk image, served by `nbd-server` as a block device
-//! (`nbdroot=<server>,<node>,nbd0 root=/dev/nbd0p<N>`). Identical files are stored once (hard
+//! (`nbdroot=<server>,<node>,nbd0 root=/dev/nbd0p<N>`, `<server>:<port>/<node>` off port
+//! 10809); the initramfs configures the network with the node's static address, or DHCP. Identical files are stored once (hard
 //! links). Files the plan marks secret are left out: TFTP has no access control.
 
 pub mod dnsmasq;
@@ -213,6 +214,7 @@ pub fn export(
     for b in nodes {
         let root = root_partition(b)?;
         let nbd = NbdRoot {
+            ip: KernelIp::of(cluster, b.node, b.image)?,
             server: s.server,
             port: s.nbd_port,
             export: b.node.name.to_string(),
@@ -303,8 +305,90 @@ pub fn export(
     })
 }
 
+/// How the initramfs configures the interface the root is reached through (the kernel's
+/// `ip=`). cloud-init keeps that configuration for the running system when `ip=` is on the
+/// command line (its initramfs network source comes before the seed's `network-config`, and
+/// leaves the interface to the initramfs so the root stays reachable), so a node with a
+/// static address gets it here rather than the DHCP lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KernelIp {
+    Dhcp,
+    Static {
+        addr: Ipv4Addr,
+        netmask: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
+        hostname: String,
+        device: String,
+        /// At most two: `ip=` has fields for dns0 and dns1.
+        dns: Vec<Ipv4Addr>,
+    },
+}
+
+impl KernelIp {
+    /// The node's static IPv4 address from cluster.yaml (with the cluster's gateway and DNS
+    /// servers, on the interface its network configuration names), else DHCP.
+    fn of(cluster: &Cluster, node: &Node, image: &OsImage) -> Result<KernelIp> {
+        let Some(a) = cluster.static_addr(node) else {
+            return Ok(KernelIp::Dhcp);
+        };
+        let IpAddr::V4(addr) = a.ip else {
+            bail!(
+                "node '{}' has the IPv6 address {}: network boot leases IPv4 addresses; give it an IPv4 ip:",
+                node.name,
+                a.ip
+            );
+        };
+        let v4 = |ip: &IpAddr| match ip {
+            IpAddr::V4(v) => Some(*v),
+            IpAddr::V6(_) => None,
+        };
+        let image_interface = match &image.firstboot {
+            crate::firstboot::Firstboot::Direct { interface, .. } => interface.as_deref(),
+            crate::firstboot::Firstboot::CloudInit { .. } => None,
+        };
+        Ok(KernelIp::Static {
+            addr,
+            netmask: dnsmasq::netmask(a.prefix),
+            gateway: cluster.network.gateway.as_ref().and_then(v4),
+            hostname: node.name.to_string(),
+            device: crate::netconfig::interface(cluster, image_interface)?,
+            dns: cluster.network.dns.iter().filter_map(v4).take(2).collect(),
+        })
+    }
+
+    /// `ip=dhcp`, or `ip=<client>::<gateway>:<netmask>:<hostname>:<device>:off[:<dns0>[:<dns1>]]`
+    /// (the kernel's nfsroot syntax, which the initramfs hands to ipconfig).
+    fn arg(&self) -> String {
+        match self {
+            KernelIp::Dhcp => "ip=dhcp".into(),
+            KernelIp::Static {
+                addr,
+                netmask,
+                gateway,
+                hostname,
+                device,
+                dns,
+            } => {
+                let gw = gateway.map(|g| g.to_string()).unwrap_or_default();
+                let mut fields = vec![
+                    addr.to_string(),
+                    String::new(),
+                    gw,
+                    netmask.to_string(),
+                    hostname.clone(),
+                    device.clone(),
+                    "off".into(),
+                ];
+                fields.extend(dns.iter().map(|d| d.to_string()));
+                format!("ip={}", fields.join(":"))
+            }
+        }
+    }
+}
+
 /// The root filesystem over NBD: the node's disk image, the root partition's number in it.
 struct NbdRoot {
+    ip: KernelIp,
     server: Ipv4Addr,
     port: u16,
     export: String,
@@ -322,7 +406,7 @@ impl NbdRoot {
             format!("nbdroot={}:{}/{}", self.server, self.port, self.export)
         };
         vec![
-            "ip=dhcp".into(),
+            self.ip.arg(),
             nbdroot,
             format!("root=/dev/nbd0p{}", self.partition),
         ]
@@ -637,6 +721,7 @@ mod tests {
     #[test]
     fn the_command_line_boots_the_root_from_nbd() {
         let nbd = NbdRoot {
+            ip: KernelIp::Dhcp,
             server: "192.168.50.2".parse().unwrap(),
             port: NBD_PORT,
             export: "cp1".into(),
@@ -655,6 +740,7 @@ mod tests {
     #[test]
     fn a_port_other_than_10809_is_named_in_nbdroot() {
         let nbd = NbdRoot {
+            ip: KernelIp::Dhcp,
             server: "10.0.2.2".parse().unwrap(),
             port: 40123,
             export: "cp1".into(),
@@ -664,6 +750,31 @@ mod tests {
             nbd.kernel_args(),
             ["ip=dhcp", "nbdroot=10.0.2.2:40123/cp1", "root=/dev/nbd0p2"]
         );
+    }
+
+    #[test]
+    fn a_static_address_is_configured_by_the_initramfs() {
+        let ip = KernelIp::Static {
+            addr: "192.168.50.10".parse().unwrap(),
+            netmask: dnsmasq::netmask(24),
+            gateway: Some("192.168.50.1".parse().unwrap()),
+            hostname: "cp1".into(),
+            device: "eth0".into(),
+            dns: vec!["192.168.50.2".parse().unwrap(), "1.1.1.1".parse().unwrap()],
+        };
+        assert_eq!(
+            ip.arg(),
+            "ip=192.168.50.10::192.168.50.1:255.255.255.0:cp1:eth0:off:192.168.50.2:1.1.1.1"
+        );
+        let bare = KernelIp::Static {
+            addr: "10.0.0.5".parse().unwrap(),
+            netmask: dnsmasq::netmask(16),
+            gateway: None,
+            hostname: "w1".into(),
+            device: "end0".into(),
+            dns: vec![],
+        };
+        assert_eq!(bare.arg(), "ip=10.0.0.5:::255.255.0.0:w1:end0:off");
     }
 
     #[test]

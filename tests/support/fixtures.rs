@@ -33,6 +33,8 @@ pub struct FixtureOpts {
     /// Boot files a network boot reads: an initramfs that is a real cpio with Debian's
     /// nbd-client hook output, and (Armbian) a kernel, initramfs and DTBs under /boot.
     pub netboot: bool,
+    /// More files in the root filesystem: path -> (mode, contents).
+    pub root_files: BTreeMap<String, (u32, Vec<u8>)>,
 }
 
 impl Default for FixtureOpts {
@@ -44,6 +46,7 @@ impl Default for FixtureOpts {
             fill_mib: 0,
             seed: 1,
             netboot: false,
+            root_files: BTreeMap::new(),
         }
     }
 }
@@ -542,6 +545,7 @@ pub fn ubuntu_raspi_release(dir: &Path, opts: FixtureOpts, release: UbuntuReleas
         (0o644, b"root:x:0:0:root:/root:/bin/bash\n".to_vec()),
     );
     add_fill(&mut tree, opts.fill_mib, opts.seed + 30);
+    tree.extend(opts.root_files.clone());
     for (p, (_, d)) in &tree {
         record(&mut files, "writable", p, d);
     }
@@ -707,6 +711,7 @@ pub fn raspios(dir: &Path, opts: FixtureOpts) -> Fixture {
         (0o755, b"#!/bin/sh\necho cloud-init placeholder\n".to_vec()),
     );
     add_fill(&mut tree, opts.fill_mib, opts.seed + 130);
+    tree.extend(opts.root_files.clone());
     for (p, (_, d)) in &tree {
         record(&mut files, "rootfs", p, d);
     }
@@ -910,6 +915,7 @@ fn armbian_common(
         );
     }
     add_fill(&mut tree, opts.fill_mib, opts.seed + 230);
+    tree.extend(opts.root_files.clone());
     let mut files = BTreeMap::new();
     for (p, (_, d)) in &tree {
         record(&mut files, "armbi_root", p, d);
@@ -1183,6 +1189,7 @@ pub fn ubuntu_rockchip(dir: &Path, opts: FixtureOpts) -> Fixture {
     );
     put(&mut tree, "/etc/hostname", 0o644, b"ubuntu\n".to_vec());
     add_fill(&mut tree, opts.fill_mib, opts.seed + 330);
+    tree.extend(opts.root_files.clone());
     for (p, (_, d)) in &tree {
         record(&mut files, "cloudimg-rootfs", p, d);
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod build_env;
+pub mod examples;
 pub mod fixtures;
 pub mod http;
 pub mod nbd;

@@ -694,62 +694,97 @@ pub fn extract_boot_files(image: &Path, dir: &Path) -> Result<BootFiles, String>
         return extract_extlinux_boot_files(image, dir);
     };
     let config = String::from_utf8_lossy(&fat_read(image, off, "config.txt")?).to_string();
-    let (mut kernel, mut initrd, mut cmdline, mut prefix, mut auto_initramfs) = (
-        "kernel8.img".to_string(),
-        None,
-        "cmdline.txt".to_string(),
-        String::new(),
-        false,
-    );
-    // As the firmware does on a normal boot: settings before any section and in `[all]`
-    // sections; conditional sections (`[tryboot]`, `[pi4]`, ...) do not apply.
-    let mut applies = true;
-    for line in config.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.starts_with('[') {
-            applies = line.eq_ignore_ascii_case("[all]");
-            continue;
-        }
-        if !applies {
-            continue;
-        }
-        if let Some(v) = line.strip_prefix("kernel=") {
-            kernel = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("cmdline=") {
-            cmdline = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("os_prefix=") {
-            prefix = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("initramfs ") {
-            initrd = v.split_whitespace().next().map(str::to_string);
-        } else if let Some(v) = line.strip_prefix("auto_initramfs=") {
-            auto_initramfs = v.trim() == "1";
-        }
-    }
-    // auto_initramfs: kernelN.img boots with initramfsN.
-    if initrd.is_none() && auto_initramfs {
-        initrd = kernel
-            .strip_prefix("kernel")
-            .and_then(|k| k.strip_suffix(".img"))
-            .map(|n| format!("initramfs{n}"));
-    }
-    let initrd = initrd.ok_or_else(|| {
-        format!(
-            "config.txt in {} names no initramfs:\n{config}",
-            image.display()
-        )
-    })?;
+    let names = FirmwareFiles::parse(&config)
+        .map_err(|e| format!("config.txt in {}: {e}", image.display()))?;
     let k = dir.join("vmlinuz");
     let i = dir.join("initrd.img");
-    std::fs::write(&k, fat_read(image, off, &format!("{prefix}{kernel}"))?)
+    std::fs::write(&k, fat_read(image, off, &names.kernel)?)
         .map_err(|e| format!("cannot write {}: {e}", k.display()))?;
-    std::fs::write(&i, fat_read(image, off, &format!("{prefix}{initrd}"))?)
+    std::fs::write(&i, fat_read(image, off, &names.initrd)?)
         .map_err(|e| format!("cannot write {}: {e}", i.display()))?;
-    let cmd = fat_read(image, off, &format!("{prefix}{cmdline}"))?;
+    let cmd = fat_read(image, off, &names.cmdline)?;
     Ok(BootFiles {
         kernel: k,
         initrd: i,
         cmdline: String::from_utf8_lossy(&cmd).trim().to_string(),
     })
+}
+
+/// Kernel, initrd and command line as the Raspberry Pi firmware finds them in a node's TFTP
+/// directory of a netboot tree (`config.txt` read as on its boot partition).
+pub fn tftp_boot_files(dir: &Path) -> Result<BootFiles, String> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let config = String::from_utf8_lossy(&read("config.txt")?).to_string();
+    let names = FirmwareFiles::parse(&config)
+        .map_err(|e| format!("config.txt in {}: {e}", dir.display()))?;
+    Ok(BootFiles {
+        kernel: dir.join(&names.kernel),
+        initrd: dir.join(&names.initrd),
+        cmdline: String::from_utf8_lossy(&read(&names.cmdline)?)
+            .trim()
+            .to_string(),
+    })
+}
+
+/// The files `config.txt` makes the firmware load, relative to the boot partition
+/// (`os_prefix` applied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirmwareFiles {
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+}
+
+impl FirmwareFiles {
+    pub fn parse(config: &str) -> Result<FirmwareFiles, String> {
+        let (mut kernel, mut initrd, mut cmdline, mut prefix, mut auto_initramfs) = (
+            "kernel8.img".to_string(),
+            None,
+            "cmdline.txt".to_string(),
+            String::new(),
+            false,
+        );
+        // As the firmware does on a normal boot: settings before any section and in `[all]`
+        // sections; conditional sections (`[tryboot]`, `[pi4]`, ...) do not apply.
+        let mut applies = true;
+        for line in config.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.starts_with('[') {
+                applies = line.eq_ignore_ascii_case("[all]");
+                continue;
+            }
+            if !applies {
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("kernel=") {
+                kernel = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("cmdline=") {
+                cmdline = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("os_prefix=") {
+                prefix = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("initramfs ") {
+                initrd = v.split_whitespace().next().map(str::to_string);
+            } else if let Some(v) = line.strip_prefix("auto_initramfs=") {
+                auto_initramfs = v.trim() == "1";
+            }
+        }
+        // auto_initramfs: kernelN.img boots with initramfsN.
+        if initrd.is_none() && auto_initramfs {
+            initrd = kernel
+                .strip_prefix("kernel")
+                .and_then(|k| k.strip_suffix(".img"))
+                .map(|n| format!("initramfs{n}"));
+        }
+        let initrd = initrd.ok_or_else(|| format!("names no initramfs:\n{config}"))?;
+        Ok(FirmwareFiles {
+            kernel: format!("{prefix}{kernel}"),
+            initrd: format!("{prefix}{initrd}"),
+            cmdline: format!("{prefix}{cmdline}"),
+        })
+    }
 }
 
 /// Raspberry Pi OS image layouts other than Ubuntu 24.04's, laid out from the same root file
@@ -915,6 +950,35 @@ pub fn ext4_read(image: &Path, offset: u64, path: &str) -> Result<Vec<u8>, Strin
     Ok(out.stdout)
 }
 
+/// Names of the regular files in directory `dir` of the ext4 file system at `offset`
+/// (debugfs `ls -p`), sorted.
+pub fn ext4_list(image: &Path, offset: u64, dir: &str) -> Result<Vec<String>, String> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("ls -p {dir}"))
+        .arg(format!("{}?offset={offset}", image.display()))
+        .output()
+        .map_err(|e| format!("cannot run debugfs: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.starts_with('/') {
+        return Err(format!(
+            "debugfs cannot list {dir} in {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // `/inode/mode/uid/gid/name/size/`; regular files have mode 100xxx.
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('/').collect();
+            (f.len() >= 7 && f[2].starts_with("100")).then(|| f[5].to_string())
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Facts a booted guest printed (`PIKUBE-FACT`, `PIKUBE-BEGIN`/`PIKUBE|`/`PIKUBE-END`).
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
@@ -1014,6 +1078,44 @@ pub fn boot(image: &Path, arch: GuestArch, work: &Path, timeout: Duration) -> Re
     let files = extract_boot_files(image, work)?;
     let overlay = work.join("disk.qcow2");
     qcow2_overlay(image, &overlay)?;
+    run_guest(&Guest {
+        what: image.display().to_string(),
+        files: &files,
+        arch,
+        work,
+        timeout,
+        disk: Some(&overlay),
+        network: Network::Restricted,
+    })
+}
+
+/// The guest's user-mode network (QEMU's built-in DHCP hands it 10.0.2.15).
+#[derive(Clone, Debug)]
+pub enum Network {
+    /// The guest reaches nothing outside and gets no default route.
+    Restricted,
+    /// The guest reaches the host's 127.0.0.1:PORT as 10.0.2.2:PORT (e.g. nbd-server); its
+    /// NIC has `mac` when given.
+    HostReachable { mac: Option<String> },
+}
+
+/// One QEMU run: direct kernel boot of `files`, with or without a (qcow2) disk.
+pub struct Guest<'a> {
+    /// Names the guest in messages.
+    pub what: String,
+    pub files: &'a BootFiles,
+    pub arch: GuestArch,
+    /// Holds the console log.
+    pub work: &'a Path,
+    pub timeout: Duration,
+    pub disk: Option<&'a Path>,
+    pub network: Network,
+}
+
+/// Runs `g` until the guest powers off or its timeout passes; the console facts it printed.
+pub fn run_guest(g: &Guest<'_>) -> Result<Boot, String> {
+    let (arch, files, work) = (g.arch, g.files, g.work);
+    std::fs::create_dir_all(work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let log_path = work.join("console.log");
     // no_timer_check: on a loaded host a TCG x86 guest can fail the kernel's IO-APIC timer
     // check and panic ("IO-APIC + timer doesn't work") before it mounts anything.
@@ -1040,22 +1142,36 @@ pub fn boot(image: &Path, arch: GuestArch, work: &Path, timeout: Duration) -> Re
         .arg("-initrd")
         .arg(&files.initrd)
         .arg("-append")
-        .arg(&append)
-        .arg("-drive")
-        .arg(format!(
+        .arg(&append);
+    if let Some(disk) = g.disk {
+        cmd.arg("-drive").arg(format!(
             "file={},format=qcow2,if=virtio,cache=unsafe",
-            overlay.display()
-        ))
-        .args(["-netdev", "user,id=n0,restrict=on"])
-        .args(["-device", "virtio-net-pci,netdev=n0"])
+            disk.display()
+        ));
+    }
+    let nic = match &g.network {
+        Network::Restricted => {
+            cmd.args(["-netdev", "user,id=n0,restrict=on"]);
+            "virtio-net-pci,netdev=n0".to_string()
+        }
+        Network::HostReachable { mac } => {
+            cmd.args(["-netdev", "user,id=n0"]);
+            match mac {
+                Some(m) => format!("virtio-net-pci,netdev=n0,mac={m}"),
+                None => "virtio-net-pci,netdev=n0".to_string(),
+            }
+        }
+    };
+    cmd.arg("-device")
+        .arg(nic)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     eprintln!(
         "boot test: booting {} ({arch}, accel {accel}) with: {append}",
-        image.display()
+        g.what
     );
-    run_qemu(cmd, &log_path, timeout, accel)
+    run_qemu(cmd, &log_path, g.timeout, accel)
 }
 
 /// A qcow2 file at `overlay` whose reads fall through to the raw `image` and whose writes

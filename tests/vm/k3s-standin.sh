@@ -13,6 +13,17 @@ log=/var/log/k3s-standin.log
   for f in /var/lib/rancher/k3s/agent/images/*; do
     [ -e "$f" ] && printf 'K3S-STANDIN image=%s size=%s\n' "$(basename "$f")" "$(wc -c <"$f")"
   done
+  # The manifests k3s would apply: each file's size and digest, and the lines naming the
+  # VIP, its interface and the GitOps repository, as a reader would grep for them.
+  manifests=/var/lib/rancher/k3s/server/manifests
+  for f in "$manifests"/*; do
+    [ -f "$f" ] && printf 'K3S-STANDIN manifest=%s size=%s sha256=%s\n' \
+      "$(basename "$f")" "$(wc -c <"$f")" "$(sha256sum <"$f" | cut -d' ' -f1)"
+  done
+  if [ -d "$manifests" ]; then
+    grep -h --no-group-separator -A1 -E -e '- name: (address|vip_interface)$' -e 'repoURL:' \
+      "$manifests"/* | sed 's/^/K3S-STANDIN manifest-line| /'
+  fi
   echo 'K3S-STANDIN ready'
 } >"$log.tmp" 2>&1
 mv "$log.tmp" "$log"
