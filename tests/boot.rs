@@ -1894,9 +1894,12 @@ fn netboot_export_boots_two_nodes_through_uboot_pxe_and_nbd() {
     // The guests reach the NBD server at 10.0.2.100, which QEMU forwards to the same port on
     // this machine's loopback.
     let nbd_port = support::nbd::free_port();
+    // Each MAC repeats one byte: Debian bookworm's U-Boot (2023.01) asks for
+    // pxelinux.cfg/01-52-52-52-52-52-52 when its NIC is 52:54:00:00:00:11 (the first byte six
+    // times, seen on its console); with such MACs it asks for the node's real file name.
     let nodes = [
-        ("cp1", "server", "52:54:00:00:00:11"),
-        ("w1", "agent", "52:54:00:00:00:12"),
+        ("cp1", "server", "02:02:02:02:02:02"),
+        ("w1", "agent", "06:06:06:06:06:06"),
     ];
     let yaml = cluster_yaml("testarm-armbian")
         .replace(
@@ -1911,7 +1914,7 @@ fn netboot_export_boots_two_nodes_through_uboot_pxe_and_nbd() {
             "nodes:\n",
             &format!(
                 "netboot: {{ server: 10.0.2.100, nbd_port: {nbd_port}, \
-                 dhcp_range: {{ first: 10.0.2.15, last: 10.0.2.15 }} }}\nnodes:\n"
+                 dhcp_range: \"10.0.2.15,10.0.2.15\" }}\nnodes:\n"
             ),
         );
     write_inventory(d, &yaml);

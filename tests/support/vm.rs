@@ -391,20 +391,22 @@ pub fn base_image(arch: GuestArch) -> Result<PathBuf, String> {
     base_image_in(arch, DiskLayout::Raspi)
 }
 
-/// The Debian test image in `layout` (`.img.xz`), from the cache or built now; every layout
-/// shares the cached root file system.
-pub fn base_image_in(arch: GuestArch, layout: DiskLayout) -> Result<PathBuf, String> {
-    let cache = cache_dir();
-    std::fs::create_dir_all(&cache)
-        .map_err(|e| format!("cannot create the VM cache {}: {e}", cache.display()))?;
-    let image = cached_image_path(arch, layout);
-    if image.exists() {
-        eprintln!(
-            "boot test: using cached {arch} image {} (delete it to rebuild)",
-            image.display()
-        );
-        return Ok(image);
-    }
+/// Held while a disk image is built, and while the root file system of an architecture is
+/// looked up or built: tests of one binary ask at the same time; one builds, the others wait.
+static DISKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ROOTFS_AMD64: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ROOTFS_ARM64: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock(m: &'static std::sync::Mutex<()>) -> std::sync::MutexGuard<'static, ()> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The cached root file system tarball of `arch`, built now when missing.
+fn rootfs(arch: GuestArch) -> Result<PathBuf, String> {
+    let _building = lock(match arch {
+        GuestArch::Amd64 => &ROOTFS_AMD64,
+        GuestArch::Arm64 => &ROOTFS_ARM64,
+    });
     let rootfs = cached_rootfs_path(arch);
     if rootfs.exists() {
         eprintln!("boot test: using cached root fs {}", rootfs.display());
@@ -440,6 +442,35 @@ pub fn base_image_in(arch: GuestArch, layout: DiskLayout) -> Result<PathBuf, Str
             )
         })?;
         prune(&format!("rootfs-{arch}-"), &rootfs);
+    }
+    Ok(rootfs)
+}
+
+/// The Debian test image in `layout` (`.img.xz`), from the cache or built now; every layout
+/// shares the cached root file system.
+pub fn base_image_in(arch: GuestArch, layout: DiskLayout) -> Result<PathBuf, String> {
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| format!("cannot create the VM cache {}: {e}", cache.display()))?;
+    let image = cached_image_path(arch, layout);
+    let cached = || {
+        let hit = image.exists();
+        if hit {
+            eprintln!(
+                "boot test: using cached {arch} image {} (delete it to rebuild)",
+                image.display()
+            );
+        }
+        hit
+    };
+    if cached() {
+        return Ok(image);
+    }
+    let rootfs = rootfs(arch)?;
+    // Tests of one binary ask for images at the same time: one builds, the others wait.
+    let _building = lock(&DISKS);
+    if cached() {
+        return Ok(image);
     }
     let tmp = image.with_extension("part");
     let _ = std::fs::remove_file(&tmp);
@@ -834,6 +865,8 @@ fn layout_image_path(layout: Layout) -> PathBuf {
 /// The amd64 base image with `layout`, from the cache or laid out from the cached root file
 /// system (built first when missing, as [`base_image`] does).
 pub fn layout_image(layout: Layout) -> Result<PathBuf, String> {
+    let rootfs = rootfs(GuestArch::Amd64)?;
+    let _building = lock(&DISKS);
     let image = layout_image_path(layout);
     if image.exists() {
         eprintln!(
@@ -843,9 +876,6 @@ pub fn layout_image(layout: Layout) -> Result<PathBuf, String> {
         );
         return Ok(image);
     }
-    // Makes sure the root file system is in the cache.
-    base_image(GuestArch::Amd64)?;
-    let rootfs = cached_rootfs_path(GuestArch::Amd64);
     let tmp = image.with_extension("part");
     let _ = std::fs::remove_file(&tmp);
     let r = run_logged(
