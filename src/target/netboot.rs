@@ -214,6 +214,7 @@ pub fn export(
         let root = root_partition(b)?;
         let nbd = NbdRoot {
             server: s.server,
+            port: s.nbd_port,
             export: b.node.name.to_string(),
             partition: root,
         };
@@ -305,17 +306,24 @@ pub fn export(
 /// The root filesystem over NBD: the node's disk image, the root partition's number in it.
 struct NbdRoot {
     server: Ipv4Addr,
+    port: u16,
     export: String,
     partition: u32,
 }
 
 impl NbdRoot {
-    /// Kernel arguments for Debian's `nbd-client` initramfs script: the three-part
-    /// `nbdroot=` names the export (the two-part form takes a port), `root=` the partition.
+    /// Kernel arguments for Debian's `nbd-client` initramfs script
+    /// (`/usr/share/initramfs-tools/scripts/local-top/nbd`): its three-part
+    /// `nbdroot=server,name,nbd0` always connects to port 10809, so another port is given
+    /// in its `server:port/name` form; `root=` names the partition.
     fn kernel_args(&self) -> Vec<String> {
+        let nbdroot = match self.port {
+            NBD_PORT => format!("nbdroot={},{},nbd0", self.server, self.export),
+            port => format!("nbdroot={}:{port}/{}", self.server, self.export),
+        };
         vec![
             "ip=dhcp".into(),
-            format!("nbdroot={},{},nbd0", self.server, self.export),
+            nbdroot,
             format!("root=/dev/nbd0p{}", self.partition),
         ]
     }
@@ -604,6 +612,7 @@ mod tests {
     fn the_command_line_boots_the_root_from_nbd() {
         let nbd = NbdRoot {
             server: "192.168.50.2".parse().unwrap(),
+            port: NBD_PORT,
             export: "cp1".into(),
             partition: 2,
         };
@@ -614,6 +623,25 @@ mod tests {
         assert_eq!(
             c,
             "console=tty1 rootwait cgroup_memory=1 rootfstype=ext4 ip=dhcp nbdroot=192.168.50.2,cp1,nbd0 root=/dev/nbd0p2\n"
+        );
+    }
+
+    #[test]
+    fn a_port_other_than_10809_is_carried_by_nbdroot() {
+        let nbd = NbdRoot {
+            server: "192.168.50.2".parse().unwrap(),
+            port: 10810,
+            export: "cp1".into(),
+            partition: 2,
+        };
+        // The initramfs script reads `host:port/name`; its three-part form has no port.
+        assert_eq!(
+            nbd.kernel_args(),
+            [
+                "ip=dhcp",
+                "nbdroot=192.168.50.2:10810/cp1",
+                "root=/dev/nbd0p2"
+            ]
         );
     }
 
