@@ -263,7 +263,7 @@ fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
     assert_eq!(
         std::fs::read_to_string(nb.join("tftp/pxelinux.cfg/01-02-00-00-00-00-11")).unwrap(),
         format!(
-            "# written by pikube-image build --netboot\ndefault opi1\nprompt 0\ntimeout 1\n\nlabel opi1\n    kernel /boot/{shared}/vmlinuz-{v}\n    fdtdir /boot/{shared}/dtb/\n    initrd /boot/{shared}/initrd.img-{v}\n    append rootwait rootfstype=ext4 ip=dhcp nbdroot=192.168.50.2:{port}/opi1 root=/dev/nbd0p1 loglevel=1 usb-storage.quirks=0x2537:0x1066:u,0x2537:0x1068:u cgroup_enable=memory swapaccount=1\n"
+            "# written by pikube-image build --netboot\ndefault opi1\nprompt 0\ntimeout 1\n\nlabel opi1\n    kernel /boot/{shared}/vmlinuz-{v}\n    fdtdir /boot/{shared}/dtb/\n    fdtoverlays /boot/{shared}/dtb/allwinner/overlay/sun50i-h616-uart5.dtbo\n    initrd /boot/{shared}/initrd.img-{v}\n    append rootwait rootfstype=ext4 ip=dhcp nbdroot=192.168.50.2:{port}/opi1 root=/dev/nbd0p1 loglevel=1 usb-storage.quirks=0x2537:0x1066:u,0x2537:0x1068:u cgroup_enable=memory swapaccount=1\n"
         )
     );
 

@@ -17,6 +17,7 @@
 //! (`nbdroot=<server>,<node>,nbd0 root=/dev/nbd0p<N>`). Identical files are stored once (hard
 //! links). Files the plan marks secret are left out: TFTP has no access control.
 
+mod armbian_overlays;
 pub mod dnsmasq;
 pub mod initramfs;
 pub mod nbd;
@@ -222,7 +223,7 @@ pub fn export(
         families.push(family);
         match family {
             Family::RaspberryPi => export_pi(s, b, &nbd, &mut w, progress),
-            Family::UBoot => export_uboot(b, &nbd, &mut w),
+            Family::UBoot => export_uboot(b, &nbd, &mut w, progress),
         }
         .with_context(|| {
             format!(
@@ -464,7 +465,12 @@ fn env_values(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result<()> {
+fn export_uboot(
+    b: &BuiltImage<'_>,
+    nbd: &NbdRoot,
+    w: &mut TreeWriter,
+    progress: &Progress,
+) -> Result<()> {
     let BootConfig::ArmbianEnv { partition, path } = &b.image.boot else {
         bail!("not an Armbian U-Boot image");
     };
@@ -511,6 +517,7 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
     let shared = format!("boot/{}-{}", b.image.name, &digest[..12]);
     w.put_once(&format!("{shared}/vmlinuz-{version}"), &kernel_data)?;
     w.put_once(&format!("{shared}/initrd.img-{version}"), &initrd_data)?;
+    let mut dtb_files = std::collections::BTreeSet::new();
     let mut stack = vec![dtb_root.clone()];
     let dtb_prefix = dtb_root
         .to_str()
@@ -535,6 +542,7 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
                 let ps = p.to_str().context("dtb path is not UTF-8")?;
                 let rel = ps.strip_prefix(&dtb_prefix).unwrap_or(ps);
                 w.put_once(&format!("{shared}/dtb{rel}"), &read(ps)?)?;
+                dtb_files.insert(rel.trim_start_matches('/').to_string());
             }
         }
     }
@@ -542,6 +550,37 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
         Some(f) if !f.is_empty() => pxelinux::Fdt::File(format!("{shared}/dtb/{f}")),
         _ => pxelinux::Fdt::Dir(format!("{shared}/dtb/")),
     };
+    let user_overlay = |name: &str| format!("/boot/overlay-user/{name}.dtbo");
+    let mut user_files = std::collections::BTreeSet::new();
+    for name in env
+        .get("user_overlays")
+        .map(|v| v.split_whitespace())
+        .into_iter()
+        .flatten()
+    {
+        if fs
+            .exists(user_overlay(name).as_str())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at(&user_overlay(name))))?
+        {
+            user_files.insert(name.to_string());
+        }
+    }
+    let overlays = armbian_overlays::resolve(&env, &dtb_files, &user_files, &at(path))?;
+    for warning in &overlays.warnings {
+        progress.message(&format!("warning: node '{}': {warning}", b.node.name));
+    }
+    let mut fdtoverlays = Vec::new();
+    for o in overlays.overlays {
+        fdtoverlays.push(match o {
+            armbian_overlays::Overlay::Kernel(rel) => format!("{shared}/dtb/{rel}"),
+            // A node's own overlays: its directory, beside the files shared by the base image.
+            armbian_overlays::Overlay::User(name) => {
+                let dest = format!("overlay-user/{}/{name}.dtbo", b.node.name);
+                w.put(&dest, &read(&user_overlay(&name))?)?;
+                dest
+            }
+        });
+    }
     let mut append = vec![
         "rootwait".to_string(),
         format!(
@@ -565,6 +604,7 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
         label: b.node.name.to_string(),
         kernel: format!("{shared}/vmlinuz-{version}"),
         fdt,
+        fdtoverlays,
         initrd: Some(format!("{shared}/initrd.img-{version}")),
         append,
     };
