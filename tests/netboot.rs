@@ -576,6 +576,31 @@ fn serve_runs_dnsmasq_and_nbd_server_on_the_interface_until_ctrl_c() {
         "{}",
         log_text()
     );
+
+    // When one server stops (dnsmasq cannot bind to an interface that does not exist), the
+    // other is stopped too and the command fails saying so.
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["netboot", "serve", "netboot", "--interface", "pknone0"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("dnsmasq stopped") && e.contains("the other server was stopped too"),
+        "{e}"
+    );
+    let conf = nb.join("nbd-server.conf").display().to_string();
+    let left: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&conf))
+        })
+        .collect();
+    assert!(left.is_empty(), "nbd-server left running: {left:?}");
 }
 
 /// `netboot serve` with `PATH` holding only `present`, on a tree with both configuration

@@ -11,6 +11,7 @@
 //! DIR/tftp/pxelinux.cfg/01-<mac>         U-Boot: kernel, fdt, initrd, append of the node
 //! DIR/tftp/boot/<os>-<hash>/...          U-Boot: kernel, initramfs, DTBs shared by the nodes
 //!                                        of one base image
+//! DIR/tftp/overlay-user/<node>/...       U-Boot: the node's own device tree overlays
 //! ```
 //!
 //! The root filesystem is the node's own disk image, served by `nbd-server` as a block device
@@ -619,7 +620,7 @@ fn readme(s: &Settings, nodes: &[BuiltImage<'_>]) -> String {
         "# Network boot tree\n\nWritten by `pikube-image build --netboot`. Serve it from the machine at ",
     );
     t.push_str(&format!(
-        "{} (netboot.server in cluster.yaml), as root (DHCP, TFTP and NBD use privileged ports):\n\n    sudo pikube-image netboot serve {}\n\n",
+        "{} (netboot.server in cluster.yaml), as root (DHCP, TFTP and NBD use privileged ports):\n\n    sudo pikube-image netboot serve {} [--interface NAME]\n\n",
         s.server, "THIS_DIRECTORY"
     ));
     t.push_str("or run the two servers yourself:\n\n    sudo dnsmasq --keep-in-foreground --conf-file=dnsmasq.conf\n    sudo nbd-server -d -C nbd-server.conf\n\n");
@@ -638,7 +639,7 @@ fn readme(s: &Settings, nodes: &[BuiltImage<'_>]) -> String {
         t.push_str(&format!("- {} ({}): {how}\n", b.node.name, b.board.name));
     }
     t.push_str(&format!(
-        "\n## On the boards\n\n- Raspberry Pi 4 and 5: `sudo rpi-eeprom-config --edit` and set `BOOT_ORDER=0xf21` (SD card, then network) and `TFTP_PREFIX={}`.\n- Raspberry Pi 3B/3B+: network boot from the ROM is enabled once with `program_usb_boot_mode=1` in config.txt (3B) and loads tftp/bootcode.bin.\n- U-Boot boards: distro boot tries PXE after local media; boot with no card (or an empty one). Vendor U-Boot builds without a network driver cannot; put a mainline U-Boot in SPI flash.\n",
+        "\n## On the boards\n\n- Raspberry Pi 4 and 5: `sudo rpi-eeprom-config --edit` and set `BOOT_ORDER=0xf21` (SD card, then network) and `TFTP_PREFIX={}`.\n- Raspberry Pi 3B/3B+: network boot from the ROM is enabled once with `program_usb_boot_mode=1` in config.txt (3B) and loads tftp/bootcode.bin.\n- U-Boot boards: distro boot tries PXE after local media; boot with no card (or an empty one). Vendor U-Boot builds without a network driver cannot; put a mainline U-Boot in SPI flash. Device tree overlays (`fdtoverlays`) are applied only when its environment sets `fdtoverlay_addr_r` and it was built with overlay support (CONFIG_OF_LIBFDT_OVERLAY).\n",
         s.tftp_prefix.eeprom_value()
     ));
     t
