@@ -68,8 +68,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Netboot(NetbootCommand::Serve { dir }) => {
-            pikube_image::target::netboot::serve::serve(&dir)?
+        Command::Netboot(NetbootCommand::Serve { dir, interface }) => {
+            pikube_image::target::netboot::serve::serve(
+                &dir,
+                &pikube_image::target::netboot::serve::Options { interface },
+            )?
         }
         Command::Inspect(a) => {
             let report = inspect::inspect(&a.image, &Progress::new(Mode::detect(false)))?;
@@ -207,10 +210,13 @@ fn main() -> ExitCode {
         flash::Interrupt::Deferred(msg) => eprintln!("{msg}"),
         flash::Interrupt::Exit(msg) => {
             pikube_image::emit::remove_temporaries();
-            pikube_image::target::netboot::serve::stop_children();
+            let servers = pikube_image::target::netboot::serve::stop_children();
+            let stopped = (!servers.is_empty())
+                .then(|| format!("interrupted: stopped {}", servers.join(" and ")));
             eprintln!(
                 "{}",
-                msg.as_deref()
+                msg.or(stopped)
+                    .as_deref()
                     .unwrap_or("interrupted: partial outputs removed")
             );
             std::process::exit(130);

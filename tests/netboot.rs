@@ -5,40 +5,49 @@
 
 mod support;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use pikube_image::decompress::Compression;
-use pikube_test_oracles::require_tool;
+use pikube_test_oracles::{require_root, require_tool};
 use support::build_env::{
     K3S_VERSION, KEY, run_cli, serve_board_image, serve_k3s, stderr, write_token,
 };
 use support::fixtures::{self, ARMBIAN_KERNEL, Fixture, FixtureOpts};
 use support::http::TestServer;
-use support::nbd::{self, NbdServer};
 use support::signing::CatalogSigner;
 
 const ARMBIAN_DIR: &str = "dl.armbian.com/orangepizero3/archive";
 const ARMBIAN_FILE: &str = "Armbian_25.8.1_Orangepizero3_bookworm_current_6.12.43_minimal.img.xz";
 const SERIAL_DIR: &str = "2b7e6c2f";
 
-fn cluster(nodes: &str, nbd_port: u16) -> String {
+fn cluster(net: &str, nodes: &str, nbd_port: u16) -> String {
     format!(
         r#"cluster: lab
 admin:
   user: ops
   ssh_authorized_keys: ["{KEY}"]
-network: {{ gateway: 192.168.50.1, dns: [192.168.50.2], prefix: 24 }}
-netboot: {{ server: 192.168.50.2, tftp_prefix: serial, nbd_port: {nbd_port} }}
+network: {{ gateway: {net}.1, dns: [{net}.2], prefix: 24 }}
+netboot: {{ server: {net}.2, tftp_prefix: serial, nbd_port: {nbd_port} }}
 nodes:
 {nodes}"#
     )
 }
 
-const NODES: &str = r#"  - { name: cp1, board: rpi4, role: server, ip: 192.168.50.10, mac: "DC:A6:32:01:02:03", serial: "100000002B7E6C2F" }
-  - { name: opi1, board: opizero3-test, role: agent, ip: 192.168.50.11, mac: "02:00:00:00:00:11" }
-"#;
+/// The network of the tests that do not serve the tree.
+const NET: &str = "192.168.50";
+
+/// A Raspberry Pi 4 and a U-Boot board on `net`.0/24.
+fn nodes(net: &str) -> String {
+    format!(
+        r#"  - {{ name: cp1, board: rpi4, role: server, ip: {net}.10, mac: "DC:A6:32:01:02:03", serial: "100000002B7E6C2F" }}
+  - {{ name: opi1, board: opizero3-test, role: agent, ip: {net}.11, mac: "02:00:00:00:00:11" }}
+"#
+    )
+}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -48,7 +57,7 @@ struct Env {
 }
 
 impl Env {
-    fn new(nodes: &str, nbd_port: u16) -> Env {
+    fn new(net: &str, nodes: &str, nbd_port: u16) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("pikube-netboot")
             .tempdir_in(std::env::temp_dir())
@@ -84,7 +93,11 @@ impl Env {
             b"#!/bin/sh\necho stand-in k3s\n",
             b"airgap",
         );
-        std::fs::write(dir.path().join("cluster.yaml"), cluster(nodes, nbd_port)).unwrap();
+        std::fs::write(
+            dir.path().join("cluster.yaml"),
+            cluster(net, nodes, nbd_port),
+        )
+        .unwrap();
         write_token(dir.path());
         Env {
             dir,
@@ -140,8 +153,8 @@ fn files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
-    let port = nbd::free_port();
-    let env = Env::new(NODES, port);
+    let port = support::nbd::free_port();
+    let env = Env::new(NET, &nodes(NET), port);
     let o = env.build();
     assert!(o.status.success(), "build failed: {}", stderr(&o));
     let nb = env.path("netboot");
@@ -224,16 +237,14 @@ fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
         .split_whitespace()
         .filter(|a| !a.starts_with("root=") && !a.starts_with("rootfstype="))
         .map(str::to_string)
-        .chain(
-            [
-                "rootfstype=ext4",
-                // The node's static address, configured by the initramfs.
-                "ip=192.168.50.10::192.168.50.1:255.255.255.0:cp1:eth0:off:192.168.50.2",
-                &format!("nbdroot=192.168.50.2:{port}/cp1"),
-                "root=/dev/nbd0p2",
-            ]
-            .map(String::from),
-        )
+        .chain([
+            "rootfstype=ext4".to_string(),
+            // The node's static address, configured by the initramfs.
+            "ip=192.168.50.10::192.168.50.1:255.255.255.0:cp1:eth0:off:192.168.50.2".to_string(),
+            // A port other than 10809 is carried by nbdroot=host:port/name.
+            format!("nbdroot=192.168.50.2:{port}/cp1"),
+            "root=/dev/nbd0p2".to_string(),
+        ])
         .collect();
     assert_eq!(
         std::fs::read_to_string(nb.join(format!("tftp/{SERIAL_DIR}/current/cmdline.txt"))).unwrap(),
@@ -244,7 +255,7 @@ fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
     assert_eq!(
         std::fs::read_to_string(nb.join("tftp/pxelinux.cfg/01-02-00-00-00-00-11")).unwrap(),
         format!(
-            "# written by pikube-image build --netboot\ndefault opi1\nprompt 0\ntimeout 1\n\nlabel opi1\n    kernel /boot/{shared}/vmlinuz-{v}\n    fdtdir /boot/{shared}/dtb/\n    initrd /boot/{shared}/initrd.img-{v}\n    append rootwait rootfstype=ext4 ip=192.168.50.11::192.168.50.1:255.255.255.0:opi1:end0:off:192.168.50.2 nbdroot=192.168.50.2:{port}/opi1 root=/dev/nbd0p1 loglevel=1 usb-storage.quirks=0x2537:0x1066:u,0x2537:0x1068:u cgroup_enable=memory swapaccount=1\n"
+            "# written by pikube-image build --netboot\ndefault opi1\nprompt 0\ntimeout 1\n\nlabel opi1\n    kernel /boot/{shared}/vmlinuz-{v}\n    fdtdir /boot/{shared}/dtb/\n    fdtoverlays /boot/{shared}/dtb/allwinner/overlay/sun50i-h616-uart5.dtbo\n    initrd /boot/{shared}/initrd.img-{v}\n    append rootwait rootfstype=ext4 ip=192.168.50.11::192.168.50.1:255.255.255.0:opi1:end0:off:192.168.50.2 nbdroot=192.168.50.2:{port}/opi1 root=/dev/nbd0p1 loglevel=1 usb-storage.quirks=0x2537:0x1066:u,0x2537:0x1068:u cgroup_enable=memory swapaccount=1\n"
         )
     );
 
@@ -302,36 +313,341 @@ fn two_nodes_export_a_tree_that_dnsmasq_and_nbd_server_accept() {
     }
 }
 
-/// Starts nbd-server on the tree's configuration (the helper the boot tests use), lists its
-/// exports with `nbd-client -l` and checks that dropping the handle stops the server.
+/// Starts nbd-server in the foreground on the tree's configuration and lists its exports
+/// with `nbd-client -l`.
 fn list_exports(nb: &Path, port: u16) -> Vec<String> {
-    let server = NbdServer::start(nb).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(server.port(), port);
+    let mut server = Command::new("nbd-server")
+        .arg("-d")
+        .arg("-C")
+        .arg(nb.join("nbd-server.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let listed = wait_for(|| exports_listed("127.0.0.1", port));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    listed.expect("nbd-server answered nbd-client -l")
+}
+
+/// The export names `nbd-client -l HOST PORT` lists, sorted; `None` while nothing answers.
+fn exports_listed(host: &str, port: u16) -> Option<Vec<String>> {
     let o = Command::new("nbd-client")
-        .args(["-l", "127.0.0.1", &port.to_string()])
+        .args(["-l", host, &port.to_string()])
         .output()
         .unwrap();
-    assert!(o.status.success(), "nbd-client -l: {}", stderr(&o));
-    drop(server);
-    assert!(
-        !nbd::greets(port),
-        "nbd-server still answers after the drop"
-    );
-    let listed = String::from_utf8_lossy(&o.stdout).to_string();
-    let mut names: Vec<String> = listed
+    if !o.status.success() {
+        return None;
+    }
+    let mut names: Vec<String> = String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter(|l| !l.starts_with("Negotiation") && !l.trim().is_empty())
         .map(|l| l.split_whitespace().next().unwrap().to_string())
         .collect();
     names.sort();
-    names
+    Some(names)
+}
+
+/// `f()` once it returns something, trying for up to 10 seconds.
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A veth pair made for one test, the first end holding `<net>.2/24`; deleted when dropped.
+/// Its /24 is one of the 512 of the benchmarking range 198.18.0.0/15, chosen by process id,
+/// so tests running at the same time on one machine do not share addresses.
+struct TestLink {
+    name: String,
+    net: String,
+}
+
+impl TestLink {
+    fn new() -> TestLink {
+        let id = std::process::id();
+        let n = id % 512;
+        let link = TestLink {
+            name: format!("pkn{}", id % 1_000_000),
+            net: format!("198.{}.{}", 18 + n / 256, n % 256),
+        };
+        let ip = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().unwrap();
+            assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+        };
+        let peer = format!("{}p", link.name);
+        ip(&[
+            "link", "add", &link.name, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.2/24", link.net),
+            "dev",
+            &link.name,
+        ]);
+        ip(&["link", "set", &link.name, "up"]);
+        ip(&["link", "set", &peer, "up"]);
+        link
+    }
+}
+
+impl Drop for TestLink {
+    fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes both.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
+/// Process ids and names of the processes whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if ppid == Some(&pid.to_string()) {
+            out.push((p, stat[open + 1..close].to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The arguments of a running process.
+fn cmdline_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 #[test]
-fn the_nbd_port_is_read_from_the_generic_section() {
-    let conf = "# c\n[generic]\nport = 40123\nallowlist = true\n[cp1]\nport = 1\n";
-    assert_eq!(nbd::config_port(conf), Some(40123));
-    assert_eq!(nbd::config_port("[cp1]\nport = 1\n"), None);
+fn serve_runs_dnsmasq_and_nbd_server_on_the_interface_until_ctrl_c() {
+    if !(require_root("netboot serve (DHCP and TFTP ports, a veth pair)")
+        && require_tool("dnsmasq", "dnsmasq-base")
+        && require_tool("nbd-server", "nbd-server")
+        && require_tool("nbd-client", "nbd-client")
+        && require_tool("curl", "curl")
+        && require_tool("ip", "iproute2"))
+    {
+        return;
+    }
+    let link = TestLink::new();
+    let net = &link.net;
+    let server = format!("{net}.2");
+    let port = support::nbd::free_port();
+    let env = Env::new(net, &nodes(net), port);
+    let o = env.build();
+    assert!(o.status.success(), "build failed: {}", stderr(&o));
+    // dnsmasq serves TFTP as an unprivileged user, who must reach the tree.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nb = std::fs::canonicalize(env.path("netboot")).unwrap();
+    let log = env.path("serve.log");
+
+    // Ctrl-C in a terminal signals the foreground process group: the test makes one.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["netboot", "serve", "netboot", "--interface", &link.name])
+        .current_dir(env.dir.path())
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = serve.id();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Both servers run, as children of the command, with the tree's configuration.
+    let listed = wait_for(|| exports_listed(&server, port));
+    let children = children_of(pid);
+    let names: Vec<&str> = children.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "{children:?}
+{}",
+        log_text()
+    );
+    assert!(
+        names.contains(&"dnsmasq") && names.contains(&"nbd-server"),
+        "{children:?}"
+    );
+    for (child, name) in &children {
+        let args = cmdline_of(*child);
+        let expected: Vec<String> = match name.as_str() {
+            "dnsmasq" => vec![
+                format!("--conf-file={}", nb.join("dnsmasq.conf").display()),
+                format!("--interface={}", link.name),
+                "--bind-interfaces".into(),
+                "--except-interface=lo".into(),
+            ],
+            _ => vec![
+                "-d".into(),
+                "-C".into(),
+                nb.join("nbd-server.conf").display().to_string(),
+            ],
+        };
+        for a in &expected {
+            assert!(args.contains(a), "{a} not in {name} {args:?}");
+        }
+    }
+
+    // nbd-client lists exactly the nodes' exports, on the tree's port.
+    assert_eq!(
+        listed.unwrap_or_else(|| panic!("nbd-server did not answer:\n{}", log_text())),
+        ["cp1", "opi1"]
+    );
+
+    // TFTP serves the tree's files at the interface's address: the Pi's command line and
+    // the U-Boot node's entry.
+    for f in [
+        format!("{SERIAL_DIR}/current/cmdline.txt"),
+        "pxelinux.cfg/01-02-00-00-00-00-11".to_string(),
+    ] {
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "10", &format!("tftp://{server}/{f}")])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "curl tftp {f}: {}\n{}",
+            stderr(&o),
+            log_text()
+        );
+        assert_eq!(
+            o.stdout,
+            std::fs::read(nb.join("tftp").join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+    // DHCP answers on that interface alone.
+    assert!(
+        log_text().contains(&format!(
+            "DHCP, sockets bound exclusively to interface {}",
+            link.name
+        )),
+        "{}",
+        log_text()
+    );
+
+    // Ctrl-C stops both servers and the command; no process is left.
+    // SAFETY: kill(2) on the process group the test created.
+    assert_eq!(
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGINT) },
+        0
+    );
+    let status = wait_for(|| serve.try_wait().unwrap()).expect("serve exits after Ctrl-C");
+    assert_eq!(status.code(), Some(130), "{}", log_text());
+    for (child, name) in &children {
+        assert!(
+            !Path::new(&format!("/proc/{child}")).exists(),
+            "{name} ({child}) still exists after Ctrl-C"
+        );
+    }
+    assert!(
+        log_text().contains("interrupted: stopped dnsmasq and nbd-server"),
+        "{}",
+        log_text()
+    );
+
+    // When one server stops (dnsmasq cannot bind to an interface that does not exist), the
+    // other is stopped too and the command fails saying so.
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["netboot", "serve", "netboot", "--interface", "pknone0"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("dnsmasq stopped") && e.contains("the other server was stopped too"),
+        "{e}"
+    );
+    let conf = nb.join("nbd-server.conf").display().to_string();
+    let left: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&conf))
+        })
+        .collect();
+    assert!(left.is_empty(), "nbd-server left running: {left:?}");
+}
+
+/// `netboot serve` with `PATH` holding only `present`, on a tree with both configuration
+/// files: it fails before starting anything.
+fn serve_without(present: &str) -> (Output, Duration) {
+    let t = tempfile::tempdir().unwrap();
+    let nb = t.path().join("netboot");
+    std::fs::create_dir_all(nb.join("tftp")).unwrap();
+    std::fs::write(nb.join("dnsmasq.conf"), "port=0\n").unwrap();
+    std::fs::write(nb.join("nbd-server.conf"), "[generic]\n").unwrap();
+    let bin = t.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(present))
+        .find(|f| f.is_file())
+        .unwrap();
+    std::os::unix::fs::symlink(found, bin.join(present)).unwrap();
+    let start = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["netboot", "serve"])
+        .arg(&nb)
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    (o, start.elapsed())
+}
+
+#[test]
+fn serve_without_dnsmasq_or_nbd_server_names_the_package_to_install() {
+    for (present, missing, package) in [
+        ("nbd-server", "dnsmasq", "dnsmasq-base"),
+        ("dnsmasq", "nbd-server", "nbd-server"),
+    ] {
+        if !require_tool(
+            present,
+            if present == "dnsmasq" {
+                "dnsmasq-base"
+            } else {
+                present
+            },
+        ) {
+            return;
+        }
+        let (o, took) = serve_without(present);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(
+            e.contains(&format!("{missing} is not on PATH"))
+                && e.contains(&format!("install Debian's {package} package")),
+            "{e}"
+        );
+        assert!(!e.contains("serving"), "{e}");
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
 }
 
 #[test]
@@ -339,7 +655,7 @@ fn nodes_missing_what_their_network_boot_needs_stop_the_build_before_any_downloa
     let nodes = r#"  - { name: cp1, board: rpi4, role: server, ip: 192.168.50.10, mac: "dc:a6:32:01:02:03" }
   - { name: opi1, board: opizero3-test, role: agent }
 "#;
-    let env = Env::new(nodes, 10809);
+    let env = Env::new(NET, nodes, 10809);
     let o = env.build();
     assert!(!o.status.success());
     let e = stderr(&o);

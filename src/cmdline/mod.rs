@@ -68,6 +68,10 @@ pub enum NetbootCommand {
     Serve {
         /// The directory written by `build --netboot DIR`.
         dir: PathBuf,
+        /// Answer DHCP and TFTP on this network interface only (default: the tree's
+        /// netboot.interface, else every interface).
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
     },
 }
 

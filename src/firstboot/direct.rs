@@ -501,8 +501,16 @@ nodes:
             wifi: None,
         };
         let keep = "KeepConfiguration=yes";
-        assert!(networkd(&net, &net.nodes[0], "eth0").unwrap().contains(keep));
-        assert!(!networkd(&plain, &plain.nodes[2], "eth0").unwrap().contains(keep));
+        assert!(
+            networkd(&net, &net.nodes[0], "eth0")
+                .unwrap()
+                .contains(keep)
+        );
+        assert!(
+            !networkd(&plain, &plain.nodes[2], "eth0")
+                .unwrap()
+                .contains(keep)
+        );
         let critical = "critical: true";
         let n = netplan(&net, &net.nodes[0], "eth0", links).unwrap();
         assert!(n.contains(critical), "{n}");

@@ -11,6 +11,7 @@
 //! DIR/tftp/pxelinux.cfg/01-<mac>         U-Boot: kernel, fdt, initrd, append of the node
 //! DIR/tftp/boot/<os>-<hash>/...          U-Boot: kernel, initramfs, DTBs shared by the nodes
 //!                                        of one base image
+//! DIR/tftp/overlay-user/<node>/...       U-Boot: the node's own device tree overlays
 //! ```
 //!
 //! The root filesystem is the node's own disk image, served by `nbd-server` as a block device
@@ -18,6 +19,7 @@
 //! 10809); the initramfs configures the network with the node's static address, or DHCP. Identical files are stored once (hard
 //! links). Files the plan marks secret are left out: TFTP has no access control.
 
+mod armbian_overlays;
 pub mod dnsmasq;
 pub mod initramfs;
 pub mod nbd;
@@ -224,7 +226,7 @@ pub fn export(
         families.push(family);
         match family {
             Family::RaspberryPi => export_pi(s, b, &nbd, &mut w, progress),
-            Family::UBoot => export_uboot(b, &nbd, &mut w),
+            Family::UBoot => export_uboot(b, &nbd, &mut w, progress),
         }
         .with_context(|| {
             format!(
@@ -557,7 +559,12 @@ fn docker_optimizations(env: &BTreeMap<String, String>) -> Vec<String> {
     }
 }
 
-fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result<()> {
+fn export_uboot(
+    b: &BuiltImage<'_>,
+    nbd: &NbdRoot,
+    w: &mut TreeWriter,
+    progress: &Progress,
+) -> Result<()> {
     let BootConfig::ArmbianEnv { partition, path } = &b.image.boot else {
         bail!("not an Armbian U-Boot image");
     };
@@ -604,6 +611,7 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
     let shared = format!("boot/{}-{}", b.image.name, &digest[..12]);
     w.put_once(&format!("{shared}/vmlinuz-{version}"), &kernel_data)?;
     w.put_once(&format!("{shared}/initrd.img-{version}"), &initrd_data)?;
+    let mut dtb_files = std::collections::BTreeSet::new();
     let mut stack = vec![dtb_root.clone()];
     let dtb_prefix = dtb_root
         .to_str()
@@ -628,6 +636,7 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
                 let ps = p.to_str().context("dtb path is not UTF-8")?;
                 let rel = ps.strip_prefix(&dtb_prefix).unwrap_or(ps);
                 w.put_once(&format!("{shared}/dtb{rel}"), &read(ps)?)?;
+                dtb_files.insert(rel.trim_start_matches('/').to_string());
             }
         }
     }
@@ -635,6 +644,37 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
         Some(f) if !f.is_empty() => pxelinux::Fdt::File(format!("{shared}/dtb/{f}")),
         _ => pxelinux::Fdt::Dir(format!("{shared}/dtb/")),
     };
+    let user_overlay = |name: &str| format!("/boot/overlay-user/{name}.dtbo");
+    let mut user_files = std::collections::BTreeSet::new();
+    for name in env
+        .get("user_overlays")
+        .map(|v| v.split_whitespace())
+        .into_iter()
+        .flatten()
+    {
+        if fs
+            .exists(user_overlay(name).as_str())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at(&user_overlay(name))))?
+        {
+            user_files.insert(name.to_string());
+        }
+    }
+    let overlays = armbian_overlays::resolve(&env, &dtb_files, &user_files, &at(path))?;
+    for warning in &overlays.warnings {
+        progress.message(&format!("warning: node '{}': {warning}", b.node.name));
+    }
+    let mut fdtoverlays = Vec::new();
+    for o in overlays.overlays {
+        fdtoverlays.push(match o {
+            armbian_overlays::Overlay::Kernel(rel) => format!("{shared}/dtb/{rel}"),
+            // A node's own overlays: its directory, beside the files shared by the base image.
+            armbian_overlays::Overlay::User(name) => {
+                let dest = format!("overlay-user/{}/{name}.dtbo", b.node.name);
+                w.put(&dest, &read(&user_overlay(&name))?)?;
+                dest
+            }
+        });
+    }
     let mut append = vec![
         "rootwait".to_string(),
         format!(
@@ -664,6 +704,7 @@ fn export_uboot(b: &BuiltImage<'_>, nbd: &NbdRoot, w: &mut TreeWriter) -> Result
         label: b.node.name.to_string(),
         kernel: format!("{shared}/vmlinuz-{version}"),
         fdt,
+        fdtoverlays,
         initrd: Some(format!("{shared}/initrd.img-{version}")),
         append,
     };
@@ -678,7 +719,7 @@ fn readme(s: &Settings, nodes: &[BuiltImage<'_>]) -> String {
         "# Network boot tree\n\nWritten by `pikube-image build --netboot`. Serve it from the machine at ",
     );
     t.push_str(&format!(
-        "{} (netboot.server in cluster.yaml), as root (DHCP, TFTP and NBD use privileged ports):\n\n    sudo pikube-image netboot serve {}\n\n",
+        "{} (netboot.server in cluster.yaml), as root (DHCP, TFTP and NBD use privileged ports):\n\n    sudo pikube-image netboot serve {} [--interface NAME]\n\n",
         s.server, "THIS_DIRECTORY"
     ));
     t.push_str("or run the two servers yourself:\n\n    sudo dnsmasq --keep-in-foreground --conf-file=dnsmasq.conf\n    sudo nbd-server -d -C nbd-server.conf\n\n");
@@ -697,7 +738,7 @@ fn readme(s: &Settings, nodes: &[BuiltImage<'_>]) -> String {
         t.push_str(&format!("- {} ({}): {how}\n", b.node.name, b.board.name));
     }
     t.push_str(&format!(
-        "\n## On the boards\n\n- Raspberry Pi 4 and 5: `sudo rpi-eeprom-config --edit` and set `BOOT_ORDER=0xf21` (SD card, then network) and `TFTP_PREFIX={}`.\n- Raspberry Pi 3B/3B+: network boot from the ROM is enabled once with `program_usb_boot_mode=1` in config.txt (3B) and loads tftp/bootcode.bin.\n- U-Boot boards: distro boot tries PXE after local media; boot with no card (or an empty one). Vendor U-Boot builds without a network driver cannot; put a mainline U-Boot in SPI flash.\n",
+        "\n## On the boards\n\n- Raspberry Pi 4 and 5: `sudo rpi-eeprom-config --edit` and set `BOOT_ORDER=0xf21` (SD card, then network) and `TFTP_PREFIX={}`.\n- Raspberry Pi 3B/3B+: network boot from the ROM is enabled once with `program_usb_boot_mode=1` in config.txt (3B) and loads tftp/bootcode.bin.\n- U-Boot boards: distro boot tries PXE after local media; boot with no card (or an empty one). Vendor U-Boot builds without a network driver cannot; put a mainline U-Boot in SPI flash. Device tree overlays (`fdtoverlays`) are applied only when its environment sets `fdtoverlay_addr_r` and it was built with overlay support (CONFIG_OF_LIBFDT_OVERLAY).\n",
         s.tftp_prefix.eeprom_value()
     ));
     t

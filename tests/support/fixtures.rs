@@ -983,7 +983,12 @@ pub fn armbian_allwinner(dir: &Path, opts: FixtureOpts) -> Fixture {
         4 * MIB,
         vec![(8192, spl)],
         "orangepizero3",
-        "overlay_prefix=sun50i-h616\n",
+        // A netboot fixture ships an overlay and asks for it, as armbian-config writes it.
+        if opts.netboot {
+            "overlay_prefix=sun50i-h616\noverlays=uart5\n"
+        } else {
+            "overlay_prefix=sun50i-h616\n"
+        },
     )
 }
 

@@ -97,8 +97,7 @@ impl DnsmasqConf {
         // No DNS: the network keeps its resolver; this dnsmasq only does DHCP and TFTP.
         let mut out = vec![d("port", "0")];
         if let Some(i) = &self.interface {
-            out.push(d("interface", i.clone()));
-            out.push(flag("bind-interfaces"));
+            out.extend(listen_on(i));
         }
         out.push(d("dhcp-range", self.range.value()));
         out.push(d("dhcp-leasefile", self.lease_file.display().to_string()));
@@ -153,6 +152,26 @@ impl DhcpRange {
     }
 }
 
+/// The directives that make dnsmasq answer on `interface` only: bound to its addresses, and
+/// not to the loopback interface, which `interface=` adds on its own.
+pub fn listen_on(interface: &str) -> Vec<Directive> {
+    let mut out = vec![d("interface", interface), flag("bind-interfaces")];
+    if interface != "lo" {
+        out.push(d("except-interface", "lo"));
+    }
+    out
+}
+
+/// The interfaces a dnsmasq configuration file names with `interface=`.
+pub fn interfaces(conf: &str) -> Vec<String> {
+    conf.lines()
+        .filter_map(|l| l.trim().strip_prefix("interface="))
+        .flat_map(|v| v.split(','))
+        .map(|i| i.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .collect()
+}
+
 /// The netmask of a prefix length.
 pub fn netmask(prefix: u8) -> Ipv4Addr {
     let bits = match prefix {
@@ -191,7 +210,7 @@ mod tests {
         let text = conf.render();
         for line in [
             "port=0\n",
-            "interface=eth1\nbind-interfaces\n",
+            "interface=eth1\nbind-interfaces\nexcept-interface=lo\n",
             "dhcp-range=192.168.50.0,static,255.255.255.0\n",
             "dhcp-host=dc:a6:32:01:02:03,192.168.50.10,cp1\n",
             "pxe-service=0,\"Raspberry Pi Boot\"\n",
@@ -200,6 +219,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
+        assert_eq!(interfaces(&text), ["eth1"]);
         assert_eq!(netmask(20).to_string(), "255.255.240.0");
         assert_eq!(netmask(0).to_string(), "0.0.0.0");
     }
