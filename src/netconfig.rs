@@ -144,6 +144,11 @@ pub struct Ethernet {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nameservers: Option<Nameservers>,
     pub optional: bool,
+    /// The link may carry the root file system (a node booted from the network with its root
+    /// over NBD): systemd-networkd keeps the addresses the initramfs configured instead of
+    /// dropping them when it takes the link over (`KeepConfiguration=yes`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub critical: bool,
 }
 
 #[derive(Debug, Serialize)]

@@ -844,6 +844,7 @@ fn check_node(
     let (root_label, root_prefix) = match layout {
         DiskLayout::Raspi => ("writable", "root=LABEL=writable"),
         DiskLayout::Rockchip => ("cloudimg-rootfs", "root=UUID="),
+        DiskLayout::Armbian => ("armbi_root", "root=UUID="),
     };
     let root_prefix = match medium {
         Medium::Disk => root_prefix.to_string(),
@@ -1561,4 +1562,437 @@ fn standin_log_parse() {
     assert_eq!(log.env("address"), Some("10.0.2.50"));
     assert_eq!(log.env("vip_interface"), Some("eth0"));
     assert_eq!(log.env("port"), None);
+}
+
+/// Writes `yaml` as `d/cluster.yaml` with the token file it names.
+fn write_inventory(d: &Path, yaml: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(d.join("cluster.yaml"), yaml).unwrap();
+    std::fs::create_dir_all(d.join("secrets")).unwrap();
+    let token = d.join("secrets/k3s-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Runs `pikube-image build --config cluster.yaml <args>` in `d` against the test mirror and
+/// the test boards, and fails the test when the build fails.
+fn build_in(d: &Path, srv: &TestServer, args: &[&str]) {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_pikube-image"))
+        .args(["build", "--config", "cluster.yaml"])
+        .args(args)
+        .arg("--mirror")
+        .arg(srv.url())
+        .current_dir(d)
+        .env("PIKUBE_CACHE_DIR", d.join("cache"))
+        .env("PIKUBE_BOARDS_DIR", vm::boards_dir())
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ pikube-image build {} ({:.1?})\n{}{}",
+        args.join(" "),
+        t.elapsed(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pikube-image build failed");
+}
+
+/// Prints what a guest reported and keeps its console log under the target directory.
+fn report_boot(label: &str, boot: &Boot) {
+    eprintln!(
+        "boot test: {label} {} after {:.0?}",
+        if boot.timed_out {
+            "TIMED OUT"
+        } else {
+            "powered off"
+        },
+        boot.elapsed
+    );
+    for (k, v) in &boot.facts.facts {
+        eprintln!("  {label}: {k}={v}");
+    }
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{label}.console.log"));
+    match std::fs::write(&kept, &boot.log) {
+        Ok(()) => eprintln!("boot test: {label}: console log kept in {}", kept.display()),
+        Err(e) => eprintln!("boot test: {label}: cannot keep the console log: {e}"),
+    }
+}
+
+/// SHA256 fingerprints of the ED25519 host keys `known_hosts` publishes for `host`.
+fn published_host_key(known_hosts: &Path, host: &str) -> Vec<String> {
+    let out = Command::new("ssh-keygen")
+        .arg("-l")
+        .arg("-f")
+        .arg(known_hosts)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with("(ED25519)"))
+        .filter(|l| {
+            l.split_whitespace().nth(2).is_some_and(|names| {
+                names
+                    .split(',')
+                    .any(|n| n == host || n.starts_with(&format!("{host}.")))
+            })
+        })
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+/// A server and an agent built from an image in Armbian's Allwinner layout boot on QEMU's
+/// arm64 virt machine the way the board boots them: U-Boot (Debian's u-boot-qemu) finds
+/// /boot/boot.scr, which reads armbianEnv.txt (`rootdev=UUID=`, `extraargs`) and loads
+/// Image and uInitrd. No cloud-init: pikube-image's own first-boot unit makes the node.
+#[test]
+fn armbian_layout_boots_through_uboot_as_its_nodes() {
+    if let Err(why) = vm::preflight_uboot() {
+        skip(format_args!("Armbian-layout U-Boot boot test: {why}"));
+        return;
+    }
+    let arch = GuestArch::Arm64;
+    let t0 = Instant::now();
+    let base =
+        vm::base_image_in(arch, DiskLayout::Armbian).unwrap_or_else(|e| panic!("base image: {e}"));
+    eprintln!(
+        "boot test: Armbian-layout image ready after {:.0?}",
+        t0.elapsed()
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-boot-armbian")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    let srv = TestServer::start();
+    vm::serve_image_as(&srv, &base, "debian-testarm-armbian.img.xz");
+    let release = vm::serve_k3s_standin(&srv, K3S_VERSION, arch);
+    write_inventory(d, &cluster_yaml("testarm-armbian"));
+    build_in(d, &srv, &["--all", "--out", "out"]);
+
+    let nodes = [("cp1", "server"), ("w1", "agent")];
+    let slot = guests_slot();
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|&(name, _)| {
+                let img = d.join("out").join(format!("{name}.img"));
+                let work = d.join("out/vm").join(name);
+                s.spawn(move || {
+                    vm::boot_uboot_disk(&img, &work, BOOT_TIMEOUT)
+                        .unwrap_or_else(|e| panic!("{name}: {e}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    drop(slot);
+    let mut failures = Vec::new();
+    for ((name, role), boot) in nodes.iter().zip(&boots) {
+        report_boot(&format!("armbian-{name}"), boot);
+        let img = d.join("out").join(format!("{name}.img"));
+        let mut c = Checks {
+            node: name.to_string(),
+            failures: Vec::new(),
+        };
+        let root = DirectRoot::Disk { image: &img };
+        check_direct_node(&mut c, role, boot, root, &d.join("out/known_hosts"));
+        if boot.facts.get("facts") == Some("complete") {
+            check_k3s(&mut c, role, boot, &release.airgap_name);
+        }
+        failures.extend(c.failures);
+    }
+    eprintln!("boot test: Armbian layout total {:.0?}", t0.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} failed expectation(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// What a node of an image without cloud-init (Armbian) must show after first boot: the root
+/// its boot script names, mounted clean; the board's kernel argument once; the node's names;
+/// the admin user with its key made by pikube-image's first-boot unit; root's password locked,
+/// no first-login wizard or console autologin left; the host key known_hosts publishes kept
+/// through armbian-firstrun; the node's network.
+/// Where a node without cloud-init finds its root file system.
+#[derive(Clone, Copy)]
+enum DirectRoot<'a> {
+    /// The image's first partition on the virtio disk, named by armbianEnv.txt's `rootdev`.
+    Disk { image: &'a Path },
+    /// The node's disk image over NBD, named by the exported kernel command line.
+    Nbd,
+}
+
+fn check_direct_node(
+    c: &mut Checks,
+    role: &str,
+    boot: &Boot,
+    root_at: DirectRoot<'_>,
+    known_hosts: &Path,
+) {
+    let f = &boot.facts;
+    let name = c.node.clone();
+    if boot.timed_out || f.get("reporter") != Some("started") || f.get("facts") != Some("complete")
+    {
+        c.that(false, || {
+            format!(
+                "did not report its facts and power off (timed out: {}); console log tail:\n{}",
+                boot.timed_out,
+                boot.tail(80)
+            )
+        });
+        return;
+    }
+    let (device, want_root) = match root_at {
+        // The boot script passed armbianEnv.txt's rootdev, which must name the built root.
+        DirectRoot::Disk { image } => {
+            let uuid = Command::new("blkid")
+                .args(["-p", "-s", "UUID", "-o", "value", "-O"])
+                .arg(
+                    vm::partition_offset(image, "armbi_root")
+                        .unwrap()
+                        .to_string(),
+                )
+                .arg(image)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            assert!(
+                !uuid.is_empty(),
+                "no UUID on armbi_root of {}",
+                image.display()
+            );
+            ("/dev/vda1", format!("root=UUID={uuid}"))
+        }
+        DirectRoot::Nbd => ("/dev/nbd0p1", "root=/dev/nbd0p1".to_string()),
+    };
+    let root = f.get("root").unwrap_or_default();
+    c.that(
+        root.starts_with(&format!("{device} ext4 ")) && root.contains(" rw"),
+        || format!("root mount is '{root}', expected {device} ext4 rw"),
+    );
+    c.eq("root file system label", f.get("root-label"), "armbi_root");
+    let cmdline = f.get("cmdline").unwrap_or_default();
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    let roots: Vec<&&str> = words.iter().filter(|w| w.starts_with("root=")).collect();
+    c.that(roots.len() == 1 && *roots[0] == want_root, || {
+        format!("root arguments {roots:?} in /proc/cmdline, expected {want_root}")
+    });
+    for arg in ["cma=64M", "cgroup_enable=memory"] {
+        let n = words.iter().filter(|w| **w == arg).count();
+        c.that(n == 1, || {
+            format!("'{arg}' appears {n} times in /proc/cmdline: {cmdline}")
+        });
+    }
+    // No cloud-init: the first boot is pikube-image's own unit.
+    c.eq("cloud-init disabled", f.get("cloud-init.disabled"), "yes");
+    c.eq(
+        "pikube-firstboot.service (enabled state/result)",
+        f.get("unit.pikube-firstboot.service"),
+        "disabled/success",
+    );
+    c.eq(
+        "first boot marker",
+        f.get("pikube-firstboot.done"),
+        "present",
+    );
+    c.eq("hostname", f.get("hostname"), &name);
+    c.eq("/etc/hostname", f.get("etc-hostname"), &name);
+    c.eq("fqdn", f.get("fqdn"), &format!("{name}.lab.test"));
+    c.eq("uname -m", f.get("arch"), "aarch64");
+    let users = f.all("user");
+    c.that(users.contains(&"ops"), || {
+        format!("no admin user 'ops' among {users:?}")
+    });
+    let keys = f.all("user.ops.authorized_key");
+    c.that(keys == [KEY], || {
+        format!("authorized keys of ops: {keys:?}")
+    });
+    c.eq(
+        "owner and mode of ~ops/.ssh/authorized_keys",
+        f.get("user.ops.authorized_keys.owner"),
+        "ops 600",
+    );
+    c.eq("password state of ops", f.get("user.ops.passwd"), "L");
+    let groups = f.get("user.ops.groups").unwrap_or_default();
+    c.that(groups.split_whitespace().any(|g| g == "sudo"), || {
+        format!("ops is not in group sudo: {groups}")
+    });
+    let sshd = f.block("sshd-effective").join("\n");
+    c.that(sshd.contains("passwordauthentication no"), || {
+        format!("sshd allows passwords: {sshd}")
+    });
+    // Armbian's public root password is locked; its first-login wizard and autologin are gone.
+    c.eq("password state of root", f.get("root.passwd"), "L");
+    c.eq(
+        "first character of root's shadow field",
+        f.get("root.shadow-field"),
+        "!",
+    );
+    c.eq(
+        "/root/.not_logged_in_yet",
+        f.get("not-logged-in-yet"),
+        "absent",
+    );
+    c.eq("autologin drop-ins", f.get("autologin"), "0");
+    // armbian-firstrun ran and was told to keep the host key, which is the published one.
+    c.eq(
+        "armbian-firstrun host keys",
+        f.get("armbian-firstrun.regenerated"),
+        "kept",
+    );
+    let published = published_host_key(known_hosts, &name);
+    let running = f.get("ssh-host-ed25519").unwrap_or_default();
+    c.that(published.len() == 1 && published[0] == running, || {
+        format!("host key {running} at boot; known_hosts publishes {published:?}")
+    });
+    c.eq("ssh.service", f.get("unit.ssh.service"), "enabled/active");
+    c.eq("timezone", f.get("timezone"), "Europe/Berlin");
+    // Over NBD the initramfs configured the link (ip=), also for a DHCP node, and the system
+    // kept it: the address carries no lease lifetime there.
+    let expect = match (root_at, role) {
+        (DirectRoot::Nbd, _) | (_, "server") => "eth0 10.0.2.15/24 static;",
+        _ => "eth0 10.0.2.15/24 dynamic;",
+    };
+    c.eq("IPv4 addresses", f.get("ipv4"), expect);
+    c.that(f.block("ordering-cycles").is_empty(), || {
+        format!(
+            "systemd broke ordering cycles at boot:\n{}",
+            f.block("ordering-cycles").join("\n")
+        )
+    });
+}
+
+/// Two nodes of the Armbian-layout board boot from one `build --netboot` export on QEMU's
+/// arm64 virt machine with no disk: U-Boot (Debian's u-boot-qemu) runs a board's PXE boot
+/// command, its own `pxe get` finds the node's `pxelinux.cfg/01-<mac>` on QEMU's TFTP server
+/// (the exported tree), boots the exported kernel and initrd, and the initramfs mounts the
+/// node's root from `nbd-server` on this machine with the exported configuration. Each node
+/// comes up as itself.
+#[test]
+fn netboot_export_boots_two_nodes_through_uboot_pxe_and_nbd() {
+    if let Err(why) = vm::preflight_uboot() {
+        skip(format_args!("U-Boot PXE boot test: {why}"));
+        return;
+    }
+    if !require_tool("nbd-server", "nbd-server") {
+        return;
+    }
+    let arch = GuestArch::Arm64;
+    let t0 = Instant::now();
+    let base =
+        vm::base_image_in(arch, DiskLayout::Armbian).unwrap_or_else(|e| panic!("base image: {e}"));
+    let dir = tempfile::Builder::new()
+        .prefix("pikube-boot-pxe")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let d = dir.path();
+    let srv = TestServer::start();
+    vm::serve_image_as(&srv, &base, "debian-testarm-armbian.img.xz");
+    let release = vm::serve_k3s_standin(&srv, K3S_VERSION, arch);
+    // The guests reach the NBD server at 10.0.2.100, which QEMU forwards to the same port on
+    // this machine's loopback.
+    let nbd_port = support::nbd::free_port();
+    // Each MAC repeats one byte: Debian bookworm's U-Boot (2023.01) asks for
+    // pxelinux.cfg/01-52-52-52-52-52-52 when its NIC is 52:54:00:00:00:11 (the first byte six
+    // times, seen on its console); with such MACs it asks for the node's real file name.
+    let nodes = [
+        ("cp1", "server", "02:02:02:02:02:02"),
+        ("w1", "agent", "06:06:06:06:06:06"),
+    ];
+    let yaml = cluster_yaml("testarm-armbian")
+        .replace(
+            "ip: 10.0.2.15/24 }",
+            &format!("ip: 10.0.2.15/24, mac: \"{}\" }}", nodes[0].2),
+        )
+        .replace(
+            "role: agent }",
+            &format!("role: agent, mac: \"{}\" }}", nodes[1].2),
+        )
+        .replace(
+            "nodes:\n",
+            &format!(
+                "netboot: {{ server: 10.0.2.100, nbd_port: {nbd_port}, \
+                 dhcp_range: \"10.0.2.15,10.0.2.15\" }}\nnodes:\n"
+            ),
+        );
+    write_inventory(d, &yaml);
+    build_in(d, &srv, &["--all", "--out", "out", "--netboot", "net"]);
+    let tftp = d.join("net/tftp");
+    for (_, _, mac) in &nodes {
+        let entry = tftp.join(format!("pxelinux.cfg/01-{}", mac.replace(':', "-")));
+        eprintln!(
+            "boot test: {}:\n{}",
+            entry.display(),
+            std::fs::read_to_string(&entry).unwrap_or_else(|e| panic!("{}: {e}", entry.display()))
+        );
+    }
+
+    let slot = guests_slot();
+    let nbd = support::nbd::NbdServer::start(&d.join("net")).unwrap_or_else(|e| panic!("{e}"));
+    let fwd = vec![format!(
+        "tcp:10.0.2.100:{nbd_port}-tcp:127.0.0.1:{}",
+        nbd.port()
+    )];
+    let boots: Vec<Boot> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|&(name, _, mac)| {
+                let work = d.join("vm").join(name);
+                let (tftp, fwd) = (&tftp, &fwd);
+                s.spawn(move || {
+                    vm::boot_uboot_net(
+                        tftp,
+                        mac,
+                        fwd,
+                        "dhcp; if pxe get; then pxe boot; fi",
+                        &work,
+                        BOOT_TIMEOUT,
+                    )
+                    .unwrap_or_else(|e| panic!("{name}: {e}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    drop(nbd);
+    drop(slot);
+    let mut failures = Vec::new();
+    for ((name, role, mac), boot) in nodes.iter().zip(&boots) {
+        report_boot(&format!("pxe-{name}"), boot);
+        let mut c = Checks {
+            node: name.to_string(),
+            failures: Vec::new(),
+        };
+        c.that(
+            boot.log
+                .contains(&format!("pxelinux.cfg/01-{}", mac.replace(':', "-"))),
+            || {
+                format!(
+                    "U-Boot did not fetch pxelinux.cfg/01-{mac}:\n{}",
+                    boot.tail(60)
+                )
+            },
+        );
+        check_direct_node(
+            &mut c,
+            role,
+            boot,
+            DirectRoot::Nbd,
+            &d.join("out/known_hosts"),
+        );
+        if boot.facts.get("facts") == Some("complete") {
+            check_k3s(&mut c, role, boot, &release.airgap_name);
+        }
+        failures.extend(c.failures);
+    }
+    eprintln!("boot test: U-Boot PXE total {:.0?}", t0.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} failed expectation(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }

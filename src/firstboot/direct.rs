@@ -71,9 +71,13 @@ pub fn hosts(cluster: &Cluster, node: &Node) -> String {
 /// `/etc/netplan/20-pikube.yaml`: the shared version 2 network config, rendered by
 /// systemd-networkd.
 pub fn netplan(cluster: &Cluster, node: &Node, iface: &str, links: Links<'_>) -> Result<String> {
-    let file = NetplanFile {
-        network: netconfig::config(cluster, node, iface, Some("networkd"), links)?,
-    };
+    let mut network = netconfig::config(cluster, node, iface, Some("networkd"), links)?;
+    if cluster.netboot.is_some() {
+        for eth in network.ethernets.values_mut() {
+            eth.critical = true;
+        }
+    }
+    let file = NetplanFile { network };
     serde_saphyr::to_string(&file).map_err(|e| anyhow::anyhow!("cannot serialise YAML: {e}"))
 }
 
@@ -111,6 +115,9 @@ pub fn networkd_unit(iface: &str, eth: &Ethernet) -> Result<Unit> {
             network.push(("Domains", ns.search.join(" ")));
         }
     }
+    if eth.critical {
+        network.push(("KeepConfiguration", "yes".to_string()));
+    }
     let mut sections = vec![("Match", matching), ("Network", network)];
     if eth.optional {
         // Boot does not wait for the link (netplan's `optional: true`).
@@ -120,8 +127,12 @@ pub fn networkd_unit(iface: &str, eth: &Ethernet) -> Result<Unit> {
 }
 
 /// `/etc/systemd/network/20-pikube.network`.
+/// In an inventory whose nodes can boot from the network (`netboot:`), the link is critical
+/// (netplan's `critical: true`, networkd's `KeepConfiguration=yes`): the node's root may come
+/// over it, and dropping the initramfs's addresses would cut the root off.
 pub fn networkd(cluster: &Cluster, node: &Node, iface: &str) -> Result<String> {
-    let eth = netconfig::ethernet(cluster, node, iface)?;
+    let mut eth = netconfig::ethernet(cluster, node, iface)?;
+    eth.critical = cluster.netboot.is_some();
     networkd_unit(iface, &eth)?.render()
 }
 
@@ -472,6 +483,39 @@ nodes:
             s.starts_with("[Match]\nMACAddress=02:ab:00:00:00:02\n"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn a_netboot_inventory_keeps_the_initramfs_addresses() {
+        let plain = cluster(false);
+        let text = r#"cluster: lab
+admin: {user: ops, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIP6cyUNsMZK8W+EW93n0PP4OFPMQUWK1nd+PguuFld7c me@x"]}
+network: { gateway: 10.0.0.1, dns: [10.0.0.2], prefix: 24 }
+netboot: { server: 10.0.0.2 }
+nodes:
+  - { name: w2, board: rpi4, role: server, ip: 10.0.0.12, mac: "02:AB:00:00:00:02" }
+"#;
+        let net = Cluster::parse(text).unwrap();
+        let links = Links {
+            ethernet: true,
+            wifi: None,
+        };
+        let keep = "KeepConfiguration=yes";
+        assert!(
+            networkd(&net, &net.nodes[0], "eth0")
+                .unwrap()
+                .contains(keep)
+        );
+        assert!(
+            !networkd(&plain, &plain.nodes[2], "eth0")
+                .unwrap()
+                .contains(keep)
+        );
+        let critical = "critical: true";
+        let n = netplan(&net, &net.nodes[0], "eth0", links).unwrap();
+        assert!(n.contains(critical), "{n}");
+        let p = netplan(&plain, &plain.nodes[2], "eth0", links).unwrap();
+        assert!(!p.contains(critical), "{p}");
     }
 
     #[test]

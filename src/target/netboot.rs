@@ -550,6 +550,15 @@ fn env_values(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// What Armbian's boot scripts add for `docker_optimizations` (on unless armbianEnv.txt says
+/// otherwise): the memory cgroup k3s needs, which a pxelinux entry must carry itself.
+fn docker_optimizations(env: &BTreeMap<String, String>) -> Vec<String> {
+    match env.get("docker_optimizations").map(String::as_str) {
+        None | Some("on") => vec!["cgroup_enable=memory".into(), "swapaccount=1".into()],
+        Some(_) => Vec::new(),
+    }
+}
+
 fn export_uboot(
     b: &BuiltImage<'_>,
     nbd: &NbdRoot,
@@ -685,6 +694,12 @@ fn export_uboot(
             append.extend(v.split_whitespace().map(str::to_string));
         }
     }
+    // Once, even when the board's own arguments in extraargs name them too.
+    for arg in docker_optimizations(&env) {
+        if !append.contains(&arg) {
+            append.push(arg);
+        }
+    }
     let entry = pxelinux::PxeEntry {
         label: b.node.name.to_string(),
         kernel: format!("{shared}/vmlinuz-{version}"),
@@ -732,6 +747,17 @@ fn readme(s: &Settings, nodes: &[BuiltImage<'_>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn armbian_docker_optimizations_default_on() {
+        let on = env_values("rootdev=UUID=x\n");
+        assert_eq!(
+            docker_optimizations(&on),
+            ["cgroup_enable=memory", "swapaccount=1"]
+        );
+        let off = env_values("docker_optimizations=off\n");
+        assert!(docker_optimizations(&off).is_empty());
+    }
 
     #[test]
     fn the_command_line_boots_the_root_from_nbd() {

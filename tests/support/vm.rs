@@ -307,6 +307,9 @@ pub enum DiskLayout {
     Raspi,
     /// Ubuntu for Rockchip's preinstalled server image (tests/vm/make-disk-rockchip.sh).
     Rockchip,
+    /// Armbian for an Allwinner board, booted by U-Boot through /boot/boot.scr
+    /// (tests/vm/make-disk-armbian.sh; arm64 only).
+    Armbian,
 }
 
 impl DiskLayout {
@@ -314,6 +317,7 @@ impl DiskLayout {
         match self {
             DiskLayout::Raspi => "make-disk.sh",
             DiskLayout::Rockchip => "make-disk-rockchip.sh",
+            DiskLayout::Armbian => "make-disk-armbian.sh",
         }
     }
 
@@ -322,6 +326,7 @@ impl DiskLayout {
         match self {
             DiskLayout::Raspi => "debian-testpc",
             DiskLayout::Rockchip => "debian-testpc-rockchip",
+            DiskLayout::Armbian => "debian-testarm-armbian",
         }
     }
 }
@@ -386,20 +391,22 @@ pub fn base_image(arch: GuestArch) -> Result<PathBuf, String> {
     base_image_in(arch, DiskLayout::Raspi)
 }
 
-/// The Debian test image in `layout` (`.img.xz`), from the cache or built now; every layout
-/// shares the cached root file system.
-pub fn base_image_in(arch: GuestArch, layout: DiskLayout) -> Result<PathBuf, String> {
-    let cache = cache_dir();
-    std::fs::create_dir_all(&cache)
-        .map_err(|e| format!("cannot create the VM cache {}: {e}", cache.display()))?;
-    let image = cached_image_path(arch, layout);
-    if image.exists() {
-        eprintln!(
-            "boot test: using cached {arch} image {} (delete it to rebuild)",
-            image.display()
-        );
-        return Ok(image);
-    }
+/// Held while a disk image is built, and while the root file system of an architecture is
+/// looked up or built: tests of one binary ask at the same time; one builds, the others wait.
+static DISKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ROOTFS_AMD64: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ROOTFS_ARM64: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock(m: &'static std::sync::Mutex<()>) -> std::sync::MutexGuard<'static, ()> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The cached root file system tarball of `arch`, built now when missing.
+fn rootfs(arch: GuestArch) -> Result<PathBuf, String> {
+    let _building = lock(match arch {
+        GuestArch::Amd64 => &ROOTFS_AMD64,
+        GuestArch::Arm64 => &ROOTFS_ARM64,
+    });
     let rootfs = cached_rootfs_path(arch);
     if rootfs.exists() {
         eprintln!("boot test: using cached root fs {}", rootfs.display());
@@ -435,6 +442,35 @@ pub fn base_image_in(arch: GuestArch, layout: DiskLayout) -> Result<PathBuf, Str
             )
         })?;
         prune(&format!("rootfs-{arch}-"), &rootfs);
+    }
+    Ok(rootfs)
+}
+
+/// The Debian test image in `layout` (`.img.xz`), from the cache or built now; every layout
+/// shares the cached root file system.
+pub fn base_image_in(arch: GuestArch, layout: DiskLayout) -> Result<PathBuf, String> {
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| format!("cannot create the VM cache {}: {e}", cache.display()))?;
+    let image = cached_image_path(arch, layout);
+    let cached = || {
+        let hit = image.exists();
+        if hit {
+            eprintln!(
+                "boot test: using cached {arch} image {} (delete it to rebuild)",
+                image.display()
+            );
+        }
+        hit
+    };
+    if cached() {
+        return Ok(image);
+    }
+    let rootfs = rootfs(arch)?;
+    // Tests of one binary ask for images at the same time: one builds, the others wait.
+    let _building = lock(&DISKS);
+    if cached() {
+        return Ok(image);
     }
     let tmp = image.with_extension("part");
     let _ = std::fs::remove_file(&tmp);
@@ -479,10 +515,16 @@ pub fn serve_base_image(srv: &TestServer, arch: GuestArch, image: &Path) {
 /// ubuntu-rockchip publishes it) where `tests/vm/boards/images/debian-testpc-rockchip.yaml`
 /// points through `--mirror srv.url()`.
 pub fn serve_rockchip_image(srv: &TestServer, image: &Path) {
+    serve_image_as(srv, image, "debian-testpc-rockchip.img.xz");
+}
+
+/// Serves a base image from the VM cache under `file` and its `<file>.sha256`
+/// (`<hex>  <name>`) where a test catalog entry with
+/// `url: https://images.example.test/<file>` points through `--mirror srv.url()`.
+pub fn serve_image_as(srv: &TestServer, image: &Path, file: &str) {
     let bytes = std::fs::read(image)
         .unwrap_or_else(|e| panic!("cannot read base image {}: {e}", image.display()));
     let sha = sha256_hex(&bytes);
-    let file = "debian-testpc-rockchip.img.xz";
     srv.add(&format!("/{IMAGE_HOST}/{file}"), bytes);
     srv.add(
         &format!("/{IMAGE_HOST}/{file}.sha256"),
@@ -823,6 +865,8 @@ fn layout_image_path(layout: Layout) -> PathBuf {
 /// The amd64 base image with `layout`, from the cache or laid out from the cached root file
 /// system (built first when missing, as [`base_image`] does).
 pub fn layout_image(layout: Layout) -> Result<PathBuf, String> {
+    let rootfs = rootfs(GuestArch::Amd64)?;
+    let _building = lock(&DISKS);
     let image = layout_image_path(layout);
     if image.exists() {
         eprintln!(
@@ -832,9 +876,6 @@ pub fn layout_image(layout: Layout) -> Result<PathBuf, String> {
         );
         return Ok(image);
     }
-    // Makes sure the root file system is in the cache.
-    base_image(GuestArch::Amd64)?;
-    let rootfs = cached_rootfs_path(GuestArch::Amd64);
     let tmp = image.with_extension("part");
     let _ = std::fs::remove_file(&tmp);
     let r = run_logged(
@@ -1066,19 +1107,7 @@ pub fn boot(image: &Path, arch: GuestArch, work: &Path, timeout: Duration) -> Re
     std::fs::create_dir_all(work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let files = extract_boot_files(image, work)?;
     let overlay = work.join("disk.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(image)
-        .arg(&overlay)
-        .output()
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "qemu-img create overlay for {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    qcow2_overlay(image, &overlay)?;
     run_guest(&Guest {
         what: image.display().to_string(),
         files: &files,
@@ -1172,10 +1201,63 @@ pub fn run_guest(g: &Guest<'_>) -> Result<Boot, String> {
         "boot test: booting {} ({arch}, accel {accel}) with: {append}",
         g.what
     );
+    run_qemu(cmd, &log_path, g.timeout, accel)
+}
+
+/// A qcow2 file at `overlay` whose reads fall through to the raw `image` and whose writes
+/// stay in it: a guest boots the image without changing it.
+pub fn qcow2_overlay(image: &Path, overlay: &Path) -> Result<(), String> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(image)
+        .arg(overlay)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "qemu-img create overlay for {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a prepared QEMU command whose serial console goes to `log_path` until the guest
+/// powers off or `timeout` passes, and reads the facts it printed.
+pub fn run_qemu(
+    cmd: Command,
+    log_path: &Path,
+    timeout: Duration,
+    accel: String,
+) -> Result<Boot, String> {
+    run_qemu_typed(cmd, log_path, timeout, accel, None)
+}
+
+/// [`run_qemu`], writing `keys` to QEMU's stdin (a console on stdio) once it runs; stdin
+/// stays open until the guest stops.
+pub fn run_qemu_typed(
+    mut cmd: Command,
+    log_path: &Path,
+    timeout: Duration,
+    accel: String,
+    keys: Option<Vec<u8>>,
+) -> Result<Boot, String> {
+    let what = cmd.get_program().to_string_lossy().to_string();
     let start = Instant::now();
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", arch.qemu_system()))?;
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    let _stdin = match (keys, child.stdin.take()) {
+        (Some(k), Some(mut stdin)) => {
+            use std::io::Write;
+            stdin
+                .write_all(&k)
+                .map_err(|e| format!("cannot type into the guest's console: {e}"))?;
+            Some(stdin)
+        }
+        (_, s) => s,
+    };
     let mut timed_out = false;
     loop {
         match child.try_wait() {
@@ -1183,7 +1265,7 @@ pub fn run_guest(g: &Guest<'_>) -> Result<Boot, String> {
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for QEMU: {e}")),
         }
-        if start.elapsed() > g.timeout {
+        if start.elapsed() > timeout {
             timed_out = true;
             let _ = child.kill();
             let _ = child.wait();
@@ -1208,4 +1290,116 @@ pub fn run_guest(g: &Guest<'_>) -> Result<Boot, String> {
         timed_out,
         accel,
     })
+}
+
+/// U-Boot for QEMU's arm64 virt machine, from Debian's u-boot-qemu.
+pub const UBOOT_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+
+/// Checks that U-Boot guests can run here (arm64 QEMU, Debian's U-Boot build, mkimage for the
+/// Armbian layout's boot script), on top of [`preflight`]. `Err` holds the reason to skip.
+pub fn preflight_uboot() -> Result<(), String> {
+    preflight(GuestArch::Arm64)?;
+    let missing: Vec<&str> = ["mkimage", "openssl", "ssh-keygen"]
+        .into_iter()
+        .filter(|t| !have_tool(t))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing {}; install u-boot-tools, openssl and openssh-client",
+            missing.join(", ")
+        ));
+    }
+    if !Path::new(UBOOT_ARM64).exists() {
+        return Err(format!(
+            "{UBOOT_ARM64} is missing; install u-boot-qemu (apt-get install u-boot-qemu)"
+        ));
+    }
+    Ok(())
+}
+
+/// QEMU's arm64 virt machine with U-Boot as its firmware, its serial console into
+/// `work/console.log` (and, when `typed`, reading QEMU's stdin), one vCPU, and a virtio NIC
+/// on QEMU's user network with `netdev`'s extra options (`,tftp=DIR` for PXE). No disk: add
+/// one with `-drive`.
+pub fn uboot_guest(
+    work: &Path,
+    netdev: &str,
+    mac: &str,
+    typed: bool,
+) -> Result<(Command, PathBuf), String> {
+    std::fs::create_dir_all(work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let log_path = work.join("console.log");
+    let mut cmd = Command::new(GuestArch::Arm64.qemu_system());
+    cmd.args(["-machine", "virt", "-cpu", "cortex-a72"])
+        .args(["-accel", &accel(), "-m", "1024", "-smp", "1"])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-bios")
+        .arg(UBOOT_ARM64)
+        .arg("-netdev")
+        .arg(format!("user,id=n0,restrict=on{netdev}"))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if typed {
+        cmd.arg("-chardev")
+            .arg(format!(
+                "stdio,id=con0,signal=off,logfile={}",
+                log_path.display()
+            ))
+            .args(["-serial", "chardev:con0"])
+            .stdin(Stdio::piped());
+    } else {
+        cmd.arg("-serial")
+            .arg(format!("file:{}", log_path.display()))
+            .stdin(Stdio::null());
+    }
+    Ok((cmd, log_path))
+}
+
+/// Boots `image` (unchanged, through a qcow2 overlay in `work`) on QEMU's arm64 virt machine
+/// with U-Boot as the firmware: U-Boot's standard boot finds the image's own boot script or
+/// extlinux.conf on the virtio disk, as a board's U-Boot finds them on its card.
+pub fn boot_uboot_disk(image: &Path, work: &Path, timeout: Duration) -> Result<Boot, String> {
+    let (mut cmd, log_path) = uboot_guest(work, "", "52:54:00:12:34:56", false)?;
+    let overlay = work.join("disk.qcow2");
+    qcow2_overlay(image, &overlay)?;
+    cmd.arg("-drive").arg(format!(
+        "file={},format=qcow2,if=virtio,cache=unsafe",
+        overlay.display()
+    ));
+    let accel = accel();
+    eprintln!(
+        "boot test: booting {} (arm64, U-Boot, accel {accel})",
+        image.display()
+    );
+    run_qemu(cmd, &log_path, timeout, accel)
+}
+
+/// Boots QEMU's arm64 virt machine with U-Boot and no disk, the way a board without a card
+/// boots from the network: U-Boot takes a lease from QEMU's user network, whose TFTP server
+/// serves `tftp_root`, and runs `commands` typed at its prompt (a board's `bootcmd_pxe`).
+/// `guestfwd` (`tcp:ADDR:PORT-tcp:HOST:PORT`, repeated) lets the guest reach servers on this
+/// machine; nothing else is reachable.
+pub fn boot_uboot_net(
+    tftp_root: &Path,
+    mac: &str,
+    guestfwd: &[String],
+    commands: &str,
+    work: &Path,
+    timeout: Duration,
+) -> Result<Boot, String> {
+    let mut netdev = format!(",tftp={}", tftp_root.display());
+    for f in guestfwd {
+        netdev.push_str(&format!(",guestfwd={f}"));
+    }
+    let (cmd, log_path) = uboot_guest(work, &netdev, mac, true)?;
+    let accel = accel();
+    eprintln!(
+        "boot test: network boot of {mac} from {} (arm64, U-Boot, accel {accel}): {commands}",
+        tftp_root.display()
+    );
+    // A key stops U-Boot's autoboot countdown; the commands follow at its prompt.
+    let keys = format!("\n\n{commands}\n");
+    run_qemu_typed(cmd, &log_path, timeout, accel, Some(keys.into_bytes()))
 }
